@@ -1,0 +1,32 @@
+# Install rules and the package configuration that lets users write
+#   find_package(kfopt CONFIG REQUIRED)
+#   target_link_libraries(app PRIVATE kfopt::kfopt)
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(TARGETS kfopt EXPORT kfoptTargets)
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/kfopt
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+  FILES_MATCHING PATTERN "*.hpp")
+
+set(KFOPT_CMAKE_INSTALL_DIR ${CMAKE_INSTALL_DATADIR}/cmake/kfopt)
+
+install(EXPORT kfoptTargets
+  NAMESPACE kfopt::
+  DESTINATION ${KFOPT_CMAKE_INSTALL_DIR})
+
+configure_package_config_file(
+  ${PROJECT_SOURCE_DIR}/cmake/kfoptConfig.cmake.in
+  ${PROJECT_BINARY_DIR}/kfoptConfig.cmake
+  INSTALL_DESTINATION ${KFOPT_CMAKE_INSTALL_DIR})
+
+write_basic_package_version_file(
+  ${PROJECT_BINARY_DIR}/kfoptConfigVersion.cmake
+  VERSION ${PROJECT_VERSION}
+  COMPATIBILITY SameMajorVersion
+  ARCH_INDEPENDENT)
+
+install(FILES
+  ${PROJECT_BINARY_DIR}/kfoptConfig.cmake
+  ${PROJECT_BINARY_DIR}/kfoptConfigVersion.cmake
+  DESTINATION ${KFOPT_CMAKE_INSTALL_DIR})
