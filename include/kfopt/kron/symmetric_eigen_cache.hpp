@@ -1,0 +1,234 @@
+#pragma once
+/// \file symmetric_eigen_cache.hpp
+/// \brief One symmetric eigendecomposition, reused for every matrix function of a factor.
+///
+/// K-FAC-style methods need `(A + λI)⁻¹`, `(A + λI)^{-1/2}` and friends for a Kronecker
+/// factor A that changes slowly and a damping λ that may change every step (adaptive
+/// Levenberg–Marquardt damping, Martens & Grosse 2015 §6.5). With `A = U Λ Uᵀ` computed once,
+/// every `f(A) = U f(Λ) Uᵀ` costs only matrix products, and a new λ costs nothing but a new
+/// diagonal. Eigenvalues are clipped at 0 (an estimated second moment is PSD; rounding can
+/// make its smallest eigenvalues slightly negative, which would turn a damped inverse
+/// indefinite), and the clip count is recorded.
+///
+/// Cost: `compute` is one n×n symmetric eigendecomposition (Eigen's tridiagonalization + QR,
+/// about 9n³ flops with vectors), amortized over the inverse period T_inv; applying a
+/// function to an n×k block is two n×n×k products (4n²k flops).
+
+#include <Eigen/Core>
+#include <Eigen/Eigenvalues>
+
+#include "kfopt/core/error.hpp"
+#include "kfopt/core/scalar_traits.hpp"
+#include "kfopt/core/validate.hpp"
+
+namespace kfopt {
+
+/// Which side of X a matrix function multiplies: `f(A) X` (Left) or `X f(A)` (Right).
+enum class Side { Left, Right };
+
+/// Cached symmetric eigendecomposition `A = U diag(λ) Uᵀ` with λ clipped at 0.
+///
+/// Behaves like an Eigen decomposition: a preallocating constructor, `compute()` returning
+/// `*this`, `info()` returning a Status. A failed `compute()` (non-finite input, solver
+/// failure) leaves the previous decomposition in place and reports it through `info()`;
+/// wrong use (non-square, non-symmetric input) throws before anything changes.
+///
+/// Thread safety: const member functions that take an output argument use a member
+/// workspace; do not call them concurrently on the same object.
+template <typename Scalar>
+class SymmetricEigenCache {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+  SymmetricEigenCache() = default;
+
+  /// Preallocates for n×n factors (no allocation in later `compute` of that size).
+  explicit SymmetricEigenCache(Eigen::Index n)
+      : solver_(n), eigenvalues_(n), eigenvectors_(n, n), workspace_(n, n) {}
+
+  /// Decomposes symmetric A (only its lower triangle is read by the solver; the whole
+  /// matrix is checked for symmetry). Throws ShapeError if A is not square and
+  /// InvalidInputError if it is not symmetric; a non-finite A sets
+  /// `info() == Status::NonFiniteInput` and keeps the previous decomposition.
+  SymmetricEigenCache& compute(const Eigen::Ref<const Matrix>& A) {
+    constexpr const char* op = "kfopt::SymmetricEigenCache::compute";
+    detail::require_square(op, "A", A);
+    if (!A.allFinite()) {
+      last_status_ = Status::NonFiniteInput;
+      return *this;
+    }
+    if (!detail::is_symmetric(A)) {
+      throw InvalidInputError(std::string(op) + ": A (" + detail::shape_of(A) +
+                              ") must be symmetric");
+    }
+    solver_.compute(A, Eigen::ComputeEigenvectors);
+    if (solver_.info() != Eigen::Success || !solver_.eigenvalues().allFinite()) {
+      last_status_ = Status::NumericalIssue;
+      return *this;
+    }
+    eigenvalues_ = solver_.eigenvalues();
+    eigenvectors_ = solver_.eigenvectors();
+    clipped_ = 0;
+    min_raw_eigenvalue_ = eigenvalues_.size() > 0 ? eigenvalues_.minCoeff() : Scalar(0);
+    for (Eigen::Index i = 0; i < eigenvalues_.size(); ++i) {
+      if (eigenvalues_(i) < Scalar(0)) {
+        eigenvalues_(i) = Scalar(0);
+        ++clipped_;
+      }
+    }
+    last_status_ = Status::Success;
+    has_result_ = true;
+    return *this;
+  }
+
+  /// Status of the last `compute()`. `Success` means the cached decomposition is of the
+  /// last matrix given; otherwise it is of the last matrix that succeeded (if any).
+  Status info() const noexcept { return last_status_; }
+
+  /// Whether any decomposition is cached (the last successful one).
+  bool has_result() const noexcept { return has_result_; }
+
+  Eigen::Index size() const noexcept { return eigenvalues_.size(); }
+
+  /// Eigenvalues in ascending order, clipped at 0.
+  const Vector& eigenvalues() const { return checked(eigenvalues_); }
+
+  /// Orthonormal eigenvectors, column i for eigenvalue i.
+  const Matrix& eigenvectors() const { return checked(eigenvectors_); }
+
+  /// How many eigenvalues were negative (and set to 0) in the cached decomposition.
+  Eigen::Index clipped_count() const noexcept { return clipped_; }
+
+  /// The smallest eigenvalue before clipping (negative values show rounding or an
+  /// indefinite input).
+  Scalar min_eigenvalue_before_clipping() const noexcept { return min_raw_eigenvalue_; }
+
+  /// Sum of the clipped eigenvalues (= trace of the PSD part of A), for π-damping.
+  Scalar trace() const { return eigenvalues().sum(); }
+
+  /// Whether `A + damping·I` is safely invertible: its smallest eigenvalue exceeds
+  /// `singular_tolerance · max(1, λ_max + damping)`.
+  bool is_invertible(Scalar damping = Scalar(0)) const {
+    const Vector& ev = eigenvalues();
+    if (ev.size() == 0) return true;
+    const Scalar lo = ev(0) + damping;
+    const Scalar hi = ev(ev.size() - 1) + damping;
+    return lo > ScalarTraits<Scalar>::singular_tolerance() * std::max(Scalar(1), hi);
+  }
+
+  /// `U diag(f(λ_i)) Uᵀ` as a dense matrix. `f` maps a (clipped) eigenvalue to a scalar.
+  template <typename Function>
+  Matrix matrix_function(Function&& f) const {
+    const Matrix& U = eigenvectors();
+    Vector fv(size());
+    for (Eigen::Index i = 0; i < size(); ++i) fv(i) = f(eigenvalues_(i));
+    Matrix out = U * fv.asDiagonal() * U.transpose();
+    detail::symmetrize(out);
+    return out;
+  }
+
+  /// Applies `f(A)` to X without forming it: `out = U f(Λ) Uᵀ X` (Side::Left, X n×k) or
+  /// `out = X U f(Λ) Uᵀ` (Side::Right, X k×n). `out` must not alias X.
+  template <typename Function, typename DerivedX>
+  void apply_function(Function&& f, const Eigen::MatrixBase<DerivedX>& X, Matrix& out,
+                      Side side = Side::Left) const {
+    const Matrix& U = eigenvectors();
+    const Eigen::Index n = size();
+    if ((side == Side::Left && X.rows() != n) || (side == Side::Right && X.cols() != n)) {
+      throw ShapeError(std::string("kfopt::SymmetricEigenCache::apply: X is ") +
+                       detail::shape_of(X) + " but the factor is " +
+                       detail::shape_string(n, n) +
+                       (side == Side::Left ? " (applied from the left)"
+                                           : " (applied from the right)"));
+    }
+    if (side == Side::Left) {
+      workspace_.resize(n, X.cols());
+      workspace_.noalias() = U.transpose() * X;
+      for (Eigen::Index i = 0; i < n; ++i) workspace_.row(i) *= f(eigenvalues_(i));
+      out.resize(n, X.cols());
+      out.noalias() = U * workspace_;
+    } else {
+      workspace_.resize(X.rows(), n);
+      workspace_.noalias() = X * U;
+      for (Eigen::Index j = 0; j < n; ++j) workspace_.col(j) *= f(eigenvalues_(j));
+      out.resize(X.rows(), n);
+      out.noalias() = workspace_ * U.transpose();
+    }
+  }
+
+  /// `out = (A + damping·I)⁻¹ X` (or `X (A + damping·I)⁻¹`). Returns
+  /// `Status::NumericalIssue` and leaves `out` untouched when `A + damping·I` is singular
+  /// (see is_invertible); throws InvalidInputError for negative or non-finite damping.
+  template <typename DerivedX>
+  [[nodiscard]] Status apply_damped_inverse(Scalar damping, const Eigen::MatrixBase<DerivedX>& X,
+                                            Matrix& out, Side side = Side::Left) const {
+    detail::require_nonnegative("kfopt::SymmetricEigenCache::apply_damped_inverse", "damping",
+                                damping);
+    if (!is_invertible(damping)) return Status::NumericalIssue;
+    apply_function([damping](Scalar l) { return Scalar(1) / (l + damping); }, X, out, side);
+    return Status::Success;
+  }
+
+  /// `out = (A + damping·I)^{-1/2} X` (or from the right); same contract as
+  /// apply_damped_inverse.
+  template <typename DerivedX>
+  [[nodiscard]] Status apply_inverse_sqrt(Scalar damping, const Eigen::MatrixBase<DerivedX>& X,
+                                          Matrix& out, Side side = Side::Left) const {
+    detail::require_nonnegative("kfopt::SymmetricEigenCache::apply_inverse_sqrt", "damping",
+                                damping);
+    if (!is_invertible(damping)) return Status::NumericalIssue;
+    apply_function([damping](Scalar l) { return Scalar(1) / std::sqrt(l + damping); }, X, out,
+                   side);
+    return Status::Success;
+  }
+
+  /// Dense `(A + damping·I)⁻¹`. Throws NumericalError when singular (a matrix cannot carry
+  /// a status; use apply_damped_inverse to get one instead).
+  Matrix damped_inverse(Scalar damping = Scalar(0)) const {
+    require_invertible("damped_inverse", damping);
+    return matrix_function([damping](Scalar l) { return Scalar(1) / (l + damping); });
+  }
+
+  /// Dense `(A + damping·I)^{-1/2}`; throws NumericalError when singular.
+  Matrix inverse_sqrt(Scalar damping = Scalar(0)) const {
+    require_invertible("inverse_sqrt", damping);
+    return matrix_function([damping](Scalar l) { return Scalar(1) / std::sqrt(l + damping); });
+  }
+
+  /// Dense `(A + damping·I)^{1/2}` (always defined: eigenvalues are clipped at 0).
+  Matrix sqrt(Scalar damping = Scalar(0)) const {
+    detail::require_nonnegative("kfopt::SymmetricEigenCache::sqrt", "damping", damping);
+    return matrix_function([damping](Scalar l) { return std::sqrt(l + damping); });
+  }
+
+ private:
+  template <typename T>
+  const T& checked(const T& value) const {
+    if (!has_result_) {
+      throw NumericalError(
+          "kfopt::SymmetricEigenCache: no decomposition cached (compute() has not succeeded)");
+    }
+    return value;
+  }
+
+  void require_invertible(const char* what, Scalar damping) const {
+    detail::require_nonnegative("kfopt::SymmetricEigenCache", "damping", damping);
+    if (!is_invertible(damping)) {
+      throw NumericalError(std::string("kfopt::SymmetricEigenCache::") + what +
+                           ": A + damping·I is singular (smallest eigenvalue " +
+                           std::to_string(static_cast<double>(eigenvalues_(0) + damping)) + ")");
+    }
+  }
+
+  Eigen::SelfAdjointEigenSolver<Matrix> solver_;
+  Vector eigenvalues_;
+  Matrix eigenvectors_;
+  mutable Matrix workspace_;
+  Eigen::Index clipped_ = 0;
+  Scalar min_raw_eigenvalue_ = Scalar(0);
+  Status last_status_ = Status::NotComputed;
+  bool has_result_ = false;
+};
+
+}  // namespace kfopt
