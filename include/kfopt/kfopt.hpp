@@ -8,4 +8,10 @@
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
 
+#include "kfopt/kron/damped_cholesky_inverse.hpp"
+#include "kfopt/kron/factor_moments.hpp"
+#include "kfopt/kron/factored_damping.hpp"
+#include "kfopt/kron/kronecker_inverse.hpp"
+#include "kfopt/kron/scaled_congruence.hpp"
+#include "kfopt/kron/symmetric_eigen_cache.hpp"
 #include "kfopt/kron/vec.hpp"

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# kfopt developer entry point. One command per job, each installing what it is missing:
+#
+#   bash cmake/dev.sh test       build everything and run the whole test suite (ctest)
+#   bash cmake/dev.sh sanitize   build the tests with ASan + UBSan and run them
+#   bash cmake/dev.sh deps       only check / install the Debian packages
+#
+# Missing Debian packages are installed with apt-get when running as root (or through
+# passwordless sudo); otherwise the script stops and prints the exact install line.
+# Build trees: build/release and build/sanitize (override with KFOPT_BUILD_ROOT).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build_root="${KFOPT_BUILD_ROOT:-$here/build}"
+jobs="${KFOPT_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+
+# Everything the build, tests, benchmarks and examples need, by Debian package name.
+packages=(cmake make g++ libeigen3-dev catch2 libbenchmark-dev)
+
+ensure_packages() {
+  local missing=()
+  for p in "$@"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$p")
+    fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local line="apt-get install -y ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "kfopt: installing ${missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    echo "kfopt: installing ${missing[*]} with sudo" >&2
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  else
+    echo "kfopt: missing Debian packages. Install them with:" >&2
+    echo "  sudo apt-get update && sudo $line" >&2
+    exit 1
+  fi
+}
+
+configure_build_test() {
+  local dir="$1"; shift
+  cmake -S "$here" -B "$dir" "$@"
+  cmake --build "$dir" -j "$jobs"
+  (cd "$dir" && ctest --output-on-failure -j "$jobs")
+}
+
+case "${1:-test}" in
+  deps)
+    ensure_packages "${packages[@]}"
+    ;;
+  test)
+    ensure_packages "${packages[@]}"
+    configure_build_test "$build_root/release" -DCMAKE_BUILD_TYPE=Release -DKFOPT_WERROR=ON
+    ;;
+  sanitize)
+    ensure_packages "${packages[@]}"
+    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}" \
+    UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
+    configure_build_test "$build_root/sanitize" -DCMAKE_BUILD_TYPE=Debug \
+      -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
+      -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF
+    ;;
+  *)
+    echo "usage: bash cmake/dev.sh [test|sanitize|deps]" >&2
+    exit 2
+    ;;
+esac
