@@ -1,0 +1,141 @@
+#pragma once
+/// \file adam.hpp
+/// \brief Adam and AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019), with the semantics
+/// of `torch.optim.Adam` / `torch.optim.AdamW`.
+///
+/// Per parameter p with gradient ∇ at step t = 1, 2, ...:
+///
+///     p ← p (1 − η wd)                         (AdamW: decoupled weight decay)
+///     g = ∇ + wd p                              (Adam: L2 weight decay in the gradient)
+///     m ← β1 m + (1 − β1) g
+///     v ← β2 v + (1 − β2) g²
+///     v̂ = max(v̂, v)  (amsgrad)   or   v̂ = v
+///     p ← p − (η / (1 − β1^t)) · m / (sqrt(v̂) / sqrt(1 − β2^t) + ε)
+///
+/// ε is added outside the square root, after bias correction (as PyTorch does).
+/// Cost per step: a few passes over the parameters, no allocation.
+
+#include <cmath>
+
+#include "kfopt/core/step_guard.hpp"
+#include "kfopt/core/validate.hpp"
+
+namespace kfopt {
+
+/// Hyperparameters of Adam / AdamW.
+struct AdamOptions {
+  /// Learning rate η > 0. Default 1e-3.
+  double learning_rate = 1e-3;
+  /// Decay β1 ∈ [0, 1) of the first-moment average. Default 0.9.
+  double beta1 = 0.9;
+  /// Decay β2 ∈ [0, 1) of the second-moment average. Default 0.999.
+  double beta2 = 0.999;
+  /// ε > 0 added to the bias-corrected root of v. Default 1e-8.
+  double epsilon = 1e-8;
+  /// Weight decay wd ≥ 0: L2 in the gradient (Adam) or decoupled (AdamW). Default 0.
+  double weight_decay = 0.0;
+  /// Decoupled weight decay (AdamW) instead of L2 in the gradient. Default off.
+  bool decoupled_weight_decay = false;
+  /// Keep the running maximum of v (AMSGrad, Reddi et al. 2018). Default off.
+  bool amsgrad = false;
+
+  /// AdamW's defaults (PyTorch): decoupled weight decay 0.01.
+  static AdamOptions adamw(double learning_rate = 1e-3, double weight_decay = 0.01) {
+    AdamOptions o;
+    o.learning_rate = learning_rate;
+    o.weight_decay = weight_decay;
+    o.decoupled_weight_decay = true;
+    return o;
+  }
+
+  void validate() const {
+    constexpr const char* a = "kfopt::AdamOptions";
+    detail::require_hyperparameter(learning_rate > 0.0, a, "learning_rate", learning_rate, "(0, inf)");
+    detail::require_hyperparameter(beta1 >= 0.0 && beta1 < 1.0, a, "beta1", beta1, "[0, 1)");
+    detail::require_hyperparameter(beta2 >= 0.0 && beta2 < 1.0, a, "beta2", beta2, "[0, 1)");
+    detail::require_hyperparameter(epsilon > 0.0, a, "epsilon", epsilon, "(0, inf)");
+    detail::require_hyperparameter(weight_decay >= 0.0, a, "weight_decay", weight_decay, "[0, inf)");
+  }
+};
+
+/// Adam / AdamW over a ParameterSet (see adam.hpp for the update).
+template <typename Scalar>
+class Adam {
+ public:
+  struct State {
+    BlockBuffers<Scalar> first_moment;   ///< m
+    BlockBuffers<Scalar> second_moment;  ///< v
+    BlockBuffers<Scalar> max_second_moment;  ///< max of v over steps (amsgrad only)
+    StepCounters counters;
+  };
+
+  Adam(ParameterSet<Scalar>& params, AdamOptions options = {})
+      : params_(&params), options_(options) {
+    options_.validate();
+    state_.first_moment = detail::zero_buffers_like(params);
+    state_.second_moment = detail::zero_buffers_like(params);
+    if (options_.amsgrad) state_.max_second_moment = detail::zero_buffers_like(params);
+  }
+
+  /// One step from the gradients in the registered storage; a non-finite gradient anywhere
+  /// skips the whole step (Status::NonFiniteInput) and writes nothing.
+  Status step() {
+    const Status guard = detail::guard_gradients(*params_, state_.counters);
+    if (guard != Status::Success) return guard;
+    const double t = static_cast<double>(state_.counters.steps + 1);
+    const Scalar b1 = static_cast<Scalar>(options_.beta1);
+    const Scalar b2 = static_cast<Scalar>(options_.beta2);
+    const Scalar lr = static_cast<Scalar>(options_.learning_rate);
+    const Scalar wd = static_cast<Scalar>(options_.weight_decay);
+    const Scalar eps = static_cast<Scalar>(options_.epsilon);
+    const Scalar step_size =
+        static_cast<Scalar>(options_.learning_rate / (1.0 - std::pow(options_.beta1, t)));
+    const Scalar inv_sqrt_bc2 =
+        static_cast<Scalar>(1.0 / std::sqrt(1.0 - std::pow(options_.beta2, t)));
+    for (std::size_t i = 0; i < params_->size(); ++i) {
+      auto p = (*params_)[i].value();
+      const auto grad = (*params_)[i].gradient();
+      auto& m = state_.first_moment[i];
+      auto& v = state_.second_moment[i];
+      if (options_.decoupled_weight_decay) {
+        p *= Scalar(1) - lr * wd;
+        m = b1 * m + (Scalar(1) - b1) * grad;
+        v = b2 * v + (Scalar(1) - b2) * grad.cwiseAbs2();
+      } else {
+        m = b1 * m + (Scalar(1) - b1) * (grad + wd * p);
+        v = b2 * v + (Scalar(1) - b2) * (grad + wd * p).cwiseAbs2();
+      }
+      const auto& vhat = options_.amsgrad ? (state_.max_second_moment[i] =
+                                                 state_.max_second_moment[i].cwiseMax(v))
+                                          : v;
+      p.array() -= step_size * m.array() / (vhat.array().sqrt() * inv_sqrt_bc2 + eps);
+    }
+    ++state_.counters.steps;
+    return Status::Success;
+  }
+
+  const AdamOptions& options() const noexcept { return options_; }
+  void set_learning_rate(double lr) {
+    AdamOptions o = options_;
+    o.learning_rate = lr;
+    o.validate();
+    options_ = o;
+  }
+  const State& state() const noexcept { return state_; }
+  void set_state(const State& s) {
+    constexpr const char* op = "kfopt::Adam::set_state";
+    detail::require_buffers_like(op, "first_moment", s.first_moment, *params_);
+    detail::require_buffers_like(op, "second_moment", s.second_moment, *params_);
+    if (options_.amsgrad) {
+      detail::require_buffers_like(op, "max_second_moment", s.max_second_moment, *params_);
+    }
+    state_ = s;
+  }
+
+ private:
+  ParameterSet<Scalar>* params_;
+  AdamOptions options_;
+  State state_;
+};
+
+}  // namespace kfopt
