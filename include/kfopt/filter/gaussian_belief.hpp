@@ -166,11 +166,12 @@ class BeliefCovariance {
     return P;
   }
 
-  /// Dense precision P⁻¹. O(d²) in the information form; O(d³) otherwise, and a
-  /// NumericalError if the stored P is singular.
+  /// Dense precision P⁻¹. O(d³) (L Lᵀ in the information form, an inversion otherwise,
+  /// with a NumericalError if the stored P is singular).
   Matrix precision() const {
     if (!stores_covariance()) {
-      Matrix Lambda = matrix_.template triangularView<Eigen::Lower>() * matrix_.transpose();
+      const Matrix L = matrix_.template triangularView<Eigen::Lower>();
+      Matrix Lambda = L * L.transpose();
       detail::symmetrize(Lambda);
       return Lambda;
     }

@@ -1,0 +1,256 @@
+#pragma once
+/// \file extended_kalman_filter.hpp
+/// \brief Extended Kalman filter over a static parameter vector θ, as an optimizer.
+///
+/// Ollivier 2018, "Online natural gradient as a Kalman filter" (arXiv:1703.00209), the
+/// EKF on a static parameter (restated in shared/papers/ollivier-2018-ekf-natural-gradient-
+/// equations.md, "Extended Kalman filter on a static parameter"). For observation t = 1, 2, …
+/// with model output z_t = g(θ_{t−1}, u_t), Jacobian J_t = ∂z/∂θ and target y_t:
+///
+///     predict   P_{t|t−1} = P_{t−1|t−1} / (1 − λ_t)  (+ Q)
+///     update    P_{t|t}⁻¹ = P_{t|t−1}⁻¹ + F_t,      F_t = J_tᵀ F_z J_t (model Fisher)
+///               θ_t       = θ_{t−1} + P_{t|t} J_tᵀ (T(y_t) − ŷ_t)  [canonical link]
+///                         = θ_{t−1} + K_t (T(y_t) − ŷ_t)           [mean link, K the gain]
+///
+/// With Q = 0 this is exactly the online natural gradient with γ_t = η_t, P_0 = η_0 J_0⁻¹
+/// and 1/η_t = (1 − λ_t)/η_{t−1} + 1 (Ollivier 2018, the static-case theorem; see
+/// ekf_natural_gradient_correspondence.hpp, and the equivalence tests). With λ = 0 and a
+/// linear-Gaussian model it is the exact Bayesian posterior. Additive process noise Q is a
+/// useful filter (tracking a drifting parameter) without a natural-gradient twin.
+///
+/// Cost per step, for an observation with r Fisher rows (r = 1 for Bernoulli, Poisson and
+/// scalar Gaussian, r = k for k-dim Gaussian and k-class softmax): O(r k d) to linearize plus
+/// the update, ~2d² + O(r d²) (Covariance), ~3r d² (Joseph), ~(2r+1) d² (Information) —
+/// O(d²) per scalar observation, never a d×d factorization. No heap allocation after the
+/// first step. Parameters θ stay in the caller's storage.
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include "kfopt/core/error.hpp"
+#include "kfopt/core/validate.hpp"
+#include "kfopt/filter/gaussian_belief.hpp"
+#include "kfopt/filter/kalman_update.hpp"
+#include "kfopt/filter/observation_model.hpp"
+
+namespace kfopt {
+
+/// Hyperparameters of ExtendedKalmanFilter (and of JointExtendedKalmanFilter).
+template <typename Scalar>
+struct ExtendedKalmanFilterHyperparameters {
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+  /// Fading memory λ: the predict inflates the covariance, P_{t|t−1} = P_{t−1|t−1}/(1−λ_t),
+  /// i.e. process noise Q_t = λ/(1−λ) P_{t−1|t−1} proportional to the posterior. Old
+  /// observations are down-weighted by (1−λ) per step; the natural-gradient twin has step
+  /// size η_t → λ. Range [0, 1). Default 0 (no forgetting: the exact Bayesian filter).
+  Scalar fading = Scalar(0);
+
+  /// Optional schedule λ_t = fading_schedule(t) for observation t = 1, 2, …; when set it
+  /// overrides `fading`. Each value must lie in [0, 1) (HyperparameterError at that step,
+  /// before anything changes). Called once per step with increasing t. Default: empty.
+  std::function<Scalar(std::int64_t)> fading_schedule;
+
+  /// Additive process noise Q (d×d, symmetric positive semi-definite), added after the
+  /// fading inflation: P_{t|t−1} = P_{t−1|t−1}/(1−λ_t) + Q. A filter with Q ≠ 0 has no
+  /// natural-gradient counterpart (Ollivier 2018). Requires the Covariance or Joseph form
+  /// (the information form would refactor the precision, O(d³) per step). Default: empty
+  /// (no process noise).
+  Matrix process_noise;
+
+  /// Update algebra: Covariance (Sherman–Morrison/Woodbury on P), Joseph (P, Joseph
+  /// product, robust to rounding), Information (Cholesky factor of P⁻¹, precision never
+  /// decreases). Default Covariance.
+  KalmanForm form = KalmanForm::Covariance;
+
+  /// Throws HyperparameterError naming the field. The shape of process_noise against d is
+  /// checked by the filter's constructor.
+  void validate() const {
+    const char* alg = "kfopt::ExtendedKalmanFilter";
+    detail::require_hyperparameter(
+        std::isfinite(static_cast<double>(fading)) && fading >= Scalar(0) && fading < Scalar(1),
+        alg, "fading", fading, "[0, 1)");
+    if (process_noise.size() > 0) {
+      detail::require_hyperparameter(process_noise.rows() == process_noise.cols(), alg,
+                                     "process_noise", detail::shape_of(process_noise),
+                                     "square d×d matrices");
+      detail::require_hyperparameter(process_noise.allFinite() && detail::is_symmetric(process_noise),
+                                     alg, "process_noise", "(non-symmetric or non-finite)",
+                                     "symmetric positive semi-definite matrices");
+      Eigen::LDLT<Matrix> ldlt(process_noise);
+      const Scalar scale = std::max(Scalar(1), process_noise.cwiseAbs().maxCoeff());
+      const bool psd = ldlt.info() == Eigen::Success &&
+                       ldlt.vectorD().minCoeff() >=
+                           -ScalarTraits<Scalar>::symmetry_tolerance() * scale;
+      detail::require_hyperparameter(psd, alg, "process_noise", "(indefinite)",
+                                     "symmetric positive semi-definite matrices");
+      detail::require_hyperparameter(form != KalmanForm::Information, alg, "form",
+                                     to_string(form),
+                                     "{covariance, joseph} when process_noise is set");
+    }
+  }
+
+  /// λ_t for observation t ≥ 1 (from the schedule if set), checked to lie in [0, 1).
+  Scalar fading_at(std::int64_t t) const {
+    if (!fading_schedule) return fading;
+    const Scalar value = fading_schedule(t);
+    if (!(std::isfinite(static_cast<double>(value)) && value >= Scalar(0) && value < Scalar(1))) {
+      std::ostringstream os;
+      os << "kfopt::ExtendedKalmanFilter: hyperparameter fading_schedule(" << t << ") = " << value
+         << " is outside [0, 1)";
+      throw HyperparameterError(os.str());
+    }
+    return value;
+  }
+};
+
+/// State of ExtendedKalmanFilter: the belief's covariance and the counters. The mean is the
+/// caller's θ.
+template <typename Scalar>
+struct ExtendedKalmanFilterState {
+  BeliefCovariance<Scalar> covariance;  ///< P_{t|t} (or the Cholesky factor of P_{t|t}⁻¹)
+  std::int64_t step = 0;                ///< t: observations accepted so far
+  std::int64_t skipped = 0;             ///< steps rejected with a non-Success status
+  Status last_status = Status::NotComputed;  ///< outcome of the last call to step()
+  Scalar last_loss = Scalar(0);         ///< ℓ_t(θ_{t−1}) of the last accepted observation
+};
+
+/// Extended Kalman filter optimizer; `Model` is an observation model (observation_model.hpp).
+template <typename Model>
+class ExtendedKalmanFilter {
+ public:
+  using Scalar = typename Model::Scalar;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Target = typename Model::Target;
+  using Hyperparameters = ExtendedKalmanFilterHyperparameters<Scalar>;
+  using State = ExtendedKalmanFilterState<Scalar>;
+
+  /// \param model               the observation model (held by value)
+  /// \param initial_covariance  prior P_0 (d×d symmetric positive definite; the twin
+  ///                            natural gradient has J_0 = η_0 P_0⁻¹)
+  /// \param hyperparameters     validated here (HyperparameterError)
+  /// Throws InvalidInputError if P_0 is not SPD. Cost O(d³) once.
+  ExtendedKalmanFilter(Model model, const Eigen::Ref<const Matrix>& initial_covariance,
+                       Hyperparameters hyperparameters = Hyperparameters())
+      : model_(std::move(model)), hp_(std::move(hyperparameters)) {
+    hp_.validate();
+    const char* op = "kfopt::ExtendedKalmanFilter";
+    detail::require_nonempty(op, "initial_covariance", initial_covariance);
+    d_ = initial_covariance.rows();
+    k_ = model_.output_dim();
+    if (hp_.process_noise.size() > 0 && hp_.process_noise.rows() != d_) {
+      detail::require_hyperparameter(false, op, "process_noise", detail::shape_of(hp_.process_noise),
+                                     "d×d with d the size of the initial covariance");
+    }
+    reset(initial_covariance);
+    output_.resize(k_);
+    jacobian_.resize(k_, d_);
+    updater_.reserve(d_, model_.factor_rows());
+  }
+
+  /// One observation, given the model output z = g(θ, u) (k) and its Jacobian J = ∂z/∂θ
+  /// (k×d), both evaluated at the current θ, and the target y. θ is updated in place.
+  ///
+  /// Returns Success; NonFiniteInput (NaN/Inf in θ, z, J or y) or NumericalIssue (the
+  /// model's gradient or Fisher is undefined, e.g. mean-link p ∈ {0,1}; the update would not
+  /// be finite): then θ and the state are unchanged except `skipped` and `last_status`.
+  /// Throws ShapeError (shapes, named), InvalidInputError (target outside the support),
+  /// HyperparameterError (a schedule value outside [0, 1)) before changing anything.
+  Status step(Eigen::Ref<Vector> theta, const Eigen::Ref<const Vector>& output,
+              const Eigen::Ref<const Matrix>& jacobian, const Target& y) {
+    const char* op = "kfopt::ExtendedKalmanFilter::step";
+    detail::require_shape(op, "theta", theta, d_, 1);
+    detail::require_shape(op, "output", output, k_, 1);
+    detail::require_shape(op, "jacobian", jacobian, k_, d_);
+    const std::int64_t t = state_.step + 1;
+    const Scalar lambda = hp_.fading_at(t);
+    if (!theta.allFinite()) return skip(Status::NonFiniteInput);
+    Status status = linearize_observation(op, model_, output, jacobian, y, FisherKind::Model, lin_);
+    if (status != Status::Success) return skip(status);
+    const Scalar inflation = Scalar(1) / (Scalar(1) - lambda);
+    if (hp_.process_noise.size() > 0) {
+      status = updater_.update_covariance(state_.covariance, lin_.factor_t, lin_.score, inflation,
+                                          hp_.process_noise);
+    } else {
+      status = updater_.update_covariance(state_.covariance, lin_.factor_t, lin_.score, inflation);
+    }
+    if (status != Status::Success) return skip(status);
+    theta += updater_.increment();
+    state_.step = t;
+    state_.last_loss = lin_.loss;
+    state_.last_status = Status::Success;
+    return Status::Success;
+  }
+
+  /// One observation with a caller-supplied predictor, called as
+  /// `predictor(const Eigen::Ref<const Vector>& theta, Eigen::Ref<Vector> z,
+  ///            Eigen::Ref<Matrix> jacobian)`; it writes z (k) and ∂z/∂θ (k×d) into
+  /// preallocated storage. Same contract as the other overload.
+  template <typename Predictor>
+  Status step(Eigen::Ref<Vector> theta, Predictor&& predictor, const Target& y) {
+    detail::require_shape("kfopt::ExtendedKalmanFilter::step", "theta", theta, d_, 1);
+    const Eigen::Ref<const Vector> theta_in(theta);
+    predictor(theta_in, Eigen::Ref<Vector>(output_), Eigen::Ref<Matrix>(jacobian_));
+    return step(theta, output_, jacobian_, y);
+  }
+
+  /// Restarts from prior covariance P_0 (counters cleared).
+  void reset(const Eigen::Ref<const Matrix>& initial_covariance) {
+    detail::require_shape("kfopt::ExtendedKalmanFilter::reset", "initial_covariance",
+                          initial_covariance, d_, d_);
+    State fresh;
+    fresh.covariance = BeliefCovariance<Scalar>::from_covariance(initial_covariance, hp_.form);
+    state_ = std::move(fresh);
+  }
+
+  const State& state() const noexcept { return state_; }
+  /// Restores a state (checkpoint). Throws ShapeError / InvalidInputError on a mismatch.
+  void set_state(State state) {
+    detail::require_shape("kfopt::ExtendedKalmanFilter::set_state", "covariance",
+                          state.covariance.storage(), d_, d_);
+    if (state.covariance.form() != hp_.form) {
+      throw InvalidInputError("kfopt::ExtendedKalmanFilter::set_state: state is in " +
+                              std::string(to_string(state.covariance.form())) +
+                              " form but the filter uses " + to_string(hp_.form));
+    }
+    state_ = std::move(state);
+  }
+
+  const Hyperparameters& hyperparameters() const noexcept { return hp_; }
+  const Model& model() const noexcept { return model_; }
+  Eigen::Index dim() const noexcept { return d_; }
+  /// Dense P_{t|t} (O(d³) in the information form).
+  Matrix covariance() const { return state_.covariance.covariance(); }
+  /// Dense P_{t|t}⁻¹ (O(d³) in the covariance forms).
+  Matrix precision() const { return state_.covariance.precision(); }
+  /// θ_t − θ_{t−1} of the last accepted step.
+  const Vector& last_increment() const noexcept { return updater_.increment(); }
+  /// The last linearized observation (Gᵀ, score, loss).
+  const LinearizedObservation<Scalar>& last_linearization() const noexcept { return lin_; }
+
+ private:
+  Status skip(Status status) {
+    ++state_.skipped;
+    state_.last_status = status;
+    return status;
+  }
+
+  Model model_;
+  Hyperparameters hp_;
+  Eigen::Index d_ = 0;
+  Eigen::Index k_ = 0;
+  State state_;
+  LinearizedObservation<Scalar> lin_;
+  KalmanUpdater<Scalar> updater_;
+  Vector output_;
+  Matrix jacobian_;
+};
+
+}  // namespace kfopt
