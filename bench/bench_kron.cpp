@@ -80,7 +80,7 @@ void BM_DampedCholeskyInverse(benchmark::State& state) {
 template <typename Scalar>
 void BM_KroneckerFactoredInverse(benchmark::State& state) {
   const Eigen::Index n = state.range(0);
-  kfopt::SymmetricEigenCache<Scalar> ca(n), cg(n);
+  kfopt::FactorSpectrum<Scalar> ca(n), cg(n);
   ca.compute(spd<Scalar>(n));
   cg.compute(spd<Scalar>(n));
   const Mat<Scalar> Z = Mat<Scalar>::Random(n, n);

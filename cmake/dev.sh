@@ -59,7 +59,7 @@ case "${1:-test}" in
     ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}" \
     UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
     configure_build_test "$build_root/sanitize" -DCMAKE_BUILD_TYPE=Debug \
-      -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
+      -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
       -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF
     ;;
   *)

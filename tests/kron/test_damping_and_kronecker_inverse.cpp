@@ -2,6 +2,7 @@
 // eigendecompositions, against explicit Kronecker products and explicit inverses.
 #include <catch2/catch.hpp>
 #include <kfopt/kron/factored_damping.hpp>
+#include <kfopt/kron/factor_moments.hpp>
 #include <kfopt/kron/kronecker_inverse.hpp>
 
 #include "support/dense_reference.hpp"
@@ -67,9 +68,9 @@ TEMPLATE_TEST_CASE("Kronecker inverses: exact Tikhonov and factored damping vs d
   for (const auto& s : shapes) {
     const int in = s[0], out_dim = s[1];
     const Mat<TestType> A = rng.spd<TestType>(in), G = rng.spd<TestType>(out_dim, 0.2, 2.0);
-    kfopt::SymmetricEigenCache<TestType> ca, cg;
-    ca.compute(A);
-    cg.compute(G);
+    kfopt::FactorSpectrum<TestType> ca(in), cg(out_dim);
+    REQUIRE(ca.compute(A) == kfopt::Status::Success);
+    REQUIRE(cg.compute(G) == kfopt::Status::Success);
     const Mat<TestType> Z = rng.normal<TestType>(out_dim, in);
     Mat<TestType> out, work;
     for (double lambda : {0.0, 0.05, 1.0}) {
@@ -99,7 +100,7 @@ TEST_CASE("Kronecker inverses: singular without damping, shape errors name the s
   Mat<double> A = rng.normal<double>(3, 2);
   A = A * A.transpose();  // rank 2 of 3: singular
   const Mat<double> G = rng.spd<double>(2);
-  kfopt::SymmetricEigenCache<double> ca, cg;
+  kfopt::FactorSpectrum<double> ca, cg;
   ca.compute(A);
   cg.compute(G);
   const Mat<double> Z = rng.normal<double>(2, 3);
@@ -120,4 +121,78 @@ TEST_CASE("Kronecker inverses: singular without damping, shape errors name the s
     CHECK(msg.find("3x2") != std::string::npos);
     CHECK(msg.find("2x3") != std::string::npos);
   }
+}
+
+TEMPLATE_TEST_CASE("Kronecker inverses and products with diagonal factors (one-hot inputs, wide outputs)",
+                   "[kron][inverse][diagonal]", float, double) {
+  Rng rng(24);
+  const int in = 5, out_dim = 3;
+  const Mat<TestType> A = rng.spd<TestType>(in), G = rng.spd<TestType>(out_dim, 0.2, 2.0);
+  Vec<TestType> a_diag(in), g_diag(out_dim);
+  for (int i = 0; i < in; ++i) a_diag(i) = static_cast<TestType>(rng.uniform(0.1, 2.0));
+  for (int i = 0; i < out_dim; ++i) g_diag(i) = static_cast<TestType>(rng.uniform(0.1, 2.0));
+  const Mat<TestType> Ad = a_diag.asDiagonal(), Gd = g_diag.asDiagonal();
+  const Mat<TestType> Z = rng.normal<TestType>(out_dim, in);
+  // Every combination of dense and diagonal factors.
+  for (int combo = 0; combo < 4; ++combo) {
+    const bool a_is_diag = combo & 1, g_is_diag = combo & 2;
+    kfopt::FactorSpectrum<TestType> sa(in, a_is_diag ? kfopt::FactorStructure::Diagonal
+                                                      : kfopt::FactorStructure::Dense);
+    kfopt::FactorSpectrum<TestType> sg(out_dim, g_is_diag ? kfopt::FactorStructure::Diagonal
+                                                           : kfopt::FactorStructure::Dense);
+    const Mat<TestType> a_arg = a_is_diag ? Mat<TestType>(a_diag) : A;
+    const Mat<TestType> g_arg = g_is_diag ? Mat<TestType>(g_diag) : G;
+    REQUIRE(sa.compute(a_arg) == kfopt::Status::Success);
+    REQUIRE(sg.compute(g_arg) == kfopt::Status::Success);
+    const Mat<TestType> Afull = a_is_diag ? Ad : A, Gfull = g_is_diag ? Gd : G;
+    Mat<TestType> out, work;
+    const TestType lambda = static_cast<TestType>(0.07);
+    REQUIRE(kfopt::kronecker_damped_inverse(sa, sg, lambda, Z, out, work) == kfopt::Status::Success);
+    Mat<TestType> F = dense_kron(Afull, Gfull);
+    F.diagonal().array() += lambda;
+    CHECK(relative_error(dense_vec(out), Vec<TestType>(dense_inverse<TestType>(F) * dense_vec(Z))) <=
+          Tolerance<TestType>::dense);
+    REQUIRE(kfopt::kronecker_factored_inverse(sa, TestType(0.1), sg, TestType(0.2), Z, out, work) ==
+            kfopt::Status::Success);
+    Mat<TestType> As = Afull, Gs = Gfull;
+    As.diagonal().array() += TestType(0.1);
+    Gs.diagonal().array() += TestType(0.2);
+    CHECK(relative_error(dense_vec(out),
+                         Vec<TestType>(dense_inverse<TestType>(dense_kron(As, Gs)) * dense_vec(Z))) <=
+          Tolerance<TestType>::dense);
+    kfopt::kronecker_factor_multiply(a_arg, g_arg, Z, out, work);
+    CHECK(relative_error(dense_vec(out), Vec<TestType>(dense_kron(Afull, Gfull) * dense_vec(Z))) <=
+          Tolerance<TestType>::dense);
+    CHECK(sa.trace() == Approx(Afull.trace()).epsilon(1e-5));
+  }
+  kfopt::FactorSpectrum<double> diag(3, kfopt::FactorStructure::Diagonal);
+  CHECK_THROWS_AS(diag.compute(Mat<double>::Identity(3, 3)), kfopt::ShapeError);
+  Vec<double> neg(3);
+  neg << -1e-9, 1.0, 2.0;
+  REQUIRE(diag.compute(neg) == kfopt::Status::Success);
+  CHECK(diag.eigenvalues()(0) == 0.0);  // clipped like a dense factor's eigenvalues
+  CHECK_THROWS_AS(diag.eigenvectors(), kfopt::InvalidInputError);
+}
+
+TEST_CASE("factor moving average: the diagonal mode keeps E[a_i^2] (exact for one-hot inputs)",
+          "[kron][moments][diagonal]") {
+  Rng rng(25);
+  Mat<double> onehot = Mat<double>::Zero(6, 4);
+  const int hot[6] = {0, 2, 2, 3, 1, 2};
+  for (int r = 0; r < 6; ++r) onehot(r, hot[r]) = 1.0;
+  kfopt::FactorMovingAverage<double> dense(4, {0.9, true, false});
+  kfopt::FactorMovingAverage<double> diag(4, {0.9, true, true});
+  REQUIRE(dense.update(onehot) == kfopt::Status::Success);
+  REQUIRE(diag.update(onehot) == kfopt::Status::Success);
+  CHECK(diag.value().cols() == 1);
+  CHECK(diag.value().rows() == 5);
+  CHECK(diag.value().col(0) == dense.value().diagonal());
+  // Without the homogeneous coordinate, one-hot inputs give an exactly diagonal A.
+  kfopt::FactorMovingAverage<double> no_bias(4);
+  no_bias.update(onehot);
+  Mat<double> off = no_bias.value();
+  off.diagonal().setZero();
+  CHECK(off.norm() == 0.0);
+  CHECK_THROWS_AS((kfopt::TemporalFactorMovingAverage<double>(3, {0.9, false, true})),
+                  kfopt::HyperparameterError);
 }

@@ -51,6 +51,10 @@ struct FactorAverageOptions {
   double decay = 0.95;
   /// Append the homogeneous coordinate 1 to each input vector (bias folding). Default off.
   bool homogeneous = false;
+  /// Keep only the diagonal `E[a_i²]` (FactorMovingAverage only): exact for one-hot inputs
+  /// (an embedding layer's A), an approximation for a very wide layer's G (RNN K-FAC §4.1).
+  /// The value is then a dimension×1 column. Default off.
+  bool diagonal = false;
 
   /// Throws HyperparameterError naming the field when a value is out of range.
   void validate() const {
@@ -112,8 +116,8 @@ class FactorMovingAverage {
       throw ShapeError("kfopt::FactorMovingAverage: input dimension must be positive, got " +
                        std::to_string(input_dim));
     }
-    state_.average.setZero(dimension(), dimension());
-    batch_.setZero(dimension(), dimension());
+    state_.average.setZero(dimension(), value_cols());
+    batch_.setZero(dimension(), value_cols());
   }
 
   /// Takes one batch, rows are samples (k × input_dim). Returns Status::NonFiniteInput and
@@ -134,8 +138,12 @@ class FactorMovingAverage {
     }
     const Scalar inv_k = Scalar(1) / static_cast<Scalar>(batch.rows());
     const Eigen::Index n = input_dim_;
-    batch_.resize(dimension(), dimension());
-    if (!options_.homogeneous) {
+    batch_.resize(dimension(), value_cols());
+    if (options_.diagonal) {
+      // E[a_i²] per coordinate: one pass, no n×n work.
+      batch_.col(0).head(n) = batch.colwise().squaredNorm().transpose() * inv_k;
+      if (options_.homogeneous) batch_(n, 0) = Scalar(1);
+    } else if (!options_.homogeneous) {
       detail::scaled_gram(batch, inv_k, batch_);
     } else {
       // [[XᵀX, Xᵀ1], [1ᵀX, k]] / k without copying X.
@@ -154,8 +162,10 @@ class FactorMovingAverage {
     return Status::Success;
   }
 
-  /// The bias-corrected average (zero before the first batch).
+  /// The bias-corrected average (zero before the first batch): dimension × dimension, or
+  /// dimension × 1 (the diagonal) with `options.diagonal`.
   const Matrix& value() const noexcept { return state_.average; }
+  bool diagonal() const noexcept { return options_.diagonal; }
   /// The factor's size: input_dim, plus 1 when homogeneous.
   Eigen::Index dimension() const noexcept { return input_dim_ + (options_.homogeneous ? 1 : 0); }
   Eigen::Index input_dimension() const noexcept { return input_dim_; }
@@ -164,16 +174,18 @@ class FactorMovingAverage {
   /// Replaces the state (e.g. from a checkpoint); shapes must match.
   void set_state(const State& state) {
     detail::require_shape("kfopt::FactorMovingAverage::set_state", "average", state.average,
-                          dimension(), dimension());
+                          dimension(), value_cols());
     state_ = state;
   }
   /// Forgets every batch.
   void reset() {
     state_ = State{};
-    state_.average.setZero(dimension(), dimension());
+    state_.average.setZero(dimension(), value_cols());
   }
 
  private:
+  Eigen::Index value_cols() const noexcept { return options_.diagonal ? 1 : dimension(); }
+
   FactorAverageOptions options_;
   Eigen::Index input_dim_;
   State state_;
@@ -206,6 +218,9 @@ class TemporalFactorMovingAverage {
   TemporalFactorMovingAverage(Eigen::Index input_dim, FactorAverageOptions options = {})
       : options_(options), input_dim_(input_dim) {
     options_.validate();
+    detail::require_hyperparameter(!options_.diagonal, "kfopt::TemporalFactorMovingAverage",
+                                   "diagonal", options_.diagonal,
+                                   "{false} (temporal moments are always dense)");
     if (input_dim <= 0) {
       throw ShapeError(
           "kfopt::TemporalFactorMovingAverage: input dimension must be positive, got " +

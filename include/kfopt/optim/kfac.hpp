@@ -1,0 +1,345 @@
+#pragma once
+/// \file kfac.hpp
+/// \brief K-FAC for networks of dense layers (Martens & Grosse 2015), with the practical
+/// additions of Ba, Grosse & Martens 2017 (KL clipping) and adaptive Levenberg–Marquardt
+/// damping (Martens & Grosse 2015, §6.5).
+///
+/// Each registered layer `s = W a + b` has a Kronecker-factored Fisher block `A ⊗ G`
+/// (curvature/kronecker_block.hpp). One step, for the gradient `∇ = [∇W ∇b]` of the mean
+/// loss of a mini-batch:
+///
+///     Z_l  = ∇_l + wd · [W_l b_l]                         (L2 weight decay, optional)
+///     Δ_l  = F̂_l⁻¹ Z_l                                     (damped block inverse, eq. 6 of
+///                                                            the RNN K-FAC paper with T = 1)
+///     ν    = min(1, sqrt(κ / (η² Σ_l ⟨Δ_l, Z_l⟩)))          (KL clipping, Ba et al. 2017 §5)
+///     m_l ← μ m_l + ν Δ_l ;   [W_l b_l] ← [W_l b_l] − η m_l  (momentum)
+///
+/// Statistics (A, G) are taken every `statistics_period` steps (the caller asks
+/// `wants_statistics()`), the spectra are refreshed every `inverse_period` steps and are
+/// stale in between, as in the papers' experiments. Any damping λ applies to the cached
+/// spectra without a new factorization, so adaptive damping costs nothing extra: after a
+/// step the caller may report the loss before and after it, and λ follows the
+/// Levenberg–Marquardt rule on the reduction ratio ρ = (h(θ+δ) − h(θ)) / (M(δ) − M(0)) of
+/// the quadratic model `M(δ) − M(0) = ⟨∇, δ⟩ + ½ δᵀ (F̂ + λI) δ` (F̂δ by the factors,
+/// no inverse): ρ > 3/4 → λ ← ω λ; ρ < 1/4 → λ ← λ / ω.
+///
+/// **Statistics must come from the model's own predictions** for `A ⊗ G` to approximate the
+/// Fisher: compute the `g` passed to record_statistics by back-propagating a target sampled
+/// from the model's predictive distribution. Passing the training targets' `g` gives the
+/// empirical Fisher (an explicit, documented choice of the caller; usually worse).
+///
+/// Cost per step: per layer, four products (2·out·in·(out+in) flops) for the inverse, plus
+/// a rank-k statistics update when asked, plus one eigendecomposition per dense factor every
+/// `inverse_period` steps. No allocation after the first step.
+
+#include <cmath>
+#include <deque>
+#include <limits>
+#include <string>
+
+#include "kfopt/core/parameter_block.hpp"
+#include "kfopt/core/step_guard.hpp"
+#include "kfopt/curvature/kronecker_block.hpp"
+
+namespace kfopt {
+
+/// Hyperparameters of Kfac.
+struct KfacOptions {
+  /// Learning rate η > 0 (the step before KL clipping). Default 0.01.
+  double learning_rate = 0.01;
+  /// Momentum μ ∈ [0, 1) on the (clipped) preconditioned gradient. Default 0.9.
+  double momentum = 0.9;
+  /// Initial Tikhonov damping λ > 0. Default 1e-3.
+  double damping = 1e-3;
+  /// How λ enters each block's inverse. Default Factored (π-damping).
+  DampingStyle damping_style = DampingStyle::Factored;
+  /// Lower bound of λ under adaptive damping, and the smallest factored shift. Range
+  /// [0, damping]. Default 1e-8.
+  double min_damping = 1e-8;
+  /// Upper bound of λ under adaptive damping, ≥ damping. Default 1e4.
+  double max_damping = 1e4;
+  /// L2 weight decay wd ≥ 0, added to the gradient before preconditioning. Default 0.
+  double weight_decay = 0.0;
+  /// Decay β ∈ (0, 1] of the factors' moving averages. Default 0.95.
+  double decay = 0.95;
+  /// Statistics every T_stats ≥ 1 steps. Default 1.
+  int statistics_period = 1;
+  /// Spectra ("inverses") refreshed every T_inv ≥ 1 steps. Default 20.
+  int inverse_period = 20;
+  /// KL-clipping bound κ ≥ 0 on η² Σ⟨Δ, ∇⟩ (0 disables clipping). Default 1e-3.
+  double kl_clip = 1e-3;
+  /// Adapt λ from report_loss() by the Levenberg–Marquardt rule. Default off.
+  bool adaptive_damping = false;
+  /// ω ∈ (0, 1): λ ← ωλ on a good step (ρ > 3/4), λ/ω on a bad one (ρ < 1/4). Martens &
+  /// Grosse use (19/20)^5 applied every 5 steps; applied every step, 0.95 is comparable.
+  double damping_adaptation = 0.95;
+
+  void validate() const {
+    constexpr const char* a = "kfopt::KfacOptions";
+    detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
+                                   "learning_rate", learning_rate, "(0, inf)");
+    detail::require_hyperparameter(momentum >= 0.0 && momentum < 1.0, a, "momentum", momentum, "[0, 1)");
+    detail::require_hyperparameter(damping > 0.0 && std::isfinite(damping), a, "damping", damping, "(0, inf)");
+    detail::require_hyperparameter(min_damping >= 0.0 && min_damping <= damping, a, "min_damping",
+                                   min_damping, "[0, damping]");
+    detail::require_hyperparameter(max_damping >= damping, a, "max_damping", max_damping, "[damping, inf)");
+    detail::require_hyperparameter(weight_decay >= 0.0, a, "weight_decay", weight_decay, "[0, inf)");
+    detail::require_hyperparameter(decay > 0.0 && decay <= 1.0, a, "decay", decay, "(0, 1]");
+    detail::require_hyperparameter(statistics_period >= 1, a, "statistics_period", statistics_period, "[1, inf)");
+    detail::require_hyperparameter(inverse_period >= 1, a, "inverse_period", inverse_period, "[1, inf)");
+    detail::require_hyperparameter(kl_clip >= 0.0, a, "kl_clip", kl_clip, "[0, inf)");
+    detail::require_hyperparameter(damping_adaptation > 0.0 && damping_adaptation < 1.0, a,
+                                   "damping_adaptation", damping_adaptation, "(0, 1)");
+  }
+};
+
+/// Per-layer choices when registering a dense layer.
+struct DenseLayerOptions {
+  /// Diagonal A: exact for one-hot inputs (an embedding layer), RNN K-FAC §4.1.
+  FactorStructure input_factor = FactorStructure::Dense;
+  /// Diagonal G: an approximation for a very wide output layer (RNN K-FAC §4.1).
+  FactorStructure gradient_factor = FactorStructure::Dense;
+};
+
+/// K-FAC over registered dense layers (see kfac.hpp for the algorithm).
+template <typename Scalar>
+class Kfac {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+  /// What the optimizer carries between steps besides the layers' factors.
+  struct State {
+    StepCounters counters;                ///< steps taken and steps skipped for NaN/Inf
+    double damping = 0.0;                 ///< current λ
+    std::int64_t inverse_refreshes = 0;   ///< times the spectra were recomputed
+    std::int64_t singular_skips = 0;      ///< steps skipped because a damped block was singular
+    std::int64_t skipped_statistics = 0;  ///< statistics batches refused for NaN/Inf
+    double last_clip_scale = 1.0;         ///< ν of the last step
+    double last_reduction_ratio = std::numeric_limits<double>::quiet_NaN();  ///< ρ of the last report
+    double pending_model_change = 0.0;    ///< M(δ) − M(0) of the last step (for report_loss)
+  };
+
+  explicit Kfac(KfacOptions options = {}) : options_(options) {
+    options_.validate();
+    state_.damping = options_.damping;
+  }
+
+  /// Registers a dense layer `s = W a + b`: W out×in, b out, and their gradients of the same
+  /// shapes, all in caller storage. Returns the layer id for record_statistics.
+  std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector& b,
+                              const Vector& db, DenseLayerOptions layer = {}) {
+    if (b.size() != W.rows() || db.size() != W.rows()) {
+      throw ShapeError("kfopt::Kfac::add_dense_layer (layer '" + name + "'): W is " +
+                       detail::shape_of(W) + " but b has " + std::to_string(b.size()) +
+                       " and db " + std::to_string(db.size()) + " entries (need " +
+                       std::to_string(W.rows()) + ")");
+    }
+    return add_layer(name, W, dW, &b, &db, layer);
+  }
+
+  /// Registers a dense layer without bias `s = W a`.
+  std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW,
+                              DenseLayerOptions layer = {}) {
+    return add_layer(name, W, dW, nullptr, nullptr, layer);
+  }
+
+  std::size_t num_layers() const noexcept { return layers_.size(); }
+  const KroneckerBlock<Scalar>& block(std::size_t id) const { return layers_.at(id).block; }
+
+  /// Whether this step should record statistics (every statistics_period steps).
+  bool wants_statistics() const noexcept {
+    return state_.counters.steps % options_.statistics_period == 0;
+  }
+
+  /// Records one batch of a layer's inputs `a` (k × in) and per-example pre-activation
+  /// gradients `g` (k × out; model-sampled targets for the true Fisher). NaN/Inf → the
+  /// batch is refused (NonFiniteInput), counted, both factors unchanged.
+  Status record_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                           const Eigen::Ref<const Matrix>& g) {
+    const Status s = layer_at("kfopt::Kfac::record_statistics", id).block.update_statistics(a, g);
+    if (s == Status::NonFiniteInput) ++state_.skipped_statistics;
+    return s;
+  }
+
+  /// One K-FAC step from the gradients in the registered storage. All or nothing: a
+  /// non-finite gradient (NonFiniteInput) or a singular damped block (NumericalIssue)
+  /// leaves every parameter and all optimizer state unchanged. Throws InvalidInputError if
+  /// a layer has never received statistics.
+  Status step() {
+    if (layers_.empty()) throw InvalidInputError("kfopt::Kfac::step: no layer registered");
+    for (const auto& layer : layers_) {
+      if (!layer.block.has_statistics()) {
+        throw InvalidInputError("kfopt::Kfac::step: layer '" + layer.block.name() +
+                                "' has no statistics yet; call record_statistics before the first step");
+      }
+    }
+    const Status guard = detail::guard_gradients(params_, state_.counters);
+    if (guard != Status::Success) return guard;
+
+    // Refresh the spectra on schedule (and for any layer that never had one).
+    const bool due = state_.counters.steps % options_.inverse_period == 0;
+    for (auto& layer : layers_) {
+      if (due || !layer.block.has_inverse()) {
+        const Status s = layer.block.refresh();
+        if (s != Status::Success && !layer.block.has_inverse()) return s;  // keep stale ones otherwise
+      }
+    }
+    if (due) ++state_.inverse_refreshes;
+
+    // Preconditioned gradients into per-layer buffers; nothing is written before all succeed.
+    const Scalar wd = static_cast<Scalar>(options_.weight_decay);
+    BlockDamping<Scalar> damping{options_.damping_style, static_cast<Scalar>(state_.damping),
+                                 static_cast<Scalar>(options_.min_damping)};
+    double inner = 0.0;  // Σ ⟨Δ, Z⟩
+    for (auto& layer : layers_) {
+      gather(layer, wd);
+      const Status s = layer.block.apply_inverse(layer.gradient, damping, layer.direction);
+      if (s != Status::Success) {
+        ++state_.singular_skips;
+        return s;
+      }
+      inner += static_cast<double>(layer.direction.cwiseProduct(layer.gradient).sum());
+    }
+    const double lr = options_.learning_rate;
+    double nu = 1.0;
+    if (options_.kl_clip > 0.0 && inner > 0.0 && std::isfinite(inner)) {
+      nu = std::min(1.0, std::sqrt(options_.kl_clip / (lr * lr * inner)));
+    }
+
+    // Momentum, the quadratic model of the step (adaptive damping), and the update.
+    const Scalar mu = static_cast<Scalar>(options_.momentum);
+    double model_change = 0.0;
+    for (auto& layer : layers_) {
+      layer.momentum = mu * layer.momentum + static_cast<Scalar>(nu) * layer.direction;
+      if (options_.adaptive_damping) {
+        // δ = −η m; M(δ) − M(0) = ⟨Z, δ⟩ + ½ ⟨δ, F̂δ⟩ + ½ λ ‖δ‖².
+        layer.direction = static_cast<Scalar>(-lr) * layer.momentum;
+        layer.block.multiply(layer.direction, layer.curvature_product);
+        model_change += static_cast<double>(layer.gradient.cwiseProduct(layer.direction).sum()) +
+                        0.5 * static_cast<double>(
+                                  layer.direction.cwiseProduct(layer.curvature_product).sum()) +
+                        0.5 * state_.damping * static_cast<double>(layer.direction.squaredNorm());
+      }
+      scatter(layer, static_cast<Scalar>(lr));
+    }
+    state_.pending_model_change = model_change;
+    state_.last_clip_scale = nu;
+    ++state_.counters.steps;
+    return Status::Success;
+  }
+
+  /// Reports the mini-batch loss before and after the last step (same batch) for adaptive
+  /// damping; returns the reduction ratio ρ (NaN if it could not be formed). A no-op unless
+  /// options.adaptive_damping.
+  double report_loss(double loss_before, double loss_after) {
+    if (!options_.adaptive_damping) return std::numeric_limits<double>::quiet_NaN();
+    const double predicted = state_.pending_model_change;
+    state_.pending_model_change = 0.0;
+    if (!(predicted < 0.0) || !std::isfinite(loss_before) || !std::isfinite(loss_after)) {
+      return std::numeric_limits<double>::quiet_NaN();
+    }
+    const double rho = (loss_after - loss_before) / predicted;
+    if (rho > 0.75) state_.damping *= options_.damping_adaptation;
+    if (rho < 0.25) state_.damping /= options_.damping_adaptation;
+    state_.damping = std::min(options_.max_damping, std::max(options_.min_damping, state_.damping));
+    state_.last_reduction_ratio = rho;
+    return rho;
+  }
+
+  const KfacOptions& options() const noexcept { return options_; }
+  const State& state() const noexcept { return state_; }
+  double damping() const noexcept { return state_.damping; }
+  /// Sets λ directly (e.g. a schedule); must be within [min_damping, max_damping].
+  void set_damping(double lambda) {
+    detail::require_hyperparameter(lambda >= options_.min_damping && lambda <= options_.max_damping &&
+                                       lambda > 0.0,
+                                   "kfopt::Kfac::set_damping", "damping", lambda,
+                                   "[min_damping, max_damping], > 0");
+    state_.damping = lambda;
+  }
+  void set_learning_rate(double lr) {
+    KfacOptions o = options_;
+    o.learning_rate = lr;
+    o.validate();
+    options_ = o;
+  }
+
+ private:
+  struct Layer {
+    KroneckerBlock<Scalar> block;
+    std::size_t weight_index;          // into params_
+    std::ptrdiff_t bias_index;         // into params_, or −1
+    Matrix gradient;                   // Z = [∇W ∇b] (+ weight decay)
+    Matrix direction;                  // Δ = F̂⁻¹ Z, then δ
+    Matrix momentum;                   // m
+    Matrix curvature_product;          // F̂ δ
+  };
+
+  std::size_t add_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
+                        const Vector* db, DenseLayerOptions layer_options) {
+    for (const auto& l : layers_) {
+      if (l.block.name() == name) {
+        throw InvalidInputError("kfopt::Kfac::add_dense_layer: a layer named '" + name +
+                                "' is already registered");
+      }
+    }
+    KroneckerBlockOptions bo;
+    bo.bias = b != nullptr;
+    bo.input_factor = layer_options.input_factor;
+    bo.gradient_factor = layer_options.gradient_factor;
+    bo.decay = options_.decay;
+    // Register the storage first (it validates the shapes), then the block.
+    const std::size_t wi = params_.size();
+    params_.add(name + ".weight", W, dW);
+    std::ptrdiff_t bi = -1;
+    if (b != nullptr) {
+      bi = static_cast<std::ptrdiff_t>(params_.size());
+      params_.add(name + ".bias", *b, *db);
+    }
+    layers_.push_back(Layer{KroneckerBlock<Scalar>(name, W.cols(), W.rows(), bo), wi, bi,
+                            Matrix(), Matrix(), Matrix(), Matrix()});
+    Layer& l = layers_.back();
+    l.gradient.setZero(l.block.rows(), l.block.cols());
+    l.direction.setZero(l.block.rows(), l.block.cols());
+    l.momentum.setZero(l.block.rows(), l.block.cols());
+    l.curvature_product.setZero(l.block.rows(), l.block.cols());
+    return layers_.size() - 1;
+  }
+
+  Layer& layer_at(const char* op, std::size_t id) {
+    if (id >= layers_.size()) {
+      throw InvalidInputError(std::string(op) + ": no layer with id " + std::to_string(id) +
+                              " (" + std::to_string(layers_.size()) + " registered)");
+    }
+    return layers_[id];
+  }
+
+  // Z = [∇W ∇b] + wd [W b].
+  void gather(Layer& layer, Scalar wd) {
+    const auto& wb = params_[layer.weight_index];
+    const Eigen::Index in = wb.cols();
+    layer.gradient.leftCols(in) = wb.gradient() + wd * wb.value();
+    if (layer.bias_index >= 0) {
+      const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
+      layer.gradient.col(in) = bb.gradient().col(0) + wd * bb.value().col(0);
+    }
+  }
+
+  // [W b] ← [W b] − η m.
+  void scatter(Layer& layer, Scalar lr) {
+    auto& wb = params_[layer.weight_index];
+    const Eigen::Index in = wb.cols();
+    wb.value() -= lr * layer.momentum.leftCols(in);
+    if (layer.bias_index >= 0) {
+      params_[static_cast<std::size_t>(layer.bias_index)].value().col(0) -= lr * layer.momentum.col(in);
+    }
+  }
+
+  KfacOptions options_;
+  State state_;
+  ParameterSet<Scalar> params_;
+  std::deque<Layer> layers_;
+};
+
+}  // namespace kfopt

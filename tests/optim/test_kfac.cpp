@@ -1,0 +1,322 @@
+// K-FAC for dense layers against dense brute force: the preconditioned step equals
+// (A ⊗ G + damping)⁻¹ vec([∇W ∇b]) with A, G built from explicit outer products and the
+// Kronecker product formed entry by entry; the inverse-period staleness; the KL-clip bound;
+// the Levenberg–Marquardt rule; bad input; and K-FAC beating Adam on a small MLP.
+#include <catch2/catch.hpp>
+#include <kfopt/optim/adam.hpp>
+#include <kfopt/optim/kfac.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "support/dense_reference.hpp"
+
+using namespace kfopt_test;
+
+namespace {
+
+// Explicit factor: mean over rows of x xᵀ, x = [row, 1] when homogeneous.
+Mat<double> outer_mean(const Mat<double>& X, bool homogeneous) {
+  const Eigen::Index n = X.cols() + (homogeneous ? 1 : 0);
+  Mat<double> M = Mat<double>::Zero(n, n);
+  for (Eigen::Index r = 0; r < X.rows(); ++r) {
+    Vec<double> x(n);
+    x.head(X.cols()) = X.row(r).transpose();
+    if (homogeneous) x(n - 1) = 1;
+    M += x * x.transpose();
+  }
+  return M / static_cast<double>(X.rows());
+}
+
+struct Layer {
+  Mat<double> W, dW;
+  Vec<double> b, db;
+  Layer(Rng& rng, int in, int out)
+      : W(rng.normal<double>(out, in)), dW(rng.normal<double>(out, in)),
+        b(rng.normal<double>(out, 1)), db(rng.normal<double>(out, 1)) {}
+  Vec<double> params() const {
+    Vec<double> v(W.size() + b.size());
+    v << dense_vec(W), b;
+    return v;
+  }
+  Vec<double> grad() const {
+    Vec<double> v(dW.size() + db.size());
+    v << dense_vec(dW), db;
+    return v;
+  }
+};
+
+kfopt::KfacOptions plain_options(kfopt::DampingStyle style, double lambda) {
+  kfopt::KfacOptions o;
+  o.learning_rate = 1.0;
+  o.momentum = 0.0;
+  o.kl_clip = 0.0;
+  o.damping = lambda;
+  o.min_damping = 0.0;
+  o.damping_style = style;
+  o.decay = 1.0;  // plain mean of the batches: easy to reproduce densely
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("K-FAC step equals the dense damped Kronecker inverse of the gradient (both styles)",
+          "[optim][kfac]") {
+  Rng rng(51);
+  const int in = 4, out = 3, k = 9;
+  for (auto style : {kfopt::DampingStyle::Exact, kfopt::DampingStyle::Factored}) {
+    Layer L(rng, in, out);
+    kfopt::Kfac<double> kfac(plain_options(style, 0.05));
+    const auto id = kfac.add_dense_layer("fc", L.W, L.dW, L.b, L.db);
+    const Mat<double> a = rng.normal<double>(k, in), g = rng.normal<double>(k, out);
+    REQUIRE(kfac.record_statistics(id, a, g) == kfopt::Status::Success);
+    const Vec<double> before = L.params();
+    REQUIRE(kfac.step() == kfopt::Status::Success);
+    const Mat<double> A = outer_mean(a, true), G = outer_mean(g, false);
+    Mat<double> F;
+    if (style == kfopt::DampingStyle::Exact) {
+      F = dense_kron(A, G) + 0.05 * Mat<double>::Identity(15, 15);
+    } else {
+      // π written out from its definition: sqrt((tr A / dim A) / (tr G / dim G)).
+      const double pi = std::sqrt((A.trace() / 5.0) / (G.trace() / 3.0));
+      F = dense_kron<double>(A + pi * std::sqrt(0.05) * Mat<double>::Identity(5, 5),
+                             G + std::sqrt(0.05) / pi * Mat<double>::Identity(3, 3));
+    }
+    const Vec<double> expected = before - dense_inverse<double>(F) * L.grad();
+    CHECK(relative_error(L.params(), expected) <= 1e-10);
+  }
+}
+
+TEST_CASE("K-FAC: a layer without bias, and diagonal factors for one-hot inputs", "[optim][kfac]") {
+  Rng rng(52);
+  const int in = 5, out = 3, k = 12;
+  Mat<double> onehot = Mat<double>::Zero(k, in);
+  for (int r = 0; r < k; ++r) onehot(r, rng.integer(0, in - 1)) = 1.0;
+  const Mat<double> g = rng.normal<double>(k, out);
+  Mat<double> W1 = rng.normal<double>(out, in), dW = rng.normal<double>(out, in), W2 = W1;
+  kfopt::Kfac<double> dense(plain_options(kfopt::DampingStyle::Exact, 0.1));
+  kfopt::Kfac<double> diag(plain_options(kfopt::DampingStyle::Exact, 0.1));
+  dense.add_dense_layer("emb", W1, dW);
+  diag.add_dense_layer("emb", W2, dW, {kfopt::FactorStructure::Diagonal, kfopt::FactorStructure::Dense});
+  REQUIRE(dense.record_statistics(0, onehot, g) == kfopt::Status::Success);
+  REQUIRE(diag.record_statistics(0, onehot, g) == kfopt::Status::Success);
+  const Mat<double> W0 = W1;
+  REQUIRE(dense.step() == kfopt::Status::Success);
+  REQUIRE(diag.step() == kfopt::Status::Success);
+  // One-hot inputs make A exactly diagonal: both agree, and both equal the dense formula.
+  CHECK(relative_error(W2, W1) <= 1e-12);
+  const Mat<double> F = dense_kron(outer_mean(onehot, false), outer_mean(g, false)) +
+                        0.1 * Mat<double>::Identity(in * out, in * out);
+  CHECK(relative_error(dense_vec(W1), Vec<double>(dense_vec(W0) - dense_inverse<double>(F) * dense_vec(dW))) <=
+        1e-10);
+}
+
+TEST_CASE("K-FAC: spectra are refreshed every inverse_period steps and stale in between",
+          "[optim][kfac]") {
+  Rng rng(53);
+  const int in = 3, out = 2;
+  Layer L(rng, in, out);
+  auto o = plain_options(kfopt::DampingStyle::Exact, 0.2);
+  o.inverse_period = 3;
+  kfopt::Kfac<double> kfac(o);
+  kfac.add_dense_layer("fc", L.W, L.dW, L.b, L.db);
+  Mat<double> all_a(0, in), all_g(0, out);
+  Mat<double> A_used, G_used;
+  for (int step = 0; step < 7; ++step) {
+    const Mat<double> a = rng.normal<double>(4, in) * (1.0 + step), g = rng.normal<double>(4, out);
+    REQUIRE(kfac.wants_statistics());
+    REQUIRE(kfac.record_statistics(0, a, g) == kfopt::Status::Success);
+    Mat<double> na(all_a.rows() + 4, in), ng(all_g.rows() + 4, out);
+    na << all_a, a;
+    ng << all_g, g;
+    all_a = na;
+    all_g = ng;
+    if (step % 3 == 0) {  // refresh: the factors as of now (decay 1: mean of all batches)
+      A_used = outer_mean(all_a, true);
+      G_used = outer_mean(all_g, false);
+    }
+    L.dW = rng.normal<double>(out, in);
+    L.db = rng.normal<double>(out, 1);
+    const Vec<double> before = L.params();
+    REQUIRE(kfac.step() == kfopt::Status::Success);
+    const Mat<double> F = dense_kron(A_used, G_used) + 0.2 * Mat<double>::Identity(8, 8);
+    CHECK(relative_error(L.params(), Vec<double>(before - dense_inverse<double>(F) * L.grad())) <= 1e-10);
+  }
+  CHECK(kfac.state().inverse_refreshes == 3);  // steps 0, 3, 6
+
+  // statistics_period: asked for every 2nd step.
+  auto o2 = o;
+  o2.statistics_period = 2;
+  kfopt::Kfac<double> k2(o2);
+  Layer L2(rng, in, out);
+  k2.add_dense_layer("fc", L2.W, L2.dW, L2.b, L2.db);
+  std::vector<bool> asked;
+  for (int s = 0; s < 5; ++s) {
+    asked.push_back(k2.wants_statistics());
+    if (asked.back()) k2.record_statistics(0, rng.normal<double>(3, in), rng.normal<double>(3, out));
+    REQUIRE(k2.step() == kfopt::Status::Success);
+  }
+  CHECK(asked == std::vector<bool>{true, false, true, false, true});
+}
+
+TEST_CASE("K-FAC: after KL clipping the step satisfies δᵀ F̂ δ ≤ κ, with equality when active",
+          "[optim][kfac]") {
+  Rng rng(54);
+  const int in = 3, out = 4;
+  for (double kappa : {1e-4, 1e-2, 1e6}) {
+    Layer L1(rng, in, out), L2(rng, out, 2);
+    auto o = plain_options(kfopt::DampingStyle::Exact, 0.1);
+    o.learning_rate = 0.5;
+    o.kl_clip = kappa;
+    kfopt::Kfac<double> kfac(o);
+    kfac.add_dense_layer("l1", L1.W, L1.dW, L1.b, L1.db);
+    kfac.add_dense_layer("l2", L2.W, L2.dW, L2.b, L2.db);
+    const Mat<double> a1 = rng.normal<double>(6, in), g1 = rng.normal<double>(6, out);
+    const Mat<double> a2 = rng.normal<double>(6, out), g2 = rng.normal<double>(6, 2);
+    kfac.record_statistics(0, a1, g1);
+    kfac.record_statistics(1, a2, g2);
+    const Vec<double> p1 = L1.params(), p2 = L2.params();
+    REQUIRE(kfac.step() == kfopt::Status::Success);
+    const Vec<double> d1 = L1.params() - p1, d2 = L2.params() - p2;
+    const Mat<double> F1 = dense_kron(outer_mean(a1, true), outer_mean(g1, false)) + 0.1 * Mat<double>::Identity(16, 16);
+    const Mat<double> F2 = dense_kron(outer_mean(a2, true), outer_mean(g2, false)) + 0.1 * Mat<double>::Identity(10, 10);
+    const double quad = d1.dot(F1 * d1) + d2.dot(F2 * d2);
+    const double unclipped = 0.25 * (L1.grad().dot(dense_inverse<double>(F1) * L1.grad()) +
+                                     L2.grad().dot(dense_inverse<double>(F2) * L2.grad()));
+    CHECK(quad <= kappa * (1 + 1e-9));
+    if (unclipped > kappa) {
+      CHECK(kfac.state().last_clip_scale < 1.0);
+      CHECK(quad == Approx(kappa).epsilon(1e-9));
+    } else {
+      CHECK(kfac.state().last_clip_scale == 1.0);
+      CHECK(quad == Approx(unclipped).epsilon(1e-9));
+    }
+  }
+}
+
+TEST_CASE("K-FAC: momentum accumulates the preconditioned directions", "[optim][kfac]") {
+  Rng rng(55);
+  Layer L(rng, 2, 2);
+  auto o = plain_options(kfopt::DampingStyle::Exact, 0.3);
+  o.momentum = 0.5;
+  o.learning_rate = 0.1;
+  kfopt::Kfac<double> kfac(o);
+  kfac.add_dense_layer("fc", L.W, L.dW, L.b, L.db);
+  const Mat<double> a = rng.normal<double>(5, 2), g = rng.normal<double>(5, 2);
+  kfac.record_statistics(0, a, g);
+  const Mat<double> Finv = dense_inverse<double>(
+      Mat<double>(dense_kron(outer_mean(a, true), outer_mean(g, false)) + 0.3 * Mat<double>::Identity(6, 6)));
+  Vec<double> m = Vec<double>::Zero(6), p = L.params();
+  for (int s = 0; s < 4; ++s) {
+    L.dW = rng.normal<double>(2, 2);
+    L.db = rng.normal<double>(2, 1);
+    m = 0.5 * m + Finv * L.grad();
+    p -= 0.1 * m;
+    // decay = 1 and no new statistics: the factors stay those of the single batch.
+    REQUIRE(kfac.step() == kfopt::Status::Success);
+    CHECK(relative_error(L.params(), p) <= 1e-10);
+  }
+}
+
+TEST_CASE("K-FAC: adaptive damping follows the Levenberg-Marquardt rule without refactorizing",
+          "[optim][kfac]") {
+  Rng rng(56);
+  Layer L(rng, 3, 2);
+  auto o = plain_options(kfopt::DampingStyle::Exact, 0.1);
+  o.learning_rate = 0.2;
+  o.adaptive_damping = true;
+  o.damping_adaptation = 0.5;
+  o.inverse_period = 100;
+  kfopt::Kfac<double> kfac(o);
+  kfac.add_dense_layer("fc", L.W, L.dW, L.b, L.db);
+  const Mat<double> a = rng.normal<double>(7, 3), g = rng.normal<double>(7, 2);
+  kfac.record_statistics(0, a, g);
+  const Vec<double> p0 = L.params(), z = L.grad();
+  REQUIRE(kfac.step() == kfopt::Status::Success);
+  // Predicted change of the quadratic model, computed densely.
+  const Vec<double> delta = L.params() - p0;
+  const Mat<double> F = dense_kron(outer_mean(a, true), outer_mean(g, false));
+  const double predicted = z.dot(delta) + 0.5 * delta.dot(F * delta) + 0.5 * 0.1 * delta.squaredNorm();
+  CHECK(kfac.state().pending_model_change == Approx(predicted).epsilon(1e-12));
+  CHECK(predicted < 0);
+  // Actual reduction as predicted → ρ = 1 → λ halves.
+  CHECK(kfac.report_loss(10.0, 10.0 + predicted) == Approx(1.0));
+  CHECK(kfac.damping() == Approx(0.05));
+  // The next step uses λ = 0.05 with the same (not refreshed) spectra.
+  L.dW = rng.normal<double>(2, 3);
+  const Vec<double> p1 = L.params();
+  REQUIRE(kfac.step() == kfopt::Status::Success);
+  const Vec<double> expected = p1 - 0.2 * dense_inverse<double>(Mat<double>(F + 0.05 * Mat<double>::Identity(8, 8))) * L.grad();
+  CHECK(relative_error(L.params(), expected) <= 1e-10);
+  CHECK(kfac.state().inverse_refreshes == 1);
+  // The loss went up → ρ < 0 → λ doubles (from 0.05 to 0.1).
+  kfac.report_loss(10.0, 11.0);
+  CHECK(kfac.damping() == Approx(0.1));
+  // Bounds hold.
+  for (int i = 0; i < 40; ++i) {
+    kfac.step();
+    kfac.report_loss(10.0, 11.0);
+  }
+  CHECK(kfac.damping() <= o.max_damping);
+}
+
+TEST_CASE("K-FAC: bad input is refused with the layer and shapes named, state unchanged",
+          "[optim][kfac][errors]") {
+  Rng rng(57);
+  Layer L(rng, 3, 2);
+  kfopt::Kfac<double> kfac;
+  CHECK_THROWS_AS(kfac.step(), kfopt::InvalidInputError);  // nothing registered
+  const auto id = kfac.add_dense_layer("decoder.3", L.W, L.dW, L.b, L.db);
+  CHECK_THROWS_WITH(kfac.step(), Catch::Contains("decoder.3") && Catch::Contains("statistics"));
+  try {
+    kfac.record_statistics(id, rng.normal<double>(5, 4), rng.normal<double>(5, 2));
+    FAIL("expected ShapeError");
+  } catch (const kfopt::ShapeError& e) {
+    const std::string msg = e.what();
+    CHECK(msg.find("decoder.3") != std::string::npos);
+    CHECK(msg.find("5x4") != std::string::npos);
+    CHECK(msg.find("5x2") != std::string::npos);
+  }
+  CHECK_THROWS_AS(kfac.record_statistics(7, rng.normal<double>(5, 3), rng.normal<double>(5, 2)),
+                  kfopt::InvalidInputError);
+  REQUIRE(kfac.record_statistics(id, rng.normal<double>(5, 3), rng.normal<double>(5, 2)) ==
+          kfopt::Status::Success);
+  Mat<double> bad_a = rng.normal<double>(5, 3);
+  bad_a(1, 1) = std::numeric_limits<double>::quiet_NaN();
+  const Mat<double> A_before = kfac.block(id).input_factor(), G_before = kfac.block(id).gradient_factor();
+  CHECK(kfac.record_statistics(id, bad_a, rng.normal<double>(5, 2)) == kfopt::Status::NonFiniteInput);
+  CHECK(kfac.block(id).input_factor() == A_before);
+  CHECK(kfac.block(id).gradient_factor() == G_before);
+  CHECK(kfac.state().skipped_statistics == 1);
+  REQUIRE(kfac.step() == kfopt::Status::Success);
+  // A non-finite gradient: the step is skipped, parameters and momentum unchanged.
+  const Mat<double> W = L.W;
+  const Vec<double> b = L.b;
+  L.db(1) = std::numeric_limits<double>::infinity();
+  CHECK(kfac.step() == kfopt::Status::NonFiniteInput);
+  CHECK(L.W == W);
+  CHECK(L.b == b);
+  CHECK(kfac.state().counters.steps == 1);
+  CHECK(kfac.state().counters.skipped_nonfinite == 1);
+  L.db(1) = 0.0;
+  // Registration errors.
+  Vec<double> short_b(1), short_db(1);
+  CHECK_THROWS_AS(kfac.add_dense_layer("x", L.W, L.dW, short_b, short_db), kfopt::ShapeError);
+  CHECK_THROWS_AS(kfac.add_dense_layer("decoder.3", L.W, L.dW), kfopt::InvalidInputError);
+  // Hyperparameters.
+  kfopt::KfacOptions o;
+  o.damping = 0.0;
+  CHECK_THROWS_WITH((kfopt::Kfac<double>(o)), Catch::Contains("damping"));
+  o = {};
+  o.decay = 0.0;
+  CHECK_THROWS_WITH((kfopt::Kfac<double>(o)), Catch::Contains("decay"));
+  o = {};
+  o.decay = 1.5;
+  CHECK_THROWS_AS((kfopt::Kfac<double>(o)), kfopt::HyperparameterError);
+  o = {};
+  o.inverse_period = 0;
+  CHECK_THROWS_WITH((kfopt::Kfac<double>(o)), Catch::Contains("inverse_period"));
+  o = {};
+  o.statistics_period = 0;
+  CHECK_THROWS_WITH((kfopt::Kfac<double>(o)), Catch::Contains("statistics_period"));
+}
