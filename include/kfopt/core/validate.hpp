@@ -95,6 +95,22 @@ void require_symmetric(const char* operation, const char* operand,
   }
 }
 
+/// For a factor handed to a decomposition, in the order the error channels require:
+/// throws ShapeError unless square; returns Status::NonFiniteInput for NaN/Inf (numerical
+/// trouble: the caller keeps its previous result); throws InvalidInputError unless
+/// symmetric; otherwise returns Status::Success.
+template <typename Derived>
+Status check_symmetric_factor(const char* operation, const char* operand,
+                              const Eigen::MatrixBase<Derived>& m) {
+  require_square(operation, operand, m);
+  if (!m.allFinite()) return Status::NonFiniteInput;
+  if (!is_symmetric(m)) {
+    throw InvalidInputError(std::string(operation) + ": " + operand + " (" + shape_of(m) +
+                            ") must be symmetric");
+  }
+  return Status::Success;
+}
+
 /// Throws InvalidInputError unless `value` is finite and `value >= 0`.
 template <typename Scalar>
 void require_nonnegative(const char* operation, const char* operand, Scalar value) {

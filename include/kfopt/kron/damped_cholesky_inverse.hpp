@@ -36,15 +36,11 @@ class DampedCholeskyInverse {
   /// non-symmetric A, or a negative damping.
   DampedCholeskyInverse& compute(const Eigen::Ref<const Matrix>& A, Scalar damping) {
     constexpr const char* op = "kfopt::DampedCholeskyInverse::compute";
-    detail::require_square(op, "A", A);
     detail::require_nonnegative(op, "damping", damping);
-    if (!A.allFinite()) {
-      last_status_ = Status::NonFiniteInput;
+    const Status input = detail::check_symmetric_factor(op, "A", A);
+    if (input != Status::Success) {
+      last_status_ = input;
       return *this;
-    }
-    if (!detail::is_symmetric(A)) {
-      throw InvalidInputError(std::string(op) + ": A (" + detail::shape_of(A) +
-                              ") must be symmetric");
     }
     shifted_ = A;
     shifted_.diagonal().array() += damping;

@@ -53,14 +53,10 @@ class SymmetricEigenCache {
   /// `info() == Status::NonFiniteInput` and keeps the previous decomposition.
   SymmetricEigenCache& compute(const Eigen::Ref<const Matrix>& A) {
     constexpr const char* op = "kfopt::SymmetricEigenCache::compute";
-    detail::require_square(op, "A", A);
-    if (!A.allFinite()) {
-      last_status_ = Status::NonFiniteInput;
+    const Status input = detail::check_symmetric_factor(op, "A", A);
+    if (input != Status::Success) {
+      last_status_ = input;
       return *this;
-    }
-    if (!detail::is_symmetric(A)) {
-      throw InvalidInputError(std::string(op) + ": A (" + detail::shape_of(A) +
-                              ") must be symmetric");
     }
     solver_.compute(A, Eigen::ComputeEigenvectors);
     if (solver_.info() != Eigen::Success || !solver_.eigenvalues().allFinite()) {
