@@ -83,11 +83,7 @@ struct ExtendedKalmanFilterHyperparameters {
       detail::require_hyperparameter(process_noise.allFinite() && detail::is_symmetric(process_noise),
                                      alg, "process_noise", "(non-symmetric or non-finite)",
                                      "symmetric positive semi-definite matrices");
-      Eigen::LDLT<Matrix> ldlt(process_noise);
-      const Scalar scale = std::max(Scalar(1), process_noise.cwiseAbs().maxCoeff());
-      const bool psd = ldlt.info() == Eigen::Success &&
-                       ldlt.vectorD().minCoeff() >=
-                           -ScalarTraits<Scalar>::symmetry_tolerance() * scale;
+      const bool psd = detail::is_positive_semidefinite(process_noise);
       detail::require_hyperparameter(psd, alg, "process_noise", "(indefinite)",
                                      "symmetric positive semi-definite matrices");
       detail::require_hyperparameter(form != KalmanForm::Information, alg, "form",

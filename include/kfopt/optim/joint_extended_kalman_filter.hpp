@@ -1,0 +1,260 @@
+#pragma once
+/// \file joint_extended_kalman_filter.hpp
+/// \brief Extended Kalman filter over the joint vector x = (s, θ) of a recurrent model's
+/// hidden state and its parameters.
+///
+/// Ollivier 2018 (arXiv:1703.00209), recurrent case (restated in shared/papers/ollivier-
+/// 2018-ekf-natural-gradient-equations.md, "Recurrent (state-space) case"). The joint
+/// state evolves by s_t = f(s_{t−1}, θ, u_t), θ_t = θ_{t−1}, so with F = [[∂f/∂s, ∂f/∂θ],
+/// [0, I]] and the observation Jacobian [∂h/∂s, ∂h/∂θ], per step t:
+///
+///     predict   s_{t|t−1} = f(s_{t−1}, θ_{t−1}, u_t),   𝒫_{t|t−1} = F 𝒫 Fᵀ / (1 − λ_t) (+ Q)
+///     update    the Kalman update of kalman_update.hpp on x, with the observation model
+///
+/// Started from the degenerate covariance 𝒫 = M P^θθ Mᵀ, M = [A; I] (helper
+/// `degenerate_covariance`), the filter keeps that form with A the RTRL tangent, and its θ
+/// block is the static EKF: it equals NaturalGradientRtrl (the tests check both facts).
+/// A general (non-degenerate, e.g. uncertain initial state) 𝒫_0 is allowed too.
+///
+/// Covariance is stored as 𝒫 itself (Covariance or Joseph form; the information form is
+/// rejected: a transition F 𝒫 Fᵀ in information form would cost a factorization per step).
+/// Cost per step with D = n + d: the structured predict O(n D² + n² D) (only the rows of the
+/// state part move), the update O(r D²), the model's Jacobians O(n d). The step is
+/// all-or-nothing; θ stays in the caller's storage, the hidden state in `State`.
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "kfopt/core/error.hpp"
+#include "kfopt/core/validate.hpp"
+#include "kfopt/filter/gaussian_belief.hpp"
+#include "kfopt/filter/kalman_update.hpp"
+#include "kfopt/filter/observation_model.hpp"
+#include "kfopt/optim/extended_kalman_filter.hpp"
+
+namespace kfopt {
+
+/// State of JointExtendedKalmanFilter.
+template <typename Scalar>
+struct JointExtendedKalmanFilterState {
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> hidden;  ///< s_{t|t} (n)
+  BeliefCovariance<Scalar> covariance;              ///< 𝒫_{t|t} over (s, θ), (n+d)×(n+d)
+  std::int64_t step = 0;                            ///< observations accepted
+  std::int64_t skipped = 0;                         ///< steps rejected
+  Status last_status = Status::NotComputed;
+  Scalar last_loss = Scalar(0);                     ///< loss of the last accepted step
+};
+
+/// Joint EKF over (hidden state, parameters) of a `RecurrentModel` (tanh_rnn_cell.hpp) with
+/// an `ObservationModel` (observation_model.hpp). Hyperparameters are those of
+/// ExtendedKalmanFilter (fading λ_t, optional joint process noise Q (n+d)×(n+d), form).
+template <typename RecurrentModel, typename ObservationModel>
+class JointExtendedKalmanFilter {
+ public:
+  using Scalar = typename RecurrentModel::Scalar;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Target = typename ObservationModel::Target;
+  using Hyperparameters = ExtendedKalmanFilterHyperparameters<Scalar>;
+  using State = JointExtendedKalmanFilterState<Scalar>;
+
+  /// The degenerate joint covariance [[A P Aᵀ, A P], [P Aᵀ, P]] of a state s = s(θ) with
+  /// tangent A (n×d) and parameter covariance P (d×d).
+  static Matrix degenerate_covariance(const Eigen::Ref<const Matrix>& A,
+                                      const Eigen::Ref<const Matrix>& P) {
+    const char* op = "kfopt::JointExtendedKalmanFilter::degenerate_covariance";
+    detail::require_shape(op, "P", P, A.cols(), A.cols());
+    const Eigen::Index n = A.rows(), d = A.cols();
+    Matrix out(n + d, n + d);
+    const Matrix AP = A * P;
+    out.topLeftCorner(n, n) = AP * A.transpose();
+    out.topRightCorner(n, d) = AP;
+    out.bottomLeftCorner(d, n) = AP.transpose();
+    out.bottomRightCorner(d, d) = P;
+    detail::symmetrize(out);
+    return out;
+  }
+
+  /// \param initial_state       s_0 (n)
+  /// \param initial_covariance  𝒫_0 ((n+d)×(n+d), symmetric positive semi-definite — the
+  ///                            degenerate form is singular)
+  JointExtendedKalmanFilter(RecurrentModel recurrent, ObservationModel observation,
+                            const Eigen::Ref<const Vector>& initial_state,
+                            const Eigen::Ref<const Matrix>& initial_covariance,
+                            Hyperparameters hyperparameters = Hyperparameters())
+      : rnn_(std::move(recurrent)), obs_(std::move(observation)), hp_(std::move(hyperparameters)) {
+    const char* op = "kfopt::JointExtendedKalmanFilter";
+    hp_.validate();
+    detail::require_hyperparameter(hp_.form != KalmanForm::Information, op, "form",
+                                   to_string(hp_.form), "{covariance, joseph}");
+    n_ = rnn_.state_dim();
+    d_ = rnn_.param_dim();
+    k_ = rnn_.output_dim();
+    D_ = n_ + d_;
+    if (obs_.output_dim() != k_) {
+      throw ShapeError(std::string(op) + ": the recurrent model outputs " + std::to_string(k_) +
+                       " values but the observation model takes " +
+                       std::to_string(obs_.output_dim()));
+    }
+    if (hp_.process_noise.size() > 0 && hp_.process_noise.rows() != D_) {
+      detail::require_hyperparameter(false, op, "process_noise",
+                                     detail::shape_of(hp_.process_noise), "(n+d)×(n+d)");
+    }
+    reset(initial_state, initial_covariance);
+    s_pred_.resize(n_);
+    Fs_.resize(n_, n_);
+    Ftheta_.resize(n_, d_);
+    T_.resize(n_, D_);
+    z_.resize(k_);
+    Hs_.resize(k_, n_);
+    Htheta_.resize(k_, d_);
+    Hjoint_.resize(k_, D_);
+    updater_.reserve(D_, obs_.factor_rows());
+  }
+
+  /// Restarts from s_0 and 𝒫_0.
+  void reset(const Eigen::Ref<const Vector>& initial_state,
+             const Eigen::Ref<const Matrix>& initial_covariance) {
+    const char* op = "kfopt::JointExtendedKalmanFilter::reset";
+    detail::require_shape(op, "initial_state", initial_state, n_, 1);
+    detail::require_finite(op, "initial_state", initial_state);
+    detail::require_shape(op, "initial_covariance", initial_covariance, D_, D_);
+    State fresh;
+    fresh.hidden = initial_state;
+    fresh.covariance =
+        BeliefCovariance<Scalar>::from_covariance(initial_covariance, hp_.form, true);
+    state_ = std::move(fresh);
+    predicted_ = state_.covariance;
+  }
+
+  /// One time step with input u_t and target y_t; θ (d) is updated in place. Returns
+  /// Success, or NonFiniteInput / NumericalIssue with θ and the state unchanged (skipped
+  /// counted). Shape, target and schedule errors throw before any change.
+  Status step(Eigen::Ref<Vector> theta, const Eigen::Ref<const Vector>& u, const Target& y) {
+    const char* op = "kfopt::JointExtendedKalmanFilter::step";
+    detail::require_shape(op, "theta", theta, d_, 1);
+    detail::require_shape(op, "input u", u, rnn_.input_dim(), 1);
+    const std::int64_t t = state_.step + 1;
+    const Scalar lambda = hp_.fading_at(t);
+    Status status = predict(theta, u);
+    if (status != Status::Success) return skip(status);
+    rnn_.observe(s_pred_, theta, u, z_, Hs_, Htheta_);
+    if (!z_.allFinite() || !Hs_.allFinite() || !Htheta_.allFinite()) {
+      return skip(Status::NumericalIssue);
+    }
+    Hjoint_.leftCols(n_) = Hs_;
+    Hjoint_.rightCols(d_) = Htheta_;
+    status = linearize_observation(op, obs_, z_, Hjoint_, y, FisherKind::Model, lin_);
+    if (status != Status::Success) return skip(status);
+    const Scalar inflation = Scalar(1) / (Scalar(1) - lambda);
+    if (hp_.process_noise.size() > 0) {
+      status = updater_.update_covariance(predicted_, lin_.factor_t, lin_.score, inflation,
+                                          hp_.process_noise);
+    } else {
+      status = updater_.update_covariance(predicted_, lin_.factor_t, lin_.score, inflation);
+    }
+    if (status != Status::Success) return skip(status);
+    // Commit.
+    const Vector& delta = updater_.increment();
+    state_.hidden = s_pred_ + delta.head(n_);
+    theta += delta.tail(d_);
+    state_.covariance.storage().swap(predicted_.storage());
+    state_.step = t;
+    state_.last_loss = lin_.loss;
+    state_.last_status = Status::Success;
+    return Status::Success;
+  }
+
+  /// Predict only (no target): s ← f(s, θ, u), 𝒫 ← F 𝒫 Fᵀ (+ Q), no fading. θ unchanged.
+  Status advance(const Eigen::Ref<const Vector>& theta, const Eigen::Ref<const Vector>& u) {
+    const char* op = "kfopt::JointExtendedKalmanFilter::advance";
+    detail::require_shape(op, "theta", theta, d_, 1);
+    detail::require_shape(op, "input u", u, rnn_.input_dim(), 1);
+    const Status status = predict(theta, u);
+    if (status != Status::Success) return skip(status);
+    if (hp_.process_noise.size() > 0) {
+      predicted_.storage() += hp_.process_noise;
+      detail::symmetrize(predicted_.storage());
+    }
+    state_.hidden = s_pred_;
+    state_.covariance.storage().swap(predicted_.storage());
+    state_.last_status = Status::Success;
+    return Status::Success;
+  }
+
+  const State& state() const noexcept { return state_; }
+  /// Restores a state (checkpoint); throws on a shape or form mismatch.
+  void set_state(State state) {
+    const char* op = "kfopt::JointExtendedKalmanFilter::set_state";
+    detail::require_shape(op, "hidden", state.hidden, n_, 1);
+    detail::require_shape(op, "covariance", state.covariance.storage(), D_, D_);
+    if (state.covariance.form() != hp_.form) {
+      throw InvalidInputError(std::string(op) + ": state is in " +
+                              to_string(state.covariance.form()) + " form but the filter uses " +
+                              to_string(hp_.form));
+    }
+    state_ = std::move(state);
+  }
+
+  const Hyperparameters& hyperparameters() const noexcept { return hp_; }
+  const Vector& hidden() const noexcept { return state_.hidden; }
+  /// 𝒫_{t|t} over (s, θ) (n+d)×(n+d): blocks [[ss, sθ], [θs, θθ]].
+  const Matrix& covariance() const noexcept { return state_.covariance.storage(); }
+  /// The parameter block 𝒫^θθ (a copy).
+  Matrix parameter_covariance() const { return covariance().bottomRightCorner(d_, d_); }
+  /// (s, θ) increment of the last accepted step.
+  const Vector& last_increment() const noexcept { return updater_.increment(); }
+  Eigen::Index state_dim() const noexcept { return n_; }
+  Eigen::Index param_dim() const noexcept { return d_; }
+
+ private:
+  Status skip(Status status) {
+    ++state_.skipped;
+    state_.last_status = status;
+    return status;
+  }
+
+  /// s_pred = f(s, θ, u) and 𝒫_pred = F 𝒫 Fᵀ into the workspace; only the rows and columns
+  /// of the state part change: T = [F_s F_θ] 𝒫 (n×D), 𝒫_pred = [[T [F_s F_θ]ᵀ, T_θ], [T_θᵀ, 𝒫_θθ]].
+  Status predict(const Eigen::Ref<const Vector>& theta, const Eigen::Ref<const Vector>& u) {
+    if (!theta.allFinite() || !u.allFinite()) return Status::NonFiniteInput;
+    rnn_.transition(state_.hidden, theta, u, s_pred_, Fs_, Ftheta_);
+    if (!s_pred_.allFinite() || !Fs_.allFinite() || !Ftheta_.allFinite()) {
+      return Status::NumericalIssue;
+    }
+    const Matrix& P = state_.covariance.storage();
+    Matrix& Pn = predicted_.storage();
+    T_.noalias() = Fs_ * P.topRows(n_);
+    T_.noalias() += Ftheta_ * P.bottomRows(d_);
+    Pn.bottomRightCorner(d_, d_) = P.bottomRightCorner(d_, d_);
+    Pn.topRightCorner(n_, d_) = T_.rightCols(d_);
+    Pn.bottomLeftCorner(d_, n_) = T_.rightCols(d_).transpose();
+    Pn.topLeftCorner(n_, n_).noalias() = T_.leftCols(n_) * Fs_.transpose();
+    Pn.topLeftCorner(n_, n_).noalias() += T_.rightCols(d_) * Ftheta_.transpose();
+    for (Eigen::Index j = 0; j < n_; ++j) {
+      for (Eigen::Index i = j + 1; i < n_; ++i) {
+        const Scalar v = Scalar(0.5) * (Pn(i, j) + Pn(j, i));
+        Pn(i, j) = v;
+        Pn(j, i) = v;
+      }
+    }
+    if (!Pn.topRows(n_).allFinite()) return Status::NumericalIssue;
+    return Status::Success;
+  }
+
+  RecurrentModel rnn_;
+  ObservationModel obs_;
+  Hyperparameters hp_;
+  Eigen::Index n_ = 0, d_ = 0, k_ = 0, D_ = 0;
+  State state_;
+  BeliefCovariance<Scalar> predicted_;
+  KalmanUpdater<Scalar> updater_;
+  LinearizedObservation<Scalar> lin_;
+  Vector s_pred_, z_;
+  Matrix Fs_, Ftheta_, T_, Hs_, Htheta_, Hjoint_;
+};
+
+}  // namespace kfopt
