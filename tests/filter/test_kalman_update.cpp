@@ -5,6 +5,7 @@
 #include <kfopt/filter/gaussian_belief.hpp>
 #include <kfopt/filter/kalman_predict.hpp>
 #include <kfopt/filter/kalman_update.hpp>
+#include <kfopt/filter/tiled_product.hpp>
 
 #include <cstring>
 
@@ -308,4 +309,45 @@ TEST_CASE("Belief construction rejects non-SPD covariances", "[filter][kalman][e
                   kfopt::InvalidInputError);
   CHECK_NOTHROW(kfopt::BeliefCovariance<double>::from_covariance(
       singular, kfopt::KalmanForm::Covariance, /*allow_singular=*/true));
+}
+
+TEST_CASE("tiled products equal the plain products across tile boundaries", "[filter][kalman]") {
+  Rng rng(81);
+  const Mat<double> A = rng.normal<double>(257, 300);
+  const Mat<double> B = rng.normal<double>(300, 131);
+  Mat<double> C = rng.normal<double>(257, 131);
+  const Mat<double> expected = C - 0.5 * A * B;
+  kfopt::detail::tiled_multiply_add(C, A, B, -0.5);
+  CHECK(relative_error(C, expected) <= 1e-13);
+  const Mat<double> W = rng.normal<double>(300, 140);
+  Mat<double> P = rng.spd<double>(300);
+  const Mat<double> lower_expected = P + W * W.transpose();
+  kfopt::detail::tiled_lower_outer_add(P, W, W, 1.0);
+  kfopt::detail::symmetrize_from_lower(P);
+  CHECK(relative_error(P, lower_expected) <= 1e-13);
+}
+
+TEST_CASE("updates in dimension 300 (several product tiles) equal the dense formulas",
+          "[filter][kalman]") {
+  Rng rng(82);
+  const Eigen::Index d = 300;
+  const Mat<double> P = rng.spd<double>(d, 0.5, 2.0);
+  const Mat<double> Pinv = dense_inverse(P);
+  for (Eigen::Index r : {1, 3, 130}) {
+    const Mat<double> Gt = rng.normal<double>(d, r) / std::sqrt(double(d));
+    const Vec<double> g = rng.normal<double>(d, 1);
+    const Mat<double> Pplus = dense_inverse<double>((Pinv / 1.1 + Gt * Gt.transpose()).eval());
+    const Vec<double> delta = Pplus * g;
+    for (kfopt::KalmanForm form : kAllForms) {
+      auto cov = kfopt::BeliefCovariance<double>::from_covariance(P, form);
+      kfopt::KalmanUpdater<double> updater;
+      REQUIRE(updater.update_covariance(cov, Gt, g, 1.1) == kfopt::Status::Success);
+      INFO("form " << kfopt::to_string(form) << ", r = " << r);
+      CHECK(relative_error(cov.covariance(), Pplus) <= 1e-10);
+      CHECK(relative_error(updater.increment(), delta) <= 1e-10);
+      if (form != kfopt::KalmanForm::Information) {
+        CHECK(bitwise_equal<double>(cov.storage(), cov.storage().transpose().eval()));
+      }
+    }
+  }
 }

@@ -37,9 +37,10 @@
 /// the mean increment are computed and checked, and only then is anything written. A
 /// failed update returns a Status and leaves the belief bit-for-bit unchanged.
 ///
-/// Workspaces are sized on first use; later updates of the same sizes do not allocate
-/// (for r > 1, Eigen's matrix-matrix products may use their own blocking buffers, which
-/// are on the stack below 128 KB).
+/// Workspaces are sized on first use; later updates of the same sizes do not allocate: the
+/// rank-r products are evaluated in tiles (tiled_product.hpp) so that Eigen's packing
+/// buffers stay on the stack, for any d and up to r = 128 observation rows (beyond that,
+/// Eigen's triangular solve with r right-hand sides may use a heap buffer).
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
@@ -50,6 +51,7 @@
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/gaussian_belief.hpp"
+#include "kfopt/filter/tiled_product.hpp"
 
 namespace kfopt {
 
@@ -213,19 +215,26 @@ class KalmanUpdater {
   /// U = c P Gt (+ Q Gt), S = I + Gtᵀ U, chol(S). False if S is not positive definite.
   bool gain_terms(const Matrix& P, const Eigen::Ref<const Matrix>& Gt, Scalar c,
                   const Eigen::Ref<const Matrix>* Q) {
-    const Eigen::Index r = Gt.cols();
-    if (r == 1) {
-      U_.col(0).noalias() = P * Gt.col(0);
-    } else {
-      U_.noalias() = P * Gt;
-    }
-    if (c != Scalar(1)) U_ *= c;
-    if (Q != nullptr) U_.noalias() += *Q * Gt;
-    S_.noalias() = Gt.transpose() * U_;
-    S_.diagonal().array() += Scalar(1);
+    U_.setZero();
+    detail::tiled_multiply_add(U_, P, Gt, c);
+    if (Q != nullptr) detail::tiled_multiply_add(U_, *Q, Gt, Scalar(1));
+    S_.setIdentity();
+    detail::tiled_multiply_add(S_, Gt.transpose(), U_, Scalar(1));
     detail::symmetrize(S_);
     s_llt_.compute(S_);
     return s_llt_.info() == Eigen::Success;
+  }
+
+  /// X ← X chol(S)⁻ᵀ (upper = true) or X ← X chol(S)⁻¹, in panels of rows (no heap).
+  void solve_right(Matrix& X, bool upper) const {
+    for (Eigen::Index i0 = 0; i0 < X.rows(); i0 += detail::kProductTile) {
+      const Eigen::Index mi = std::min(detail::kProductTile, X.rows() - i0);
+      if (upper) {
+        s_llt_.matrixU().template solveInPlace<Eigen::OnTheRight>(X.middleRows(i0, mi));
+      } else {
+        s_llt_.matrixL().template solveInPlace<Eigen::OnTheRight>(X.middleRows(i0, mi));
+      }
+    }
   }
 
   /// pg_ = P̃ g = c P g (+ Q g).
@@ -268,7 +277,7 @@ class KalmanUpdater {
       // Woodbury: W = U chol(S)⁻ᵀ, P⁺ = P̃ − W Wᵀ.
       if (!gain_terms(P, Gt, c, Q)) return Status::NumericalIssue;
       W_ = U_;
-      s_llt_.matrixU().template solveInPlace<Eigen::OnTheRight>(W_);
+      solve_right(W_, true);
       predicted_times_score(P, g, c, Q);
       resize_vector(wr_, r);
       wr_.noalias() = W_.transpose() * g;
@@ -288,7 +297,7 @@ class KalmanUpdater {
     if (r == 1) {
       P.template selfadjointView<Eigen::Lower>().rankUpdate(u_, Scalar(-1));
     } else if (r > 1) {
-      P.template selfadjointView<Eigen::Lower>().rankUpdate(W_, Scalar(-1));
+      detail::tiled_lower_outer_add(P, W_, W_, Scalar(-1));
     }
     detail::symmetrize_from_lower(P);
     return Status::Success;
@@ -307,14 +316,15 @@ class KalmanUpdater {
       // K = U S⁻¹ = U L⁻ᵀ L⁻¹.
       resize_matrix(K_, d, r);
       K_ = U_;
-      s_llt_.matrixU().template solveInPlace<Eigen::OnTheRight>(K_);
-      s_llt_.matrixL().template solveInPlace<Eigen::OnTheRight>(K_);
+      solve_right(K_, true);
+      solve_right(K_, false);
       // M = (I − K G) P̃ = P̃ − K Uᵀ; P⁺ = M (I − K G)ᵀ + K Kᵀ = M − (M Gᵀ) Kᵀ + K Kᵀ.
-      M_.noalias() -= K_ * U_.transpose();
+      detail::tiled_multiply_add(M_, K_, U_.transpose(), Scalar(-1));
       resize_matrix(MG_, d, r);
-      MG_.noalias() = M_ * Gt;
-      M_.noalias() -= MG_ * K_.transpose();
-      M_.noalias() += K_ * K_.transpose();
+      MG_.setZero();
+      detail::tiled_multiply_add(MG_, M_, Gt, Scalar(1));
+      detail::tiled_multiply_add(M_, MG_, K_.transpose(), Scalar(-1));
+      detail::tiled_multiply_add(M_, K_, K_.transpose(), Scalar(1));
     }
     detail::symmetrize(M_);
     delta_.noalias() = M_ * g;

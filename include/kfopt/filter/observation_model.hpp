@@ -54,6 +54,7 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
+#include "kfopt/filter/tiled_product.hpp"
 
 namespace kfopt {
 
@@ -130,7 +131,9 @@ Status linearize_observation(
     if (r == 1) {
       out.factor_t.col(0).noalias() = J.transpose() * out.output_factor.row(0).transpose();
     } else {
-      out.factor_t.noalias() = J.transpose() * out.output_factor.transpose();
+      out.factor_t.setZero();
+      detail::tiled_multiply_add(out.factor_t, J.transpose(), out.output_factor.transpose(),
+                                 typename Model::Scalar(1));
     }
   } else {
     if (out.factor_t.rows() != d || out.factor_t.cols() != 1) out.factor_t.resize(d, 1);

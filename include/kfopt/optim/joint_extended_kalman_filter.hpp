@@ -33,6 +33,7 @@
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
 #include "kfopt/filter/observation_model.hpp"
+#include "kfopt/filter/tiled_product.hpp"
 #include "kfopt/optim/extended_kalman_filter.hpp"
 
 namespace kfopt {
@@ -227,13 +228,16 @@ class JointExtendedKalmanFilter {
     }
     const Matrix& P = state_.covariance.storage();
     Matrix& Pn = predicted_.storage();
-    T_.noalias() = Fs_ * P.topRows(n_);
-    T_.noalias() += Ftheta_ * P.bottomRows(d_);
+    T_.setZero();
+    detail::tiled_multiply_add(T_, Fs_, P.topRows(n_), Scalar(1));
+    detail::tiled_multiply_add(T_, Ftheta_, P.bottomRows(d_), Scalar(1));
     Pn.bottomRightCorner(d_, d_) = P.bottomRightCorner(d_, d_);
     Pn.topRightCorner(n_, d_) = T_.rightCols(d_);
     Pn.bottomLeftCorner(d_, n_) = T_.rightCols(d_).transpose();
-    Pn.topLeftCorner(n_, n_).noalias() = T_.leftCols(n_) * Fs_.transpose();
-    Pn.topLeftCorner(n_, n_).noalias() += T_.rightCols(d_) * Ftheta_.transpose();
+    Pn.topLeftCorner(n_, n_).setZero();
+    detail::tiled_multiply_add(Pn.topLeftCorner(n_, n_), T_.leftCols(n_), Fs_.transpose(), Scalar(1));
+    detail::tiled_multiply_add(Pn.topLeftCorner(n_, n_), T_.rightCols(d_), Ftheta_.transpose(),
+                               Scalar(1));
     for (Eigen::Index j = 0; j < n_; ++j) {
       for (Eigen::Index i = j + 1; i < n_; ++i) {
         const Scalar v = Scalar(0.5) * (Pn(i, j) + Pn(j, i));

@@ -22,6 +22,7 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
+#include "kfopt/filter/tiled_product.hpp"
 
 namespace kfopt {
 
@@ -91,7 +92,7 @@ class Rtrl {
       return Status::NumericalIssue;
     }
     A_new_ = Ftheta_;
-    A_new_.noalias() += Fs_ * state_.tangent;
+    detail::tiled_multiply_add(A_new_, Fs_, state_.tangent, Scalar(1));
     if (!A_new_.allFinite()) return Status::NumericalIssue;
     pending_ = true;
     return Status::Success;
@@ -107,7 +108,7 @@ class Rtrl {
     detail::require_shape(op, "H", H, k_, d_);
     model_.observe(s_new_, theta, u, z, Hs_, Htheta_);
     H = Htheta_;
-    H.noalias() += Hs_ * A_new_;
+    detail::tiled_multiply_add(H, Hs_, A_new_, Scalar(1));
     return z.allFinite() && H.allFinite() ? Status::Success : Status::NumericalIssue;
   }
 
