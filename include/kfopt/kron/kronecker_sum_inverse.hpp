@@ -98,6 +98,63 @@ class KroneckerEigenApplier {
   Matrix work_;
 };
 
+/// The public surface both inverses share (CRTP: `Derived::kName` names the operation in
+/// messages): status, shapes, and `apply` in its three forms.
+template <typename Scalar, typename Derived>
+class KroneckerEigenInverseBase {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+  /// Status of the last `compute`.
+  Status info() const noexcept { return core_.status; }
+
+  /// `out = unvec(M⁻¹ vec(Z))`, Z p×n; `out` is resized to p×n and may alias Z. Throws
+  /// NumericalError unless `info()` is Success, ShapeError for a wrong Z,
+  /// InvalidInputError for a non-finite Z; nothing is written then.
+  template <typename DerivedZ>
+  void apply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
+    core_.check_apply(apply_name(), Z);
+    out = core_.run(Z);
+  }
+
+  /// As above, into a fixed-size destination (a Map of user storage, a Block), which must
+  /// already be p×n (ShapeError otherwise).
+  template <typename DerivedZ>
+  void apply(const Eigen::MatrixBase<DerivedZ>& Z, Eigen::Ref<Matrix> out) {
+    core_.check_apply(apply_name(), Z);
+    require_shape(apply_name(), "out", out, core_.p(), core_.n());
+    out = core_.run(Z);
+  }
+
+  /// Convenience: returns the result in a new matrix (allocates).
+  template <typename DerivedZ>
+  Matrix apply(const Eigen::MatrixBase<DerivedZ>& Z) {
+    Matrix out;
+    apply(Z, out);
+    return out;
+  }
+
+  /// n: the size of the factors acting on the columns of Z.
+  Eigen::Index n() const noexcept { return core_.n(); }
+  /// p: the size of the factors acting on the rows of Z.
+  Eigen::Index p() const noexcept { return core_.p(); }
+
+ protected:
+  /// A result accessor's guard: throws NumericalError unless the last compute succeeded.
+  template <typename T>
+  const T& checked(const T& value) const {
+    if (core_.status != Status::Success) {
+      throw NumericalError(std::string(Derived::kName) + ": no valid decomposition to read (" +
+                           to_string(core_.status) + ")");
+    }
+    return value;
+  }
+
+  static const char* apply_name() noexcept { return Derived::kApply; }
+
+  KroneckerEigenApplier<Scalar> core_;
+};
+
 /// Maps Eigen's ComputationInfo of an eigensolver to a kfopt Status.
 inline Status status_from_eigen(Eigen::ComputationInfo info) noexcept {
   switch (info) {
@@ -167,8 +224,12 @@ struct KroneckerSumInverseOptions {
 /// non-symmetric or non-finite input) leaves the object exactly as it was; a `compute` that
 /// runs but meets numerical trouble sets `info()` and `apply` then throws NumericalError.
 template <typename Scalar_>
-class KroneckerSumInverse {
+class KroneckerSumInverse : public detail::KroneckerEigenInverseBase<Scalar_, KroneckerSumInverse<Scalar_>> {
  public:
+  static constexpr const char* kName = "kfopt::KroneckerSumInverse";
+  static constexpr const char* kApply = "kfopt::KroneckerSumInverse::apply";
+  using Base = detail::KroneckerEigenInverseBase<Scalar_, KroneckerSumInverse<Scalar_>>;
+  using Base::apply;
   using Scalar = Scalar_;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
@@ -232,41 +293,8 @@ class KroneckerSumInverse {
     return *this;
   }
 
-  /// Status of the last `compute`: Success, NotComputed, NumericalIssue (A or B not
-  /// positive definite, a divisor below the guard, a non-finite eigenpair) or NoConvergence
-  /// (an eigensolver hit its iteration limit).
-  Status info() const noexcept { return core_.status; }
 
-  /// `out = unvec((A ⊗ B + C ⊗ D)⁻¹ vec(Z))`, Z p×n; `out` is resized to p×n. `out` may
-  /// alias Z. Throws NumericalError unless `info()` is Success, ShapeError for a wrong Z,
-  /// InvalidInputError for a non-finite Z; nothing is written then.
-  template <typename DerivedZ>
-  void apply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
-    core_.check_apply(kApply, Z);
-    out = core_.run(Z);
-  }
 
-  /// As above, into a fixed-size destination (a Map of user storage, a Block), which must
-  /// already be p×n (ShapeError otherwise).
-  template <typename DerivedZ>
-  void apply(const Eigen::MatrixBase<DerivedZ>& Z, Eigen::Ref<Matrix> out) {
-    core_.check_apply(kApply, Z);
-    detail::require_shape(kApply, "out", out, core_.p(), core_.n());
-    out = core_.run(Z);
-  }
-
-  /// Convenience: returns the result in a new matrix (allocates).
-  template <typename DerivedZ>
-  Matrix apply(const Eigen::MatrixBase<DerivedZ>& Z) {
-    Matrix out;
-    apply(Z, out);
-    return out;
-  }
-
-  /// n: the size of A and C (columns of Z).
-  Eigen::Index n() const noexcept { return core_.n(); }
-  /// p: the size of B and D (rows of Z).
-  Eigen::Index p() const noexcept { return core_.p(); }
   const Options& options() const noexcept { return options_; }
 
   /// Generalized eigenvalues μ of `C x = μ A x` (ascending). Throws NumericalError unless
@@ -283,7 +311,9 @@ class KroneckerSumInverse {
   Scalar min_divisor_ratio() const noexcept { return min_divisor_ratio_; }
 
  private:
-  static constexpr const char* kApply = "kfopt::KroneckerSumInverse::apply";
+  using Base::checked;
+  using Base::core_;
+
 
   void reserve(Eigen::Index n, Eigen::Index p) {
     core_.reserve(n, p);
@@ -297,15 +327,6 @@ class KroneckerSumInverse {
     chol_p_.resize(p, p);
   }
 
-  template <typename T>
-  const T& checked(const T& value) const {
-    if (core_.status != Status::Success) {
-      throw NumericalError(
-          std::string("kfopt::KroneckerSumInverse: no valid decomposition to read (") +
-          to_string(core_.status) + ")");
-    }
-    return value;
-  }
 
   /// `Q x = λ P x` with `Xᵀ P X = I` into (basis, values); P positive definite.
   /// (Eigen's GeneralizedSelfAdjointEigenSolver does the same reduction but does not
@@ -359,7 +380,6 @@ class KroneckerSumInverse {
   }
 
   Options options_;
-  detail::KroneckerEigenApplier<Scalar> core_;
   Vector mu_, nu_;
   Scalar min_divisor_ratio_ = Scalar(0);
   // Staging for compute (committed by swap), Cholesky factors and eigensolvers, kept as
@@ -437,8 +457,12 @@ struct IdentityMinusKroneckerOptions {
 ///
 /// Decomposition-style, with the same failure semantics as KroneckerSumInverse.
 template <typename Scalar_>
-class IdentityMinusKroneckerInverse {
+class IdentityMinusKroneckerInverse : public detail::KroneckerEigenInverseBase<Scalar_, IdentityMinusKroneckerInverse<Scalar_>> {
  public:
+  static constexpr const char* kName = "kfopt::IdentityMinusKroneckerInverse";
+  static constexpr const char* kApply = "kfopt::IdentityMinusKroneckerInverse::apply";
+  using Base = detail::KroneckerEigenInverseBase<Scalar_, IdentityMinusKroneckerInverse<Scalar_>>;
+  using Base::apply;
   using Scalar = Scalar_;
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
@@ -508,39 +532,8 @@ class IdentityMinusKroneckerInverse {
     return *this;
   }
 
-  /// Status of the last `compute`: Success, NotComputed, NumericalIssue (a divisor
-  /// `1 − g_i a_j` below `min_divisor`) or NoConvergence (an eigensolver hit its limit).
-  Status info() const noexcept { return core_.status; }
 
-  /// `out = unvec((I − M_A ⊗ M_G)⁻¹ vec(Z))`, Z p×n; `out` is resized to p×n and may alias
-  /// Z. Throws NumericalError unless `info()` is Success, ShapeError for a wrong Z,
-  /// InvalidInputError for a non-finite Z; nothing is written then.
-  template <typename DerivedZ>
-  void apply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
-    core_.check_apply(kApply, Z);
-    out = core_.run(Z);
-  }
 
-  /// As above, into a fixed-size destination (a Map, a Block), which must be p×n.
-  template <typename DerivedZ>
-  void apply(const Eigen::MatrixBase<DerivedZ>& Z, Eigen::Ref<Matrix> out) {
-    core_.check_apply(kApply, Z);
-    detail::require_shape(kApply, "out", out, core_.p(), core_.n());
-    out = core_.run(Z);
-  }
-
-  /// Convenience: returns the result in a new matrix (allocates).
-  template <typename DerivedZ>
-  Matrix apply(const Eigen::MatrixBase<DerivedZ>& Z) {
-    Matrix out;
-    apply(Z, out);
-    return out;
-  }
-
-  /// n: the size of M_A (columns of Z).
-  Eigen::Index n() const noexcept { return core_.n(); }
-  /// p: the size of M_G (rows of Z).
-  Eigen::Index p() const noexcept { return core_.p(); }
   const Options& options() const noexcept { return options_; }
 
   /// Eigenvalues a of M_A as used (after clipping), ascending. Throws
@@ -558,7 +551,9 @@ class IdentityMinusKroneckerInverse {
   Scalar min_divisor() const noexcept { return min_divisor_; }
 
  private:
-  static constexpr const char* kApply = "kfopt::IdentityMinusKroneckerInverse::apply";
+  using Base::checked;
+  using Base::core_;
+
 
   void reserve(Eigen::Index n, Eigen::Index p) {
     core_.reserve(n, p);
@@ -570,15 +565,6 @@ class IdentityMinusKroneckerInverse {
     g_.resize(p);
   }
 
-  template <typename T>
-  const T& checked(const T& value) const {
-    if (core_.status != Status::Success) {
-      throw NumericalError(
-          std::string("kfopt::IdentityMinusKroneckerInverse: no valid decomposition to read (") +
-          to_string(core_.status) + ")");
-    }
-    return value;
-  }
 
   Eigen::Index clip(Vector& values) const {
     const Scalar rho = options_.max_abs_eigenvalue;
@@ -618,7 +604,6 @@ class IdentityMinusKroneckerInverse {
   }
 
   Options options_;
-  detail::KroneckerEigenApplier<Scalar> core_;
   Vector a_, g_;
   Eigen::Index clipped_count_ = 0;
   Scalar min_divisor_ = Scalar(0);
