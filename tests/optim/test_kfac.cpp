@@ -226,6 +226,7 @@ TEST_CASE("K-FAC: adaptive damping follows the Levenberg-Marquardt rule without 
   o.learning_rate = 0.2;
   o.adaptive_damping = true;
   o.damping_adaptation = 0.5;
+  o.damping_adaptation_period = 1;
   o.inverse_period = 100;
   kfopt::Kfac<double> kfac(o);
   kfac.add_dense_layer("fc", L.W, L.dW, L.b, L.db);
@@ -319,4 +320,39 @@ TEST_CASE("K-FAC: bad input is refused with the layer and shapes named, state un
   o = {};
   o.statistics_period = 0;
   CHECK_THROWS_WITH((kfopt::Kfac<double>(o)), Catch::Contains("statistics_period"));
+}
+
+TEST_CASE("K-FAC: the Cholesky inverse method gives the same steps as the eigendecomposition",
+          "[optim][kfac]") {
+  Rng rng(58);
+  const int in = 4, out = 3;
+  for (auto g_structure : {kfopt::FactorStructure::Dense, kfopt::FactorStructure::Diagonal}) {
+    Layer L1(rng, in, out), L2 = L1;
+    auto o = plain_options(kfopt::DampingStyle::Factored, 0.03);
+    o.inverse_period = 2;  // stale inverses in between, formed from the same snapshot
+    o.momentum = 0.3;
+    o.decay = 0.9;
+    kfopt::Kfac<double> eig(o);
+    o.inverse_method = kfopt::InverseMethod::Cholesky;
+    kfopt::Kfac<double> chol(o);
+    const kfopt::DenseLayerOptions layer{kfopt::FactorStructure::Dense, g_structure};
+    eig.add_dense_layer("fc", L1.W, L1.dW, L1.b, L1.db, layer);
+    chol.add_dense_layer("fc", L2.W, L2.dW, L2.b, L2.db, layer);
+    for (int s = 0; s < 5; ++s) {
+      const Mat<double> a = rng.normal<double>(6, in), g = rng.normal<double>(6, out);
+      eig.record_statistics(0, a, g);
+      chol.record_statistics(0, a, g);
+      L1.dW = L2.dW = rng.normal<double>(out, in);
+      L1.db = L2.db = rng.normal<double>(out, 1);
+      if (s == 3) chol.set_damping(0.05), eig.set_damping(0.05);  // λ change between refreshes
+      REQUIRE(eig.step() == kfopt::Status::Success);
+      REQUIRE(chol.step() == kfopt::Status::Success);
+      CHECK(relative_error(L2.params(), L1.params()) <= 1e-10);
+    }
+  }
+  // Exact damping needs the eigendecomposition.
+  kfopt::KfacOptions bad;
+  bad.damping_style = kfopt::DampingStyle::Exact;
+  bad.inverse_method = kfopt::InverseMethod::Cholesky;
+  CHECK_THROWS_WITH((kfopt::Kfac<double>(bad)), Catch::Contains("inverse_method"));
 }

@@ -29,6 +29,7 @@
 #include <Eigen/Core>
 #include <string>
 
+#include "kfopt/kron/damped_cholesky_inverse.hpp"
 #include "kfopt/kron/factor_moments.hpp"
 #include "kfopt/kron/factored_damping.hpp"
 #include "kfopt/kron/kronecker_inverse.hpp"
@@ -42,6 +43,17 @@ enum class DampingStyle {
   Factored,
   /// `A ⊗ G + λ I`: exact Tikhonov damping, from the same cached eigenbases.
   Exact,
+};
+
+/// How a block's damped inverse is prepared at each refresh.
+enum class InverseMethod {
+  /// Eigendecompose each dense factor (≈ 9n³ flops): any λ and both damping styles from one
+  /// decomposition; a new λ costs only products.
+  Eigendecomposition,
+  /// Keep a snapshot of the factors and form `(F + δI)⁻¹` by Cholesky (≈ n³ flops with the
+  /// explicit inverse), refactorizing only when the snapshot or λ changes. Factored damping
+  /// only. Several times cheaper per refresh when λ changes rarely.
+  Cholesky,
 };
 
 /// The damping applied to a block's inverse.
@@ -58,6 +70,7 @@ struct KroneckerBlockOptions {
   FactorStructure input_factor = FactorStructure::Dense;     ///< A: Diagonal for one-hot inputs
   FactorStructure gradient_factor = FactorStructure::Dense;  ///< G: Diagonal for very wide outputs
   double decay = 0.95;                                   ///< factor moving-average decay β ∈ (0, 1]
+  InverseMethod inverse_method = InverseMethod::Eigendecomposition;  ///< see InverseMethod
 };
 
 /// Kronecker-factored Fisher block of a dense layer (see kronecker_block.hpp).
@@ -114,13 +127,23 @@ class KroneckerBlock {
   /// preprocessing). On failure the previous spectra stay in use.
   Status refresh() {
     if (!has_statistics()) return Status::NotComputed;
+    if (options_.inverse_method == InverseMethod::Cholesky) {
+      a_snapshot_ = a_.value();  // O(n²): the factors the inverses will be formed from
+      g_snapshot_ = g_.value();
+      has_snapshot_ = true;
+      ++spectra_version_;
+      return Status::Success;
+    }
     const Status sa = a_spectrum_.compute(a_.value());
     if (sa != Status::Success) return sa;
     const Status sg = g_spectrum_.compute(g_.value());
     ++spectra_version_;  // A's spectrum may have changed even if G's failed
     return sg;
   }
-  bool has_inverse() const noexcept { return a_spectrum_.has_result() && g_spectrum_.has_result(); }
+  bool has_inverse() const noexcept {
+    if (options_.inverse_method == InverseMethod::Cholesky) return has_snapshot_;
+    return a_spectrum_.has_result() && g_spectrum_.has_result();
+  }
 
   /// `out = F̂⁻¹ Z` for Z rows() × cols() (`[∇W ∇b]`), with the given damping. Returns
   /// NumericalIssue (out untouched) when the damped block is singular.
@@ -129,31 +152,35 @@ class KroneckerBlock {
                                      const BlockDamping<Scalar>& damping, Matrix& out) {
     require_operand("kfopt::KroneckerBlock::apply_inverse", Z);
     if (!has_inverse()) return Status::NotComputed;
+    const bool cholesky = options_.inverse_method == InverseMethod::Cholesky;
     if (damping.style == DampingStyle::Exact) {
+      if (cholesky) {
+        throw InvalidInputError("kfopt::KroneckerBlock::apply_inverse (layer '" + name_ +
+                                "'): exact damping needs InverseMethod::Eigendecomposition");
+      }
       return kronecker_damped_inverse(a_spectrum_, g_spectrum_, damping.lambda, Z, out, work_);
     }
-    const FactoredDamping<Scalar> d =
-        factored_tikhonov_damping(a_spectrum_.trace(), a_spectrum_.size(), g_spectrum_.trace(),
-                                  g_spectrum_.size(), damping.lambda, damping.floor);
-    if (!a_spectrum_.is_invertible(d.a_shift) || !g_spectrum_.is_invertible(d.g_shift)) {
-      return Status::NumericalIssue;
-    }
-    // Explicit damped inverses, rebuilt only when the spectra or the shifts change (one
-    // n³ product per dense factor); each step then costs two products instead of four.
+    const Scalar trace_a = cholesky ? factor_trace(a_snapshot_) : a_spectrum_.trace();
+    const Scalar trace_g = cholesky ? factor_trace(g_snapshot_) : g_spectrum_.trace();
+    const FactoredDamping<Scalar> d = factored_tikhonov_damping(
+        trace_a, cols(), trace_g, rows(), damping.lambda, damping.floor);
+    // Explicit damped inverses, rebuilt only when the factors (refresh) or the shifts change;
+    // each step then costs two products.
     if (inverse_version_ != spectra_version_ || cached_a_shift_ != d.a_shift ||
         cached_g_shift_ != d.g_shift) {
-      damped_inverse(a_spectrum_, d.a_shift, a_inverse_, work_);
-      damped_inverse(g_spectrum_, d.g_shift, g_inverse_, work_);
+      const Status s =
+          cholesky ? cholesky_inverses(d) : spectral_inverses(d);
+      if (s != Status::Success) return s;
       inverse_version_ = spectra_version_;
       cached_a_shift_ = d.a_shift;
       cached_g_shift_ = d.g_shift;
     }
-    if (g_spectrum_.is_diagonal()) {
+    if (g_inverse_.cols() == 1 && rows() != 1) {
       work_ = g_inverse_.col(0).asDiagonal() * Z;
     } else {
       work_.noalias() = g_inverse_ * Z;
     }
-    if (a_spectrum_.is_diagonal()) {
+    if (a_inverse_.cols() == 1 && cols() != 1) {
       out = work_ * a_inverse_.col(0).asDiagonal();
     } else {
       out.noalias() = work_ * a_inverse_;
@@ -182,6 +209,46 @@ class KroneckerBlock {
   }
 
  private:
+  static Scalar factor_trace(const Matrix& f) {
+    return (f.cols() == 1 && f.rows() != 1) ? f.sum() : f.trace();
+  }
+
+  Status spectral_inverses(const FactoredDamping<Scalar>& d) {
+    if (!a_spectrum_.is_invertible(d.a_shift) || !g_spectrum_.is_invertible(d.g_shift)) {
+      return Status::NumericalIssue;
+    }
+    damped_inverse(a_spectrum_, d.a_shift, a_inverse_, work_);
+    damped_inverse(g_spectrum_, d.g_shift, g_inverse_, work_);
+    return Status::Success;
+  }
+
+  // (F + shift·I)⁻¹ of a snapshot by Cholesky (dense) or reciprocals (diagonal, clipped at
+  // 0 like the eigenvalues). Both factors are formed before either is stored.
+  Status cholesky_inverses(const FactoredDamping<Scalar>& d) {
+    auto one = [](const Matrix& f, Scalar shift, DampedCholeskyInverse<Scalar>& chol,
+                  Matrix& result) {
+      if (f.cols() == 1 && f.rows() != 1) {
+        const auto shifted = (f.col(0).array().cwiseMax(Scalar(0)) + shift).eval();
+        if (!(shifted.minCoeff() > ScalarTraits<Scalar>::singular_tolerance() *
+                                       std::max(Scalar(1), shifted.maxCoeff()))) {
+          return Status::NumericalIssue;
+        }
+        result = shifted.inverse().matrix();
+        return Status::Success;
+      }
+      const Status s = chol.compute(f, shift).info();
+      if (s != Status::Success) return s;
+      result = chol.inverse();
+      return Status::Success;
+    };
+    Status s = one(a_snapshot_, d.a_shift, a_chol_, work_);
+    if (s != Status::Success) return s;
+    s = one(g_snapshot_, d.g_shift, g_chol_, g_inverse_);
+    if (s != Status::Success) return s;
+    a_inverse_.swap(work_);
+    return Status::Success;
+  }
+
   // (F + shift·I)⁻¹ from a spectrum: U diag(1/(λ + shift)) Uᵀ (dense), or the reciprocal
   // diagonal as a column (diagonal). `scaled` is a reusable workspace.
   static void damped_inverse(const FactorSpectrum<Scalar>& f, Scalar shift, Matrix& out,
@@ -219,6 +286,9 @@ class KroneckerBlock {
   FactorSpectrum<Scalar> a_spectrum_, g_spectrum_;
   Matrix work_;
   Matrix a_inverse_, g_inverse_;         // explicit damped inverses (factored damping)
+  Matrix a_snapshot_, g_snapshot_;       // factors at the last refresh (Cholesky method)
+  DampedCholeskyInverse<Scalar> a_chol_, g_chol_;
+  bool has_snapshot_ = false;
   std::int64_t spectra_version_ = 0;     // bumped by every refresh
   std::int64_t inverse_version_ = -1;    // spectra version the explicit inverses belong to
   Scalar cached_a_shift_ = Scalar(-1), cached_g_shift_ = Scalar(-1);

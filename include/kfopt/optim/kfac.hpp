@@ -21,7 +21,7 @@
 /// step the caller may report the loss before and after it, and λ follows the
 /// Levenberg–Marquardt rule on the reduction ratio ρ = (h(θ+δ) − h(θ)) / (M(δ) − M(0)) of
 /// the quadratic model `M(δ) − M(0) = ⟨∇, δ⟩ + ½ δᵀ (F̂ + λI) δ` (F̂δ by the factors,
-/// no inverse): ρ > 3/4 → λ ← ω λ; ρ < 1/4 → λ ← λ / ω.
+/// no inverse): ρ > 3/4 → λ ← ω λ; ρ < 1/4 → λ ← λ / ω, applied every T₁-th report.
 ///
 /// **Statistics must come from the model's own predictions** for `A ⊗ G` to approximate the
 /// Fisher: compute the `g` passed to record_statistics by back-propagating a target sampled
@@ -53,6 +53,10 @@ struct KfacOptions {
   double damping = 1e-3;
   /// How λ enters each block's inverse. Default Factored (π-damping).
   DampingStyle damping_style = DampingStyle::Factored;
+  /// How the inverses are prepared at each refresh: Eigendecomposition (any λ for free,
+  /// both damping styles) or Cholesky (factored damping only; several times cheaper per
+  /// refresh, refactorized when λ changes). Default Eigendecomposition.
+  InverseMethod inverse_method = InverseMethod::Eigendecomposition;
   /// Lower bound of λ under adaptive damping, and the smallest factored shift. Range
   /// [0, damping]. Default 1e-8.
   double min_damping = 1e-8;
@@ -73,6 +77,10 @@ struct KfacOptions {
   /// ω ∈ (0, 1): λ ← ωλ on a good step (ρ > 3/4), λ/ω on a bad one (ρ < 1/4). Martens &
   /// Grosse use (19/20)^5 applied every 5 steps; applied every step, 0.95 is comparable.
   double damping_adaptation = 0.95;
+  /// T₁ ≥ 1: λ is adapted on every T₁-th report_loss (Martens & Grosse 2015 §6.5 use 5), so
+  /// that λ — and with it any cached damped inverse — changes at most every T₁ steps.
+  /// Default 5.
+  int damping_adaptation_period = 5;
 
   void validate() const {
     constexpr const char* a = "kfopt::KfacOptions";
@@ -90,6 +98,11 @@ struct KfacOptions {
     detail::require_hyperparameter(kl_clip >= 0.0, a, "kl_clip", kl_clip, "[0, inf)");
     detail::require_hyperparameter(damping_adaptation > 0.0 && damping_adaptation < 1.0, a,
                                    "damping_adaptation", damping_adaptation, "(0, 1)");
+    detail::require_hyperparameter(damping_adaptation_period >= 1, a, "damping_adaptation_period",
+                                   damping_adaptation_period, "[1, inf)");
+    detail::require_hyperparameter(
+        !(damping_style == DampingStyle::Exact && inverse_method == InverseMethod::Cholesky), a,
+        "inverse_method", "Cholesky", "{Eigendecomposition} when damping_style is Exact");
   }
 };
 
@@ -118,6 +131,7 @@ class Kfac {
     double last_clip_scale = 1.0;         ///< ν of the last step
     double last_reduction_ratio = std::numeric_limits<double>::quiet_NaN();  ///< ρ of the last report
     double pending_model_change = 0.0;    ///< M(δ) − M(0) of the last step (for report_loss)
+    std::int64_t loss_reports = 0;        ///< report_loss calls that formed a ratio
   };
 
   explicit Kfac(KfacOptions options = {}) : options_(options) {
@@ -240,10 +254,11 @@ class Kfac {
       return std::numeric_limits<double>::quiet_NaN();
     }
     const double rho = (loss_after - loss_before) / predicted;
+    state_.last_reduction_ratio = rho;
+    if (++state_.loss_reports % options_.damping_adaptation_period != 0) return rho;
     if (rho > 0.75) state_.damping *= options_.damping_adaptation;
     if (rho < 0.25) state_.damping /= options_.damping_adaptation;
     state_.damping = std::min(options_.max_damping, std::max(options_.min_damping, state_.damping));
-    state_.last_reduction_ratio = rho;
     return rho;
   }
 
@@ -289,6 +304,7 @@ class Kfac {
     bo.input_factor = layer_options.input_factor;
     bo.gradient_factor = layer_options.gradient_factor;
     bo.decay = options_.decay;
+    bo.inverse_method = options_.inverse_method;
     // Register the storage first (it validates the shapes), then the block.
     const std::size_t wi = params_.size();
     params_.add(name + ".weight", W, dW);
