@@ -15,7 +15,7 @@ build_root="${KFOPT_BUILD_ROOT:-$here/build}"
 jobs="${KFOPT_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 # Everything the build, tests, benchmarks and examples need, by Debian package name.
-packages=(cmake make g++ libeigen3-dev catch2 libbenchmark-dev)
+packages=(cmake make g++ libeigen3-dev catch2 libbenchmark-dev zlib1g-dev)
 
 ensure_packages() {
   local missing=()
