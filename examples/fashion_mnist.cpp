@@ -1,0 +1,691 @@
+/// \file fashion_mnist.cpp
+/// \brief Reference example: K-FAC, Adam and SGD with momentum on Fashion-MNIST.
+///
+/// Two tasks, each trained from the same initial weights and the same mini-batch sequence
+/// by every optimizer:
+///
+/// - **autoencoder**: the deep autoencoder 784-1000-500-250-30-250-500-1000-784 of
+///   Hinton & Salakhutdinov (2006), the benchmark of the K-FAC paper (Martens & Grosse
+///   2015). Hidden layers tanh (`--ae-activation`; Hinton & Salakhutdinov used logistic
+///   units), a linear 30-unit code layer, logistic outputs with the Bernoulli
+///   cross-entropy summed over the 784 pixels and averaged over images.
+///   test_metric = squared reconstruction error Σ_p (σ(z_p) − x_p)² per test image (mean).
+/// - **classifier**: an MLP 784-256-128-10 with relu hidden layers and softmax
+///   cross-entropy. test_metric = test accuracy.
+///
+/// Output contract (design.md): `--out DIR/<task>.csv` with the header
+/// `optimizer,step,seconds,train_loss,test_metric`, progress on stderr, a summary table on
+/// stdout, and `examples/plot_results.sh DIR` turns the CSVs into PNGs.
+///
+/// train_loss in the CSV is the mean of the mini-batch losses (each measured before its
+/// step) since the previous row; the row at step 0 is the loss of the first mini-batch at
+/// the initial weights. seconds counts training only (evaluation is excluded).
+///
+/// K-FAC's G factor uses targets sampled from the model's predictive distribution (true
+/// Fisher); `--fisher empirical` uses the data's targets instead (empirical Fisher).
+///
+/// Run `fashion_mnist --help` for the options. The data comes from the Debian package
+/// dataset-fashion-mnist (see common/idx_reader.hpp).
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <iostream>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <kfopt/core/parameter_block.hpp>
+#include <kfopt/optim/adam.hpp>
+#include <kfopt/optim/sgd.hpp>
+
+#if __has_include(<kfopt/optim/kfac.hpp>)
+#include <kfopt/optim/kfac.hpp>
+#define KFOPT_EXAMPLE_HAS_KFAC 1
+#else
+#define KFOPT_EXAMPLE_HAS_KFAC 0
+#endif
+
+#include "common/batches.hpp"
+#include "common/cli.hpp"
+#include "common/csv_writer.hpp"
+#include "common/idx_reader.hpp"
+#include "common/losses.hpp"
+#include "common/mlp.hpp"
+#include "common/progress.hpp"
+#include "common/summary_table.hpp"
+
+namespace ex = kfopt_examples;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+enum class Task { Autoencoder, Classifier };
+
+const char* task_name(Task t) { return t == Task::Autoencoder ? "autoencoder" : "classifier"; }
+
+enum class FisherTargets { Sampled, Empirical };
+
+/// Per-task run length and optimizer hyperparameters.
+struct TaskSettings {
+  long steps = 0;
+  long batch = 0;
+  long log_every = 0;
+  long test_examples = 0;  ///< test_metric is computed on the first N test images
+  double adam_lr = 1e-3;
+  double sgd_lr = 1e-2;
+  double sgd_momentum = 0.9;
+  double kfac_lr = 0.1;
+  double kfac_damping = 1e-2;
+  double kfac_kl_clip = 1e-2;
+  long kfac_statistics_period = 1;
+  long kfac_inverse_period = 20;
+};
+
+struct Settings {
+  bool quick = false;
+  bool use_float = false;
+  std::string out_dir = "out";
+  std::string data_dir = ex::default_fashion_mnist_dir();
+  std::vector<Task> tasks{Task::Autoencoder, Task::Classifier};
+  std::vector<std::string> optimizers{"kfac", "adam", "sgd"};
+  unsigned seed = 1;
+  FisherTargets fisher = FisherTargets::Sampled;
+  std::vector<Eigen::Index> ae_encoder{1000, 500, 250, 30};  ///< encoder widths, code last
+  ex::Activation ae_activation = ex::Activation::Tanh;
+  TaskSettings autoencoder;
+  TaskSettings classifier;
+
+  TaskSettings& of(Task t) { return t == Task::Autoencoder ? autoencoder : classifier; }
+  const TaskSettings& of(Task t) const { return t == Task::Autoencoder ? autoencoder : classifier; }
+};
+
+const char* help_text =
+    R"(fashion_mnist: K-FAC vs Adam vs SGD with momentum on Fashion-MNIST (kfopt reference example)
+
+Tasks: the deep autoencoder 784-1000-500-250-30-250-500-1000-784 (Bernoulli loss) and a
+784-256-128-10 classifier (softmax cross-entropy). Each optimizer starts from the same weights
+and sees the same mini-batches. Writes DIR/<task>.csv, prints a summary table.
+
+Options:
+  --quick               CI-sized run (< 2 min on 2 cores): fewer steps, test subset of 1000,
+                        and a narrower autoencoder 784-250-125-60-30-60-125-250-784
+  --out DIR             where <task>.csv goes (default out/)
+  --data DIR            folder with the four Fashion-MNIST IDX .gz files
+                        (default /usr/share/datasets/fashion-mnist, from the Debian package
+                        dataset-fashion-mnist)
+  --task T              autoencoder | classifier | all (default all)
+  --optimizers LIST     comma-separated subset of kfac,adam,sgd (default all three)
+  --steps N             optimizer steps per run (default: autoencoder 2000, classifier 3000;
+                        --quick: 150 and 300)
+  --batch N             mini-batch size (default: autoencoder 256, classifier 128;
+                        --quick: 128 and 128)
+  --log-every N         steps between CSV rows (default: steps/40; --quick: steps/30)
+  --test-examples N     test images used for test_metric (default: autoencoder 2000,
+                        classifier 10000; --quick: 1000)
+  --seed N              seed of initialization, batch order and Fisher sampling (default 1)
+  --float               train in single precision (default double)
+  --fisher F            sampled (true Fisher, default) | empirical (data targets in K-FAC's G)
+  --ae-layers LIST      encoder widths, code layer last (default 1000,500,250,30)
+  --ae-activation A     hidden units of the autoencoder: tanh (default), sigmoid, relu
+  --adam-lr X, --sgd-lr X, --kfac-lr X, --kfac-damping X, --kfac-kl-clip X
+                        override the per-task defaults printed at the start of each task
+  --kfac-stats-period N, --kfac-inverse-period N
+                        K-FAC statistics / inverse refresh periods (default 1 and 20)
+  --help                this text
+)";
+
+Settings parse_command_line(int argc, char** argv, bool& show_help) {
+  ex::CommandLine cli(argc, argv);
+  Settings s;
+  show_help = cli.take_flag("--help") || cli.take_flag("-h");
+  if (show_help) return s;
+  s.quick = cli.take_flag("--quick");
+  s.use_float = cli.take_flag("--float");
+  s.out_dir = cli.take_string("--out", s.out_dir);
+  s.data_dir = cli.take_string("--data", s.data_dir);
+
+  const std::string task = cli.take_string("--task", "all");
+  if (task == "autoencoder") {
+    s.tasks = {Task::Autoencoder};
+  } else if (task == "classifier") {
+    s.tasks = {Task::Classifier};
+  } else if (task != "all") {
+    throw ex::UsageError("--task expects autoencoder, classifier or all, got '" + task + "'");
+  }
+
+  s.optimizers = ex::split_list(cli.take_string("--optimizers", "kfac,adam,sgd"));
+  for (const auto& name : s.optimizers) {
+    if (name != "kfac" && name != "adam" && name != "sgd") {
+      throw ex::UsageError("--optimizers: unknown optimizer '" + name + "' (kfac, adam, sgd)");
+    }
+  }
+  if (s.optimizers.empty()) throw ex::UsageError("--optimizers: the list is empty");
+
+  const std::string fisher = cli.take_string("--fisher", "sampled");
+  if (fisher == "empirical") {
+    s.fisher = FisherTargets::Empirical;
+  } else if (fisher != "sampled") {
+    throw ex::UsageError("--fisher expects sampled or empirical, got '" + fisher + "'");
+  }
+
+  // Run lengths: a real run by default, CI-sized with --quick.
+  s.autoencoder = TaskSettings{2000, 256, 0, 2000};
+  s.classifier = TaskSettings{3000, 128, 0, 10000};
+  if (s.quick) {
+    s.autoencoder = TaskSettings{150, 128, 0, 1000};
+    s.classifier = TaskSettings{300, 128, 0, 1000};
+    s.ae_encoder = {250, 125, 60, 30};
+  }
+  // Optimizer defaults per task, from short sweeps on --quick runs (not a careful tuning).
+  // The autoencoder's loss is a sum over 784 pixels, so its gradients are large: SGD needs
+  // a small learning rate, and K-FAC's step is set by the KL clip (kl_clip) rather than by
+  // the learning rate.
+  s.autoencoder.adam_lr = 1e-3;
+  s.autoencoder.sgd_lr = 1e-3;
+  s.autoencoder.kfac_lr = 0.1;
+  s.autoencoder.kfac_damping = 0.1;
+  s.autoencoder.kfac_kl_clip = 1e-2;
+  s.classifier.adam_lr = 1e-3;
+  s.classifier.sgd_lr = 3e-2;
+  s.classifier.kfac_lr = 0.1;
+  s.classifier.kfac_damping = 1.0;
+  s.classifier.kfac_kl_clip = 1e-2;
+
+  const long max_steps = 10'000'000;
+  const long steps = cli.take_long("--steps", 0, 1, max_steps);
+  const long batch = cli.take_long("--batch", 0, 1, 60000);
+  const long log_every = cli.take_long("--log-every", 0, 1, max_steps);
+  const long test_examples = cli.take_long("--test-examples", 0, 1, 10000);
+  // Options given as 0 / -1 below mean "absent": the per-task default stays.
+  const double tiny = 1e-12;
+  const double adam_lr = cli.take_double("--adam-lr", 0.0, tiny, 1e3);
+  const double sgd_lr = cli.take_double("--sgd-lr", 0.0, tiny, 1e3);
+  const double kfac_lr = cli.take_double("--kfac-lr", 0.0, tiny, 1e3);
+  const double kfac_damping = cli.take_double("--kfac-damping", 0.0, tiny, 1e6);
+  const double kfac_kl_clip = cli.take_double("--kfac-kl-clip", -1.0, 0.0, 1e6);
+  const long kfac_stats = cli.take_long("--kfac-stats-period", 0, 1, 1'000'000);
+  const long kfac_inverse = cli.take_long("--kfac-inverse-period", 0, 1, 1'000'000);
+  for (Task t : {Task::Autoencoder, Task::Classifier}) {
+    TaskSettings& ts = s.of(t);
+    if (steps > 0) ts.steps = steps;
+    if (batch > 0) ts.batch = batch;
+    if (test_examples > 0) ts.test_examples = test_examples;
+    // About 40 rows per run (30 with --quick, where each row's test evaluation weighs more).
+    ts.log_every = log_every > 0 ? log_every : std::max(1L, ts.steps / (s.quick ? 30 : 40));
+    if (adam_lr > 0) ts.adam_lr = adam_lr;
+    if (sgd_lr > 0) ts.sgd_lr = sgd_lr;
+    if (kfac_lr > 0) ts.kfac_lr = kfac_lr;
+    if (kfac_damping > 0) ts.kfac_damping = kfac_damping;
+    if (kfac_kl_clip >= 0) ts.kfac_kl_clip = kfac_kl_clip;
+    if (kfac_stats > 0) ts.kfac_statistics_period = kfac_stats;
+    if (kfac_inverse > 0) ts.kfac_inverse_period = kfac_inverse;
+  }
+
+  const long seed = cli.take_long("--seed", 1, 0, 4'000'000'000L);
+  s.seed = static_cast<unsigned>(seed);
+
+  const std::string layers = cli.take_string("--ae-layers", "");
+  if (!layers.empty()) {
+    s.ae_encoder.clear();
+    for (const auto& item : ex::split_list(layers)) {
+      const long width = std::strtol(item.c_str(), nullptr, 10);
+      if (width <= 0) throw ex::UsageError("--ae-layers: bad width '" + item + "'");
+      s.ae_encoder.push_back(width);
+    }
+  }
+  try {
+    s.ae_activation = ex::activation_from_string(cli.take_string("--ae-activation", "tanh"));
+  } catch (const std::invalid_argument& e) {
+    throw ex::UsageError(std::string("--ae-activation: ") + e.what());
+  }
+  cli.finish();
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two learning problems: network, mini-batch loss and gradient, Fisher pass, test metric
+// ---------------------------------------------------------------------------------------------
+
+/// Everything that differs between the autoencoder and the classifier.
+template <typename Scalar>
+class Problem {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Net = ex::Mlp<Scalar>;
+
+  Problem(Task task, const ex::FashionMnist<Scalar>& data, const Settings& settings)
+      : task_(task), data_(&data), settings_(&settings) {}
+
+  /// A fresh network of this task, initialized from `seed`.
+  Net make_network(unsigned seed) const {
+    using A = ex::Activation;
+    std::vector<Eigen::Index> sizes{784};
+    std::vector<A> activations;
+    if (task_ == Task::Autoencoder) {
+      // Encoder: hidden layers, then a linear code layer; decoder: the mirror image,
+      // ending in 784 logits (the Bernoulli loss applies the logistic function).
+      const auto& enc = settings_->ae_encoder;
+      for (std::size_t i = 0; i < enc.size(); ++i) {
+        sizes.push_back(enc[i]);
+        activations.push_back(i + 1 == enc.size() ? A::Identity : settings_->ae_activation);
+      }
+      for (std::size_t i = enc.size() - 1; i-- > 0;) {
+        sizes.push_back(enc[i]);
+        activations.push_back(settings_->ae_activation);
+      }
+      sizes.push_back(784);
+      activations.push_back(A::Identity);
+    } else {
+      sizes.insert(sizes.end(), {256, 128, 10});
+      activations = {A::Relu, A::Relu, A::Identity};
+    }
+    Net net(sizes, activations);
+    std::mt19937 rng(seed);
+    net.initialize(rng);
+    return net;
+  }
+
+  /// Layer names for the optimizers ("enc1".."dec4" or "fc1", "fc2", "out").
+  std::string layer_name(const Net& net, std::size_t l) const {
+    if (task_ == Task::Classifier)
+      return l + 1 == net.depth() ? "out" : "fc" + std::to_string(l + 1);
+    const std::size_t half = net.depth() / 2;
+    return l < half ? "enc" + std::to_string(l + 1) : "dec" + std::to_string(l + 1 - half);
+  }
+
+  /// Copies the training examples `index` into the current mini-batch.
+  void load_batch(const std::vector<int>& index) {
+    ex::gather_rows(data_->train.images, index, x_);
+    if (task_ == Task::Classifier) ex::gather_labels(data_->train.labels, index, labels_);
+  }
+
+  /// Forward and backward pass on the current mini-batch: fills dW, db of every layer and
+  /// each layer's per-example g (for the real targets). Returns the mean loss.
+  Scalar loss_and_gradient(Net& net) {
+    const Scalar loss = loss_of(net.forward(x_), &output_grad_);
+    net.backward(output_grad_);
+    return loss;
+  }
+
+  /// Mean loss on the current mini-batch at the current parameters (forward only).
+  Scalar loss(Net& net) { return loss_of(net.forward(x_), nullptr); }
+
+  /// After `loss_and_gradient`: replaces every layer's g by the gradients of targets drawn
+  /// from the model's predictive distribution (true Fisher). With empirical Fisher the g of
+  /// the real targets stays, and nothing is done. dW, db are not touched.
+  template <typename Rng>
+  void fisher_pass(Net& net, Rng& rng) {
+    if (settings_->fisher == FisherTargets::Empirical) return;
+    const Matrix& logits = net.layers().back().h;
+    if (task_ == Task::Autoencoder) {
+      ex::sample_bernoulli_gradient(logits, rng, output_grad_);
+    } else {
+      ex::sample_softmax_gradient(logits, rng, output_grad_);
+    }
+    net.backward(output_grad_, Net::ParameterGradients::Skip);
+  }
+
+  /// test_metric on the first `count` test images, in chunks of 1000 (bounded memory).
+  double test_metric(Net& net, Eigen::Index count) {
+    count = std::min(count, data_->test.size());
+    double sum = 0.0;
+    for (Eigen::Index start = 0; start < count; start += 1000) {
+      const Eigen::Index rows = std::min<Eigen::Index>(1000, count - start);
+      chunk_ = data_->test.images.middleRows(start, rows);
+      const Matrix& out = net.forward(chunk_);
+      if (task_ == Task::Autoencoder) {
+        sum += ex::squared_reconstruction_error<Scalar>(out, chunk_) * static_cast<double>(rows);
+      } else {
+        const std::vector<int> labels(data_->test.labels.begin() + start,
+                                      data_->test.labels.begin() + start + rows);
+        sum += ex::accuracy<Scalar>(out, labels) * static_cast<double>(rows);
+      }
+    }
+    return sum / static_cast<double>(count);
+  }
+
+  const char* metric_description() const {
+    return task_ == Task::Autoencoder
+               ? "test_metric = squared reconstruction error per test image, sum over pixels "
+                 "of (sigmoid(z) - x)^2 (lower is better)"
+               : "test_metric = test accuracy (higher is better)";
+  }
+  const char* loss_description() const {
+    return task_ == Task::Autoencoder
+               ? "train_loss = Bernoulli cross-entropy summed over the 784 pixels, mean over "
+                 "images"
+               : "train_loss = softmax cross-entropy, mean over images";
+  }
+
+ private:
+  Scalar loss_of(const Matrix& logits, Matrix* grad) {
+    if (task_ == Task::Autoencoder) return ex::bernoulli_cross_entropy<Scalar>(logits, x_, grad);
+    return ex::softmax_cross_entropy<Scalar>(logits, labels_, grad);
+  }
+
+  Task task_;
+  const ex::FashionMnist<Scalar>* data_;
+  const Settings* settings_;
+  Matrix x_;                 // current mini-batch, m×784
+  std::vector<int> labels_;  // its labels (classifier)
+  Matrix output_grad_;       // ∂ℓ_i/∂logits, m×outputs
+  Matrix chunk_;             // test images being evaluated
+};
+
+// ---------------------------------------------------------------------------------------------
+// The training loop shared by all optimizers
+// ---------------------------------------------------------------------------------------------
+
+/// What one optimizer's run leaves for the summary.
+struct RunResult {
+  std::string optimizer;
+  long steps = 0;  ///< steps actually taken
+  double final_train_loss = std::numeric_limits<double>::quiet_NaN();
+  double test_metric = std::numeric_limits<double>::quiet_NaN();
+  double seconds = 0.0;  ///< training time, evaluation excluded
+  bool diverged = false;
+  long failed_steps = 0;                       ///< steps whose optimizer status was not Success
+  std::vector<std::pair<long, double>> curve;  ///< (step, train_loss) of every CSV row
+};
+
+/// Runs `steps` steps of `step` (which takes one optimizer step on the loaded mini-batch and
+/// returns the mini-batch loss measured before it), logging rows to the CSV.
+template <typename Scalar, typename StepFunction>
+RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& problem,
+                ex::Mlp<Scalar>& net, const Settings& settings, ex::CsvWriter& csv,
+                StepFunction&& step) {
+  using Clock = std::chrono::steady_clock;
+  const TaskSettings& ts = settings.of(task);
+  RunResult result;
+  result.optimizer = optimizer;
+  ex::BatchSampler sampler(60000, ts.batch, settings.seed + 1);  // same batches for everyone
+
+  // Row 0: the initial weights, on the first mini-batch (not consumed).
+  {
+    ex::BatchSampler peek(60000, ts.batch, settings.seed + 1);
+    problem.load_batch(peek.next());
+    const double loss0 = static_cast<double>(problem.loss(net));
+    const double metric0 = problem.test_metric(net, ts.test_examples);
+    csv.row(optimizer, 0, 0.0, loss0, metric0);
+    result.curve.emplace_back(0, loss0);
+  }
+
+  ex::ProgressBar progress(std::string(task_name(task)) + "/" + optimizer, ts.steps);
+  double training_seconds = 0.0;
+  double window_sum = 0.0;
+  long window_count = 0;
+  for (long t = 1; t <= ts.steps; ++t) {
+    const auto start = Clock::now();
+    problem.load_batch(sampler.next());
+    const double loss = static_cast<double>(step());
+    training_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+    result.steps = t;
+
+    if (!std::isfinite(loss)) {
+      result.diverged = true;
+      csv.row(optimizer, t, training_seconds, loss, std::numeric_limits<double>::quiet_NaN());
+      break;
+    }
+    window_sum += loss;
+    ++window_count;
+    if (t % ts.log_every == 0 || t == ts.steps) {
+      const double train_loss = window_sum / static_cast<double>(window_count);
+      window_sum = 0.0;
+      window_count = 0;
+      const double metric = problem.test_metric(net, ts.test_examples);
+      csv.row(optimizer, t, training_seconds, train_loss, metric);
+      result.curve.emplace_back(t, train_loss);
+      result.final_train_loss = train_loss;
+      result.test_metric = metric;
+    }
+    char status[64];
+    std::snprintf(status, sizeof status, "loss %.4g", loss);
+    progress.update(t, status);
+  }
+  progress.finish();
+  result.seconds = training_seconds;
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The optimizers
+// ---------------------------------------------------------------------------------------------
+
+/// Registers every layer's W, dW and b, db with a first-order optimizer.
+template <typename Scalar>
+kfopt::ParameterSet<Scalar> parameter_set(const Problem<Scalar>& problem, ex::Mlp<Scalar>& net) {
+  kfopt::ParameterSet<Scalar> params;
+  for (std::size_t l = 0; l < net.depth(); ++l) {
+    auto& layer = net.layer(l);
+    const std::string name = problem.layer_name(net, l);
+    params.add(name + ".W", layer.W, layer.dW);
+    params.add(name + ".b", layer.b, layer.db);
+  }
+  return params;
+}
+
+template <typename Scalar>
+RunResult run_adam(Task task, Problem<Scalar>& problem, const Settings& settings,
+                   ex::CsvWriter& csv) {
+  auto net = problem.make_network(settings.seed);
+  auto params = parameter_set(problem, net);
+  kfopt::AdamOptions options;
+  options.learning_rate = settings.of(task).adam_lr;
+  kfopt::Adam<Scalar> adam(params, options);
+  RunResult r = train<Scalar>("adam", task, problem, net, settings, csv, [&] {
+    const Scalar loss = problem.loss_and_gradient(net);
+    adam.step();  // a non-finite gradient skips the step; the loss check then stops the run
+    return loss;
+  });
+  r.failed_steps = static_cast<long>(adam.state().counters.skipped_nonfinite);
+  return r;
+}
+
+template <typename Scalar>
+RunResult run_sgd(Task task, Problem<Scalar>& problem, const Settings& settings,
+                  ex::CsvWriter& csv) {
+  auto net = problem.make_network(settings.seed);
+  auto params = parameter_set(problem, net);
+  kfopt::SgdOptions options;
+  options.learning_rate = settings.of(task).sgd_lr;
+  options.momentum = settings.of(task).sgd_momentum;
+  kfopt::Sgd<Scalar> sgd(params, options);
+  RunResult r = train<Scalar>("sgd", task, problem, net, settings, csv, [&] {
+    const Scalar loss = problem.loss_and_gradient(net);
+    sgd.step();
+    return loss;
+  });
+  r.failed_steps = static_cast<long>(sgd.state().counters.skipped_nonfinite);
+  return r;
+}
+
+#if KFOPT_EXAMPLE_HAS_KFAC
+/// K-FAC (Martens & Grosse 2015) on every dense layer. Per step: forward and backward pass
+/// (dW, db), then — on the steps where K-FAC refreshes its statistics — a second backward
+/// pass with targets sampled from the model (true Fisher) whose per-example g, with each
+/// layer's input a, updates the Kronecker factors A = E[ā āᵀ] (ā = [a, 1]) and G = E[g gᵀ].
+template <typename Scalar>
+RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings,
+                   ex::CsvWriter& csv) {
+  auto net = problem.make_network(settings.seed);
+  const TaskSettings& ts = settings.of(task);
+  kfopt::KfacOptions options;
+  options.learning_rate = ts.kfac_lr;
+  options.damping = ts.kfac_damping;
+  options.momentum = 0.9;
+  options.decay = 0.95;
+  options.statistics_period = static_cast<int>(ts.kfac_statistics_period);
+  options.inverse_period = static_cast<int>(ts.kfac_inverse_period);
+  options.kl_clip = ts.kfac_kl_clip;
+  options.adaptive_damping = false;
+  kfopt::Kfac<Scalar> kfac(options);
+  std::vector<std::size_t> ids;
+  for (std::size_t l = 0; l < net.depth(); ++l) {
+    auto& layer = net.layer(l);
+    ids.push_back(
+        kfac.add_dense_layer(problem.layer_name(net, l), layer.W, layer.dW, layer.b, layer.db));
+  }
+  std::mt19937_64 fisher_rng(settings.seed + 2);
+  long failed = 0;
+  RunResult r = train<Scalar>("kfac", task, problem, net, settings, csv, [&] {
+    const Scalar loss = problem.loss_and_gradient(net);
+    if (kfac.wants_statistics()) {
+      problem.fisher_pass(net, fisher_rng);
+      for (std::size_t l = 0; l < net.depth(); ++l) {
+        kfac.record_statistics(ids[l], net.layer(l).a, net.layer(l).g);
+      }
+    }
+    if (kfac.step() != kfopt::Status::Success) ++failed;
+    if (options.adaptive_damping) {
+      kfac.report_loss(loss, problem.loss(net));  // same mini-batch, after the step
+    }
+    return loss;
+  });
+  r.failed_steps = failed;
+  return r;
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Driver
+// ---------------------------------------------------------------------------------------------
+
+std::string format_steps_to_reach(const RunResult& r, double target, long adam_steps) {
+  if (!std::isfinite(target)) return "-";
+  for (const auto& [step, loss] : r.curve) {
+    if (step > 0 && loss <= target) {
+      return std::to_string(step) + " (" +
+             ex::cell("%.2f", static_cast<double>(step) / static_cast<double>(adam_steps)) + "x)";
+    }
+  }
+  return "not reached";
+}
+
+template <typename Scalar>
+void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& settings,
+              ex::SummaryTable& table, std::vector<std::string>& notes) {
+  Problem<Scalar> problem(task, data, settings);
+  const TaskSettings& ts = settings.of(task);
+  const auto shape = problem.make_network(settings.seed).shape_string();
+  std::fprintf(stderr,
+               "%s: network %s, %ld steps of batch %ld, %s precision\n"
+               "  adam lr %g | sgd lr %g, momentum %g | kfac lr %g, damping %g, kl_clip %g, "
+               "statistics every %ld, inverses every %ld steps, %s Fisher\n",
+               task_name(task), shape.c_str(), ts.steps, ts.batch,
+               sizeof(Scalar) == 4 ? "single" : "double", ts.adam_lr, ts.sgd_lr, ts.sgd_momentum,
+               ts.kfac_lr, ts.kfac_damping, ts.kfac_kl_clip, ts.kfac_statistics_period,
+               ts.kfac_inverse_period,
+               settings.fisher == FisherTargets::Sampled ? "sampled (true)" : "empirical");
+  ex::CsvWriter csv(settings.out_dir, task_name(task));
+
+  std::vector<RunResult> results;
+  for (const auto& name : settings.optimizers) {
+    if (name == "adam") results.push_back(run_adam(task, problem, settings, csv));
+    if (name == "sgd") results.push_back(run_sgd(task, problem, settings, csv));
+    if (name == "kfac") {
+#if KFOPT_EXAMPLE_HAS_KFAC
+      results.push_back(run_kfac(task, problem, settings, csv));
+#else
+      notes.push_back(std::string(task_name(task)) +
+                      ": kfac skipped (this build has no <kfopt/optim/kfac.hpp>)");
+#endif
+    }
+  }
+
+  // Adam's final training loss is the yardstick for "steps to reach".
+  double adam_final = std::numeric_limits<double>::quiet_NaN();
+  long adam_steps = 1;
+  for (const auto& r : results) {
+    if (r.optimizer == "adam" && !r.diverged) {
+      adam_final = r.final_train_loss;
+      adam_steps = r.steps;
+    }
+  }
+  for (const auto& r : results) {
+    const double per_step = r.steps > 0 ? r.seconds / static_cast<double>(r.steps) : 0.0;
+    table.add_row({task_name(task), r.optimizer, std::to_string(r.steps),
+                   r.diverged ? "diverged" : ex::cell("%.5g", r.final_train_loss),
+                   ex::cell("%.5g", r.test_metric), ex::cell("%.1f", r.seconds),
+                   ex::cell("%.1f", per_step * 1e3),
+                   ex::cell("%.2f", per_step > 0 ? 1.0 / per_step : 0.0),
+                   format_steps_to_reach(r, adam_final, adam_steps)});
+    if (r.failed_steps > 0) {
+      notes.push_back(std::string(task_name(task)) + "/" + r.optimizer + ": " +
+                      std::to_string(r.failed_steps) + " steps did not succeed (skipped)");
+    }
+  }
+  notes.push_back(std::string(task_name(task)) + " (" + shape + "): " + problem.loss_description() +
+                  "; " + problem.metric_description() + ", on the first " +
+                  std::to_string(std::min(ts.test_examples, 10000L)) +
+                  " test images. CSV: " + csv.path());
+}
+
+template <typename Scalar>
+int run(const Settings& settings) {
+  const auto load_start = std::chrono::steady_clock::now();
+  const auto data = ex::load_fashion_mnist<Scalar>(settings.data_dir);
+  std::fprintf(
+      stderr, "loaded Fashion-MNIST from %s (%ld train, %ld test images) in %.1f s\n",
+      settings.data_dir.c_str(), static_cast<long>(data.train.size()),
+      static_cast<long>(data.test.size()),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+
+  ex::SummaryTable table({"task", "optimizer", "steps", "train_loss", "test_metric", "seconds",
+                          "ms/step", "steps/s", "steps to Adam's final loss"},
+                         2);
+  std::vector<std::string> notes;
+  for (Task task : settings.tasks) run_task<Scalar>(task, data, settings, table, notes);
+
+  std::cout << "\n";
+  table.print(std::cout);
+  std::cout << "\n";
+  for (const auto& note : notes) std::cout << "* " << note << "\n";
+  std::cout << "* train_loss: mean mini-batch loss over the last logging window; seconds: "
+               "training time without evaluation.\n"
+            << "* Plot: examples/plot_results.sh " << settings.out_dir << "\n";
+  return 0;
+}
+
+}  // namespace
+
+/// Eigen's matrix products allocate their packing buffers on every call, and glibc hands
+/// blocks above 128 KiB straight back to the kernel on free: every step would pay for fresh
+/// zeroed pages (a third of the run time went to page faults in our measurements). Keeping
+/// freed memory in the process removes that cost; it changes nothing else.
+static void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
+int main(int argc, char** argv) {
+  keep_freed_memory();
+  try {
+    bool show_help = false;
+    const Settings settings = parse_command_line(argc, argv, show_help);
+    if (show_help) {
+      std::cout << help_text;
+      return 0;
+    }
+    return settings.use_float ? run<float>(settings) : run<double>(settings);
+  } catch (const ex::UsageError& e) {
+    std::cerr << "fashion_mnist: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "fashion_mnist: " << e.what() << "\n";
+    return 1;
+  }
+}
