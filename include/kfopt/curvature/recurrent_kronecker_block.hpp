@@ -1,0 +1,841 @@
+#pragma once
+/// \file recurrent_kronecker_block.hpp
+/// \brief The Kronecker-factored Fisher block of a weight shared across time steps,
+/// `s_t = W a_t (+ b)` for t = 1..T (Martens, Ba & Johnson 2018, "Kronecker-factored
+/// curvature approximations for recurrent neural networks", §3 and appendix C), with the
+/// three approximations of the paper selectable per block:
+///
+/// - **Independent** (eq. 6): the `w_t = vec(g_t a_tᵀ)` are uncorrelated across time,
+///   `F̂ = E_T[T] V0`, `V0 = A0 ⊗ G0`.
+/// - **Option 1** (eq. 8): the w_t follow a stationary linear-Gaussian chain
+///   `w_t = Ψ w_{t−1} + ε_t` with `Ψ = V1 V0⁻¹`, `V1 = A1 ⊗ G1`, and V1 is taken symmetric
+///   (`A1 ← (A1 + A1ᵀ)/2`, `G1 ← (G1 + G1ᵀ)/2`, C.3). Then exactly
+///   `F̂ = E_T[F_T] = E_T[Σ_{d=−T}^{T} (T − |d|) V_d]` with `V_d = Ψ^d V0`, `V_{−d} = V_dᵀ`,
+///   and `F̂⁻¹ = V0^{-1/2} U diag(γ(ψ̂)) Uᵀ V0^{-1/2}` for `Ψ̂ = V0^{-1/2} V1 V0^{-1/2} =
+///   U diag(ψ̂) Uᵀ` (γ: temporal_gamma.hpp).
+/// - **Option 2** (eq. 9): the same chain, sequences treated as infinitely long,
+///   `F̂⁻¹ = E_T[T]⁻¹ V0^{-1/2} (I − Ψ̂)(I − Ψ̂ᵀΨ̂)⁻¹(I − Ψ̂ᵀ) V0^{-1/2}` (V1 need not be
+///   symmetric).
+///
+/// Everything is computed as in appendix C.3, on the factors only, never forming a
+/// Kronecker product: `Ψ̂ = Ψ̂_A ⊗ Ψ̂_G` with `Ψ̂_A = A0^{-1/2} A1 A0^{-1/2}`,
+/// `Ψ̂_G = G0^{-1/2} G1 G0^{-1/2}`.
+///
+/// ## Statistics
+/// Time-major sequences (row `t·m + i` = step t of sequence i): layer inputs `a`
+/// ((T_max·m) × in) and per-example, per-step pre-activation gradients `g` ((T_max·m) ×
+/// out; from targets *sampled from the model* for the true Fisher, see kronecker_block.hpp),
+/// with per-sequence lengths or a T_max × m mask. `A0, A1, G0, G1` are the bias-corrected
+/// moving averages of TemporalFactorMovingAverage (§3.5.4: `Σ_t a_t a_tᵀ / (m E[T])` and
+/// `Σ_t a_{t+1} a_tᵀ / (m E[T])` per batch, one normalizer, so `ρ(A1 A0⁻¹) ≤ 1` by
+/// appendix B.2); the length distribution `(T_i, ω_i)` of §3.4 is the bias-corrected moving
+/// histogram of SequenceLengthAverage (same decay and batch weights as the factors; a
+/// masked sequence's length is its number of real steps). A batch is taken whole or not at
+/// all: a NaN/Inf in a real step of `a` or `g` returns NonFiniteInput and nothing changes.
+///
+/// ## Damping: what λ means
+/// `BlockDamping::lambda` = λ is the Tikhonov damping **of the whole block**, the same λ as
+/// for the dense KroneckerBlock. Following the paper (§4: factored Tikhonov damping
+/// applied to V0 only) and its authors' code (damping divided by the number of uses),
+/// V0 is damped by **λ / E_T[T]**, split by π as in Martens & Grosse 2015 §6.3:
+///
+///     A0 ← A0 + δ_A I,  G0 ← G0 + δ_G I,   δ_A = max(π √(λ/E_T[T]), floor),
+///     δ_G = max(√(λ/E_T[T]) / π, floor),   π = sqrt((tr A0 / dim A0) / (tr G0 / dim G0)),
+///
+/// and A1, G1 are left alone; then the chosen approximation is built from the damped V0
+/// (which also shrinks Ψ̂ away from spectral radius 1, §3.5.4). Hence for Independent,
+/// `F̂_λ = E_T[T] (A0 + δ_A I) ⊗ (G0 + δ_G I) = E_T[T] V0 + λ I + cross terms`, and for
+/// sequences of length 1 all three approximations are exactly the dense block with
+/// factored damping λ. `floor` is applied to the shifts as they are (not divided by
+/// E_T[T]). DampingStyle::Exact (`E_T[T] V0 + λ I`) exists for Independent only: for
+/// Options 1 and 2 a non-Kronecker V0 would destroy the structure of Ψ̂ (InvalidInputError).
+///
+/// ## Guards
+/// - |ψ̂| < 1 strictly: Option 1 clips the eigenvalues of the symmetric Ψ̂_A, Ψ̂_G into
+///   `[−ρ, ρ]`; Option 2 clips their singular values to ≤ ρ (so `Ψ̂ᵀΨ̂` has eigenvalues
+///   ≤ ρ⁴ and the divisor `1 − μ_G μ_A` of `(I − Ψ̂ᵀΨ̂)⁻¹` is ≥ 1 − ρ⁴), consistently in
+///   every factor of eq. 9: F̂ is then exactly the Option-2 Fisher of the clipped chain.
+///   ρ = `max_abs_psi`; clips are counted. (In exact arithmetic B.2 guarantees ‖Ψ̂_A‖ ≤ 1,
+///   < 1 with damping; clipping catches rounding and undamped degenerate factors.)
+/// - γ is evaluated by a series near ψ̂ = 1 (limit `1/E_T[T²]`), see temporal_gamma.hpp.
+/// - A singular damped V0 (λ = 0 with a zero eigenvalue) → Status::NumericalIssue.
+///
+/// ## Costs (A0 n×n with n = in (+1), G0 p×p with p = out)
+/// - statistics: 2n²k + 2p²k flops for k real steps (TemporalFactorMovingAverage);
+/// - `refresh()`: two symmetric eigendecompositions (A0, G0), ≈ 9(n³ + p³) flops;
+/// - preparation for a damping λ (lazily in apply_inverse, or `prepare`), redone only after
+///   a refresh or when λ changes: Independent 2 products (≈ 2(n³ + p³)); Option 1 inverse
+///   roots, Ψ̂ factors, their eigendecompositions and bases (≈ 9(n³+p³) + 8(n³+p³)) plus
+///   n·p·K evaluations of γ for K distinct lengths; Option 2 roots, Ψ̂ factors, Ψ̂ᵀΨ̂, its
+///   eigendecompositions (IdentityMinusKroneckerInverse) and four bases (≈ 9(n³+p³) +
+///   12(n³+p³)). Under adaptive damping that changes λ every step this is paid every step.
+/// - `apply_inverse`: Independent 2 products (p·n·(p+n) flops), Option 1 four
+///   (2pn(p+n)), Option 2 eight (4pn(p+n)); no allocation after the first call.
+/// - `multiply` (undamped F̂, for the quadratic model of adaptive damping): as apply for
+///   Independent and Option 1; Option 2 needs `(I − Ψ̂)⁻¹`, two complex Schur forms once
+///   per refresh and two Stein solves per call (KroneckerSteinInverse, ≈ 5× apply).
+///
+/// Not thread-safe per object (workspaces and caches are members).
+
+#include <Eigen/Core>
+#include <Eigen/Eigenvalues>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "kfopt/core/error.hpp"
+#include "kfopt/core/scalar_traits.hpp"
+#include "kfopt/core/validate.hpp"
+#include "kfopt/curvature/kronecker_block.hpp"
+#include "kfopt/kron/factor_moments.hpp"
+#include "kfopt/kron/factored_damping.hpp"
+#include "kfopt/kron/kronecker_stein_inverse.hpp"
+#include "kfopt/kron/kronecker_sum_inverse.hpp"
+#include "kfopt/kron/scaled_congruence.hpp"
+#include "kfopt/kron/sequence_lengths.hpp"
+#include "kfopt/kron/symmetric_eigen_cache.hpp"
+#include "kfopt/kron/temporal_gamma.hpp"
+
+namespace kfopt {
+
+/// Which Fisher approximation a RecurrentKroneckerBlock uses (RNN K-FAC §3.4–3.5).
+enum class RecurrentApproximation {
+  Independent,  ///< eq. 6: `F̂ = E_T[T] V0`
+  Option1,      ///< eq. 8: symmetric V1, exact `E_T[F_T]` of the chain
+  Option2,      ///< eq. 9: the chain's limit of infinitely long sequences
+};
+
+/// Human-readable name of an approximation.
+inline const char* to_string(RecurrentApproximation a) noexcept {
+  switch (a) {
+    case RecurrentApproximation::Independent: return "independent";
+    case RecurrentApproximation::Option1: return "option 1";
+    case RecurrentApproximation::Option2: return "option 2";
+  }
+  return "unknown approximation";
+}
+
+/// Structure and guards of a recurrent block (held by value; `validate()` at construction).
+template <typename Scalar>
+struct RecurrentKroneckerBlockOptions {
+  /// The approximation (changeable later with set_approximation). Default Option2, the
+  /// authors' default (it does not assume a symmetric V1).
+  RecurrentApproximation approximation = RecurrentApproximation::Option2;
+  /// Fold a bias through the homogeneous coordinate (a gets a trailing 1). Default true.
+  bool bias = true;
+  /// Decay β ∈ (0, 1] of the factor and length moving averages. Default 0.95.
+  double decay = 0.95;
+  /// ρ ∈ (0, 1): the largest |eigenvalue| (Option 1) or singular value (Option 2) kept in
+  /// the whitened transition factors Ψ̂_A, Ψ̂_G, so that |ψ̂| ≤ ρ² < 1. Default
+  /// 1 − sqrt(ε) (1 − 1.5e-8 for double, 1 − 3.5e-4 for float): it only catches rounding
+  /// and degenerate statistics, never a genuine correlation.
+  Scalar max_abs_psi = Scalar(1) - std::sqrt(std::numeric_limits<Scalar>::epsilon());
+  /// Lengths whose weight is below `length_cutoff · (largest weight)` are dropped from the
+  /// distribution at refresh (bounds the n·p·K cost of γ when many lengths have decayed
+  /// to negligible weight). Range [0, 1). Default 0 (keep every length seen).
+  double length_cutoff = 0.0;
+
+  /// Throws HyperparameterError naming the field unless every field is in range.
+  void validate() const {
+    constexpr const char* name = "kfopt::RecurrentKroneckerBlockOptions";
+    detail::require_hyperparameter(decay > 0.0 && decay <= 1.0, name, "decay", decay, "(0, 1]");
+    const Scalar rho4 = max_abs_psi * max_abs_psi * max_abs_psi * max_abs_psi;
+    detail::require_hyperparameter(
+        max_abs_psi > Scalar(0) && max_abs_psi < Scalar(1) && Scalar(1) - rho4 > Scalar(0),
+        name, "max_abs_psi", max_abs_psi, "(0, 1) with max_abs_psi^4 < 1 in the scalar type");
+    detail::require_hyperparameter(length_cutoff >= 0.0 && length_cutoff < 1.0, name,
+                                   "length_cutoff", length_cutoff, "[0, 1)");
+  }
+};
+
+/// Kronecker-factored Fisher block of a weight shared across time (see the file comment).
+/// Its interface follows KroneckerBlock: update statistics, `refresh()` (the amortized
+/// eigendecompositions), `apply_inverse(Z, damping, out)`, `multiply(Z, out)`,
+/// `to_dense()`.
+template <typename Scalar>
+class RecurrentKroneckerBlock {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  using Mask = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>;
+  using Options = RecurrentKroneckerBlockOptions<Scalar>;
+  using FactorAverage = TemporalFactorMovingAverage<Scalar>;
+
+  /// Everything the statistics carry between batches (inspect, reset or checkpoint it).
+  struct State {
+    typename FactorAverage::State a;    ///< A0 (average0), A1 (average1)
+    typename FactorAverage::State g;    ///< G0, G1
+    SequenceLengthAverage::State lengths;  ///< moving histogram of lengths
+    std::int64_t skipped_statistics = 0;   ///< batches refused for NaN/Inf
+  };
+
+  /// A block for `s_t = W a_t (+ b)` with W out×in. Throws ShapeError for non-positive
+  /// sizes and HyperparameterError for invalid options.
+  RecurrentKroneckerBlock(std::string name, Eigen::Index in, Eigen::Index out,
+                          Options options = {})
+      : name_(std::move(name)),
+        options_(validated(options)),
+        in_(in),
+        out_(out),
+        a_(in, {options.decay, options.bias, false}),
+        g_(out, {options.decay, false, false}),
+        lengths_(options.decay) {}
+
+  const std::string& name() const noexcept { return name_; }
+  Eigen::Index input_size() const noexcept { return in_; }
+  Eigen::Index output_size() const noexcept { return out_; }
+  bool has_bias() const noexcept { return options_.bias; }
+  /// Columns of the gradient matrix `[∇W ∇b]` the block acts on: in (+1 with a bias).
+  Eigen::Index cols() const noexcept { return a_.dimension(); }
+  Eigen::Index rows() const noexcept { return out_; }
+  const Options& options() const noexcept { return options_; }
+  RecurrentApproximation approximation() const noexcept { return options_.approximation; }
+  /// Switches the approximation; the next apply prepares again from the current refresh.
+  void set_approximation(RecurrentApproximation a) noexcept { options_.approximation = a; }
+  /// Whether `style` can damp this block's approximation (Exact: Independent only).
+  bool supports(DampingStyle style) const noexcept {
+    return style == DampingStyle::Factored ||
+           options_.approximation == RecurrentApproximation::Independent;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Statistics
+  // ---------------------------------------------------------------------------------------
+
+  /// Takes m = lengths.size() sequences: `a` is (T_max·m) × in, `g` (T_max·m) × out, both
+  /// time-major (row t·m + i), `lengths(i) ∈ [0, T_max]` real steps from the start (padded
+  /// rows may hold anything, NaN included). Throws ShapeError (shapes, m = 0, an empty
+  /// batch) or InvalidInputError (a length outside [0, T_max], every step masked) before
+  /// anything changes; returns NonFiniteInput (counted, nothing changes) for NaN/Inf in a
+  /// real step of a or g.
+  Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
+                           const Eigen::Ref<const Eigen::VectorXi>& lengths) {
+    const std::string op = operation("update_statistics");
+    const Eigen::Index m = lengths.size();
+    const Eigen::Index t_max = check_batch(op, a, g, m);
+    for (Eigen::Index i = 0; i < m; ++i) {
+      if (lengths(i) < 0 || lengths(i) > t_max) {
+        throw InvalidInputError(op + ": length of sequence " + std::to_string(i) + " is " +
+                                std::to_string(lengths(i)) + " but the batch (" +
+                                detail::shape_of(a) + " for " + std::to_string(m) +
+                                " sequences) holds " + std::to_string(t_max) + " steps");
+      }
+    }
+    batch_lengths_ = lengths;
+    return take(op, a, g, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); },
+                [&] {
+                  a_.update(a, lengths);
+                  g_.update(g, lengths);
+                });
+  }
+
+  /// Takes m = mask.cols() sequences with a T_max × m mask of real steps (true = real).
+  /// A sequence's length (for the length distribution) is its number of real steps; A1,
+  /// G1 pair only consecutive real steps. Errors as the lengths overload.
+  Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
+                           const Eigen::Ref<const Mask>& mask) {
+    const std::string op = operation("update_statistics");
+    const Eigen::Index m = mask.cols();
+    const Eigen::Index t_max = check_batch(op, a, g, m);
+    if (mask.rows() != t_max) {
+      throw ShapeError(op + ": mask is " + detail::shape_of(mask) + " but the sequences (" +
+                       detail::shape_of(a) + ") need " + detail::shape_string(t_max, m));
+    }
+    batch_lengths_.resize(m);
+    for (Eigen::Index i = 0; i < m; ++i) {
+      batch_lengths_(i) = static_cast<int>(mask.col(i).count());
+    }
+    return take(op, a, g, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); },
+                [&] {
+                  a_.update(a, mask);
+                  g_.update(g, mask);
+                });
+  }
+
+  /// Takes `num_sequences` sequences that all have T_max = rows / num_sequences steps.
+  Status update_statistics_full(const Eigen::Ref<const Matrix>& a,
+                                const Eigen::Ref<const Matrix>& g, Eigen::Index num_sequences) {
+    const std::string op = operation("update_statistics_full");
+    const Eigen::Index t_max = check_batch(op, a, g, num_sequences);
+    batch_lengths_.setConstant(num_sequences, static_cast<int>(t_max));
+    return take(op, a, g, num_sequences, t_max, [](Eigen::Index, Eigen::Index) { return true; },
+                [&] {
+                  a_.update_full(a, num_sequences);
+                  g_.update_full(g, num_sequences);
+                });
+  }
+
+  /// Whether any statistics have been taken.
+  bool has_statistics() const noexcept { return a_.state().updates > 0; }
+  /// Batches refused because a real step held NaN or Inf.
+  std::int64_t skipped_statistics() const noexcept { return skipped_statistics_; }
+
+  /// Current averages: A0, A1 (cols() square; A1 = E[a_{t+1} a_tᵀ], not symmetric), G0, G1.
+  const Matrix& a0() const noexcept { return a_.a0(); }
+  const Matrix& a1() const noexcept { return a_.a1(); }
+  const Matrix& g0() const noexcept { return g_.a0(); }
+  const Matrix& g1() const noexcept { return g_.a1(); }
+  /// Current length distribution `(T_i, ω_i)` (with the options' cutoff) and `E_T[T]`.
+  SequenceLengths length_distribution() const {
+    return lengths_.distribution(options_.length_cutoff);
+  }
+  double mean_length() const { return has_statistics() ? length_distribution().mean() : 0.0; }
+
+  State state() const {
+    return State{a_.state(), g_.state(), lengths_.state(), skipped_statistics_};
+  }
+
+  /// Replaces the statistics (a checkpoint, or factors computed elsewhere). Throws
+  /// ShapeError for wrong shapes, InvalidInputError for non-finite or non-symmetric A0/G0
+  /// averages, an invalid length histogram, or update counts that disagree on whether any
+  /// data was taken; nothing changes then. The refreshed inverse stays as it was until the
+  /// next refresh().
+  void set_state(const State& state) {
+    const std::string op = operation("set_state");
+    const Eigen::Index n = cols(), p = rows();
+    detail::require_shape(op.c_str(), "a.average0", state.a.average0, n, n);
+    detail::require_shape(op.c_str(), "a.average1", state.a.average1, n, n);
+    detail::require_shape(op.c_str(), "g.average0", state.g.average0, p, p);
+    detail::require_shape(op.c_str(), "g.average1", state.g.average1, p, p);
+    detail::require_symmetric(op.c_str(), "a.average0", state.a.average0);
+    detail::require_finite(op.c_str(), "a.average1", state.a.average1);
+    detail::require_symmetric(op.c_str(), "g.average0", state.g.average0);
+    detail::require_finite(op.c_str(), "g.average1", state.g.average1);
+    SequenceLengthAverage::check_state(op.c_str(), state.lengths);
+    const bool a_data = state.a.updates > 0, g_data = state.g.updates > 0,
+               l_data = state.lengths.updates > 0;
+    if (a_data != g_data || a_data != l_data) {
+      throw InvalidInputError(op + ": update counts disagree (a " +
+                              std::to_string(state.a.updates) + ", g " +
+                              std::to_string(state.g.updates) + ", lengths " +
+                              std::to_string(state.lengths.updates) + ")");
+    }
+    if (l_data && !(lengths_distribution_mean(state.lengths) > 0.0)) {
+      throw InvalidInputError(op + ": the length histogram has no sequence of length >= 1");
+    }
+    a_.set_state(state.a);
+    g_.set_state(state.g);
+    lengths_.set_state(state.lengths);
+    skipped_statistics_ = state.skipped_statistics;
+  }
+
+  /// Forgets all statistics (the refreshed inverse stays until the next refresh()).
+  void reset() {
+    a_.reset();
+    g_.reset();
+    lengths_.reset();
+    skipped_statistics_ = 0;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Refresh, preparation, inverse, product
+  // ---------------------------------------------------------------------------------------
+
+  /// The amortized preprocessing: eigendecomposes the current A0 and G0 and snapshots A1,
+  /// G1 and the length distribution (`E_T[T]`), all at once or not at all (on failure the
+  /// previous snapshot stays in use). Returns NotComputed without statistics. The
+  /// damping-dependent part of C.3 runs at the first apply_inverse (or prepare) after it.
+  Status refresh() {
+    if (!has_statistics()) return Status::NotComputed;
+    SequenceLengths lengths = lengths_.distribution(options_.length_cutoff);
+    const double mean = lengths.mean();
+    if (!(mean > 0.0) || !std::isfinite(mean)) return Status::NumericalIssue;
+    Status s = a0_stage_.compute(a_.a0()).info();
+    if (s != Status::Success) return s;
+    s = g0_stage_.compute(g_.a0()).info();
+    if (s != Status::Success) return s;
+    std::swap(a0_spectrum_, a0_stage_);
+    std::swap(g0_spectrum_, g0_stage_);
+    snap_a0_ = a_.a0();
+    snap_a1_ = a_.a1();
+    snap_g0_ = g_.a0();
+    snap_g1_ = g_.a1();
+    snap_lengths_ = std::move(lengths);
+    snap_mean_ = static_cast<Scalar>(mean);
+    ++version_;
+    return Status::Success;
+  }
+
+  /// Whether a refresh has succeeded (apply_inverse and multiply can run).
+  bool has_inverse() const noexcept { return version_ > 0; }
+  /// How many refreshes have succeeded.
+  std::int64_t refreshes() const noexcept { return version_; }
+  /// The length distribution and `E_T[T]` of the last refresh (what the inverse uses).
+  const SequenceLengths& refreshed_lengths() const noexcept { return snap_lengths_; }
+  Scalar refreshed_mean_length() const noexcept { return snap_mean_; }
+
+  /// Runs the damping-dependent preprocessing of C.3 for `damping` now (apply_inverse
+  /// does it lazily; it is cached until the next refresh or a different damping). Returns
+  /// NotComputed before a refresh, NumericalIssue for a singular damped V0 or a refused
+  /// divisor (the previous preparation stays). Throws InvalidInputError for negative or
+  /// non-finite λ or floor, or Exact damping with Option 1/2.
+  Status prepare(const BlockDamping<Scalar>& damping) {
+    check_damping(operation("prepare"), damping);
+    if (!has_inverse()) return Status::NotComputed;
+    if (matches(inverse_, Mode::Inverse, damping)) return Status::Success;
+    const Status s = build(stage_, Mode::Inverse, damping);
+    if (s != Status::Success) return s;
+    std::swap(inverse_, stage_);
+    ++preparations_;
+    return Status::Success;
+  }
+
+  /// `out = F̂_λ⁻¹ Z` for Z rows() × cols() (`[∇W ∇b]`), F̂_λ the chosen approximation with
+  /// V0 damped as described in the file comment. Returns NotComputed before a refresh,
+  /// NonFiniteInput for a non-finite Z, NumericalIssue for a singular damped block (out
+  /// untouched in all three cases). Throws ShapeError for a wrong Z and as prepare() for
+  /// bad damping. `out` must not alias Z.
+  template <typename DerivedZ>
+  [[nodiscard]] Status apply_inverse(const Eigen::MatrixBase<DerivedZ>& Z,
+                                     const BlockDamping<Scalar>& damping, Matrix& out) {
+    const std::string op = operation("apply_inverse");
+    require_operand(op, Z);
+    check_damping(op, damping);
+    if (!has_inverse()) return Status::NotComputed;
+    if (!Z.allFinite()) return Status::NonFiniteInput;
+    const Status s = prepare(damping);
+    if (s != Status::Success) return s;
+    run(inverse_, Z, out, work_);
+    return Status::Success;
+  }
+
+  /// `out = F̂ Z` with the *undamped* approximate Fisher of the last refresh (for the
+  /// quadratic model of adaptive damping, which adds its own λ‖δ‖²). A singular V0 is
+  /// handled by its pseudo-inverse inside Ψ̂ (the λ → 0 limit; null directions of A0 are
+  /// null directions of A1 by B.2), so this never fails for want of damping. Returns
+  /// NotComputed before a refresh, NonFiniteInput for a non-finite Z, NumericalIssue or
+  /// NoConvergence if the (once per refresh) preparation fails. `out` must not alias Z.
+  /// Unlike KroneckerBlock::multiply (current averages) this uses the refreshed snapshot,
+  /// the only statistics the Option 1/2 preprocessing exists for.
+  template <typename DerivedZ>
+  [[nodiscard]] Status multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
+    require_operand(operation("multiply"), Z);
+    if (!has_inverse()) return Status::NotComputed;
+    if (!Z.allFinite()) return Status::NonFiniteInput;
+    const BlockDamping<Scalar> none{DampingStyle::Factored, Scalar(0), Scalar(0)};
+    if (!matches(forward_, Mode::Forward, none)) {
+      const Status s = build(stage_, Mode::Forward, none);
+      if (s != Status::Success) return s;
+      std::swap(forward_, stage_);
+    }
+    run(forward_, Z, out, work_);
+    return Status::Success;
+  }
+
+  /// The dense undamped F̂ of the last refresh (what multiply applies), cols()·rows()
+  /// square in `vec([∇W ∇b])` order. For tests and small problems; throws NumericalError
+  /// before a refresh or if the preparation fails.
+  Matrix to_dense() const {
+    return to_dense(BlockDamping<Scalar>{DampingStyle::Factored, Scalar(0), Scalar(0)});
+  }
+
+  /// The dense damped F̂_λ whose inverse apply_inverse applies.
+  Matrix to_dense(const BlockDamping<Scalar>& damping) const {
+    const std::string op = operation("to_dense");
+    check_damping(op, damping);
+    if (!has_inverse()) throw NumericalError(op + ": refresh() has not succeeded");
+    Prepared p;
+    const Status s = build(p, Mode::Forward, damping);
+    if (s != Status::Success) {
+      throw NumericalError(op + ": preparation failed (" + std::string(to_string(s)) + ")");
+    }
+    const Eigen::Index r = rows(), c = cols(), n = r * c;
+    Matrix dense(n, n), unit = Matrix::Zero(r, c), column;
+    Workspace w;
+    for (Eigen::Index k = 0; k < n; ++k) {
+      unit(k % r, k / r) = Scalar(1);
+      run(p, unit, column, w);
+      dense.col(k) = Eigen::Map<const Vector>(column.data(), n);
+      unit(k % r, k / r) = Scalar(0);
+    }
+    return dense;
+  }
+
+  /// Eigenvalues (Option 1) or singular values (Option 2) of Ψ̂_A, Ψ̂_G clipped to ρ by
+  /// the last preparation of apply_inverse (0 for Independent).
+  Eigen::Index clipped_psi_count() const noexcept { return inverse_.clipped; }
+  /// Damping-dependent preparations run so far (one per refresh at a fixed λ).
+  std::int64_t preparations() const noexcept { return preparations_; }
+  /// The shifts δ_A, δ_G of the last preparation (see the damping convention).
+  Scalar input_shift() const noexcept { return inverse_.a_shift; }
+  Scalar gradient_shift() const noexcept { return inverse_.g_shift; }
+
+ private:
+  enum class Mode { Inverse, Forward };
+
+  /// The damping-dependent products of C.3 for one approximation and one damping.
+  /// Inverse mode: `F̂_λ⁻¹ Z`; Forward mode: `F̂_λ Z`. Meaning of the matrices:
+  ///  - Independent/Factored: left·Z·right (explicit damped inverses, or damped factors);
+  ///  - Independent/Exact: inverse: left·(scale ∘ (leftᵀ Z right))·rightᵀ with the
+  ///    eigenbases; forward: left·Z·right + exact_lambda·Z;
+  ///  - Option 1: left·(scale ∘ (leftᵀ Z right))·rightᵀ (bases `V0^{∓1/2} U`);
+  ///  - Option 2 inverse: B diag(scale) Bᵀ with `B = (right ⊗ left) − (right2 ⊗ left2)`;
+  ///    forward: `E[T]·left (X1 + X2 − Y) right`, `Y = left Z right`, X by `stein`.
+  struct Prepared {
+    bool valid = false;
+    std::int64_t version = -1;
+    Mode mode = Mode::Inverse;
+    RecurrentApproximation approximation = RecurrentApproximation::Independent;
+    DampingStyle style = DampingStyle::Factored;
+    Scalar lambda = Scalar(-1), floor = Scalar(-1);
+    Scalar a_shift = Scalar(0), g_shift = Scalar(0), exact_lambda = Scalar(0);
+    Scalar mean_length = Scalar(1);
+    Matrix left, right, left2, right2, scale;
+    KroneckerSteinInverse<Scalar> stein;
+    Eigen::Index clipped = 0;
+  };
+
+  struct Workspace {
+    Matrix a, b, c;
+  };
+
+  static const Options& validated(const Options& options) {
+    options.validate();
+    return options;
+  }
+
+  std::string operation(const char* what) const {
+    return std::string("kfopt::RecurrentKroneckerBlock::") + what + " (layer '" + name_ + "')";
+  }
+
+  template <typename DerivedZ>
+  void require_operand(const std::string& op, const Eigen::MatrixBase<DerivedZ>& Z) const {
+    if (Z.rows() != rows() || Z.cols() != cols()) {
+      throw ShapeError(op + ": gradient is " + detail::shape_of(Z) + " but the block is " +
+                       detail::shape_string(rows(), cols()) +
+                       (options_.bias ? " ([∇W ∇b] with the bias column)" : ""));
+    }
+  }
+
+  void check_damping(const std::string& op, const BlockDamping<Scalar>& d) const {
+    detail::require_nonnegative(op.c_str(), "damping.lambda", d.lambda);
+    detail::require_nonnegative(op.c_str(), "damping.floor", d.floor);
+    if (!supports(d.style)) {
+      throw InvalidInputError(op + ": exact Tikhonov damping (E[T] V0 + λI) exists only for the "
+                              "independent approximation; " +
+                              std::string(to_string(options_.approximation)) +
+                              " damps V0 by factored shifts (DampingStyle::Factored)");
+    }
+  }
+
+  static double lengths_distribution_mean(const SequenceLengthAverage::State& s) {
+    double mean = 0.0;
+    for (std::size_t t = 0; t < s.histogram.size(); ++t) mean += static_cast<double>(t) * s.histogram[t];
+    return mean;
+  }
+
+  /// Checks shapes of a batch; returns T_max. Throws before anything changes.
+  Eigen::Index check_batch(const std::string& op, const Eigen::Ref<const Matrix>& a,
+                           const Eigen::Ref<const Matrix>& g, Eigen::Index m) const {
+    if (m <= 0) {
+      throw ShapeError(op + ": the batch has no sequences (m = " + std::to_string(m) + ")");
+    }
+    if (a.cols() != in_ || g.cols() != out_ || a.rows() != g.rows()) {
+      throw ShapeError(op + ": a is " + detail::shape_of(a) + " and g is " + detail::shape_of(g) +
+                       " but the layer needs (T_max·m)×" + std::to_string(in_) + " and (T_max·m)×" +
+                       std::to_string(out_) + " with the same rows");
+    }
+    if (a.rows() == 0 || a.rows() % m != 0) {
+      throw ShapeError(op + ": a and g have " + std::to_string(a.rows()) +
+                       " rows, not a positive multiple of the " + std::to_string(m) +
+                       " sequences (time-major layout: row t·m + i)");
+    }
+    return a.rows() / m;
+  }
+
+  /// Counts real steps, checks their finiteness in both a and g, then commits.
+  template <typename Valid, typename Commit>
+  Status take(const std::string& op, const Eigen::Ref<const Matrix>& a,
+              const Eigen::Ref<const Matrix>& g, Eigen::Index m, Eigen::Index t_max, Valid valid,
+              Commit commit) {
+    Eigen::Index real = 0;
+    bool finite = true;
+    for (Eigen::Index t = 0; t < t_max; ++t) {
+      for (Eigen::Index i = 0; i < m; ++i) {
+        if (!valid(t, i)) continue;
+        ++real;
+        const Eigen::Index r = t * m + i;
+        if (finite && (!a.row(r).allFinite() || !g.row(r).allFinite())) finite = false;
+      }
+    }
+    if (real == 0) {
+      throw InvalidInputError(op + ": every step of the " + std::to_string(m) +
+                              " sequences is masked (no data)");
+    }
+    if (!finite) {
+      ++skipped_statistics_;
+      return Status::NonFiniteInput;
+    }
+    commit();  // shapes, lengths and finiteness are checked: neither update can fail now
+    lengths_.update(batch_lengths_);
+    return Status::Success;
+  }
+
+  bool matches(const Prepared& p, Mode mode, const BlockDamping<Scalar>& d) const {
+    return p.valid && p.version == version_ && p.mode == mode &&
+           p.approximation == options_.approximation && p.style == d.style &&
+           p.lambda == d.lambda && p.floor == d.floor;
+  }
+
+  // (F + shift I)^{-1/2} for inverse mode; for forward mode its pseudo-inverse (directions
+  // with F + shift ≤ singular_tolerance · largest are left out), and (F + shift I)^{1/2}.
+  static Matrix inverse_root(const SymmetricEigenCache<Scalar>& f, Scalar shift, Mode mode) {
+    if (mode == Mode::Inverse) return f.inverse_sqrt(shift);
+    const Scalar top = f.eigenvalues().maxCoeff() + shift;
+    const Scalar tol = ScalarTraits<Scalar>::singular_tolerance() * top;
+    return f.matrix_function([shift, tol](Scalar l) {
+      const Scalar v = l + shift;
+      return v > tol && v > Scalar(0) ? Scalar(1) / std::sqrt(v) : Scalar(0);
+    });
+  }
+
+  // Eigen-decomposes symmetric P (in place: P becomes its eigenvectors) and clips its
+  // eigenvalues into [−ρ, ρ]; returns the status, adds the clip count.
+  Status symmetric_transition_eigen(Matrix& P, Vector& psi, Eigen::Index& clipped) const {
+    detail::symmetrize(P);
+    Eigen::SelfAdjointEigenSolver<Matrix> solver;  // default-constructed: info initialized
+    solver.compute(P, Eigen::ComputeEigenvectors);
+    if (solver.info() != Eigen::Success) return detail::status_from_eigen(solver.info());
+    psi = solver.eigenvalues();
+    P = solver.eigenvectors();
+    if (!psi.allFinite() || !P.allFinite()) return Status::NumericalIssue;
+    const Scalar rho = options_.max_abs_psi;
+    for (Eigen::Index i = 0; i < psi.size(); ++i) {
+      if (psi(i) > rho) {
+        psi(i) = rho;
+        ++clipped;
+      } else if (psi(i) < -rho) {
+        psi(i) = -rho;
+        ++clipped;
+      }
+    }
+    return Status::Success;
+  }
+
+  // Scales the columns of Q = P E (E the eigenvectors of PᵀP) so that every singular
+  // value of P is at most ρ: column i has norm² = m_i, the i-th eigenvalue of PᵀP; after
+  // the scaling `Q E ᵀ` is P with its singular values clipped (P = U S Eᵀ, Q = U S).
+  void clip_singular_values(Matrix& Q, Eigen::Index& clipped) const {
+    const Scalar rho2 = options_.max_abs_psi * options_.max_abs_psi;
+    for (Eigen::Index i = 0; i < Q.cols(); ++i) {
+      const Scalar m = Q.col(i).squaredNorm();
+      if (m > rho2) {
+        Q.col(i) *= std::sqrt(rho2 / m);
+        ++clipped;
+      }
+    }
+  }
+
+  /// The damping-dependent preprocessing (appendix C.3) into `p`.
+  Status build(Prepared& p, Mode mode, const BlockDamping<Scalar>& d) const {
+    p.valid = false;
+    p.version = version_;
+    p.mode = mode;
+    p.approximation = options_.approximation;
+    p.style = d.style;
+    p.lambda = d.lambda;
+    p.floor = d.floor;
+    p.clipped = 0;
+    p.exact_lambda = Scalar(0);
+    p.mean_length = snap_mean_;
+    const Scalar mean = snap_mean_;
+    const Eigen::Index n = cols(), q = rows();
+
+    if (d.style == DampingStyle::Exact) {  // Independent only (check_damping)
+      p.a_shift = p.g_shift = Scalar(0);
+      if (mode == Mode::Forward) {
+        p.left = mean * snap_g0_;
+        p.right = snap_a0_;
+        p.exact_lambda = d.lambda;
+      } else {
+        const Vector& la = a0_spectrum_.eigenvalues();
+        const Vector& lg = g0_spectrum_.eigenvalues();
+        const Scalar lo = mean * la.minCoeff() * lg.minCoeff() + d.lambda;
+        const Scalar hi = mean * la.maxCoeff() * lg.maxCoeff() + d.lambda;
+        if (!(lo > ScalarTraits<Scalar>::singular_tolerance() * std::max(Scalar(1), hi))) {
+          return Status::NumericalIssue;
+        }
+        p.left = g0_spectrum_.eigenvectors();
+        p.right = a0_spectrum_.eigenvectors();
+        p.scale.resize(q, n);
+        for (Eigen::Index j = 0; j < n; ++j)
+          for (Eigen::Index i = 0; i < q; ++i) p.scale(i, j) = Scalar(1) / (mean * lg(i) * la(j) + d.lambda);
+      }
+      p.valid = true;
+      return Status::Success;
+    }
+
+    // Factored Tikhonov damping of V0 by λ / E_T[T] (see the file comment).
+    const FactoredDamping<Scalar> fd = factored_tikhonov_damping(
+        a0_spectrum_.trace(), n, g0_spectrum_.trace(), q, d.lambda / mean, d.floor);
+    p.a_shift = fd.a_shift;
+    p.g_shift = fd.g_shift;
+    if (mode == Mode::Inverse &&
+        (!a0_spectrum_.is_invertible(fd.a_shift) || !g0_spectrum_.is_invertible(fd.g_shift))) {
+      return Status::NumericalIssue;
+    }
+
+    if (options_.approximation == RecurrentApproximation::Independent) {
+      if (mode == Mode::Inverse) {
+        p.left = g0_spectrum_.damped_inverse(fd.g_shift) / mean;
+        p.right = a0_spectrum_.damped_inverse(fd.a_shift);
+      } else {
+        p.left = mean * snap_g0_;
+        p.left.diagonal().array() += mean * fd.g_shift;
+        p.right = snap_a0_;
+        p.right.diagonal().array() += fd.a_shift;
+      }
+      p.valid = true;
+      return Status::Success;
+    }
+
+    // Whitening roots of the damped V0 = (A0 + δ_A I) ⊗ (G0 + δ_G I).
+    const Matrix ar = inverse_root(a0_spectrum_, fd.a_shift, mode);
+    const Matrix gr = inverse_root(g0_spectrum_, fd.g_shift, mode);
+
+    if (options_.approximation == RecurrentApproximation::Option1) {
+      // Ψ̂_A = A0^{-1/2} ((A1 + A1ᵀ)/2) A0^{-1/2} = U_A diag(ψ_A) U_Aᵀ (and G alike).
+      Matrix ua = ar * (Scalar(0.5) * (snap_a1_ + snap_a1_.transpose())) * ar;
+      Matrix ug = gr * (Scalar(0.5) * (snap_g1_ + snap_g1_.transpose())) * gr;
+      Vector psi_a, psi_g;
+      Status s = symmetric_transition_eigen(ua, psi_a, p.clipped);
+      if (s == Status::Success) s = symmetric_transition_eigen(ug, psi_g, p.clipped);
+      if (s != Status::Success) return s;
+      // F̂^{∓1} = (B_A ⊗ B_G) diag(γ^{±1}) (B_A ⊗ B_G)ᵀ with B = V0^{∓1/2} U.
+      if (mode == Mode::Inverse) {
+        p.right = ar * ua;
+        p.left = gr * ug;
+      } else {
+        p.right = a0_spectrum_.sqrt(fd.a_shift) * ua;
+        p.left = g0_spectrum_.sqrt(fd.g_shift) * ug;
+      }
+      p.scale.resize(q, n);
+      using Work = typename std::conditional<(sizeof(Scalar) < sizeof(double)), double, Scalar>::type;
+      for (Eigen::Index j = 0; j < n; ++j) {
+        for (Eigen::Index i = 0; i < q; ++i) {
+          const Work x = static_cast<Work>(psi_g(i)) * static_cast<Work>(psi_a(j));
+          const Work eta = temporal_eta_mean<Work>(x, snap_lengths_);
+          if (!(eta > Work(0)) || !std::isfinite(static_cast<double>(eta))) {
+            return Status::NumericalIssue;
+          }
+          p.scale(i, j) = static_cast<Scalar>(mode == Mode::Inverse ? Work(1) / eta : eta);
+        }
+      }
+      p.valid = true;
+      return Status::Success;
+    }
+
+    // Option 2. Ψ̂_A = A0^{-1/2} A1 A0^{-1/2} (not symmetric), M_A = Ψ̂_Aᵀ Ψ̂_A.
+    const Matrix psi_a = ar * snap_a1_ * ar;
+    const Matrix psi_g = gr * snap_g1_ * gr;
+    Matrix ma = psi_a.transpose() * psi_a;
+    Matrix mg = psi_g.transpose() * psi_g;
+    detail::symmetrize(ma);
+    detail::symmetrize(mg);
+    IdentityMinusKroneckerOptions<Scalar> imk_options;
+    const Scalar rho2 = options_.max_abs_psi * options_.max_abs_psi;
+    imk_options.max_abs_eigenvalue = rho2;
+    imk_options.min_divisor =
+        std::min(imk_options.min_divisor, (Scalar(1) - rho2 * rho2) / Scalar(4));
+    IdentityMinusKroneckerInverse<Scalar> middle(imk_options);
+    middle.compute(ma, mg);
+    if (middle.info() != Status::Success) return middle.info();
+    const Matrix& ea = middle.eigenvectors_A();
+    const Matrix& eg = middle.eigenvectors_G();
+    // Q = Ψ̂ E with singular values clipped to ρ (consistent with the clipped M).
+    Matrix qa = psi_a * ea;
+    Matrix qg = psi_g * eg;
+    clip_singular_values(qa, p.clipped);
+    clip_singular_values(qg, p.clipped);
+    if (mode == Mode::Inverse) {
+      // F̂⁻¹ = E[T]⁻¹ V0^{-1/2}(I − Ψ̂)(E_A ⊗ E_G) diag(1/(1 − m_G m_Aᵀ)) (…)ᵀ V0^{-1/2}:
+      // V0^{-1/2}(I − Ψ̂)(E_A ⊗ E_G) = (Ar E_A) ⊗ (Gr E_G) − (Ar Q_A) ⊗ (Gr Q_G).
+      p.right = ar * ea;
+      p.left = gr * eg;
+      p.right2 = ar * qa;
+      p.left2 = gr * qg;
+      const Vector& ma_values = middle.eigenvalues_A();
+      const Vector& mg_values = middle.eigenvalues_G();
+      p.scale.resize(q, n);
+      for (Eigen::Index j = 0; j < n; ++j)
+        for (Eigen::Index i = 0; i < q; ++i)
+          p.scale(i, j) = Scalar(1) / (mean * (Scalar(1) - mg_values(i) * ma_values(j)));
+    } else {
+      // F̂ = E[T] V0^{1/2} ((I − Ψ̂)⁻¹ + (I − Ψ̂ᵀ)⁻¹ − I) V0^{1/2} with the clipped Ψ̂.
+      const Matrix pa = qa * ea.transpose();
+      const Matrix pg = qg * eg.transpose();
+      p.stein.compute(pa, pg);
+      if (p.stein.info() != Status::Success) return p.stein.info();
+      p.right = a0_spectrum_.sqrt(fd.a_shift);
+      p.left = g0_spectrum_.sqrt(fd.g_shift);
+    }
+    p.valid = true;
+    return Status::Success;
+  }
+
+  /// Applies a preparation to Z (see Prepared).
+  template <typename DerivedZ>
+  static void run(Prepared& p, const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out, Workspace& w) {
+    const auto scale_of = [&p](Eigen::Index i, Eigen::Index j) { return p.scale(i, j); };
+    switch (p.approximation) {
+      case RecurrentApproximation::Independent:
+        if (p.style == DampingStyle::Exact && p.mode == Mode::Inverse) {
+          scaled_congruence<Scalar>(p.left, p.right, Z, scale_of, out, w.a);
+          return;
+        }
+        w.a.noalias() = p.left * Z;
+        out.noalias() = w.a * p.right;
+        if (p.exact_lambda != Scalar(0)) out += p.exact_lambda * Z;
+        return;
+      case RecurrentApproximation::Option1:
+        scaled_congruence<Scalar>(p.left, p.right, Z, scale_of, out, w.a);
+        return;
+      case RecurrentApproximation::Option2:
+        if (p.mode == Mode::Inverse) {
+          // W = Bᵀ z = L1ᵀ Z R1 − L2ᵀ Z R2;  W ∘= S;  out = L1 W R1ᵀ − L2 W R2ᵀ.
+          w.a.noalias() = Z * p.right;
+          w.b.noalias() = p.left.transpose() * w.a;
+          w.a.noalias() = Z * p.right2;
+          w.b.noalias() -= p.left2.transpose() * w.a;
+          w.b.array() *= p.scale.array();
+          w.a.noalias() = p.left * w.b;
+          out.noalias() = w.a * p.right.transpose();
+          w.a.noalias() = p.left2 * w.b;
+          out.noalias() -= w.a * p.right2.transpose();
+        } else {
+          w.a.noalias() = p.left * Z;
+          w.b.noalias() = w.a * p.right;  // Y = V0^{1/2} z
+          p.stein.apply_sum(w.b, w.c);    // ((I − Ψ̂)⁻¹ + (I − Ψ̂ᵀ)⁻¹) Y
+          w.c -= w.b;
+          w.a.noalias() = p.left * w.c;
+          out.noalias() = w.a * p.right;
+          out *= p.mean_length;
+        }
+        return;
+    }
+  }
+
+  std::string name_;
+  Options options_;
+  Eigen::Index in_, out_;
+  FactorAverage a_, g_;
+  SequenceLengthAverage lengths_;
+  Eigen::VectorXi batch_lengths_;
+  std::int64_t skipped_statistics_ = 0;
+
+  // Snapshot of the last refresh (default-constructed caches: safe to move before use).
+  SymmetricEigenCache<Scalar> a0_spectrum_, g0_spectrum_, a0_stage_, g0_stage_;
+  Matrix snap_a0_, snap_a1_, snap_g0_, snap_g1_;
+  SequenceLengths snap_lengths_;
+  Scalar snap_mean_ = Scalar(0);
+  std::int64_t version_ = 0;
+
+  Prepared inverse_, forward_, stage_;
+  std::int64_t preparations_ = 0;
+  Workspace work_;
+};
+
+}  // namespace kfopt
