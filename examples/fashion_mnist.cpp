@@ -91,6 +91,7 @@ struct TaskSettings {
   double kfac_kl_clip = 1e-2;
   long kfac_statistics_period = 1;
   long kfac_inverse_period = 20;
+  bool kfac_cholesky = true;  ///< damped inverses by Cholesky (else by eigendecomposition)
 };
 
 struct Settings {
@@ -143,6 +144,9 @@ Options:
                         override the per-task defaults printed at the start of each task
   --kfac-stats-period N, --kfac-inverse-period N
                         K-FAC statistics / inverse refresh periods (default 1 and 20)
+  --kfac-inverse M      how K-FAC prepares its damped inverses: cholesky (default; the
+                        damping is fixed here, so nothing is refactorized between
+                        refreshes) or eigen (eigendecompositions, several times dearer)
   --help                this text
 )";
 
@@ -217,6 +221,11 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   const double kfac_kl_clip = cli.take_double("--kfac-kl-clip", -1.0, 0.0, 1e6);
   const long kfac_stats = cli.take_long("--kfac-stats-period", 0, 1, 1'000'000);
   const long kfac_inverse = cli.take_long("--kfac-inverse-period", 0, 1, 1'000'000);
+  const std::string kfac_inverse_method = cli.take_string("--kfac-inverse", "cholesky");
+  if (kfac_inverse_method != "cholesky" && kfac_inverse_method != "eigen") {
+    throw ex::UsageError("--kfac-inverse expects cholesky or eigen, got '" + kfac_inverse_method +
+                         "'");
+  }
   for (Task t : {Task::Autoencoder, Task::Classifier}) {
     TaskSettings& ts = s.of(t);
     if (steps > 0) ts.steps = steps;
@@ -231,6 +240,7 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
     if (kfac_kl_clip >= 0) ts.kfac_kl_clip = kfac_kl_clip;
     if (kfac_stats > 0) ts.kfac_statistics_period = kfac_stats;
     if (kfac_inverse > 0) ts.kfac_inverse_period = kfac_inverse;
+    ts.kfac_cholesky = kfac_inverse_method == "cholesky";
   }
 
   const long seed = cli.take_long("--seed", 1, 0, 4'000'000'000L);
@@ -529,6 +539,8 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
   options.statistics_period = static_cast<int>(ts.kfac_statistics_period);
   options.inverse_period = static_cast<int>(ts.kfac_inverse_period);
   options.kl_clip = ts.kfac_kl_clip;
+  options.inverse_method =
+      ts.kfac_cholesky ? kfopt::InverseMethod::Cholesky : kfopt::InverseMethod::Eigendecomposition;
   options.adaptive_damping = false;
   kfopt::Kfac<Scalar> kfac(options);
   std::vector<std::size_t> ids;
@@ -582,11 +594,11 @@ void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& s
   std::fprintf(stderr,
                "%s: network %s, %ld steps of batch %ld, %s precision\n"
                "  adam lr %g | sgd lr %g, momentum %g | kfac lr %g, damping %g, kl_clip %g, "
-               "statistics every %ld, inverses every %ld steps, %s Fisher\n",
+               "statistics every %ld, inverses (%s) every %ld steps, %s Fisher\n",
                task_name(task), shape.c_str(), ts.steps, ts.batch,
                sizeof(Scalar) == 4 ? "single" : "double", ts.adam_lr, ts.sgd_lr, ts.sgd_momentum,
                ts.kfac_lr, ts.kfac_damping, ts.kfac_kl_clip, ts.kfac_statistics_period,
-               ts.kfac_inverse_period,
+               ts.kfac_cholesky ? "Cholesky" : "eigendecomposition", ts.kfac_inverse_period,
                settings.fisher == FisherTargets::Sampled ? "sampled (true)" : "empirical");
   ex::CsvWriter csv(settings.out_dir, task_name(task));
 
