@@ -44,6 +44,7 @@
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -150,7 +151,10 @@ class KalmanUpdater {
     }
     resize_matrix(whitened_, k, d);
     whitened_ = H;
-    r_llt_.matrixL().solveInPlace(whitened_);  // C⁻¹ H
+    for (Eigen::Index j0 = 0; j0 < d; j0 += detail::kProductTile) {  // C⁻¹ H, in column panels
+      const Eigen::Index nj = std::min(detail::kProductTile, d - j0);
+      r_llt_.matrixL().solveInPlace(whitened_.middleCols(j0, nj));
+    }
     resize_matrix(gt_, d, k);
     gt_ = whitened_.transpose();
     resize_vector(ew_, k);
