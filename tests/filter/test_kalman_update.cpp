@@ -351,3 +351,28 @@ TEST_CASE("updates in dimension 300 (several product tiles) equal the dense form
     }
   }
 }
+
+TEMPLATE_TEST_CASE("belief accessors: form conversion and P v without forming P",
+                   "[filter][kalman]", float, double) {
+  Rng rng(83);
+  const Eigen::Index d = 6;
+  const Mat<TestType> P = rng.spd<TestType>(d);
+  const Vec<TestType> v = rng.normal<TestType>(d, 1);
+  const Vec<double> expected = P.template cast<double>() * v.template cast<double>();
+  for (kfopt::KalmanForm from : kAllForms) {
+    for (kfopt::KalmanForm to : kAllForms) {
+      auto cov = kfopt::BeliefCovariance<TestType>::from_covariance(P, from);
+      cov.convert_to(to);
+      CHECK(cov.form() == to);
+      CHECK(relative_error(cov.covariance().template cast<double>(), P.template cast<double>()) <=
+            10 * Tolerance<TestType>::dense);
+      Vec<TestType> out(d);
+      cov.multiply_covariance(v, out);
+      CHECK(relative_error(out.template cast<double>(), expected) <= 10 * Tolerance<TestType>::dense);
+    }
+  }
+  const auto info = kfopt::BeliefCovariance<TestType>::from_precision(P);
+  CHECK(relative_error(info.precision().template cast<double>(), P.template cast<double>()) <=
+        10 * Tolerance<TestType>::dense);
+  CHECK(info.storage().template triangularView<Eigen::StrictlyUpper>().toDenseMatrix().isZero(0));
+}

@@ -412,3 +412,48 @@ TEST_CASE("constructors and hyperparameters are validated", "[optim][ekf][natura
   nh.fisher_rate = 0;
   CHECK_THROWS_WITH(kfopt::OnlineNaturalGradient<Bern>(Bern(), I, nh), Catch::Contains("fisher_rate"));
 }
+
+TEST_CASE("checkpoint and restore: state() / set_state() and reset", "[optim][ekf][natural_gradient]") {
+  Rng rng(208);
+  const Eigen::Index d = 4;
+  using Model = kfopt::BernoulliObservation<double>;
+  const Mat<double> X = rng.normal<double>(40, d);
+  for (kfopt::KalmanForm form : kForms) {
+    kfopt::ExtendedKalmanFilterHyperparameters<double> hp;
+    hp.form = form;
+    kfopt::OnlineNaturalGradientHyperparameters<double> nh;
+    nh.form = form;
+    kfopt::ExtendedKalmanFilter<Model> ekf(Model(), Mat<double>::Identity(d, d), hp);
+    kfopt::OnlineNaturalGradient<Model> ng(Model(), Mat<double>::Identity(d, d), nh);
+    Vec<double> a = Vec<double>::Zero(d), b = a;
+    auto run = [&](int from, int to) {
+      for (int t = from; t < to; ++t) {
+        const Mat<double> x = X.row(t);
+        REQUIRE(ekf.step(a, x * a, x, double(t % 2)) == kfopt::Status::Success);
+        REQUIRE(ng.step(b, x * b, x, double(t % 3 == 0)) == kfopt::Status::Success);
+      }
+    };
+    run(0, 20);
+    const auto se = ekf.state();
+    const auto sn = ng.state();
+    const Vec<double> a0 = a, b0 = b;
+    run(20, 40);
+    const Vec<double> a1 = a, b1 = b;
+    ekf.set_state(se);
+    ng.set_state(sn);
+    a = a0;
+    b = b0;
+    run(20, 40);
+    INFO("form " << kfopt::to_string(form));
+    CHECK(same_bits(a, a1));
+    CHECK(same_bits(b, b1));
+    // A state of another form or size is refused.
+    auto wrong = se;
+    wrong.covariance.convert_to(form == kfopt::KalmanForm::Information ? kfopt::KalmanForm::Covariance
+                                                                        : kfopt::KalmanForm::Information);
+    CHECK_THROWS_AS(ekf.set_state(wrong), kfopt::InvalidInputError);
+    ekf.reset(Mat<double>::Identity(d, d));
+    CHECK(ekf.state().step == 0);
+    CHECK(relative_error(ekf.covariance(), Mat<double>::Identity(d, d)) <= 1e-15);
+  }
+}

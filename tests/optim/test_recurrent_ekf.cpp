@@ -365,3 +365,59 @@ TEST_CASE("recurrent filters: bad input leaves θ, state, tangent and covariance
   Mat<double> H(1, d);
   CHECK_THROWS_AS(rtrl.output(theta, scalar(0.1), z, H), kfopt::NumericalError);  // nothing propagated
 }
+
+TEST_CASE("recurrent filters: advance without a target, checkpoint and restore",
+          "[optim][ekf][rtrl]") {
+  Rng rng(307);
+  const Cell cell(2, 1, 1);
+  const Eigen::Index n = 2, d = cell.param_dim();
+  const std::vector<double> x = logistic_map(40, 0.33);
+  const Mat<double> P0 = 0.5 * Mat<double>::Identity(d, d);
+  const Mat<double> joint_P0 =
+      kfopt::JointExtendedKalmanFilter<Cell, Gauss>::degenerate_covariance(Mat<double>::Zero(n, d), P0);
+  kfopt::JointExtendedKalmanFilter<Cell, Gauss> joint(cell, Gauss(1, 0.05), Vec<double>::Zero(n), joint_P0);
+  const auto twin = kfopt::natural_gradient_twin<double>(kfopt::ExtendedKalmanFilterHyperparameters<double>(), P0);
+  kfopt::NaturalGradientRtrlHyperparameters<double> nh;
+  nh.natural_gradient = twin.hyperparameters;
+  kfopt::NaturalGradientRtrl<Cell, Gauss> ngr(cell, Gauss(1, 0.05), Vec<double>::Zero(n), twin.initial_fisher, nh);
+  Vec<double> ta = 0.3 * rng.normal<double>(d, 1), tb = ta;
+  // Steps with a target, then inputs without one (advance), then targets again: the two
+  // forms stay equal through the target-less stretch (both propagate s and A / 𝒫 only).
+  for (int t = 0; t < 40; ++t) {
+    if (t >= 10 && t < 15) {
+      REQUIRE(joint.advance(ta, scalar(x[t])) == kfopt::Status::Success);
+      REQUIRE(ngr.advance(tb, scalar(x[t])) == kfopt::Status::Success);
+    } else {
+      REQUIRE(joint.step(ta, scalar(x[t]), scalar(x[t + 1])) == kfopt::Status::Success);
+      REQUIRE(ngr.step(tb, scalar(x[t]), scalar(x[t + 1])) == kfopt::Status::Success);
+    }
+  }
+  CHECK(relative_error(ta, tb) <= 1e-10);
+  CHECK(relative_error(joint.hidden(), ngr.hidden()) <= 1e-10);
+  const Mat<double> A = ngr.tangent();
+  CHECK(relative_error(joint.covariance().topRightCorner(n, d).eval(),
+                       (A * joint.parameter_covariance()).eval()) <= 1e-10);
+
+  // Checkpoint, run on, restore, run the same stretch again: bit-identical.
+  const auto joint_saved = joint.state();
+  const auto ng_saved = ngr.state();
+  const Vec<double> ta_saved = ta, tb_saved = tb;
+  Vec<double> first_a, first_b;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int t = 0; t < 10; ++t) {
+      REQUIRE(joint.step(ta, scalar(x[t]), scalar(x[t + 1])) == kfopt::Status::Success);
+      REQUIRE(ngr.step(tb, scalar(x[t]), scalar(x[t + 1])) == kfopt::Status::Success);
+    }
+    if (pass == 0) {
+      first_a = ta;
+      first_b = tb;
+      joint.set_state(joint_saved);
+      ngr.set_state(ng_saved);
+      ta = ta_saved;
+      tb = tb_saved;
+    } else {
+      CHECK(same_bits(ta, first_a));
+      CHECK(same_bits(tb, first_b));
+    }
+  }
+}
