@@ -40,6 +40,9 @@
 #include "kfopt/core/parameter_block.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/curvature/kronecker_block.hpp"
+#include "kfopt/curvature/recurrent_kronecker_block.hpp"
+
+#include <variant>
 
 namespace kfopt {
 
@@ -114,7 +117,16 @@ struct DenseLayerOptions {
   FactorStructure gradient_factor = FactorStructure::Dense;
 };
 
-/// K-FAC over registered dense layers (see kfac.hpp for the algorithm).
+/// Per-layer choices when registering a weight shared across time steps (RNN K-FAC,
+/// Martens, Ba & Johnson 2018): which approximation of the Fisher of `Σ_t w_t`.
+struct RecurrentLayerOptions {
+  /// Independent (eq. 6), Option1 (eq. 8) or Option2 (eq. 9). Default Option2. With
+  /// exact damping only Independent is defined (the options damp V0 only).
+  RecurrentApproximation approximation = RecurrentApproximation::Option2;
+};
+
+/// K-FAC over registered dense and recurrent layers (see kfac.hpp for the algorithm). A
+/// model may mix both; an LSTM's four gate matrices are four recurrent layers.
 template <typename Scalar>
 class Kfac {
  public:
@@ -158,8 +170,38 @@ class Kfac {
     return add_layer(name, W, dW, nullptr, nullptr, layer);
   }
 
+  /// Registers a weight shared across the time steps of a sequence, `s_t = W a_t + b`
+  /// (RNN K-FAC). Its statistics come from record_sequence_statistics.
+  std::size_t add_recurrent_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector& b,
+                                  const Vector& db, RecurrentLayerOptions layer = {}) {
+    if (b.size() != W.rows() || db.size() != W.rows()) {
+      throw ShapeError("kfopt::Kfac::add_recurrent_layer (layer '" + name + "'): W is " +
+                       detail::shape_of(W) + " but b has " + std::to_string(b.size()) +
+                       " and db " + std::to_string(db.size()) + " entries (need " +
+                       std::to_string(W.rows()) + ")");
+    }
+    return add_recurrent(name, W, dW, &b, &db, layer);
+  }
+
+  /// Registers a shared weight without bias, `s_t = W a_t`.
+  std::size_t add_recurrent_layer(const std::string& name, Matrix& W, const Matrix& dW,
+                                  RecurrentLayerOptions layer = {}) {
+    return add_recurrent(name, W, dW, nullptr, nullptr, layer);
+  }
+
   std::size_t num_layers() const noexcept { return layers_.size(); }
-  const KroneckerBlock<Scalar>& block(std::size_t id) const { return layers_.at(id).block; }
+  /// The Fisher block of a dense layer (InvalidInputError for a recurrent one).
+  const KroneckerBlock<Scalar>& block(std::size_t id) const {
+    const auto* b = std::get_if<KroneckerBlock<Scalar>>(&layers_.at(id).block);
+    if (b == nullptr) throw InvalidInputError("kfopt::Kfac::block: layer " + std::to_string(id) + " is recurrent");
+    return *b;
+  }
+  /// The Fisher block of a recurrent layer (InvalidInputError for a dense one).
+  const RecurrentKroneckerBlock<Scalar>& recurrent_block(std::size_t id) const {
+    const auto* b = std::get_if<RecurrentKroneckerBlock<Scalar>>(&layers_.at(id).block);
+    if (b == nullptr) throw InvalidInputError("kfopt::Kfac::recurrent_block: layer " + std::to_string(id) + " is dense");
+    return *b;
+  }
 
   /// Whether this step should record statistics (every statistics_period steps).
   bool wants_statistics() const noexcept {
@@ -171,9 +213,28 @@ class Kfac {
   /// batch is refused (NonFiniteInput), counted, both factors unchanged.
   Status record_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
                            const Eigen::Ref<const Matrix>& g) {
-    const Status s = layer_at("kfopt::Kfac::record_statistics", id).block.update_statistics(a, g);
-    if (s == Status::NonFiniteInput) ++state_.skipped_statistics;
-    return s;
+    auto* block = std::get_if<KroneckerBlock<Scalar>>(&layer_at("kfopt::Kfac::record_statistics", id).block);
+    if (block == nullptr) {
+      throw InvalidInputError("kfopt::Kfac::record_statistics: layer " + std::to_string(id) +
+                              " is recurrent; use record_sequence_statistics");
+    }
+    return counted(block->update_statistics(a, g));
+  }
+
+  /// Records a batch of m sequences for a recurrent layer, time-major (row t·m + i is step t
+  /// of sequence i): inputs `a` (T_max·m × in), per-step pre-activation gradients `g`
+  /// (T_max·m × out; model-sampled targets for the true Fisher), real steps t < lengths(i).
+  Status record_sequence_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                                    const Eigen::Ref<const Matrix>& g,
+                                    const Eigen::Ref<const Eigen::VectorXi>& lengths) {
+    return counted(recurrent_at("kfopt::Kfac::record_sequence_statistics", id).update_statistics(a, g, lengths));
+  }
+
+  /// As above with a T_max × m mask of real steps.
+  Status record_sequence_statistics(
+      std::size_t id, const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
+      const Eigen::Ref<const Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>>& mask) {
+    return counted(recurrent_at("kfopt::Kfac::record_sequence_statistics", id).update_statistics(a, g, mask));
   }
 
   /// One K-FAC step from the gradients in the registered storage. All or nothing: a
@@ -183,8 +244,8 @@ class Kfac {
   Status step() {
     if (layers_.empty()) throw InvalidInputError("kfopt::Kfac::step: no layer registered");
     for (const auto& layer : layers_) {
-      if (!layer.block.has_statistics()) {
-        throw InvalidInputError("kfopt::Kfac::step: layer '" + layer.block.name() +
+      if (!visit(layer, [](const auto& b) { return b.has_statistics(); })) {
+        throw InvalidInputError("kfopt::Kfac::step: layer '" + layer.name +
                                 "' has no statistics yet; call record_statistics before the first step");
       }
     }
@@ -194,9 +255,11 @@ class Kfac {
     // Refresh the spectra on schedule (and for any layer that never had one).
     const bool due = state_.counters.steps % options_.inverse_period == 0;
     for (auto& layer : layers_) {
-      if (due || !layer.block.has_inverse()) {
-        const Status s = layer.block.refresh();
-        if (s != Status::Success && !layer.block.has_inverse()) return s;  // keep stale ones otherwise
+      if (due || !visit(layer, [](const auto& b) { return b.has_inverse(); })) {
+        const Status s = visit(layer, [](auto& b) { return b.refresh(); });
+        if (s != Status::Success && !visit(layer, [](const auto& b) { return b.has_inverse(); })) {
+          return s;  // keep stale spectra otherwise
+        }
       }
     }
     if (due) ++state_.inverse_refreshes;
@@ -208,7 +271,9 @@ class Kfac {
     double inner = 0.0;  // Σ ⟨Δ, Z⟩
     for (auto& layer : layers_) {
       gather(layer, wd);
-      const Status s = layer.block.apply_inverse(layer.gradient, damping, layer.direction);
+      const Status s = visit(layer, [&](auto& b) {
+        return b.apply_inverse(layer.gradient, damping, layer.direction);
+      });
       if (s != Status::Success) {
         ++state_.singular_skips;
         return s;
@@ -229,7 +294,7 @@ class Kfac {
       if (options_.adaptive_damping) {
         // δ = −η m; M(δ) − M(0) = ⟨Z, δ⟩ + ½ ⟨δ, F̂δ⟩ + ½ λ ‖δ‖².
         layer.direction = static_cast<Scalar>(-lr) * layer.momentum;
-        layer.block.multiply(layer.direction, layer.curvature_product);
+        multiply(layer);
         model_change += static_cast<double>(layer.gradient.cwiseProduct(layer.direction).sum()) +
                         0.5 * static_cast<double>(
                                   layer.direction.cwiseProduct(layer.curvature_product).sum()) +
@@ -281,8 +346,11 @@ class Kfac {
   }
 
  private:
+  using Block = std::variant<KroneckerBlock<Scalar>, RecurrentKroneckerBlock<Scalar>>;
+
   struct Layer {
-    KroneckerBlock<Scalar> block;
+    std::string name;
+    Block block;
     std::size_t weight_index;          // into params_
     std::ptrdiff_t bias_index;         // into params_, or −1
     Matrix gradient;                   // Z = [∇W ∇b] (+ weight decay)
@@ -291,20 +359,70 @@ class Kfac {
     Matrix curvature_product;          // F̂ δ
   };
 
+  template <typename Layer_, typename F>
+  static auto visit(Layer_& layer, F&& f) {
+    return std::visit(std::forward<F>(f), layer.block);
+  }
+
+  // F̂ δ into curvature_product (the recurrent block reports a Status; a failure there
+  // only weakens the damping model, so it counts as a zero curvature term).
+  void multiply(Layer& layer) {
+    if (auto* dense = std::get_if<KroneckerBlock<Scalar>>(&layer.block)) {
+      dense->multiply(layer.direction, layer.curvature_product);
+    } else if (std::get<RecurrentKroneckerBlock<Scalar>>(layer.block)
+                   .multiply(layer.direction, layer.curvature_product) != Status::Success) {
+      layer.curvature_product.setZero(layer.direction.rows(), layer.direction.cols());
+    }
+  }
+
+  Status counted(Status s) {
+    if (s == Status::NonFiniteInput) ++state_.skipped_statistics;
+    return s;
+  }
+
+  RecurrentKroneckerBlock<Scalar>& recurrent_at(const char* op, std::size_t id) {
+    auto* block = std::get_if<RecurrentKroneckerBlock<Scalar>>(&layer_at(op, id).block);
+    if (block == nullptr) {
+      throw InvalidInputError(std::string(op) + ": layer " + std::to_string(id) +
+                              " is dense; use record_statistics");
+    }
+    return *block;
+  }
+
   std::size_t add_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
                         const Vector* db, DenseLayerOptions layer_options) {
-    for (const auto& l : layers_) {
-      if (l.block.name() == name) {
-        throw InvalidInputError("kfopt::Kfac::add_dense_layer: a layer named '" + name +
-                                "' is already registered");
-      }
-    }
     KroneckerBlockOptions bo;
     bo.bias = b != nullptr;
     bo.input_factor = layer_options.input_factor;
     bo.gradient_factor = layer_options.gradient_factor;
     bo.decay = options_.decay;
     bo.inverse_method = options_.inverse_method;
+    return register_layer("kfopt::Kfac::add_dense_layer", name, W, dW, b, db,
+                          KroneckerBlock<Scalar>(name, W.cols(), W.rows(), bo));
+  }
+
+  std::size_t add_recurrent(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
+                            const Vector* db, RecurrentLayerOptions layer_options) {
+    RecurrentKroneckerBlockOptions<Scalar> ro;
+    ro.approximation = layer_options.approximation;
+    ro.bias = b != nullptr;
+    ro.decay = options_.decay;
+    RecurrentKroneckerBlock<Scalar> block(name, W.cols(), W.rows(), ro);
+    if (!block.supports(options_.damping_style)) {
+      throw InvalidInputError("kfopt::Kfac::add_recurrent_layer (layer '" + name +
+                              "'): exact damping is defined only for the Independent approximation");
+    }
+    return register_layer("kfopt::Kfac::add_recurrent_layer", name, W, dW, b, db, std::move(block));
+  }
+
+  std::size_t register_layer(const char* op, const std::string& name, Matrix& W, const Matrix& dW,
+                             Vector* b, const Vector* db, Block block) {
+    for (const auto& l : layers_) {
+      if (l.name == name) {
+        throw InvalidInputError(std::string(op) + ": a layer named '" + name +
+                                "' is already registered");
+      }
+    }
     // Register the storage first (it validates the shapes), then the block.
     const std::size_t wi = params_.size();
     params_.add(name + ".weight", W, dW);
@@ -313,13 +431,14 @@ class Kfac {
       bi = static_cast<std::ptrdiff_t>(params_.size());
       params_.add(name + ".bias", *b, *db);
     }
-    layers_.push_back(Layer{KroneckerBlock<Scalar>(name, W.cols(), W.rows(), bo), wi, bi,
-                            Matrix(), Matrix(), Matrix(), Matrix()});
+    layers_.push_back(Layer{name, std::move(block), wi, bi, Matrix(), Matrix(), Matrix(), Matrix()});
     Layer& l = layers_.back();
-    l.gradient.setZero(l.block.rows(), l.block.cols());
-    l.direction.setZero(l.block.rows(), l.block.cols());
-    l.momentum.setZero(l.block.rows(), l.block.cols());
-    l.curvature_product.setZero(l.block.rows(), l.block.cols());
+    const Eigen::Index rows = visit(l, [](const auto& bl) { return bl.rows(); });
+    const Eigen::Index cols = visit(l, [](const auto& bl) { return bl.cols(); });
+    l.gradient.setZero(rows, cols);
+    l.direction.setZero(rows, cols);
+    l.momentum.setZero(rows, cols);
+    l.curvature_product.setZero(rows, cols);
     return layers_.size() - 1;
   }
 
