@@ -1,0 +1,300 @@
+#pragma once
+/// \file elementwise_filter.hpp
+/// \brief The per-parameter Kalman filters behind the factorised Bayesian-filtering
+/// optimizers (Aitchison 2018, "A unified theory of adaptive stochastic gradient descent as
+/// Bayesian filtering", §2.1.1–2.1.2 and SI §4.1–4.2): the scalar weight filter (eq. 8–12),
+/// the 2×2 weight–momentum filter (eq. 15–17 with the generic predict eq. 3 and the
+/// Sherman–Morrison update eq. 7), the fixed point of the scalar filter, and the estimate
+/// `e` of the Fisher information that both filters take.
+///
+/// Everything here acts on one parameter at a time and costs O(1) flops; the optimizers
+/// (optim/filter_rmsprop.hpp, optim/filter_adam.hpp, optim/filter_fixed_point.hpp) loop over
+/// the elements of their parameter blocks. Conventions of the paper: `g` is the gradient of
+/// the log-likelihood (the *negative* loss gradient), `e` its Fisher-information sample, so
+/// that `Λ_like = e²`; the posterior mean moves by `Σ_post g` (eq. 6).
+///
+/// **Rounding guards.** The scalar update is evaluated as `σ² / (1 + σ² e²)`, a ratio of
+/// non-negative numbers: it cannot turn negative, and an overflowing `σ² e²` gives 0. The
+/// 2×2 covariance can lose positive semi-definiteness through cancellation in
+/// `Σ_pp − e² Σ_wp² / (1 + Σ_ww e²)` when it is nearly singular; `clamp_covariance` restores
+/// it (the Schur complement `Σ_pp − Σ_wp²/Σ_ww` clamped at 0) and reports that it did, so
+/// the optimizers count it. Nothing here ever produces a NaN from finite input.
+
+#include <Eigen/Core>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "kfopt/core/error.hpp"
+#include "kfopt/core/parameter_block.hpp"
+#include "kfopt/core/step_guard.hpp"
+#include "kfopt/core/validate.hpp"
+
+namespace kfopt {
+
+/// Where the sample `e` of the Fisher information `Λ_like = e eᵀ` comes from (Aitchison
+/// 2018, §2.1 after eq. 6, and §2.2.8).
+enum class FisherEstimate {
+  /// `e = ∇`, the raw mini-batch gradient: the empirical Fisher. This is what RMSProp and
+  /// Adam square; it is biased by the mean gradient (`⟨e²⟩ = ⟨∇⟩² + Var ∇`).
+  Gradient,
+  /// `e = ∇ − ĝ` with `ĝ` a bias-corrected exponential average of the past gradients (the
+  /// paper's centered gradient, §2.2.8; at the first step `ĝ = 0`).
+  Centered,
+  /// `e` supplied by the caller each step, e.g. the gradient of targets sampled from the
+  /// model's predictive distribution (the unbiased Fisher estimate of §2.1).
+  Supplied,
+};
+
+/// Name of an estimate, for messages.
+inline const char* to_string(FisherEstimate f) noexcept {
+  switch (f) {
+    case FisherEstimate::Gradient: return "gradient";
+    case FisherEstimate::Centered: return "centered";
+    case FisherEstimate::Supplied: return "supplied";
+  }
+  return "unknown";
+}
+
+/// Which moment a Bayesian-filtering optimizer's parameters currently hold.
+///
+/// The filter alternates a data update (eq. 4/6/7: prior → posterior) and a prediction
+/// (eq. 3: posterior → next prior). The gradient must be evaluated at the *prior* mean
+/// (eq. 5: `g = ∂ log P(d|z)/∂z at z = μ_prior`), which for the momentum filter is the
+/// Nesterov look-ahead point (§2.2.4).
+enum class FilterPhase {
+  /// The parameters hold `μ_prior(t)`: evaluate the gradient here, then call `update()`.
+  Prior,
+  /// The parameters hold `μ_post(t)`: evaluate the model here if wanted, then `predict()`.
+  Posterior,
+};
+
+/// Drift of one weight (eq. 8): `z(t+1) = keep · z(t) + N(0, noise)`, with `keep = 1 − A`,
+/// `A = η²/(2σ²)` and `noise = Q = η²`, so that the stationary standard deviation is σ.
+template <typename Scalar>
+struct ScalarDrift {
+  Scalar keep = Scalar(1);   ///< 1 − η²/(2σ²): the prior's decoupled weight decay (eq. 9)
+  Scalar noise = Scalar(0);  ///< η², the variance injected per step (eq. 11)
+
+  /// The model of eq. 8 for learning rate η ≥ 0 and stationary variance σ² > 0 (computed
+  /// in double, then rounded once to Scalar).
+  static ScalarDrift from(double eta, double sigma2) {
+    return ScalarDrift{static_cast<Scalar>(1.0 - eta * eta / (2.0 * sigma2)),
+                       static_cast<Scalar>(eta * eta)};
+  }
+};
+
+/// Prediction of one weight's filter (eq. 9 and 11): `μ ← keep μ`, `σ² ← keep² σ² + η²`.
+/// O(1); never fails (a non-negative variance stays non-negative).
+template <typename Scalar>
+inline void scalar_filter_predict(const ScalarDrift<Scalar>& drift, Scalar& mean,
+                                  Scalar& variance) noexcept {
+  mean *= drift.keep;
+  variance = drift.keep * drift.keep * variance + drift.noise;
+}
+
+/// Posterior variance of one weight after observing `Λ_like = e²` (eq. 12, equivalently
+/// eq. 4a: `1/σ²_post = 1/σ²_prior + e²`), evaluated as `σ²_prior / (1 + σ²_prior e²)`.
+/// Non-negative for a non-negative prior; 0 when `σ²_prior e²` overflows. O(1).
+template <typename Scalar>
+inline Scalar scalar_filter_posterior_variance(Scalar prior, Scalar e) noexcept {
+  const Scalar gain = prior * (e * e);  // σ²_prior e²
+  if (!(gain <= std::numeric_limits<Scalar>::max())) return Scalar(0);
+  return prior / (Scalar(1) + gain);
+}
+
+/// The fixed point of the scalar filter with decay (Aitchison 2018, §2.1.1 with the
+/// weight-decay term of SI §4.1 kept): solving
+/// `σ²_post = σ²_post (1 − η²/σ²) − σ⁴_post ⟨e²⟩ + η²` for the steady state gives
+///
+///     1/σ²_post = (1/(2σ²)) (1 + sqrt(1 + 4σ⁴⟨e²⟩/η²)),
+///
+/// evaluated as `2σ² / (1 + hypot(1, r))` with `r = 2σ² sqrt(⟨e²⟩)/η` (no overflow, no
+/// division by ⟨e²⟩). Limits: `σ² sqrt⟨e²⟩ ≪ η` gives `σ²` (SGD with step σ²);
+/// `σ² sqrt⟨e²⟩ ≫ η` gives `η / sqrt⟨e²⟩` (RMSProp/Adam's normalizer). Requires η > 0,
+/// σ² > 0, ⟨e²⟩ ≥ 0. O(1).
+template <typename Scalar>
+inline Scalar fixed_point_posterior_variance(Scalar sigma2, Scalar eta,
+                                             Scalar mean_square) noexcept {
+  const Scalar r = Scalar(2) * sigma2 * std::sqrt(mean_square) / eta;
+  return Scalar(2) * sigma2 / (Scalar(1) + std::hypot(Scalar(1), r));
+}
+
+/// Drift of a weight–momentum pair (eq. 15–16): `z = (w, p)`, `z(t+1) = F z(t) + N(0, Q)`
+/// with `F = I − A`,
+///
+///     A = [ (η² + η_w²)/(2σ²)   −η  ]      Q = [ η_w²   0    ]
+///         [ 0                  η_p ]          [ 0      η_p² ]
+///
+/// so `F = [[keep_w, η], [0, keep_p]]`.
+template <typename Scalar>
+struct MomentumDrift {
+  Scalar keep_w = Scalar(1);    ///< 1 − (η² + η_w²)/(2σ²): decoupled weight decay of the prior
+  Scalar coupling = Scalar(0);  ///< η: the weight moves by η·p per step
+  Scalar keep_p = Scalar(1);    ///< 1 − η_p: momentum decay (Adam's β1)
+  Scalar noise_w = Scalar(0);   ///< η_w²: noise injected into the weight (§2.2.7)
+  Scalar noise_p = Scalar(0);   ///< η_p²: noise injected into the momentum (eq. 15)
+
+  /// The model of eq. 16 for η ≥ 0, η_p ∈ (0, 1], η_w ≥ 0, σ² > 0 (computed in double).
+  static MomentumDrift from(double eta, double eta_p, double eta_w, double sigma2) {
+    return MomentumDrift{static_cast<Scalar>(1.0 - (eta * eta + eta_w * eta_w) / (2.0 * sigma2)),
+                         static_cast<Scalar>(eta), static_cast<Scalar>(1.0 - eta_p),
+                         static_cast<Scalar>(eta_w * eta_w), static_cast<Scalar>(eta_p * eta_p)};
+  }
+};
+
+/// The symmetric 2×2 covariance of a weight–momentum pair.
+template <typename Scalar>
+struct WeightMomentumCovariance {
+  Scalar ww = Scalar(0);  ///< Σ_ww
+  Scalar wp = Scalar(0);  ///< Σ_wp = Σ_pw
+  Scalar pp = Scalar(0);  ///< Σ_pp
+};
+
+/// Restores positive semi-definiteness of a 2×2 covariance that rounding pushed outside:
+/// negative variances go to 0, and a Schur complement `Σ_pp − Σ_wp²/Σ_ww` below 0 is
+/// clamped to 0 by raising Σ_pp to `Σ_wp²/Σ_ww` (when Σ_ww = 0, Σ_wp is set to 0). Returns
+/// whether anything was changed. O(1).
+template <typename Scalar>
+inline bool clamp_covariance(WeightMomentumCovariance<Scalar>& c) noexcept {
+  bool clamped = false;
+  if (!(c.ww >= Scalar(0))) {
+    c.ww = Scalar(0);
+    clamped = true;
+  }
+  if (!(c.pp >= Scalar(0))) {
+    c.pp = Scalar(0);
+    clamped = true;
+  }
+  if (c.wp * c.wp > c.ww * c.pp) {
+    if (c.ww > Scalar(0)) {
+      c.pp = c.wp * c.wp / c.ww;
+    } else {
+      c.wp = Scalar(0);
+    }
+    clamped = true;
+  }
+  return clamped;
+}
+
+/// Prediction of a weight–momentum filter (eq. 3a/3b with eq. 16):
+///
+///     μ_w ← keep_w μ_w + η μ_p,          μ_p ← keep_p μ_p,
+///     Σ   ← F Σ Fᵀ + Q.
+///
+/// Returns whether the covariance had to be clamped (see clamp_covariance). O(1).
+template <typename Scalar>
+inline bool momentum_filter_predict(const MomentumDrift<Scalar>& d, Scalar& mean_w,
+                                    Scalar& mean_p, WeightMomentumCovariance<Scalar>& c) noexcept {
+  mean_w = d.keep_w * mean_w + d.coupling * mean_p;
+  mean_p = d.keep_p * mean_p;
+  // F Σ Fᵀ with F = [[a, b], [0, f]]: (a, b) Σ (a, b)ᵀ, (a, b) Σ (0, f)ᵀ, f² Σ_pp.
+  const Scalar a = d.keep_w, b = d.coupling, f = d.keep_p;
+  const Scalar ww = a * a * c.ww + Scalar(2) * a * b * c.wp + b * b * c.pp + d.noise_w;
+  const Scalar wp = f * (a * c.wp + b * c.pp);
+  const Scalar pp = f * f * c.pp + d.noise_p;
+  c.ww = ww;
+  c.wp = wp;
+  c.pp = pp;
+  return clamp_covariance(c);
+}
+
+/// Data update of a weight–momentum filter with `e = (e, 0)` (eq. 17) by Sherman–Morrison
+/// (eq. 7): with `s = 1 + Σ_ww e²`,
+///
+///     Σ_ww ← Σ_ww / s,   Σ_wp ← Σ_wp / s,   Σ_pp ← Σ_pp − e² Σ_wp² / s.
+///
+/// The mean update (eq. 6 with `g = (g, 0)`) is then `μ_w += Σ_ww g`, `μ_p += Σ_wp g` with
+/// the *posterior* entries. Returns whether the covariance had to be clamped. O(1).
+template <typename Scalar>
+inline bool momentum_filter_update(WeightMomentumCovariance<Scalar>& c, Scalar e) noexcept {
+  const Scalar e2 = e * e;
+  const Scalar gain = c.ww * e2;
+  if (!(gain <= std::numeric_limits<Scalar>::max())) {
+    // e² overflowed: the weight is pinned, and so is the part of p correlated with it.
+    if (c.ww > Scalar(0)) c.pp -= c.wp * c.wp / c.ww;
+    c.ww = Scalar(0);
+    c.wp = Scalar(0);
+    return clamp_covariance(c);
+  }
+  const Scalar s = Scalar(1) + gain;
+  c.pp -= e2 * c.wp * c.wp / s;
+  c.ww /= s;
+  c.wp /= s;
+  return clamp_covariance(c);
+}
+
+namespace detail {
+
+/// Throws InvalidInputError unless the filter is in the `expected` phase.
+inline void require_filter_phase(const char* operation, FilterPhase phase, FilterPhase expected) {
+  if (phase == expected) return;
+  const bool want_prior = expected == FilterPhase::Prior;
+  throw InvalidInputError(
+      std::string(operation) + ": the filter is in its " +
+      (want_prior ? "posterior" : "prior") + " phase (parameters hold " +
+      (want_prior ? "μ_post" : "μ_prior") + "); call " + (want_prior ? "predict()" : "update()") +
+      " first");
+}
+
+/// The per-element source of `e` for one step: the raw gradient, the centered gradient
+/// (`e = ∇ − ĝ`, then `ĝ ← ĝ + (∇ − ĝ)/w_t` with `w_t = β w_{t−1} + 1`, the bias-corrected
+/// β-weighted mean of the gradients seen so far), or a caller-supplied buffer.
+template <typename Scalar>
+struct FisherSample {
+  FisherEstimate kind = FisherEstimate::Gradient;
+  Scalar inverse_weight = Scalar(1);  ///< 1/w_t (Centered)
+
+  /// `e` for element k of a block with gradient `grad`; `average` is that block's ĝ
+  /// (Centered; updated in place), `supplied` the caller's e (Supplied).
+  Scalar operator()(Eigen::Index k, Scalar grad, Scalar* average, const Scalar* supplied) const {
+    switch (kind) {
+      case FisherEstimate::Gradient: return grad;
+      case FisherEstimate::Centered: {
+        const Scalar e = grad - average[k];
+        average[k] += e * inverse_weight;
+        return e;
+      }
+      case FisherEstimate::Supplied: return supplied[k];
+    }
+    return grad;
+  }
+};
+
+/// Checks a caller's `e` buffers against the blocks (ShapeError naming the block) and their
+/// finiteness (returns false, writes nothing, for NaN/Inf).
+template <typename Scalar>
+bool check_supplied_fisher(const char* operation, const BlockBuffers<Scalar>& e,
+                           const ParameterSet<Scalar>& params) {
+  require_buffers_like(operation, "e (the supplied Fisher sample)", e, params);
+  for (const auto& b : e) {
+    if (!b.allFinite()) return false;
+  }
+  return true;
+}
+
+/// Throws InvalidInputError unless the call matches the configured Fisher estimate:
+/// `update(e)` needs FisherEstimate::Supplied, `update()` the others.
+inline void require_fisher_call(const char* operation, FisherEstimate kind, bool supplied) {
+  if ((kind == FisherEstimate::Supplied) == supplied) return;
+  throw InvalidInputError(std::string(operation) + ": options.fisher is '" + to_string(kind) +
+                          "', so call " +
+                          (kind == FisherEstimate::Supplied ? "the overload taking e"
+                                                            : "the overload without e"));
+}
+
+/// Throws InvalidInputError unless every entry of every buffer is finite and >= 0 (a
+/// variance restored by set_state).
+template <typename Scalar>
+void require_nonnegative_buffers(const char* operation, const char* what,
+                                 const BlockBuffers<Scalar>& buffers) {
+  for (const auto& b : buffers) {
+    if (!b.allFinite() || (b.size() > 0 && !(b.minCoeff() >= Scalar(0)))) {
+      throw InvalidInputError(std::string(operation) + ": " + what +
+                              " must be finite and >= 0");
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace kfopt

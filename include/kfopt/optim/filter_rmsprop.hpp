@@ -1,0 +1,235 @@
+#pragma once
+/// \file filter_rmsprop.hpp
+/// \brief Filter RMSProp: an exact scalar Kalman filter per parameter whose limits are
+/// natural gradient (η = 0) and RMSProp (steady state) — Aitchison 2018, §2.1.1, eq. 8–14.
+///
+/// Each parameter w is inferred separately, under the drift prior of eq. 8,
+/// `w(t+1) = (1 − η²/(2σ²)) w(t) + η ξ`, with the likelihood precision `Λ_like = e²`
+/// (a Fisher sample, see FisherEstimate). With `∇` the loss gradient in the caller's
+/// storage, the log-likelihood gradient is `g = −∇`, and one step of the filter is
+///
+///     update  (eq. 12, 10):  σ²_post = σ²_prior / (1 + σ²_prior e²)
+///                            μ_post  = μ_prior − σ²_post ∇
+///     predict (eq. 9, 11):   μ_prior(t+1) = (1 − η²/(2σ²)) μ_post
+///                            σ²_prior(t+1) = (1 − η²/(2σ²))² σ²_post + η²
+///
+/// The preconditioner is updated before it is applied (§2.2.5), and the prior's decay is a
+/// decoupled weight decay (§2.2.1: not scaled by σ²_post). Limits, tested:
+/// - η = 0: `σ²_post(t) = (1/σ²_prior(1) + Σ_{t'≤t} e²(t'))⁻¹` (eq. 14), natural gradient
+///   with a 1/t learning rate (eq. 13).
+/// - η > 0, stationary `⟨e²⟩`: `σ²_post → η/sqrt⟨e²⟩` (RMSProp's normalizer), with a
+///   relative error of first order, `≈ η sqrt⟨e²⟩/2 + η/(2σ² sqrt⟨e²⟩)`; the averaging
+///   time of the implied second-moment estimate is `1/(2η sqrt⟨e²⟩)` steps.
+///
+/// **Phases (Nesterov-style API, §2.2.4).** The gradient belongs at the prior mean. The
+/// parameters start as `μ_prior(1)`; `update()` turns them into `μ_post(t)` using the
+/// gradient currently in storage, `predict()` moves them to `μ_prior(t+1)`, where the
+/// caller evaluates the next gradient. `step()` = `update()` then `predict()`, so a plain
+/// training loop (gradient, step, gradient, step, ...) evaluates every gradient at the
+/// prior mean. Calling them out of order throws InvalidInputError.
+///
+/// Cost per step: O(1) flops per parameter for each of update and predict, no allocation.
+
+#include <cmath>
+#include <cstdint>
+
+#include "kfopt/core/step_guard.hpp"
+#include "kfopt/core/validate.hpp"
+#include "kfopt/filter/elementwise_filter.hpp"
+
+namespace kfopt {
+
+/// Hyperparameters of FilterRmsProp (Aitchison 2018, eq. 8).
+struct FilterRmsPropOptions {
+  /// η ≥ 0: the standard deviation of the drift injected into each weight per step
+  /// (Q = η², eq. 8). It sets the steady-state step: σ²_post → η/sqrt⟨e²⟩, so η plays the
+  /// role of RMSProp's learning rate. η = 0 is natural gradient (eq. 13–14). Must satisfy
+  /// η² ≤ 2σ² (decay A = η²/(2σ²) ≤ 1). Default 1e-3.
+  double learning_rate = 1e-3;
+  /// σ² > 0 (finite): the stationary variance of each weight under the prior. Sets the
+  /// prior's decoupled weight decay A = η²/(2σ²) per step. Default 0.05, which gives
+  /// A = 1e-5 at η = 1e-3 (AdamW's default lr·wd).
+  double prior_variance = 0.05;
+  /// σ²_prior(1) ≥ 0: the variance before the first update; 0 means σ² (the prior's
+  /// stationary variance). The first step is at most sqrt(σ²_prior(1))/2 in size per
+  /// parameter for e = ∇. Default 0 (i.e. σ²).
+  double initial_variance = 0.0;
+  /// Source of e (Λ_like = e²). Default FisherEstimate::Gradient (e = ∇, the normalizer of
+  /// RMSProp); the paper recommends Centered or Supplied (model-sampled), §2.2.8.
+  FisherEstimate fisher = FisherEstimate::Gradient;
+  /// β ∈ [0, 1): decay of the gradient average ĝ of FisherEstimate::Centered. Default 0.9.
+  double centering_decay = 0.9;
+
+  /// The natural-gradient limit (η = 0, eq. 13–14) with prior variance σ².
+  static FilterRmsPropOptions natural_gradient(double prior_variance = 0.05) {
+    FilterRmsPropOptions o;
+    o.learning_rate = 0.0;
+    o.prior_variance = prior_variance;
+    return o;
+  }
+
+  /// Throws HyperparameterError naming the field when a value is out of range.
+  void validate() const {
+    constexpr const char* a = "kfopt::FilterRmsPropOptions";
+    detail::require_hyperparameter(prior_variance > 0.0 && std::isfinite(prior_variance), a,
+                                   "prior_variance", prior_variance, "(0, inf)");
+    detail::require_hyperparameter(learning_rate >= 0.0 && std::isfinite(learning_rate), a,
+                                   "learning_rate", learning_rate, "[0, inf)");
+    detail::require_hyperparameter(learning_rate * learning_rate <= 2.0 * prior_variance, a,
+                                   "learning_rate", learning_rate,
+                                   "[0, sqrt(2 prior_variance)] (decay eta^2/(2 sigma^2) <= 1)");
+    detail::require_hyperparameter(initial_variance >= 0.0 && std::isfinite(initial_variance), a,
+                                   "initial_variance", initial_variance, "[0, inf) (0: prior_variance)");
+    detail::require_hyperparameter(centering_decay >= 0.0 && centering_decay < 1.0, a,
+                                   "centering_decay", centering_decay, "[0, 1)");
+  }
+};
+
+/// Filter RMSProp over a ParameterSet (see filter_rmsprop.hpp for the algorithm).
+template <typename Scalar>
+class FilterRmsProp {
+ public:
+  struct State {
+    /// σ²_prior(t) per parameter in the Prior phase, σ²_post(t) in the Posterior phase.
+    BlockBuffers<Scalar> variance;
+    /// ĝ, the bias-corrected gradient average (FisherEstimate::Centered only).
+    BlockBuffers<Scalar> gradient_average;
+    /// w_t = β w_{t−1} + 1 of ĝ's bias correction (Centered only).
+    double centering_weight = 0.0;
+    /// What the parameters hold (see FilterPhase).
+    FilterPhase phase = FilterPhase::Prior;
+    /// `steps` counts updates; `skipped_nonfinite` updates refused for NaN/Inf.
+    StepCounters counters;
+    /// Variances that rounding would have made negative and that were clamped at 0.
+    std::int64_t clamped_variances = 0;
+  };
+
+  /// Registers the blocks; σ²_prior(1) = initial_variance (or σ²) everywhere. Throws
+  /// HyperparameterError for invalid options.
+  FilterRmsProp(ParameterSet<Scalar>& params, FilterRmsPropOptions options = {})
+      : params_(&params), options_(options) {
+    options_.validate();
+    drift_ = ScalarDrift<Scalar>::from(options_.learning_rate, options_.prior_variance);
+    state_.variance = detail::zero_buffers_like(params);
+    const double v0 = options_.initial_variance > 0.0 ? options_.initial_variance
+                                                      : options_.prior_variance;
+    for (auto& b : state_.variance) b.setConstant(static_cast<Scalar>(v0));
+    if (options_.fisher == FisherEstimate::Centered) {
+      state_.gradient_average = detail::zero_buffers_like(params);
+    }
+  }
+
+  /// Data update (eq. 10, 12) from the gradients in storage, evaluated at μ_prior; for
+  /// FisherEstimate::Gradient or Centered. The parameters become μ_post. A non-finite
+  /// gradient anywhere skips the update (Status::NonFiniteInput, counted) and writes
+  /// nothing. Throws InvalidInputError in the Posterior phase or with FisherEstimate::Supplied.
+  Status update() { return update_impl("kfopt::FilterRmsProp::update", nullptr); }
+
+  /// Data update with a caller-supplied Fisher sample e (one buffer per block, shaped like
+  /// it; FisherEstimate::Supplied). NaN/Inf in e or the gradient skips the update.
+  Status update(const BlockBuffers<Scalar>& e) {
+    return update_impl("kfopt::FilterRmsProp::update", &e);
+  }
+
+  /// Prediction (eq. 9, 11): the parameters move to μ_prior(t+1) = (1 − η²/(2σ²)) μ_post
+  /// and the variances to (1 − η²/(2σ²))² σ²_post + η². Throws InvalidInputError in the
+  /// Prior phase. Never fails numerically.
+  Status predict() {
+    detail::require_filter_phase("kfopt::FilterRmsProp::predict", state_.phase, FilterPhase::Posterior);
+    for (const auto& block : *params_) block.check_storage();
+    for (std::size_t i = 0; i < params_->size(); ++i) {
+      auto p = (*params_)[i].value();
+      auto& v = state_.variance[i];
+      Scalar* pd = p.data();
+      Scalar* vd = v.data();
+      for (Eigen::Index k = 0; k < v.size(); ++k) scalar_filter_predict(drift_, pd[k], vd[k]);
+    }
+    state_.phase = FilterPhase::Prior;
+    return Status::Success;
+  }
+
+  /// `update()` then `predict()`: afterwards the parameters hold μ_prior(t+1), where the
+  /// next gradient belongs. On a skipped update nothing is written.
+  Status step() {
+    const Status s = update();
+    return s == Status::Success ? predict() : s;
+  }
+
+  /// `update(e)` then `predict()`.
+  Status step(const BlockBuffers<Scalar>& e) {
+    const Status s = update(e);
+    return s == Status::Success ? predict() : s;
+  }
+
+  /// The posterior (Posterior phase) or prior (Prior phase) variance of each parameter.
+  const BlockBuffers<Scalar>& variance() const noexcept { return state_.variance; }
+  FilterPhase phase() const noexcept { return state_.phase; }
+
+  const FilterRmsPropOptions& options() const noexcept { return options_; }
+  /// Changes η (and with it the drift and decay); validated like the options.
+  void set_learning_rate(double eta) {
+    FilterRmsPropOptions o = options_;
+    o.learning_rate = eta;
+    o.validate();
+    options_ = o;
+    drift_ = ScalarDrift<Scalar>::from(options_.learning_rate, options_.prior_variance);
+  }
+  const State& state() const noexcept { return state_; }
+  /// Restores a state (e.g. a checkpoint). Throws ShapeError if the buffers do not match the
+  /// blocks, InvalidInputError for a negative or non-finite variance.
+  void set_state(const State& s) {
+    constexpr const char* op = "kfopt::FilterRmsProp::set_state";
+    detail::require_buffers_like(op, "variance", s.variance, *params_);
+    detail::require_nonnegative_buffers(op, "variance", s.variance);
+    if (options_.fisher == FisherEstimate::Centered) {
+      detail::require_buffers_like(op, "gradient_average", s.gradient_average, *params_);
+    }
+    state_ = s;
+  }
+
+ private:
+  Status update_impl(const char* op, const BlockBuffers<Scalar>* e) {
+    detail::require_filter_phase(op, state_.phase, FilterPhase::Prior);
+    detail::require_fisher_call(op, options_.fisher, e != nullptr);
+    const Status guard = detail::guard_gradients(*params_, state_.counters);
+    if (guard != Status::Success) return guard;
+    if (e != nullptr && !detail::check_supplied_fisher(op, *e, *params_)) {
+      ++state_.counters.skipped_nonfinite;
+      return Status::NonFiniteInput;
+    }
+    detail::FisherSample<Scalar> sample{options_.fisher, Scalar(1)};
+    if (options_.fisher == FisherEstimate::Centered) {
+      state_.centering_weight = options_.centering_decay * state_.centering_weight + 1.0;
+      sample.inverse_weight = static_cast<Scalar>(1.0 / state_.centering_weight);
+    }
+    for (std::size_t i = 0; i < params_->size(); ++i) {
+      auto p = (*params_)[i].value();
+      const auto grad = (*params_)[i].gradient();
+      Scalar* pd = p.data();
+      const Scalar* gd = grad.data();
+      Scalar* vd = state_.variance[i].data();
+      Scalar* avg = options_.fisher == FisherEstimate::Centered ? state_.gradient_average[i].data() : nullptr;
+      const Scalar* sup = e != nullptr ? (*e)[i].data() : nullptr;
+      for (Eigen::Index k = 0; k < p.size(); ++k) {
+        const Scalar ek = sample(k, gd[k], avg, sup);
+        Scalar v = scalar_filter_posterior_variance(vd[k], ek);
+        if (!(v >= Scalar(0))) {  // cannot happen for finite input; guarded all the same
+          v = Scalar(0);
+          ++state_.clamped_variances;
+        }
+        vd[k] = v;
+        pd[k] -= v * gd[k];  // μ_post = μ_prior + σ²_post g, g = −∇ (eq. 10)
+      }
+    }
+    ++state_.counters.steps;
+    state_.phase = FilterPhase::Posterior;
+    return Status::Success;
+  }
+
+  ParameterSet<Scalar>* params_;
+  FilterRmsPropOptions options_;
+  ScalarDrift<Scalar> drift_;
+  State state_;
+};
+
+}  // namespace kfopt

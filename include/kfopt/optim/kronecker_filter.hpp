@@ -1,0 +1,382 @@
+#pragma once
+/// \file kronecker_filter.hpp
+/// \brief The Kronecker-factored Bayesian filter over dense layers — Aitchison 2018, §2.1.3
+/// (eq. 22–28) and SI §4.3: natural gradient without drift (η = 0), a whitening,
+/// Kronecker-factored analogue of RMSProp/Adam with drift (η > 0).
+///
+/// Each registered layer `s = W a + b` (W out×in) is one latent `z = vec([W b])` with the
+/// Kronecker-factored covariance `Σ = Σx ⊗ Σδ` (Σx over the N = in (+1) inputs with the bias
+/// folded in as a homogeneous coordinate, Σδ over the M = out outputs), kept by
+/// filter/kronecker_factored_covariance.hpp. One step, with ∇ = [∇W ∇b] in storage:
+///
+///     update:   for each recorded example (x_b, δ_b):  Σ ← KL-proj(Σ⁻¹ + e eᵀ)⁻¹,
+///               e = x_b ⊗ δ_b                        (eq. 23, projected by eq. 32 / SI §4.3.1)
+///               [W b] ← [W b] + Σδ G Σx,   G = −c ∇   (eq. 6 with Σ_post; c below)
+///     predict:  [W b] ← (1 − η²/(2σ²)) [W b]            (eq. 26, decoupled weight decay)
+///               Σ ← KL-proj((1 − η²/(2σ²))² Σ + η² I ⊗ I)  (eq. 27–28 / SI §4.3.2)
+///
+/// **Minibatches.** The paper's update is for one example, `e = x ⊗ δ` (rank 1). A minibatch
+/// of k examples is k observations: `Λ_like = Σ_b e_b e_bᵀ`, applied as k successive
+/// projected rank-1 updates, and the log-likelihood gradient of the batch is
+/// `g = Σ_b x_b ⊗ δ^g_b = vec(G)`, so the mean moves by `Σ_post g = vec(Σδ G Σx) =
+/// Σ_b (Σx x_b) ⊗ (Σδ δ^g_b)` — the paper's `(Σx_post x) ⊗ (Σδ_post δ)` summed over the
+/// batch. The δ_b passed to record_statistics are per-example gradients of each example's
+/// own loss (not divided by k; model-sampled targets for the Fisher, as for K-FAC); G is the
+/// gradient of the summed negative log-likelihood: with LossReduction::Mean (∇ is the
+/// gradient of the batch-mean loss, as in examples/common/mlp.hpp) c = k, the number of
+/// examples recorded for the layer in this step; with LossReduction::Sum, c = 1.
+///
+/// **Limits.** η = 0: the posterior precision accumulates `Σ_b e_b e_bᵀ`, so Σx, Σδ approach
+/// scaled `E[xxᵀ]⁻¹`, `E[δδᵀ]⁻¹` (natural gradient with a 1/t learning rate). η > 0: the
+/// steady state is `Σx ⊗ Σδ ≈ η (k E[xxᵀ] ⊗ E[δδᵀ])^{-1/2}` (for independent x and δ), i.e.
+/// `Σx ∝ E[xxᵀ]^{−1/2}`, `Σδ ∝ E[δδᵀ]^{−1/2}`: the step whitens the gradient — the Kronecker
+/// analogue of RMSProp's `η/sqrt⟨e²⟩` (end of §2.1.3).
+///
+/// **Nesterov-style phases** as for FilterRmsProp: the parameters start as μ_prior(1);
+/// `update()` makes them μ_post, `predict()` moves them to μ_prior(t+1) where the next
+/// gradient belongs; `step()` = update() then predict().
+///
+/// **Cost per step and layer** (FirstOrder): k rank-1 projections, 2k(N² + M²) flops; the
+/// mean step 2MN(M + N); the drift's inverse traces, one Cholesky factorization and a
+/// triangular solve per factor, about (N³ + M³)/2 flops every `trace_period` steps. Exact:
+/// about 3.7(N³ + M³) flops per example and per drift. Statistics are copied into per-layer
+/// buffers (k × (in + out)); no heap allocation once the batch size has been seen (apart
+/// from Eigen's blocking buffers of large products, on the stack below 128 KB).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <deque>
+#include <string>
+
+#include "kfopt/core/parameter_block.hpp"
+#include "kfopt/core/step_guard.hpp"
+#include "kfopt/filter/elementwise_filter.hpp"
+#include "kfopt/filter/kronecker_factored_covariance.hpp"
+
+namespace kfopt {
+
+/// How the gradient in storage relates to the per-example statistics.
+enum class LossReduction {
+  /// ∇ is the gradient of the batch-mean loss; the batch log-likelihood gradient is −k ∇.
+  Mean,
+  /// ∇ is the gradient of the summed loss; the batch log-likelihood gradient is −∇.
+  Sum,
+};
+
+/// Hyperparameters of KroneckerFilter (Aitchison 2018, eq. 25).
+struct KroneckerFilterOptions {
+  /// η ≥ 0: drift of each weight per step (Q = η² I ⊗ I, eq. 25). η > 0 is the whitening
+  /// variant (steady state ≈ η (k E[xxᵀ] ⊗ E[δδᵀ])^{-1/2}); η = 0 is natural gradient.
+  /// Must satisfy η² < 2σ². Default 1e-3.
+  double learning_rate = 1e-3;
+  /// σ² > 0 (finite): stationary prior variance of a weight; decay η²/(2σ²) per step.
+  /// Default 0.05.
+  double prior_variance = 0.05;
+  /// Σ_prior(1) = σ²_init I ⊗ I; 0 means σ². Default 0.
+  double initial_variance = 0.0;
+  /// The KL projection of the updates. Default FirstOrder (eq. 32 / eq. 24, 28).
+  KroneckerProjectionMethod projection = KroneckerProjectionMethod::FirstOrder;
+  /// How ∇ relates to the recorded examples. Default Mean.
+  LossReduction loss_reduction = LossReduction::Mean;
+  /// T ≥ 1: the traces Tr(Σx⁻¹), Tr(Σδ⁻¹) of the drift (eq. 28) are recomputed every T
+  /// predictions (O(N³ + M³)) and reused in between. Default 1.
+  int trace_period = 1;
+
+  /// The whitening variant (η > 0; the Kronecker analogue of RMSProp/Adam).
+  static KroneckerFilterOptions whitening(double learning_rate = 1e-3, double prior_variance = 0.05) {
+    KroneckerFilterOptions o;
+    o.learning_rate = learning_rate;
+    o.prior_variance = prior_variance;
+    return o;
+  }
+  /// The natural-gradient variant (η = 0: no drift).
+  static KroneckerFilterOptions natural_gradient(double prior_variance = 0.05) {
+    KroneckerFilterOptions o;
+    o.learning_rate = 0.0;
+    o.prior_variance = prior_variance;
+    return o;
+  }
+
+  /// Throws HyperparameterError naming the field when a value is out of range.
+  void validate() const {
+    constexpr const char* a = "kfopt::KroneckerFilterOptions";
+    detail::require_hyperparameter(prior_variance > 0.0 && std::isfinite(prior_variance), a,
+                                   "prior_variance", prior_variance, "(0, inf)");
+    detail::require_hyperparameter(learning_rate >= 0.0 && std::isfinite(learning_rate), a,
+                                   "learning_rate", learning_rate, "[0, inf)");
+    detail::require_hyperparameter(learning_rate * learning_rate < 2.0 * prior_variance, a,
+                                   "learning_rate", learning_rate,
+                                   "[0, sqrt(2 prior_variance)) (decay eta^2/(2 sigma^2) < 1)");
+    detail::require_hyperparameter(initial_variance >= 0.0 && std::isfinite(initial_variance), a,
+                                   "initial_variance", initial_variance, "[0, inf) (0: prior_variance)");
+    detail::require_hyperparameter(trace_period >= 1, a, "trace_period", trace_period, "[1, inf)");
+  }
+};
+
+/// The Kronecker-factored filter over registered dense layers (see kronecker_filter.hpp).
+template <typename Scalar>
+class KroneckerFilter {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+  struct State {
+    StepCounters counters;                 ///< updates taken / refused for NaN/Inf gradients
+    FilterPhase phase = FilterPhase::Prior;
+    std::int64_t predictions = 0;          ///< predict() calls (schedules the trace refresh)
+    std::int64_t skipped_statistics = 0;   ///< statistics batches refused for NaN/Inf
+    std::int64_t numerical_failures = 0;   ///< updates refused because a result overflowed
+    std::int64_t clamped_variances = 0;    ///< factor coefficients/eigenvalues clamped (all layers)
+    std::int64_t projection_fallbacks = 0; ///< exact projections replaced by eq. 32 (all layers)
+  };
+
+  explicit KroneckerFilter(KroneckerFilterOptions options = {}) : options_(options) {
+    options_.validate();
+  }
+
+  /// Registers a dense layer `s = W a + b` (W out×in, b out, gradients of the same shapes,
+  /// all in caller storage) with Σ_prior = σ²_init I ⊗ I. Returns the id for
+  /// record_statistics. Throws ShapeError / InvalidInputError (duplicate name).
+  std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector& b,
+                              const Vector& db) {
+    if (b.size() != W.rows() || db.size() != W.rows()) {
+      throw ShapeError("kfopt::KroneckerFilter::add_dense_layer (layer '" + name + "'): W is " +
+                       detail::shape_of(W) + " but b has " + std::to_string(b.size()) +
+                       " and db " + std::to_string(db.size()) + " entries (need " +
+                       std::to_string(W.rows()) + ")");
+    }
+    return add_layer(name, W, dW, &b, &db);
+  }
+
+  /// Registers a dense layer without bias `s = W a`.
+  std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW) {
+    return add_layer(name, W, dW, nullptr, nullptr);
+  }
+
+  std::size_t num_layers() const noexcept { return layers_.size(); }
+  /// The covariance Σx ⊗ Σδ of a layer (prior or posterior, see phase()).
+  const KroneckerFactoredCovariance<Scalar>& covariance(std::size_t id) const {
+    return layers_.at(id).cov;
+  }
+
+  /// Records one batch of a layer's inputs `a` (k × in) and per-example output gradients
+  /// `g` (k × out), consumed by the next update(). Several calls accumulate. NaN/Inf →
+  /// NonFiniteInput, counted, nothing recorded. Shape mismatch → ShapeError.
+  Status record_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                           const Eigen::Ref<const Matrix>& g) {
+    Layer& l = layer_at("kfopt::KroneckerFilter::record_statistics", id);
+    if (a.cols() != l.in || g.cols() != l.out || a.rows() != g.rows() || a.rows() == 0) {
+      throw ShapeError("kfopt::KroneckerFilter::record_statistics (layer '" + l.name + "'): a is " +
+                       detail::shape_of(a) + " and g is " + detail::shape_of(g) +
+                       " but the layer needs k×" + std::to_string(l.in) + " and k×" +
+                       std::to_string(l.out) + " with the same k > 0");
+    }
+    if (!a.allFinite() || !g.allFinite()) {
+      ++state_.skipped_statistics;
+      return Status::NonFiniteInput;
+    }
+    const Eigen::Index k = a.rows();
+    if (l.recorded + k > l.a_stats.rows()) {
+      const Eigen::Index cap = std::max(l.recorded + k, 2 * l.a_stats.rows());
+      l.a_stats.conservativeResize(cap, l.in);
+      l.g_stats.conservativeResize(cap, l.out);
+    }
+    l.a_stats.middleRows(l.recorded, k) = a;
+    l.g_stats.middleRows(l.recorded, k) = g;
+    l.recorded += k;
+    return Status::Success;
+  }
+
+  /// Drops statistics recorded since the last update (e.g. after a skipped update).
+  void clear_statistics() {
+    for (auto& l : layers_) l.recorded = 0;
+  }
+
+  /// Data update (eq. 23–24 projected, and eq. 6) from the recorded statistics and the
+  /// gradients in storage (evaluated at μ_prior). Parameters become μ_post. All or nothing:
+  /// a non-finite gradient (NonFiniteInput) or an overflowing result (NumericalIssue)
+  /// leaves every parameter, factor and recorded statistic unchanged. Throws
+  /// InvalidInputError in the Posterior phase, with no layer, or (LossReduction::Mean) for a
+  /// layer that has never received statistics.
+  Status update() {
+    constexpr const char* op = "kfopt::KroneckerFilter::update";
+    detail::require_filter_phase(op, state_.phase, FilterPhase::Prior);
+    if (layers_.empty()) throw InvalidInputError(std::string(op) + ": no layer registered");
+    if (options_.loss_reduction == LossReduction::Mean) {
+      for (const auto& l : layers_) {
+        if (l.recorded == 0 && l.last_batch == 0) {
+          throw InvalidInputError(std::string(op) + ": layer '" + l.name +
+                                  "' has no statistics yet (LossReduction::Mean needs the batch "
+                                  "size); call record_statistics first");
+        }
+      }
+    }
+    const Status guard = detail::guard_gradients(params_, state_.counters);
+    if (guard != Status::Success) return guard;
+
+    for (auto& l : layers_) {
+      l.backup_x = l.cov.input_factor();
+      l.backup_d = l.cov.output_factor();
+    }
+    bool ok = true;
+    for (auto& l : layers_) {
+      for (Eigen::Index r = 0; r < l.recorded && ok; ++r) {
+        l.x.head(l.in) = l.a_stats.row(r).transpose();
+        l.delta = l.g_stats.row(r).transpose();
+        ok = l.cov.observe(l.x, l.delta) == Status::Success;
+      }
+      if (!ok) break;
+      const Eigen::Index k = l.recorded > 0 ? l.recorded : l.last_batch;
+      const Scalar c = options_.loss_reduction == LossReduction::Mean ? Scalar(k) : Scalar(1);
+      gather(l, -c);
+      l.cov.multiply(l.gradient, l.direction);
+      ok = l.direction.allFinite() && l.cov.input_factor().allFinite() &&
+           l.cov.output_factor().allFinite();
+      if (!ok) break;
+    }
+    if (!ok) {
+      for (auto& l : layers_) l.cov.set_factors(l.backup_x, l.backup_d);
+      ++state_.numerical_failures;
+      collect_counters();
+      return Status::NumericalIssue;
+    }
+    for (auto& l : layers_) {
+      scatter_add(l);
+      if (l.recorded > 0) l.last_batch = l.recorded;
+      l.recorded = 0;
+      l.cov.balance();
+    }
+    collect_counters();
+    ++state_.counters.steps;
+    state_.phase = FilterPhase::Posterior;
+    return Status::Success;
+  }
+
+  /// Prediction (eq. 26–28): parameters decay to μ_prior(t+1), each Σ drifts and is
+  /// projected. Throws InvalidInputError in the Prior phase. Never fails numerically (an
+  /// exact projection that fails falls back to eq. 32, counted).
+  Status predict() {
+    detail::require_filter_phase("kfopt::KroneckerFilter::predict", state_.phase, FilterPhase::Posterior);
+    for (const auto& block : params_) block.check_storage();
+    const Scalar keep = static_cast<Scalar>(
+        1.0 - options_.learning_rate * options_.learning_rate / (2.0 * options_.prior_variance));
+    const Scalar eta = static_cast<Scalar>(options_.learning_rate);
+    const bool refresh = state_.predictions % options_.trace_period == 0;
+    for (auto& l : layers_) {
+      l.cov.drift(keep, eta, refresh);
+      l.cov.balance();
+    }
+    for (auto& block : params_) block.value() *= keep;
+    collect_counters();
+    ++state_.predictions;
+    state_.phase = FilterPhase::Prior;
+    return Status::Success;
+  }
+
+  /// `update()` then `predict()`: the parameters end at μ_prior(t+1).
+  Status step() {
+    const Status s = update();
+    return s == Status::Success ? predict() : s;
+  }
+
+  FilterPhase phase() const noexcept { return state_.phase; }
+  const KroneckerFilterOptions& options() const noexcept { return options_; }
+  const State& state() const noexcept { return state_; }
+  /// Changes η (drift and decay); validated like the options.
+  void set_learning_rate(double eta) {
+    KroneckerFilterOptions o = options_;
+    o.learning_rate = eta;
+    o.validate();
+    options_ = o;
+  }
+  /// Restores a layer's factors (checkpoints). Throws like KroneckerFactoredCovariance::set_factors.
+  void set_covariance(std::size_t id, const Eigen::Ref<const Matrix>& input_factor,
+                      const Eigen::Ref<const Matrix>& output_factor) {
+    layer_at("kfopt::KroneckerFilter::set_covariance", id).cov.set_factors(input_factor, output_factor);
+  }
+
+ private:
+  struct Layer {
+    std::string name;
+    KroneckerFactoredCovariance<Scalar> cov;
+    std::size_t weight_index;     // into params_
+    std::ptrdiff_t bias_index;    // into params_, or −1
+    Eigen::Index in, out;
+    Matrix a_stats, g_stats;      // recorded examples (first `recorded` rows)
+    Eigen::Index recorded = 0;
+    Eigen::Index last_batch = 0;  // examples of the last update that had statistics
+    Vector x, delta;              // one example, x with the homogeneous 1
+    Matrix gradient, direction;   // G = −c [∇W ∇b], Σδ G Σx
+    Matrix backup_x, backup_d;    // factors before the update (rollback)
+  };
+
+  std::size_t add_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
+                        const Vector* db) {
+    for (const auto& l : layers_) {
+      if (l.name == name) {
+        throw InvalidInputError("kfopt::KroneckerFilter::add_dense_layer: a layer named '" + name +
+                                "' is already registered");
+      }
+    }
+    const std::size_t wi = params_.size();
+    params_.add(name + ".weight", W, dW);
+    std::ptrdiff_t bi = -1;
+    if (b != nullptr) {
+      bi = static_cast<std::ptrdiff_t>(params_.size());
+      params_.add(name + ".bias", *b, *db);
+    }
+    const Eigen::Index in = W.cols(), out = W.rows();
+    const Eigen::Index n = in + (b != nullptr ? 1 : 0);
+    const double v0 = options_.initial_variance > 0.0 ? options_.initial_variance : options_.prior_variance;
+    layers_.push_back(Layer{name, KroneckerFactoredCovariance<Scalar>(n, out, static_cast<Scalar>(v0), options_.projection),
+                            wi, bi, in, out, Matrix(0, in), Matrix(0, out), 0, 0,
+                            Vector::Zero(n), Vector::Zero(out), Matrix::Zero(out, n),
+                            Matrix::Zero(out, n), Matrix(n, n), Matrix(out, out)});
+    Layer& l = layers_.back();
+    if (b != nullptr) l.x(in) = Scalar(1);  // homogeneous coordinate
+    return layers_.size() - 1;
+  }
+
+  Layer& layer_at(const char* op, std::size_t id) {
+    if (id >= layers_.size()) {
+      throw InvalidInputError(std::string(op) + ": no layer with id " + std::to_string(id) +
+                              " (" + std::to_string(layers_.size()) + " registered)");
+    }
+    return layers_[id];
+  }
+
+  // G = scale · [∇W ∇b].
+  void gather(Layer& l, Scalar scale) {
+    const auto& wb = params_[l.weight_index];
+    l.gradient.leftCols(l.in) = scale * wb.gradient();
+    if (l.bias_index >= 0) {
+      l.gradient.col(l.in) = scale * params_[static_cast<std::size_t>(l.bias_index)].gradient().col(0);
+    }
+  }
+
+  // [W b] += Σδ G Σx.
+  void scatter_add(Layer& l) {
+    params_[l.weight_index].value() += l.direction.leftCols(l.in);
+    if (l.bias_index >= 0) {
+      params_[static_cast<std::size_t>(l.bias_index)].value().col(0) += l.direction.col(l.in);
+    }
+  }
+
+  void collect_counters() {
+    std::int64_t clamped = 0, fallbacks = 0;
+    for (const auto& l : layers_) {
+      clamped += l.cov.clamped();
+      fallbacks += l.cov.fallbacks();
+    }
+    state_.clamped_variances = clamped;
+    state_.projection_fallbacks = fallbacks;
+  }
+
+  KroneckerFilterOptions options_;
+  State state_;
+  ParameterSet<Scalar> params_;
+  std::deque<Layer> layers_;
+};
+
+}  // namespace kfopt
