@@ -3,11 +3,13 @@
 #
 #   bash cmake/dev.sh test       build everything and run the whole test suite (ctest)
 #   bash cmake/dev.sh sanitize   build the tests with ASan + UBSan and run them
+#   bash cmake/dev.sh bench      build the benchmarks (Release, KFOPT_WITH_LAPACK=ON) and run
+#                                bench/run_benchmarks.sh (report in bench/results/)
 #   bash cmake/dev.sh deps       only check / install the Debian packages
 #
 # Missing Debian packages are installed with apt-get when running as root (or through
 # passwordless sudo); otherwise the script stops and prints the exact install line.
-# Build trees: build/release and build/sanitize (override with KFOPT_BUILD_ROOT).
+# Build trees: build/release, build/sanitize and build/bench (override with KFOPT_BUILD_ROOT).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +18,8 @@ jobs="${KFOPT_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 # Everything the build, tests, benchmarks and examples need, by Debian package name.
 packages=(cmake make g++ libeigen3-dev catch2 libbenchmark-dev zlib1g-dev)
+# Only for `bench` (the LAPACK reference rows and backend, the report and its plot).
+bench_packages=(liblapacke-dev libopenblas-dev python3 gnuplot-nox)
 
 ensure_packages() {
   local missing=()
@@ -62,8 +66,15 @@ case "${1:-test}" in
       -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
       -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF
     ;;
+  bench)
+    ensure_packages "${packages[@]}" "${bench_packages[@]}"
+    cmake -S "$here" -B "$build_root/bench" -DCMAKE_BUILD_TYPE=Release -DKFOPT_WITH_LAPACK=ON \
+      -DKFOPT_BUILD_TESTS=OFF -DKFOPT_BUILD_EXAMPLES=OFF -DKFOPT_BUILD_BENCHMARKS=ON
+    cmake --build "$build_root/bench" -j "$jobs"
+    bash "$here/bench/run_benchmarks.sh" "$build_root/bench/bench"
+    ;;
   *)
-    echo "usage: bash cmake/dev.sh [test|sanitize|deps]" >&2
+    echo "usage: bash cmake/dev.sh [test|sanitize|bench|deps]" >&2
     exit 2
     ;;
 esac

