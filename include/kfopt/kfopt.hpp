@@ -17,6 +17,7 @@
 #include "kfopt/kron/factored_damping.hpp"
 #include "kfopt/kron/kronecker_inverse.hpp"
 #include "kfopt/kron/kronecker_projection.hpp"
+#include "kfopt/kron/lapack_backend.hpp"
 #include "kfopt/kron/kronecker_stein_inverse.hpp"
 #include "kfopt/kron/kronecker_sum_inverse.hpp"
 #include "kfopt/kron/scaled_congruence.hpp"
@@ -24,6 +25,7 @@
 #include "kfopt/kron/symmetric_eigen_cache.hpp"
 #include "kfopt/kron/temporal_gamma.hpp"
 #include "kfopt/kron/vec.hpp"
+#include "kfopt/kron/warm_started_inverse.hpp"
 
 #include "kfopt/filter/bernoulli_observation.hpp"
 #include "kfopt/filter/categorical_observation.hpp"
