@@ -1,0 +1,607 @@
+/// \file char_lm.cpp
+/// \brief Reference example: a character-level LSTM language model trained by Adam and by
+/// RNN K-FAC with the three Fisher approximations of Martens, Ba & Johnson 2018 —
+/// independent (eq. 6), Option 1 (eq. 8) and Option 2 (eq. 9) — as in the paper's
+/// character-level experiment (§4.1, figure 2: a 2-layer LSTM with 128 units on sequences
+/// of 100 characters).
+///
+/// Model: one-hot characters → LSTM → LSTM → softmax over the vocabulary at every step
+/// (common/recurrent.hpp). Every weight is used at every time step, so every weight is a
+/// RecurrentKroneckerBlock; each LSTM gate matrix is its own block (four per layer, as in
+/// the paper), the output layer one more. Every optimizer starts from the same weights and
+/// sees the same mini-batches (random windows of the training text, zero initial state).
+///
+/// K-FAC per step: a training pass (data targets: the gradient of the update), then — when
+/// K-FAC takes statistics — a Fisher pass with targets sampled from the model's predictive
+/// distribution (true Fisher), whose per-step a_t, g_t go to record_sequence_statistics;
+/// then Kfac::step (damped block inverses, KL clipping, momentum).
+///
+/// Output contract (design.md): `--out DIR` writes `DIR/char_lm.csv` with the header
+/// `optimizer,step,seconds,train_loss,test_metric`; progress on stderr, a summary table on
+/// stdout; `examples/plot_results.sh DIR` draws DIR/char_lm.png.
+///   train_loss  = training bits per character, mean of the mini-batch losses (each measured
+///                 before its step) since the previous row; row 0 = first batch, initial weights;
+///   test_metric = validation bits per character (the held-out last part of the text, in
+///                 windows of the sequence length, zero initial state);
+///   seconds     = training time so far, evaluation excluded.
+///
+/// Text: `--text FILE`; by default the license texts under /usr/share/common-licenses
+/// (Debian's base-files package), concatenated in name order (symbolic links skipped).
+/// Run `char_lm --help` for the options.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <kfopt/core/parameter_block.hpp>
+#include <kfopt/optim/adam.hpp>
+#include <kfopt/optim/kfac.hpp>
+
+#include "common/cli.hpp"
+#include "common/csv_writer.hpp"
+#include "common/progress.hpp"
+#include "common/recurrent.hpp"
+#include "common/summary_table.hpp"
+
+namespace ex = kfopt_examples;
+
+namespace {
+
+constexpr double kLn2 = 0.69314718055994530942;
+const char* const kDefaultTextDir = "/usr/share/common-licenses";
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+struct Settings {
+  bool quick = false;
+  bool use_float = false;
+  std::string text;  ///< empty: the default corpus
+  std::string out_dir = "out";
+  std::vector<std::string> optimizers{"adam", "kfac_independent", "kfac_option1", "kfac_option2"};
+  std::vector<unsigned> seeds{1};
+  long hidden = 128;
+  long layers = 2;
+  long seq_len = 100;
+  long batch = 32;
+  long steps = 500;
+  long log_every = 0;
+  long valid_chars = 20000;
+  double valid_fraction = 0.1;
+  double adam_lr = 3e-3;
+  double kfac_lr = 0.2;
+  double kfac_damping = 1e-2;
+  double kfac_kl_clip = 1e-2;
+  double kfac_momentum = 0.9;
+  double kfac_decay = 0.95;
+  long kfac_stats_period = 1;
+  long kfac_inverse_period = 20;
+};
+
+const char* help_text =
+    R"(char_lm: character-level LSTM language model, Adam vs RNN K-FAC (independent, option 1,
+option 2) — the character experiment of Martens, Ba & Johnson 2018 (kfopt reference example)
+
+Model: one-hot characters -> LSTM x layers -> softmax, each LSTM gate matrix its own K-FAC
+block. Every optimizer starts from the same weights and sees the same mini-batches. Writes
+DIR/char_lm.csv (train_loss = training bits/char, test_metric = validation bits/char) and
+prints a summary table.
+
+Options:
+  --text FILE           training text (default: the files under /usr/share/common-licenses,
+                        concatenated; the last --valid-fraction of it is the validation set)
+  --quick               CI-sized run (< 2 min on 2 cores): 2 layers of 32 units, sequences
+                        of 25, batch 16, 100 steps, 4000 validation characters
+  --out DIR             where char_lm.csv goes (default out/)
+  --optimizers LIST     comma-separated subset of adam,kfac_independent,kfac_option1,
+                        kfac_option2 (aliases: indep, option1, option2; default all four)
+  --seeds LIST          comma-separated seeds (default 1); each seed is a separate run of
+                        every optimizer (weights, batches and Fisher samples follow the seed);
+                        with several seeds the CSV names are <optimizer>/s<seed>
+  --steps N             updates per run (default 500; --quick 100)
+  --hidden N            LSTM units per layer (default 128; --quick 32)
+  --layers N            LSTM layers (default 2)
+  --seq-len N           characters per training sequence (default 100; --quick 25)
+  --batch N             sequences per mini-batch (default 32; --quick 16)
+  --log-every N         steps between CSV rows (default steps/40)
+  --valid-chars N       validation characters evaluated per row (default 20000; --quick 4000)
+  --valid-fraction X    share of the text held out for validation (default 0.1)
+  --adam-lr X           Adam learning rate (default 3e-3)
+  --kfac-lr X           K-FAC learning rate (default 0.2)
+  --kfac-damping X      K-FAC Tikhonov damping lambda of each block (default 1e-2; V0 is
+                        damped by lambda/E[T], see recurrent_kronecker_block.hpp)
+  --kfac-kl-clip X      K-FAC KL-clipping bound (default 1e-2; 0 disables)
+  --kfac-momentum X     K-FAC momentum (default 0.9)
+  --kfac-decay X        decay of the factors' moving averages (default 0.95)
+  --kfac-stats-period N statistics (and the Fisher pass) every N steps (default 1)
+  --kfac-inverse-period N  T_inv: eigendecompositions refreshed every N steps (default 20)
+  --float               single precision (default double)
+  --help                this text
+)";
+
+std::string canonical_optimizer(const std::string& name) {
+  if (name == "adam") return "adam";
+  if (name == "kfac_independent" || name == "indep" || name == "independent") return "kfac_independent";
+  if (name == "kfac_option1" || name == "option1" || name == "opt1") return "kfac_option1";
+  if (name == "kfac_option2" || name == "option2" || name == "opt2") return "kfac_option2";
+  throw ex::UsageError("--optimizers: unknown optimizer '" + name +
+                       "' (adam, kfac_independent, kfac_option1, kfac_option2)");
+}
+
+Settings parse_command_line(int argc, char** argv, bool& show_help) {
+  ex::CommandLine cli(argc, argv);
+  Settings s;
+  show_help = cli.take_flag("--help") || cli.take_flag("-h");
+  if (show_help) return s;
+  s.quick = cli.take_flag("--quick");
+  s.use_float = cli.take_flag("--float");
+  s.text = cli.take_string("--text", "");
+  s.out_dir = cli.take_string("--out", s.out_dir);
+  const std::string optimizers = cli.take_string("--optimizers", "");
+  if (!optimizers.empty()) {
+    s.optimizers.clear();
+    for (const auto& name : ex::split_list(optimizers)) s.optimizers.push_back(canonical_optimizer(name));
+    if (s.optimizers.empty()) throw ex::UsageError("--optimizers: the list is empty");
+  }
+  const std::string seeds = cli.take_string("--seeds", "");
+  if (!seeds.empty()) {
+    s.seeds.clear();
+    for (const auto& item : ex::split_list(seeds)) {
+      char* end = nullptr;
+      const long v = std::strtol(item.c_str(), &end, 10);
+      if (end == item.c_str() || *end != '\0' || v < 0 || v > 4'000'000'000L) {
+        throw ex::UsageError("--seeds: bad seed '" + item + "'");
+      }
+      s.seeds.push_back(static_cast<unsigned>(v));
+    }
+    if (s.seeds.empty()) throw ex::UsageError("--seeds: the list is empty");
+  }
+  if (s.quick) {
+    s.hidden = 32;
+    s.seq_len = 25;
+    s.batch = 16;
+    s.steps = 100;
+    s.valid_chars = 4000;
+  }
+  const long max = 100'000'000;
+  s.steps = cli.take_long("--steps", s.steps, 1, max);
+  s.hidden = cli.take_long("--hidden", s.hidden, 1, 4096);
+  s.layers = cli.take_long("--layers", s.layers, 1, 16);
+  s.seq_len = cli.take_long("--seq-len", s.seq_len, 2, 100000);
+  s.batch = cli.take_long("--batch", s.batch, 1, 100000);
+  s.log_every = cli.take_long("--log-every", 0, 1, max);
+  if (s.log_every == 0) s.log_every = std::max(1L, s.steps / 40);
+  s.valid_chars = cli.take_long("--valid-chars", s.valid_chars, 1, max);
+  s.valid_fraction = cli.take_double("--valid-fraction", s.valid_fraction, 0.001, 0.5);
+  s.adam_lr = cli.take_double("--adam-lr", s.adam_lr, 1e-12, 1e3);
+  s.kfac_lr = cli.take_double("--kfac-lr", s.kfac_lr, 1e-12, 1e3);
+  s.kfac_damping = cli.take_double("--kfac-damping", s.kfac_damping, 1e-12, 1e6);
+  s.kfac_kl_clip = cli.take_double("--kfac-kl-clip", s.kfac_kl_clip, 0.0, 1e6);
+  s.kfac_momentum = cli.take_double("--kfac-momentum", s.kfac_momentum, 0.0, 0.999);
+  s.kfac_decay = cli.take_double("--kfac-decay", s.kfac_decay, 1e-3, 1.0);
+  s.kfac_stats_period = cli.take_long("--kfac-stats-period", s.kfac_stats_period, 1, 1'000'000);
+  s.kfac_inverse_period = cli.take_long("--kfac-inverse-period", s.kfac_inverse_period, 1, 1'000'000);
+  cli.finish();
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The text
+// ---------------------------------------------------------------------------------------------
+
+struct Corpus {
+  std::string source;            ///< what was read
+  std::vector<unsigned char> symbols;  ///< token id → byte
+  std::vector<int> train, valid;       ///< token ids
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read the text file '" + path + "'");
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+/// The default text: every regular file (not a link) under /usr/share/common-licenses.
+std::string read_default_text(std::string& source) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(kDefaultTextDir, ec)) {
+    throw std::runtime_error(std::string("the default text folder ") + kDefaultTextDir +
+                             " does not exist (it comes with Debian's base-files package); "
+                             "pass a text with --text FILE");
+  }
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(kDefaultTextDir)) {
+    if (entry.is_symlink() || !entry.is_regular_file()) continue;  // GPL -> GPL-3 etc.
+    files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  std::string text;
+  for (const auto& f : files) text += read_file(f.string()) + "\n";
+  source = std::string(kDefaultTextDir) + "/* (" + std::to_string(files.size()) + " files)";
+  return text;
+}
+
+Corpus load_corpus(const Settings& s) {
+  Corpus c;
+  std::string text;
+  if (s.text.empty()) {
+    text = read_default_text(c.source);
+  } else {
+    text = read_file(s.text);
+    c.source = s.text;
+  }
+  std::vector<int> id(256, -1);
+  for (unsigned char ch : text) id[ch] = 0;
+  for (int b = 0; b < 256; ++b) {
+    if (id[static_cast<std::size_t>(b)] == 0) {
+      id[static_cast<std::size_t>(b)] = static_cast<int>(c.symbols.size());
+      c.symbols.push_back(static_cast<unsigned char>(b));
+    }
+  }
+  const std::size_t n = text.size();
+  const std::size_t n_valid = static_cast<std::size_t>(s.valid_fraction * static_cast<double>(n));
+  const std::size_t need = static_cast<std::size_t>(s.seq_len) + 1;
+  if (n_valid < need || n - n_valid < need + static_cast<std::size_t>(s.batch)) {
+    throw std::runtime_error("the text " + c.source + " has " + std::to_string(n) +
+                             " characters: too short for sequences of " + std::to_string(s.seq_len) +
+                             " with a validation share of " + std::to_string(s.valid_fraction));
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    (i < n - n_valid ? c.train : c.valid).push_back(id[static_cast<unsigned char>(text[i])]);
+  }
+  return c;
+}
+
+/// Random windows of the training text: m sequences of T inputs and their next characters,
+/// time-major (row t·m + i).
+class WindowSampler {
+ public:
+  WindowSampler(const std::vector<int>& text, long steps, long batch, unsigned seed)
+      : text_(&text), steps_(steps), batch_(batch), rng_(seed),
+        start_(0, static_cast<long>(text.size()) - steps - 1) {}
+
+  void next(std::vector<int>& inputs, std::vector<int>& targets) {
+    inputs.resize(static_cast<std::size_t>(steps_ * batch_));
+    targets.resize(inputs.size());
+    for (long i = 0; i < batch_; ++i) {
+      const long s = start_(rng_);
+      for (long t = 0; t < steps_; ++t) {
+        const auto r = static_cast<std::size_t>(t * batch_ + i);
+        inputs[r] = (*text_)[static_cast<std::size_t>(s + t)];
+        targets[r] = (*text_)[static_cast<std::size_t>(s + t + 1)];
+      }
+    }
+  }
+
+ private:
+  const std::vector<int>* text_;
+  long steps_, batch_;
+  std::mt19937_64 rng_;
+  std::uniform_int_distribution<long> start_;
+};
+
+/// The validation set: consecutive non-overlapping windows of the held-out text (up to
+/// valid_chars predicted characters), evaluated in one batch.
+struct Validation {
+  std::vector<int> inputs, targets;
+  long steps = 0, batch = 0;
+
+  Validation(const std::vector<int>& text, long seq_len, long valid_chars) {
+    steps = seq_len;
+    const long windows = std::max(1L, std::min(valid_chars / seq_len,
+                                               (static_cast<long>(text.size()) - 1) / seq_len));
+    batch = windows;
+    inputs.resize(static_cast<std::size_t>(steps * batch));
+    targets.resize(inputs.size());
+    for (long i = 0; i < batch; ++i) {
+      for (long t = 0; t < steps; ++t) {
+        const auto r = static_cast<std::size_t>(t * batch + i);
+        inputs[r] = text[static_cast<std::size_t>(i * seq_len + t)];
+        targets[r] = text[static_cast<std::size_t>(i * seq_len + t + 1)];
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Training
+// ---------------------------------------------------------------------------------------------
+
+template <typename Scalar>
+using Model = ex::RecurrentLanguageModel<Scalar, ex::LstmLayer>;
+
+template <typename Scalar>
+Model<Scalar> make_model(const Settings& s, Eigen::Index vocabulary, unsigned seed) {
+  Model<Scalar> model(vocabulary, std::vector<Eigen::Index>(static_cast<std::size_t>(s.layers), s.hidden));
+  std::mt19937 rng(seed);
+  model.initialize(rng);
+  return model;
+}
+
+struct RunResult {
+  std::string name;
+  unsigned seed = 0;
+  long steps = 0;
+  double train_bpc = std::numeric_limits<double>::quiet_NaN();
+  double valid_bpc = std::numeric_limits<double>::quiet_NaN();
+  double seconds = 0.0;
+  bool diverged = false;
+  long failed_steps = 0;
+  std::vector<std::pair<long, double>> curve;  ///< (step, train bpc) of every CSV row
+};
+
+template <typename Scalar>
+double validation_bpc(Model<Scalar>& model, const Validation& v) {
+  return static_cast<double>(model.loss(v.inputs, v.targets, v.steps, v.batch)) / kLn2;
+}
+
+/// Runs s.steps of `step` (one update on the loaded batch, returning the batch's mean loss
+/// in nats before the update), logging CSV rows.
+template <typename Scalar, typename StepFunction>
+RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, const Corpus& corpus,
+                const Validation& validation, const Settings& s, ex::CsvWriter& csv,
+                std::vector<int>& inputs, std::vector<int>& targets, StepFunction&& step) {
+  using Clock = std::chrono::steady_clock;
+  RunResult result;
+  result.name = name;
+  result.seed = seed;
+  WindowSampler sampler(corpus.train, s.seq_len, s.batch, seed + 1);  // same batches for all
+  {
+    WindowSampler peek(corpus.train, s.seq_len, s.batch, seed + 1);
+    peek.next(inputs, targets);
+    const double bpc0 = static_cast<double>(model.loss(inputs, targets, s.seq_len, s.batch)) / kLn2;
+    const double valid0 = validation_bpc(model, validation);
+    csv.row(name, 0, 0.0, bpc0, valid0);
+    result.curve.emplace_back(0, bpc0);
+  }
+  ex::ProgressBar progress("char_lm/" + name, s.steps);
+  double seconds = 0.0, window = 0.0;
+  long count = 0;
+  for (long t = 1; t <= s.steps; ++t) {
+    const auto start = Clock::now();
+    sampler.next(inputs, targets);
+    const double bpc = static_cast<double>(step()) / kLn2;
+    seconds += std::chrono::duration<double>(Clock::now() - start).count();
+    result.steps = t;
+    if (!std::isfinite(bpc)) {
+      result.diverged = true;
+      csv.row(name, t, seconds, bpc, std::numeric_limits<double>::quiet_NaN());
+      break;
+    }
+    window += bpc;
+    ++count;
+    if (t % s.log_every == 0 || t == s.steps) {
+      const double train_bpc = window / static_cast<double>(count);
+      window = 0.0;
+      count = 0;
+      const double valid = validation_bpc(model, validation);
+      csv.row(name, t, seconds, train_bpc, valid);
+      result.curve.emplace_back(t, train_bpc);
+      result.train_bpc = train_bpc;
+      result.valid_bpc = valid;
+    }
+    char status[64];
+    std::snprintf(status, sizeof status, "%.3f bits/char", bpc);
+    progress.update(t, status);
+  }
+  progress.finish();
+  result.seconds = seconds;
+  return result;
+}
+
+template <typename Scalar>
+RunResult run_adam(const std::string& name, unsigned seed, const Corpus& corpus,
+                   const Validation& validation, const Settings& s, ex::CsvWriter& csv) {
+  auto model = make_model<Scalar>(s, static_cast<Eigen::Index>(corpus.symbols.size()), seed);
+  kfopt::ParameterSet<Scalar> params;
+  for (std::size_t l = 0; l < model.depth(); ++l) {
+    for (int k = 0; k < ex::LstmLayer<Scalar>::num_blocks(); ++k) {
+      auto& w = model.layer(l).block(k);
+      const std::string base = "lstm" + std::to_string(l + 1) + "." + ex::LstmLayer<Scalar>::block_name(k);
+      params.add(base + ".W", w.W, w.dW);
+      params.add(base + ".b", w.b, w.db);
+    }
+  }
+  params.add("output.W", model.output().W, model.output().dW);
+  params.add("output.b", model.output().b, model.output().db);
+  kfopt::AdamOptions options;
+  options.learning_rate = s.adam_lr;
+  kfopt::Adam<Scalar> adam(params, options);
+  std::vector<int> inputs, targets;
+  RunResult r = train<Scalar>(name, seed, model, corpus, validation, s, csv, inputs, targets, [&] {
+    const Scalar loss = model.loss_and_gradient(inputs, targets, s.seq_len, s.batch);
+    adam.step();
+    return loss;
+  });
+  r.failed_steps = static_cast<long>(adam.state().counters.skipped_nonfinite);
+  return r;
+}
+
+/// RNN K-FAC: every LSTM gate matrix and the output layer as RecurrentKroneckerBlocks with
+/// the chosen approximation (eq. 6, 8 or 9), statistics from the Fisher pass.
+template <typename Scalar>
+RunResult run_kfac(const std::string& name, kfopt::RecurrentApproximation approximation,
+                   unsigned seed, const Corpus& corpus, const Validation& validation,
+                   const Settings& s, ex::CsvWriter& csv) {
+  auto model = make_model<Scalar>(s, static_cast<Eigen::Index>(corpus.symbols.size()), seed);
+  kfopt::KfacOptions options;
+  options.learning_rate = s.kfac_lr;
+  options.damping = s.kfac_damping;
+  options.min_damping = std::min(options.min_damping, s.kfac_damping);
+  options.momentum = s.kfac_momentum;
+  options.decay = s.kfac_decay;
+  options.kl_clip = s.kfac_kl_clip;
+  options.statistics_period = static_cast<int>(s.kfac_stats_period);
+  options.inverse_period = static_cast<int>(s.kfac_inverse_period);
+  options.damping_style = kfopt::DampingStyle::Factored;
+  options.adaptive_damping = false;
+  kfopt::Kfac<Scalar> kfac(options);
+  kfopt::RecurrentLayerOptions layer_options;
+  layer_options.approximation = approximation;
+
+  struct Registered {
+    std::size_t id;
+    const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>* a;
+    const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>* g;
+  };
+  std::vector<Registered> blocks;
+  for (std::size_t l = 0; l < model.depth(); ++l) {
+    auto& layer = model.layer(l);
+    for (int k = 0; k < ex::LstmLayer<Scalar>::num_blocks(); ++k) {
+      auto& w = layer.block(k);
+      const std::string block_name = "lstm" + std::to_string(l + 1) + "." + ex::LstmLayer<Scalar>::block_name(k);
+      blocks.push_back({kfac.add_recurrent_layer(block_name, w.W, w.dW, w.b, w.db, layer_options),
+                        &layer.inputs(), &w.g});
+    }
+  }
+  auto& out = model.output();
+  blocks.push_back({kfac.add_recurrent_layer("output", out.W, out.dW, out.b, out.db, layer_options),
+                    &out.a, &out.g});
+
+  const Eigen::VectorXi lengths = Eigen::VectorXi::Constant(s.batch, static_cast<int>(s.seq_len));
+  std::mt19937_64 fisher_rng(seed + 2);
+  long failed = 0;
+  std::vector<int> inputs, targets;
+  RunResult r = train<Scalar>(name, seed, model, corpus, validation, s, csv, inputs, targets, [&] {
+    const Scalar loss = model.loss_and_gradient(inputs, targets, s.seq_len, s.batch);
+    if (kfac.wants_statistics()) {
+      model.fisher_pass(fisher_rng);  // true Fisher: targets sampled from the model
+      for (const auto& b : blocks) {
+        if (kfac.record_sequence_statistics(b.id, *b.a, *b.g, lengths) != kfopt::Status::Success) ++failed;
+      }
+    }
+    if (kfac.step() != kfopt::Status::Success) ++failed;
+    return loss;
+  });
+  r.failed_steps = failed;
+  return r;
+}
+
+std::string steps_to_reach(const RunResult& r, double target, long reference_steps) {
+  if (!std::isfinite(target)) return "-";
+  for (const auto& [step, loss] : r.curve) {
+    if (step > 0 && loss <= target) {
+      return std::to_string(step) + " (" +
+             ex::cell("%.2f", static_cast<double>(step) / static_cast<double>(reference_steps)) + "x)";
+    }
+  }
+  return "not reached";
+}
+
+template <typename Scalar>
+int run(const Settings& s) {
+  const Corpus corpus = load_corpus(s);
+  const Validation validation(corpus.valid, s.seq_len, s.valid_chars);
+  {
+    auto probe = make_model<Scalar>(s, static_cast<Eigen::Index>(corpus.symbols.size()), 0);
+    std::fprintf(stderr,
+                 "char_lm: text %s: %zu training and %zu validation characters, vocabulary %zu\n"
+                 "  model: %ld-layer LSTM, %ld units, %ld parameters, %zu K-FAC blocks; "
+                 "sequences of %ld, batch %ld, %ld steps, %s precision\n"
+                 "  validation: %ld windows of %ld characters\n"
+                 "  adam lr %g | kfac lr %g, damping %g, kl_clip %g, momentum %g, decay %g, "
+                 "statistics every %ld, T_inv %ld\n",
+                 corpus.source.c_str(), corpus.train.size(), corpus.valid.size(), corpus.symbols.size(),
+                 s.layers, s.hidden, static_cast<long>(probe.num_parameters()),
+                 static_cast<std::size_t>(4 * s.layers + 1), s.seq_len, s.batch, s.steps,
+                 sizeof(Scalar) == 4 ? "single" : "double", validation.batch, validation.steps,
+                 s.adam_lr, s.kfac_lr, s.kfac_damping, s.kfac_kl_clip, s.kfac_momentum, s.kfac_decay,
+                 s.kfac_stats_period, s.kfac_inverse_period);
+  }
+  ex::CsvWriter csv(s.out_dir, "char_lm");
+  std::vector<RunResult> results;
+  for (unsigned seed : s.seeds) {
+    for (const auto& opt : s.optimizers) {
+      const std::string name = s.seeds.size() > 1 ? opt + "/s" + std::to_string(seed) : opt;
+      if (opt == "adam") {
+        results.push_back(run_adam<Scalar>(name, seed, corpus, validation, s, csv));
+      } else {
+        const auto a = opt == "kfac_independent" ? kfopt::RecurrentApproximation::Independent
+                       : opt == "kfac_option1"   ? kfopt::RecurrentApproximation::Option1
+                                                 : kfopt::RecurrentApproximation::Option2;
+        results.push_back(run_kfac<Scalar>(name, a, seed, corpus, validation, s, csv));
+      }
+    }
+  }
+
+  ex::SummaryTable table({"optimizer", "seed", "steps", "train bits/char", "valid bits/char",
+                          "seconds", "ms/step", "steps to Adam's final loss"},
+                         1);
+  std::vector<std::string> notes;
+  for (const auto& r : results) {
+    double adam_final = std::numeric_limits<double>::quiet_NaN();
+    long adam_steps = 1;
+    for (const auto& q : results) {
+      if (q.seed == r.seed && q.name.rfind("adam", 0) == 0 && !q.diverged) {
+        adam_final = q.train_bpc;
+        adam_steps = q.steps;
+      }
+    }
+    const double per_step = r.steps > 0 ? r.seconds / static_cast<double>(r.steps) : 0.0;
+    table.add_row({r.name, std::to_string(r.seed), std::to_string(r.steps),
+                   r.diverged ? "diverged" : ex::cell("%.4f", r.train_bpc), ex::cell("%.4f", r.valid_bpc),
+                   ex::cell("%.1f", r.seconds), ex::cell("%.1f", per_step * 1e3),
+                   steps_to_reach(r, adam_final, adam_steps)});
+    if (r.failed_steps > 0) {
+      notes.push_back(r.name + ": " + std::to_string(r.failed_steps) +
+                      " K-FAC statistics batches or steps did not succeed (skipped)");
+    }
+  }
+  std::cout << "\n";
+  table.print(std::cout);
+  std::cout << "\n";
+  for (const auto& note : notes) std::cout << "* " << note << "\n";
+  std::cout << "* train bits/char: mean mini-batch loss over the last logging window (before each "
+               "update); valid bits/char: "
+            << validation.batch << " held-out windows of " << validation.steps
+            << " characters; seconds: training time without evaluation.\n"
+            << "* CSV: " << csv.path() << "; plot: examples/plot_results.sh " << s.out_dir << "\n";
+  return 0;
+}
+
+}  // namespace
+
+/// Keep freed memory in the process (see fashion_mnist.cpp: large Eigen temporaries would
+/// otherwise be returned to the kernel and page-faulted back on every step).
+static void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
+int main(int argc, char** argv) {
+  keep_freed_memory();
+  try {
+    bool show_help = false;
+    const Settings settings = parse_command_line(argc, argv, show_help);
+    if (show_help) {
+      std::cout << help_text;
+      return 0;
+    }
+    return settings.use_float ? run<float>(settings) : run<double>(settings);
+  } catch (const ex::UsageError& e) {
+    std::cerr << "char_lm: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "char_lm: " << e.what() << "\n";
+    return 1;
+  }
+}
