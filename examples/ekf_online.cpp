@@ -304,6 +304,14 @@ struct Run {
   double metric_sum_late = 0.0;  ///< sum of test_metric over the rows of the second half
   long metric_rows_late = 0;
 
+  /// A CSV row, kept until the end of the task (the optimizers run in lockstep, and the
+  /// plotting scripts want each optimizer's rows together).
+  struct Row {
+    long step;
+    double seconds, train_loss, test_metric;
+  };
+  std::vector<Row> rows;
+
   /// Times `work` (one step) and records its loss.
   template <typename Work>
   void step(Work&& work) {
@@ -320,10 +328,10 @@ struct Run {
     ++window_count;
   }
 
-  /// Writes a CSV row with the mean loss since the previous row.
-  void log(ex::CsvWriter& csv, long step, double test_metric, bool late) {
+  /// Records a CSV row with the mean loss since the previous row.
+  void log(long step, double test_metric, bool late) {
     if (diverged) {  // one row marks the divergence, then the run is over
-      if (!logged_divergence) csv.row(name, steps, seconds, kNaN, kNaN);
+      if (!logged_divergence) rows.push_back({steps, seconds, kNaN, kNaN});
       logged_divergence = true;
       train_loss = kNaN;
       return;
@@ -332,13 +340,22 @@ struct Run {
     metric = test_metric;
     window_sum = 0.0;
     window_count = 0;
-    csv.row(name, step, seconds, train_loss, metric);
+    rows.push_back({step, seconds, train_loss, metric});
     if (late && std::isfinite(metric)) {
       metric_sum_late += metric;
       ++metric_rows_late;
     }
   }
 };
+
+/// Writes every run's rows to `DIR/<task>.csv`, one optimizer after the other.
+std::string write_csv(const Settings& s, const char* task, const std::vector<Run>& runs) {
+  ex::CsvWriter csv(s.out_dir, task);
+  for (const auto& r : runs) {
+    for (const auto& row : r.rows) csv.row(r.name, row.step, row.seconds, row.train_loss, row.test_metric);
+  }
+  return csv.path();
+}
 
 /// Steps at which a row is written: 0 (initial), then about `points` evenly spaced.
 bool is_log_step(long t, long total, long points) {
@@ -501,13 +518,12 @@ void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std:
   Matrix J_ekf = Matrix::Zero(K, d), J_ng = Matrix::Zero(K, d);
   double worst = 0.0, worst_relative = 0.0;
 
-  ex::CsvWriter csv(s.out_dir, "regression");
   auto log_all = [&](long t) {
     const bool late = t >= steps / 2;
-    runs[0].log(csv, t, model.accuracy(th_ekf, test), late);
-    runs[1].log(csv, t, model.accuracy(th_ng, test), late);
-    runs[2].log(csv, t, model.accuracy(th_sgd, test), late);
-    runs[3].log(csv, t, model.accuracy(th_adam, test), late);
+    runs[0].log(t, model.accuracy(th_ekf, test), late);
+    runs[1].log(t, model.accuracy(th_ng, test), late);
+    runs[2].log(t, model.accuracy(th_sgd, test), late);
+    runs[3].log(t, model.accuracy(th_adam, test), late);
   };
   {  // row 0: the initial weights (loss ln K on every image)
     for (auto& r : runs) {
@@ -555,6 +571,7 @@ void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std:
     }
   }
   progress.finish();
+  const std::string csv_path = write_csv(s, "regression", runs);
 
   for (const auto& r : runs) {
     table.add_row({"regression", r.name, std::to_string(r.steps),
@@ -581,7 +598,7 @@ void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std:
                 "cross-entropy (each image scored before its step) over the last window; "
                 "test_metric = accuracy on %ld test images. CSV: %s",
                 static_cast<long>(d), static_cast<long>(K), s.pool, s.pool,
-                static_cast<long>(test.x.rows()), csv.path().c_str());
+                static_cast<long>(test.x.rows()), csv_path.c_str());
   notes.push_back(line);
 }
 
@@ -630,10 +647,9 @@ void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::stri
   Matrix J(1, d);
   double worst = 0.0;
 
-  ex::CsvWriter csv(s.out_dir, "drift");
   auto log_all = [&](long t) {
     for (std::size_t i = 0; i < runs.size(); ++i) {
-      runs[i].log(csv, t, (theta[i] - truth).norm(), t >= steps / 2);
+      runs[i].log(t, (theta[i] - truth).norm(), t >= steps / 2);
     }
   };
   for (auto& r : runs) {  // row 0: the prior mean θ = 0 predicts y = 0
@@ -670,6 +686,7 @@ void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::stri
     }
   }
   progress.finish();
+  const std::string csv_path = write_csv(s, "drift", runs);
   for (const auto& r : runs) {
     table.add_row({"drift", r.name, std::to_string(r.steps),
                    r.diverged ? "diverged" : ex::cell("%.4f", r.train_loss),
@@ -698,7 +715,7 @@ void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::stri
                 "|theta - theta*|. CSV: %s",
                 steps, sigma_w * std::sqrt(static_cast<double>(d * steps) / 3.0),
                 std::sqrt(static_cast<double>(d) * sigma * sigma_w), sigma * sigma,
-                csv.path().c_str());
+                csv_path.c_str());
   notes.push_back(line);
 }
 
@@ -797,12 +814,11 @@ void run_recurrent(const Settings& s, ex::SummaryTable& table, std::vector<std::
   };
 
   std::vector<Run> runs{Run("joint_ekf"), Run("natural_gradient_rtrl"), Run("tbptt_adam")};
-  ex::CsvWriter csv(s.out_dir, "recurrent");
   auto log_all = [&](long t) {
     const bool late = t >= steps / 2;
-    runs[0].log(csv, t, test_nmse(th_joint), late);
-    runs[1].log(csv, t, test_nmse(th_ng), late);
-    runs[2].log(csv, t, test_nmse(th_bptt), late);
+    runs[0].log(t, test_nmse(th_joint), late);
+    runs[1].log(t, test_nmse(th_ng), late);
+    runs[2].log(t, test_nmse(th_bptt), late);
   };
   for (auto& r : runs) {  // row 0: the mean predictor's error, 1 (standardized units)
     r.window_sum = 1.0;
@@ -864,6 +880,7 @@ void run_recurrent(const Settings& s, ex::SummaryTable& table, std::vector<std::
     }
   }
   progress.finish();
+  const std::string csv_path = write_csv(s, "recurrent", runs);
   for (const auto& r : runs) {
     table.add_row({"recurrent", r.name, std::to_string(r.steps),
                    r.diverged ? "diverged" : ex::cell("%.3g", r.train_loss),
@@ -892,7 +909,7 @@ void run_recurrent(const Settings& s, ex::SummaryTable& table, std::vector<std::
                 "on the next %ld samples (frozen weights, %ld warm-up steps from a zero "
                 "state); persistence (predict x(t+1) = x(t)) scores %.3f there. CSV: %s",
                 static_cast<long>(n), static_cast<long>(d), s.rec_test, warmup, persistence,
-                csv.path().c_str());
+                csv_path.c_str());
   notes.push_back(line);
 }
 
