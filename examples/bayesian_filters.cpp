@@ -23,8 +23,10 @@
 ///
 /// **What the filters observe.** A filter is a Bayesian filter over the weights; each
 /// mini-batch is an observation whose log-likelihood is `S` times the mean mini-batch loss
-/// (`--filter-scale S`, default the batch size: the summed loss, i.e. every example counted
-/// once, untempered). The filters therefore receive the gradient `S ∇` of that loss, and a
+/// (`--filter-scale S`; S = m, the batch size, would be the summed loss, every example counted
+/// once; the default S = 60000 scales the mini-batch to the training set, as Bayesian neural
+/// networks do, so that the filters reach their adaptive regimes within the run — see the
+/// settings notes below). The filters therefore receive the gradient `S ∇` of that loss, and a
 /// Fisher sample `e` whose square is the diagonal of the likelihood precision:
 /// `e = (S/m) sqrt(Σ_b e_b²)` from per-example gradients `e_b` of targets sampled from the
 /// model (`--filter-fisher sampled`, the paper's recommendation, §2.1 and §2.2.8; one extra
@@ -116,7 +118,7 @@ struct Settings {
   std::string data_dir = ex::default_fashion_mnist_dir();
   std::vector<std::string> optimizers = all_optimizers;
   std::vector<unsigned> seeds{1};
-  long steps = 3000;
+  long steps = 2000;
   long batch = 128;
   long log_every = 0;
   long test_examples = 10000;
@@ -125,48 +127,52 @@ struct Settings {
   double adam_lr = 1e-3;
   double adamw_lr = 1e-3;
   double adamw_wd = 0.1;
-  double rmsprop_lr = 3e-4;
+  double rmsprop_lr = 1e-3;
   double rmsprop_alpha = 0.99;
 
   // What the filters observe.
-  double filter_scale = 0.0;  ///< S; 0 means the batch size
+  double filter_scale = 60000.0;  ///< S: the filters' log-likelihood is S × the mean loss
   FilterFisher filter_fisher = FilterFisher::Sampled;
 
   // Filter RMSProp (§2.1.1).
   double frms_lr = 1e-3;
   double frms_sigma2 = 1.0;
-  double frms_init = 1e-3;
+  double frms_init = 0.0;  ///< 0: 0.1/S (the first steps are SGD with step 0.1 on the mean loss)
 
   // Filter Adam (§2.1.2) and the Σ_ww form (§2.2.7).
   double fadam_lr = 1e-3;
   double fadam_momentum = 0.1;
   double fadam_sigma2 = 1.0;
-  double fadam_init = 1e-3;
+  double fadam_init = 0.0;  ///< 0: 0.1/S, as filter RMSProp
   double fadam_sww_lr = 1e-3;
-  double fadam_weight_noise = 1e-3;
+  double fadam_weight_noise = 1e-4;
 
   // Fixed-point form.
   double ffp_lr = 1e-3;
-  double ffp_sigma2 = 1.0;
+  double ffp_sigma2 = 5e-3;  ///< η/(2 wd) with AdamW's wd = 0.1: the same decay per step
   double ffp_beta1 = 0.9;
   double ffp_beta2 = 0.999;
 
   // Kronecker-factored filter (§2.1.3).
   double kf_lr = 1e-3;
   double kf_sigma2 = 1.0;
-  double kf_init = 1e-3;
+  double kf_init = 0.0;  ///< 0: 0.1/S
   long kf_trace_period = 10;
 
   std::string label_suffix;  ///< "_s<seed>" when several seeds run (set per seed)
 
-  // Per-filter overrides of S (0: --filter-scale).
-  double frms_scale = 0.0, fadam_scale = 0.0, fadam_sww_scale = 0.0, ffp_scale = 0.0, kf_scale = 0.0;
+  // Per-filter overrides of S (0: --filter-scale). Filter Adam needs x = η sqrt⟨e²⟩/η_p ≫ 1
+  // to act as Adam (§2.1.2), which at η = 1e-3, η_p = 0.1 takes a larger S (x ≈ 10 here).
+  // The Kronecker filter diverged at S = 60000 in our sweeps (step 111) and runs at 1000.
+  double frms_scale = 0.0, fadam_scale = 7e5, fadam_sww_scale = 7e5, ffp_scale = 0.0,
+         kf_scale = 1000.0;
 
-  /// S of a filter: its own override, else --filter-scale, else the batch size.
-  double scale(double own = 0.0) const {
-    if (own > 0.0) return own;
-    return filter_scale > 0.0 ? filter_scale : static_cast<double>(batch);
-  }
+  /// S of a filter: its own override, else --filter-scale (default 60000, the training set).
+  double scale(double own = 0.0) const { return own > 0.0 ? own : filter_scale; }
+
+  /// The initial variance of a filter: its own setting, else 0.1/S, so that the first steps
+  /// (where the prior dominates) are SGD steps of 0.1 on the mean loss.
+  static double initial_variance(double own, double scale) { return own > 0.0 ? own : 0.1 / scale; }
 };
 
 const char* help_text =
@@ -184,7 +190,7 @@ Options:
   --optimizers LIST     comma-separated subset of
                         adam,adamw,rmsprop,filter_rmsprop,filter_adam,filter_adam_sww,
                         filter_fixed_point,kronecker_filter (default: all)
-  --steps N             optimizer steps per run (default 3000; --quick 300)
+  --steps N             optimizer steps per run (default 2000; --quick 150)
   --batch N             mini-batch size m (default 128)
   --log-every N         steps between CSV rows (default steps/40; --quick steps/15)
   --test-examples N     test images for the accuracy (default 10000; --quick 1000)
@@ -198,13 +204,15 @@ Baselines:
   --adamw-lr X, --adamw-wd X
                         AdamW learning rate and decoupled weight decay (default 1e-3, 0.1)
   --rmsprop-lr X, --rmsprop-alpha X
-                        RMSProp learning rate and smoothing (default 3e-4, 0.99)
+                        RMSProp learning rate and smoothing (default 1e-3, 0.99)
 
 What the filters observe:
-  --filter-scale S      the filters' log-likelihood is S x (mean mini-batch loss); default m
-                        (the summed loss: each example counted once)
+  --filter-scale S      the filters' log-likelihood is S x (mean mini-batch loss); default
+                        60000, the training set (S = m would count each example once)
   --frms-scale S, --fadam-scale S, --fadam-sww-scale S, --ffp-scale S, --kf-scale S
-                        S of one filter (default: --filter-scale)
+                        S of one filter (default: --filter-scale, except filter Adam and its
+                        Sigma_ww form 7e5, so that x = eta sqrt<e^2>/eta_p >> 1, and the
+                        Kronecker filter 1000)
   --filter-fisher F     the Fisher sample e: sampled (default; per-example gradients of targets
                         drawn from the model, e^2 = (S/m)^2 sum_b e_b^2), empirical (same with the
                         data's targets), gradient (e = S x the mini-batch gradient, what Adam
@@ -212,18 +220,20 @@ What the filters observe:
 
 Filters (eta: drift per step; sigma2: the prior's stationary variance, decay eta^2/(2 sigma2)):
   --frms-lr X, --frms-sigma2 X, --frms-init X
-                        filter RMSProp eta, sigma2, initial variance (default 1e-3, 1, 1e-3)
+                        filter RMSProp eta, sigma2, initial variance (default 1e-3, 1, 0.1/S:
+                        the first steps, dominated by the prior, are SGD steps of 0.1)
   --fadam-lr X, --fadam-momentum X, --fadam-sigma2 X, --fadam-init X
                         filter Adam eta, eta_p (beta1 = 1 - eta_p), sigma2, initial Sigma_ww
-                        (default 1e-3, 0.1, 1, 1e-3)
+                        (default 1e-3, 0.1, 1, 0.1/S)
   --fadam-sww-lr X, --fadam-weight-noise X
                         the Sigma_ww form (section 2.2.7): its eta and eta_w (default 1e-3,
-                        1e-3); eta_p, sigma2 and the initial Sigma_ww as filter Adam
+                        1e-4); eta_p, sigma2 and the initial Sigma_ww as filter Adam
   --ffp-lr X, --ffp-sigma2 X, --ffp-beta1 X, --ffp-beta2 X
-                        fixed-point form (default 1e-3, 1, 0.9, 0.999)
+                        fixed-point form (default 1e-3, 5e-3, 0.9, 0.999; sigma2 = eta/(2 wd)
+                        gives AdamW's decay lr*wd per step with wd = 0.1)
   --kf-lr X, --kf-sigma2 X, --kf-init X, --kf-trace-period N
                         Kronecker filter eta, sigma2, initial Sigma = init I (x) I, period of the
-                        drift's trace refresh (default 1e-3, 1, 1e-3, 10)
+                        drift's trace refresh (default 1e-3, 1, 0.1/S, 10)
   --help                this text
 )";
 
@@ -248,7 +258,7 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   if (show_help) return s;
   s.quick = cli.take_flag("--quick");
   if (s.quick) {
-    s.steps = 300;
+    s.steps = 150;
     s.test_examples = 1000;
   }
   s.out_dir = cli.take_string("--out", s.out_dir);
@@ -282,7 +292,7 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   s.rmsprop_lr = cli.take_double("--rmsprop-lr", s.rmsprop_lr, tiny, 10.0);
   s.rmsprop_alpha = cli.take_double("--rmsprop-alpha", s.rmsprop_alpha, 0.0, 0.999999);
 
-  s.filter_scale = cli.take_double("--filter-scale", 0.0, tiny, 1e12);
+  s.filter_scale = cli.take_double("--filter-scale", s.filter_scale, tiny, 1e12);
   const std::string fisher = cli.take_string("--filter-fisher", "sampled");
   if (fisher == "sampled") {
     s.filter_fisher = FilterFisher::Sampled;
@@ -625,7 +635,7 @@ RunResult run_filter_rmsprop(unsigned seed, Classifier& problem, const Settings&
   kfopt::FilterRmsPropOptions o;
   o.learning_rate = settings.frms_lr;
   o.prior_variance = settings.frms_sigma2;
-  o.initial_variance = settings.frms_init;
+  o.initial_variance = Settings::initial_variance(settings.frms_init, observation.scale());
   o.fisher = observation.estimate();
   kfopt::FilterRmsProp<Scalar> filter(params, o);
   Stepper stepper;
@@ -665,7 +675,7 @@ RunResult run_filter_adam(bool with_sww, unsigned seed, Classifier& problem,
   o.learning_rate = with_sww ? settings.fadam_sww_lr : settings.fadam_lr;
   o.momentum_rate = settings.fadam_momentum;
   o.prior_variance = settings.fadam_sigma2;
-  o.initial_weight_variance = settings.fadam_init;
+  o.initial_weight_variance = Settings::initial_variance(settings.fadam_init, observation.scale());
   o.fisher = observation.estimate();
   if (with_sww) {
     o.form = kfopt::FilterAdamForm::Combined;
@@ -744,7 +754,8 @@ RunResult run_kronecker_filter(unsigned seed, Classifier& problem, const Setting
                                ex::CsvWriter& csv) {
   Net net = Classifier::make_network(seed);
   kfopt::KroneckerFilterOptions o = kfopt::KroneckerFilterOptions::whitening(settings.kf_lr, settings.kf_sigma2);
-  o.initial_variance = settings.kf_init;
+  const double scale = settings.scale(settings.kf_scale);
+  o.initial_variance = Settings::initial_variance(settings.kf_init, scale);
   o.trace_period = static_cast<int>(settings.kf_trace_period);
   o.loss_reduction = kfopt::LossReduction::Mean;  // dW of the mean loss, times S/m below
   kfopt::KroneckerFilter<Scalar> filter(o);
@@ -756,7 +767,6 @@ RunResult run_kronecker_filter(unsigned seed, Classifier& problem, const Setting
   }
   std::mt19937_64 rng(seed + 2);
   const double m = static_cast<double>(settings.batch);
-  const double scale = settings.scale(settings.kf_scale);
   const Scalar ratio = static_cast<Scalar>(scale / m);
   const bool empirical = settings.filter_fisher == FilterFisher::Empirical;
   Matrix delta;
