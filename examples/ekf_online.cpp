@@ -709,8 +709,8 @@ void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::stri
   notes.push_back(line);
   std::snprintf(line, sizeof line,
                 "drift: the lambda = 0 filter's gain decays like 1/t (P_t ~ sigma^2/t per "
-                "coordinate): after %ld steps its error grows like sigma_w sqrt(d t) "
-                "(~%.2f), while a random-walk tracker stays near sqrt(d sigma sigma_w) (~%.2f). "
+                "coordinate), its estimate is about the running mean of theta*: after %ld steps "
+                "its error is about sigma_w sqrt(d t / 3) (~%.2f), while a random-walk tracker stays near sqrt(d sigma sigma_w) (~%.2f). "
                 "train_loss = online squared error (noise floor sigma^2 = %g); test_metric = "
                 "|theta - theta*|. CSV: %s",
                 steps, sigma_w * std::sqrt(static_cast<double>(d * steps) / 3.0),
