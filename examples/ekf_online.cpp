@@ -166,8 +166,10 @@ Options:
   --task T              regression | drift | recurrent | all (default all)
   --seed N              seed of streams and initializations (default 1)
   --form F              covariance (default) | joseph | information: update algebra of the
-                        EKF and natural gradient in regression and drift (the joint EKF
-                        needs covariance or joseph; information is then refused for it)
+                        EKF and natural gradient in regression and drift (the true-Q
+                        filter of drift stays in covariance form with information, which
+                        cannot take additive process noise); the recurrent filters always
+                        use the covariance form
   --points N            about N CSV rows per optimizer (default 40)
  regression:
   --reg-steps N         stream length (default 60000 = one pass; --quick 4000)
