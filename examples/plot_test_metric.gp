@@ -1,7 +1,7 @@
-# test_metric against optimizer steps, one line per optimizer, for a CSV of examples/ekf_online
+# test_metric against optimizer steps, one line per optimizer, for any example CSV (used for examples/ekf_online)
 # (examples/plot_results.sh draws the train_loss panels; this draws the test_metric column).
 #   gnuplot -e "csv='DIR/drift.csv'; png='DIR/drift_test_metric.png'; ylabel='|theta - theta*|'; logy=1" \
-#           examples/results/ekf_test_metric.gp
+#           examples/plot_test_metric.gp
 if (!exists("csv") || !exists("png")) { print "set csv='...' and png='...' with -e"; exit }
 if (!exists("ylabel")) ylabel = "test_metric"
 if (!exists("logy")) logy = 0
