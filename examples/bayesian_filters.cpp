@@ -25,8 +25,8 @@
 /// mini-batch is an observation whose log-likelihood is `S` times the mean mini-batch loss
 /// (`--filter-scale S`; S = m, the batch size, would be the summed loss, every example counted
 /// once; the default S = 60000 scales the mini-batch to the training set, as Bayesian neural
-/// networks do, so that the filters reach their adaptive regimes within the run — see the
-/// settings notes below). The filters therefore receive the gradient `S ∇` of that loss, and a
+/// networks do, so that the filters reach their adaptive regimes within the run — see
+/// "Default settings" below). The filters therefore receive the gradient `S ∇` of that loss, and a
 /// Fisher sample `e` whose square is the diagonal of the likelihood precision:
 /// `e = (S/m) sqrt(Σ_b e_b²)` from per-example gradients `e_b` of targets sampled from the
 /// model (`--filter-fisher sampled`, the paper's recommendation, §2.1 and §2.2.8; one extra
@@ -35,6 +35,25 @@
 /// gets the same per-example `(a_b, (S/m) δ_b)` through record_statistics, as K-FAC does.
 /// Unlike Adam, the filters are not invariant to the scale of the loss: S moves them along
 /// the paper's regimes (see common/filter_diagnostics.hpp and the notes the program prints).
+///
+/// **Default settings** (from short sweeps, 300 steps; numbers in the README section):
+/// - filter RMSProp: η = 1e-3 (RMSProp's learning rate: σ²_post → η/sqrt⟨e²⟩, §2.1.1), σ² = 1
+///   (negligible decay), S = 60000. The steady state is reached after ~1/(2η sqrt⟨e²⟩) steps:
+///   ~16 steps at S = 60000 (measured sqrt⟨e²⟩ ≈ 31), ~3300 at S = m = 128, where the whole
+///   run would be SGD with step σ²_prior(1)·S.
+/// - initial variances 0.1/S for every filter: the first, prior-dominated steps are SGD steps
+///   of 0.1 on the mean loss (larger ones stalled or diverged in the sweeps).
+/// - filter Adam (and its Σ_ww form): η = 1e-3, η_p = 0.1 (β1 = 0.9), σ² = 1, S = 7e5, so that
+///   x = η sqrt⟨e²⟩/η_p ≈ 10: Adam's regime needs x ≫ 1 (§2.1.2; at x ≈ 10 the filter takes
+///   ≈ 0.64 of Adam's step), while the discrete filter needs Σ_ww e² ≈ η_p sqrt(2x) ≪ 1.
+///   Σ_ww form: η_w = 1e-4 (1e-3 diverged).
+/// - fixed-point form: η = 1e-3, σ² = η/(2 wd) = 5e-3 with AdamW's wd = 0.1 (the same decay
+///   per step), β = 0.9/0.999, S = 60000: 2σ² sqrt⟨e²⟩/η ≫ 1, the AdamW end.
+/// - Kronecker filter: η = 1e-3, σ² = 1, S = 1000 (S = 60000 diverged at step 111), drift
+///   traces refreshed every 10 steps.
+/// - baselines: Adam 1e-3; AdamW 1e-3 with wd 0.1; RMSProp 1e-3, α = 0.99.
+/// At the end of a run each diagonal filter prints its measured median sqrt⟨e²⟩ and the regime
+/// it implies (common/filter_diagnostics.hpp).
 ///
 /// **Nesterov placement (§2.2.4).** The filters with phases (filter RMSProp, filter Adam,
 /// Kronecker filter) are driven explicitly: the parameters hold μ_prior(t) when the
