@@ -79,12 +79,12 @@ struct Settings {
   long hidden = 128;
   long layers = 2;
   long seq_len = 100;
-  long batch = 32;
-  long steps = 500;
+  long batch = 16;
+  long steps = 300;
   long log_every = 0;
   long valid_chars = 20000;
   double valid_fraction = 0.1;
-  double adam_lr = 3e-3;
+  double adam_lr = 1e-2;
   double kfac_lr = 0.2;
   double kfac_damping = 1e-2;
   double kfac_kl_clip = 1e-2;
@@ -114,15 +114,16 @@ Options:
   --seeds LIST          comma-separated seeds (default 1); each seed is a separate run of
                         every optimizer (weights, batches and Fisher samples follow the seed);
                         with several seeds the CSV names are <optimizer>/s<seed>
-  --steps N             updates per run (default 500; --quick 100)
+  --steps N             updates per run (default 300; --quick 100)
   --hidden N            LSTM units per layer (default 128; --quick 32)
   --layers N            LSTM layers (default 2)
   --seq-len N           characters per training sequence (default 100; --quick 25)
-  --batch N             sequences per mini-batch (default 32; --quick 16)
+  --batch N             sequences per mini-batch (default 16; --quick 16)
   --log-every N         steps between CSV rows (default steps/40)
   --valid-chars N       validation characters evaluated per row (default 20000; --quick 4000)
   --valid-fraction X    share of the text held out for validation (default 0.1)
-  --adam-lr X           Adam learning rate (default 3e-3)
+  --adam-lr X           Adam learning rate (default 1e-2; best of 3e-3, 1e-2, 3e-2 in a
+                        150-step sweep with 64 units)
   --kfac-lr X           K-FAC learning rate (default 0.2)
   --kfac-damping X      K-FAC Tikhonov damping lambda of each block (default 1e-2; V0 is
                         damped by lambda/E[T], see recurrent_kronecker_block.hpp)
@@ -131,7 +132,8 @@ Options:
   --kfac-decay X        decay of the factors' moving averages (default 0.95)
   --kfac-stats-period N statistics (and the Fisher pass) every N steps (default 1)
   --kfac-inverse-period N  T_inv: eigendecompositions refreshed every N steps (default 20)
-  --float               single precision (default double)
+  --float               single precision (default double; K-FAC steps may then be refused
+                        as singular, see the README)
   --help                this text
 )";
 
@@ -344,6 +346,9 @@ struct RunResult {
   double seconds = 0.0;
   bool diverged = false;
   long failed_steps = 0;
+  std::string first_failure;  ///< what the first unsuccessful K-FAC call reported
+  double mean_clip = std::numeric_limits<double>::quiet_NaN();  ///< K-FAC: mean KL-clip scale ν
+  std::string diagnostics;  ///< K-FAC: asymmetry of the temporal factors at the end
   std::vector<std::pair<long, double>> curve;  ///< (step, train bpc) of every CSV row
 };
 
@@ -478,19 +483,52 @@ RunResult run_kfac(const std::string& name, kfopt::RecurrentApproximation approx
   const Eigen::VectorXi lengths = Eigen::VectorXi::Constant(s.batch, static_cast<int>(s.seq_len));
   std::mt19937_64 fisher_rng(seed + 2);
   long failed = 0;
+  std::string first_failure;
+  double clip_sum = 0.0;
+  long clip_count = 0;
+  const auto count = [&](kfopt::Status status, const char* what) {
+    if (status == kfopt::Status::Success) return;
+    if (failed++ == 0) first_failure = std::string(what) + ": " + kfopt::to_string(status);
+  };
   std::vector<int> inputs, targets;
   RunResult r = train<Scalar>(name, seed, model, corpus, validation, s, csv, inputs, targets, [&] {
     const Scalar loss = model.loss_and_gradient(inputs, targets, s.seq_len, s.batch);
     if (kfac.wants_statistics()) {
       model.fisher_pass(fisher_rng);  // true Fisher: targets sampled from the model
       for (const auto& b : blocks) {
-        if (kfac.record_sequence_statistics(b.id, *b.a, *b.g, lengths) != kfopt::Status::Success) ++failed;
+        count(kfac.record_sequence_statistics(b.id, *b.a, *b.g, lengths), "statistics");
       }
     }
-    if (kfac.step() != kfopt::Status::Success) ++failed;
+    count(kfac.step(), "step");
+    clip_sum += kfac.state().last_clip_scale;
+    ++clip_count;
     return loss;
   });
+  r.mean_clip = clip_count > 0 ? clip_sum / static_cast<double>(clip_count) : r.mean_clip;
+  // How far the final A1, G1 are from symmetric (Option 1 assumes V1 = A1 ⊗ G1 symmetric,
+  // eq. 8 and C.3): ‖F1 − F1ᵀ‖ / ‖F1 + F1ᵀ‖ (0 = symmetric, 1 = antisymmetric). A is the
+  // same for the four gates of a layer, so it is shown once per layer.
+  const auto asymmetry = [](const auto& f) {
+    const double den = static_cast<double>((f + f.transpose()).norm());
+    return den > 0 ? static_cast<double>((f - f.transpose()).norm()) / den : 0.0;
+  };
+  std::ostringstream d;
+  d.precision(2);
+  d << "asymmetry of A1 / of G1 (mean over the layer's blocks) at the end:";
+  for (std::size_t l = 0; l <= model.depth(); ++l) {
+    const bool is_output = l == model.depth();
+    const std::size_t first = is_output ? blocks.size() - 1 : 4 * l;
+    const std::size_t count_blocks = is_output ? 1 : 4;
+    double g_asym = 0.0;
+    for (std::size_t j = first; j < first + count_blocks; ++j) {
+      g_asym += asymmetry(kfac.recurrent_block(blocks[j].id).g1()) / static_cast<double>(count_blocks);
+    }
+    d << (l == 0 ? " " : "; ") << (is_output ? std::string("output") : "lstm" + std::to_string(l + 1))
+      << " " << asymmetry(kfac.recurrent_block(blocks[first].id).a1()) << " / " << g_asym;
+  }
+  r.diagnostics = d.str();
   r.failed_steps = failed;
+  r.first_failure = first_failure;
   return r;
 }
 
@@ -542,7 +580,7 @@ int run(const Settings& s) {
   }
 
   ex::SummaryTable table({"optimizer", "seed", "steps", "train bits/char", "valid bits/char",
-                          "seconds", "ms/step", "steps to Adam's final loss"},
+                          "seconds", "ms/step", "steps to Adam's final loss", "mean KL-clip scale"},
                          1);
   std::vector<std::string> notes;
   for (const auto& r : results) {
@@ -558,10 +596,13 @@ int run(const Settings& s) {
     table.add_row({r.name, std::to_string(r.seed), std::to_string(r.steps),
                    r.diverged ? "diverged" : ex::cell("%.4f", r.train_bpc), ex::cell("%.4f", r.valid_bpc),
                    ex::cell("%.1f", r.seconds), ex::cell("%.1f", per_step * 1e3),
-                   steps_to_reach(r, adam_final, adam_steps)});
+                   steps_to_reach(r, adam_final, adam_steps),
+                   std::isfinite(r.mean_clip) ? ex::cell("%.3f", r.mean_clip) : "-"});
+    if (!r.diagnostics.empty()) notes.push_back(r.name + ": " + r.diagnostics);
     if (r.failed_steps > 0) {
       notes.push_back(r.name + ": " + std::to_string(r.failed_steps) +
-                      " K-FAC statistics batches or steps did not succeed (skipped)");
+                      " K-FAC statistics batches or steps did not succeed (skipped; first: " +
+                      r.first_failure + ")");
     }
   }
   std::cout << "\n";
@@ -571,7 +612,9 @@ int run(const Settings& s) {
   std::cout << "* train bits/char: mean mini-batch loss over the last logging window (before each "
                "update); valid bits/char: "
             << validation.batch << " held-out windows of " << validation.steps
-            << " characters; seconds: training time without evaluation.\n"
+            << " characters; seconds: training time without evaluation; mean KL-clip scale: "
+               "K-FAC's nu = min(1, sqrt(kl_clip / (lr^2 <Delta, grad>))) averaged over the "
+               "updates (1 = the clip never bound).\n"
             << "* CSV: " << csv.path() << "; plot: examples/plot_results.sh " << s.out_dir << "\n";
   return 0;
 }
