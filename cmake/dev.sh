@@ -3,7 +3,8 @@
 #
 #   bash cmake/dev.sh test       build everything and run the whole test suite (ctest)
 #   bash cmake/dev.sh sanitize   build the tests with ASan + UBSan and run them
-#   bash cmake/dev.sh bench      build the benchmarks (Release, KFOPT_WITH_LAPACK=ON) and run
+#   bash cmake/dev.sh bench      build the benchmarks (Release, KFOPT_WITH_LAPACK=ON, with the
+#                                OpenMP copy bench_kron_omp: KFOPT_BENCH_OPENMP=ON) and run
 #                                bench/run_benchmarks.sh (report in bench/results/)
 #   bash cmake/dev.sh deps       only check / install the Debian packages
 #
@@ -69,7 +70,8 @@ case "${1:-test}" in
   bench)
     ensure_packages "${packages[@]}" "${bench_packages[@]}"
     cmake -S "$here" -B "$build_root/bench" -DCMAKE_BUILD_TYPE=Release -DKFOPT_WITH_LAPACK=ON \
-      -DKFOPT_BUILD_TESTS=OFF -DKFOPT_BUILD_EXAMPLES=OFF -DKFOPT_BUILD_BENCHMARKS=ON
+      -DKFOPT_BUILD_TESTS=OFF -DKFOPT_BUILD_EXAMPLES=OFF -DKFOPT_BUILD_BENCHMARKS=ON \
+      -DKFOPT_BENCH_OPENMP=ON
     cmake --build "$build_root/bench" -j "$jobs"
     bash "$here/bench/run_benchmarks.sh" "$build_root/bench/bench"
     ;;

@@ -101,6 +101,90 @@ TEMPLATE_TEST_CASE("factor average: bias-corrected EMA of batch second moments",
   }
 }
 
+// Sizes above the Gram kernel's leaf (detail::kGramLeaf = 64) exercise its recursion with
+// uneven splits; the in-place blend of the Eigen path and BLAS syrk of the LAPACK backend
+// must both match the brute-force Adam-style average and stay exactly symmetric.
+TEMPLATE_TEST_CASE("factor average: factors larger than the Gram kernel's leaf",
+                   "[kron][moments]", float, double) {
+  Rng rng(35);
+  for (Eigen::Index n : {65, 150, 257}) {
+    for (bool homogeneous : {false, true}) {
+      kfopt::FactorAverageOptions opt;
+      opt.decay = 0.9;
+      opt.homogeneous = homogeneous;
+      kfopt::FactorMovingAverage<TestType> avg(n, opt);
+      Mat<double> S = Mat<double>::Zero(avg.dimension(), avg.dimension());
+      for (int t = 1; t <= 3; ++t) {
+        const Mat<TestType> X = rng.normal<TestType>(20 + 7 * t, n);
+        REQUIRE(avg.update(X) == kfopt::Status::Success);
+        S = 0.9 * S + 0.1 * reference_moment(X, homogeneous);
+        const Mat<double> expected = S / (1 - std::pow(0.9, t));
+        CHECK(relative_error(Mat<double>(avg.value().template cast<double>()), expected) <=
+              Tolerance<TestType>::dense);
+        CHECK((avg.value() - avg.value().transpose()).norm() == 0);
+      }
+    }
+  }
+  // Temporal moments of the same sizes: A0 through the Gram kernel, A1 through one product.
+  for (Eigen::Index n : {70, 130}) {
+    for (bool homogeneous : {false, true}) {
+      kfopt::FactorAverageOptions opt;
+      opt.decay = 0.8;
+      opt.homogeneous = homogeneous;
+      kfopt::TemporalFactorMovingAverage<TestType> avg(n, opt);
+      const Eigen::Index m = 3, t_max = 9;
+      const Eigen::VectorXi lengths = Eigen::Vector3i(9, 4, 7);
+      Mat<double> S0 = Mat<double>::Zero(avg.dimension(), avg.dimension()), S1 = S0;
+      for (int t = 1; t <= 2; ++t) {
+        const Mat<TestType> X = rng.normal<TestType>(t_max * m, n);
+        const auto ref = t == 1 ? reference_sequences(X, m, real_from_lengths(lengths, t_max),
+                                                      homogeneous)
+                                : reference_sequences(
+                                      X, m, real_from_lengths(Eigen::Vector3i(9, 9, 9), t_max),
+                                      homogeneous);
+        REQUIRE((t == 1 ? avg.update(X, lengths) : avg.update_full(X, m)) ==
+                kfopt::Status::Success);
+        S0 = 0.8 * S0 + 0.2 * ref.a0;
+        S1 = 0.8 * S1 + 0.2 * ref.a1;
+        const double correction = 1 - std::pow(0.8, t);
+        CHECK(relative_error(Mat<double>(avg.a0().template cast<double>()),
+                             Mat<double>(S0 / correction)) <= Tolerance<TestType>::dense);
+        CHECK(relative_error(Mat<double>(avg.a1().template cast<double>()),
+                             Mat<double>(S1 / correction)) <= Tolerance<TestType>::dense);
+        CHECK((avg.a0() - avg.a0().transpose()).norm() == 0);
+      }
+    }
+  }
+}
+
+// Both backends of the Gram kernel (Eigen's product kernel; BLAS syrk with KFOPT_USE_LAPACK)
+// give the same averages to rounding.
+TEST_CASE("factor average: Eigen and LAPACK (BLAS syrk) backends agree", "[kron][moments]") {
+  using kfopt::DecompositionBackend;
+  Rng rng(36);
+  kfopt::FactorMovingAverage<double, DecompositionBackend::Eigen> eigen_avg(300, {0.95, true});
+  kfopt::TemporalFactorMovingAverage<double, DecompositionBackend::Eigen> eigen_temporal(90);
+#ifdef KFOPT_USE_LAPACK
+  kfopt::FactorMovingAverage<double, DecompositionBackend::Lapack> lapack_avg(300, {0.95, true});
+  kfopt::TemporalFactorMovingAverage<double, DecompositionBackend::Lapack> lapack_temporal(90);
+#endif
+  for (int t = 0; t < 3; ++t) {
+    const Mat<double> X = rng.normal<double>(256, 300);
+    const Mat<double> Y = rng.normal<double>(40, 90);
+    REQUIRE(eigen_avg.update(X) == kfopt::Status::Success);
+    REQUIRE(eigen_temporal.update_full(Y, 4) == kfopt::Status::Success);
+    CHECK(relative_error(eigen_avg.value(), reference_moment(X, true)) < 1.0);  // sanity
+#ifdef KFOPT_USE_LAPACK
+    REQUIRE(lapack_avg.update(X) == kfopt::Status::Success);
+    REQUIRE(lapack_temporal.update_full(Y, 4) == kfopt::Status::Success);
+    CHECK(relative_error(lapack_avg.value(), eigen_avg.value()) <= 1e-12);
+    CHECK(relative_error(lapack_temporal.a0(), eigen_temporal.a0()) <= 1e-12);
+    CHECK(relative_error(lapack_temporal.a1(), eigen_temporal.a1()) <= 1e-12);
+    CHECK((lapack_avg.value() - lapack_avg.value().transpose()).norm() == 0);
+#endif
+  }
+}
+
 TEST_CASE("factor average: a non-finite batch is refused and leaves the state unchanged",
           "[kron][moments][errors]") {
   Rng rng(32);

@@ -56,6 +56,12 @@ TEMPLATE_TEST_CASE("Eigen backend: blocked Cholesky inverse equals the dense inv
     kfopt::DampedCholeskyInverse<TestType, DecompositionBackend::Eigen> chol(n);
     REQUIRE(chol.compute(A, TestType(0.1)).info() == kfopt::Status::Success);
     const Mat<TestType> expected = dense_inverse<TestType>(damped(A, 0.1));
+    // solve() by triangular solves before the explicit inverse exists, by one product after
+    // (inverse() forms it in place of the factor).
+    const Mat<TestType> X0 = rng.normal<TestType>(n, 2);
+    Mat<TestType> out0;
+    chol.solve(X0, out0);
+    CHECK(relative_error(out0, Mat<TestType>(expected * X0)) <= 10 * Tolerance<TestType>::dense);
     CHECK(relative_error(chol.inverse(), expected) <= 10 * Tolerance<TestType>::dense);
     CHECK((chol.inverse() - chol.inverse().transpose()).norm() == 0);
     const Mat<TestType> X = rng.normal<TestType>(n, 3);

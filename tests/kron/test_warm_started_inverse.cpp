@@ -101,6 +101,75 @@ TEST_CASE("warm start: an unchanged factor needs no iteration", "[kron][warm_sta
   CHECK(warm.inverse() == first);
 }
 
+TEST_CASE("warm start: a factor that barely moved keeps its inverse (screen, no O(n^3) work)",
+          "[kron][warm_start]") {
+  Rng rng(89);
+  const int n = 70;
+  const Mat<double> A = rng.spd<double>(n, 0.2, 5.0);
+  const double lambda = 0.05;
+  kfopt::WarmStartedDampedInverse<double> warm(n);
+  REQUIRE(warm.compute(A, lambda).info() == kfopt::Status::Success);
+  const Mat<double> first = warm.inverse();
+  // A moving-average step of weight 1e-12: the old inverse is within 1e-8 of the new one.
+  const Mat<double> B = moving_average_step(rng, A, 1e-12, 2 * n);
+  REQUIRE(warm.compute(B, lambda).info() == kfopt::Status::Success);
+  CHECK_FALSE(warm.last_fell_back());
+  CHECK(warm.last_iterations() == 0);
+  CHECK(warm.state().reused == 1);
+  CHECK(warm.inverse() == first);
+  CHECK(warm.last_residual() <= 1e-8);
+  CHECK(residual_norm(warm.inverse(), B, lambda) <= 1e-8);
+  CHECK(preconditioned_error(warm.inverse(), B, lambda, rng.normal<double>(n, 4)) <= 1e-8);
+  // A step of 1e-3 is too large to reuse: iterated (or exact), never reused.
+  const Mat<double> C = moving_average_step(rng, B, 1e-3, 2 * n);
+  REQUIRE(warm.compute(C, lambda).info() == kfopt::Status::Success);
+  CHECK(warm.state().reused == 1);
+  CHECK(preconditioned_error(warm.inverse(), C, lambda, rng.normal<double>(n, 4)) <= 1e-8);
+  CHECK(warm.state().refreshes ==
+        warm.state().reused + warm.state().iterated + warm.state().fallbacks);
+}
+
+TEST_CASE("warm start: iterative refinement turns an inverse at tolerance ε into ε² gradients",
+          "[kron][warm_start]") {
+  Rng rng(90);
+  const int n = 80;
+  const Mat<double> A = rng.spd<double>(n, 0.2, 5.0);
+  const double lambda = 0.05;
+  const Mat<double> Z = rng.normal<double>(n, 6);
+  kfopt::WarmStartOptions<double> options;
+  options.tolerance = 1e-4;  // a loose refresh, made accurate per application
+  kfopt::WarmStartedDampedInverse<double> warm(n, options);
+  REQUIRE(warm.compute(A, lambda).info() == kfopt::Status::Success);
+  Mat<double> B = A;
+  for (int step = 0; step < 4; ++step) {
+    B = moving_average_step(rng, B, step == 0 ? 1e-7 : 1e-3, 2 * n);
+    REQUIRE(warm.compute(B, lambda).info() == kfopt::Status::Success);
+    const double eps = residual_norm(warm.inverse(), B, lambda);
+    CHECK(eps <= 1e-4);
+    const Mat<double> exact = dense_inverse<double>(damped(B, lambda)) * Z;
+    Mat<double> plain, refined, twice;
+    warm.apply(Z, plain);
+    warm.apply(Z, refined, 1);
+    warm.apply(Z, twice, 2);
+    CHECK(relative_error(plain, exact) <= std::max(eps, 1e-13) * 1.01);
+    CHECK(relative_error(refined, exact) <= std::max(eps * eps, 1e-13) * 1.01);
+    CHECK(relative_error(refined, exact) <= 1e-8);
+    CHECK(relative_error(twice, exact) <= 1e-12);
+  }
+  CHECK(warm.state().reused >= 1);  // the 1e-7 step keeps the inverse
+  // Contract checks.
+  Mat<double> out;
+  CHECK_THROWS_AS(warm.apply(Mat<double>::Ones(n + 1, 2), out), kfopt::ShapeError);
+  CHECK_THROWS_AS(warm.apply(Z, out, -1), kfopt::InvalidInputError);
+  kfopt::WarmStartedDampedInverse<double> restored(options);
+  restored.set_state(warm.state());
+  restored.apply(Z, out);  // no refinement: fine
+  CHECK(out == Mat<double>(warm.inverse() * Z));
+  CHECK_THROWS_AS(restored.apply(Z, out, 1), kfopt::NumericalError);
+  kfopt::WarmStartedDampedInverse<double> empty(n);
+  CHECK_THROWS_AS(empty.apply(Z, out), kfopt::NumericalError);
+}
+
 TEST_CASE("warm start: a new damping is absorbed by the iteration", "[kron][warm_start]") {
   Rng rng(84);
   const Mat<double> A = rng.spd<double>(50, 0.5, 4.0);

@@ -9,7 +9,7 @@
 /// triangular inversion `L⁻¹` and the product `L⁻ᵀ L⁻¹` (another 2n³/3 flops), exactly the
 /// work of LAPACK's potrf + potri. The Eigen backend does all three with recursive blocked
 /// algorithms whose flops are in Eigen's matrix-product kernels (TRSM, TRMM and SYRK; on
-/// one core about as fast as OpenBLAS's potrf + potri, see bench/README.md); the LAPACK
+/// one core about as fast as OpenBLAS's potrf + potri, see bench/results/bench_kron.md); the LAPACK
 /// backend (lapack_backend.hpp) calls potrf + potri. `solve` on an n×k block is two
 /// triangular solves (2n²k flops).
 
@@ -103,9 +103,10 @@ void lower_gram_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
   const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
   auto T21 = T.bottomLeftCorner(n2, n1);
   lower_gram_inplace<Matrix>(T.topLeftCorner(n1, n1), work);
-  // The rank-n2 update in slices of depth ≤ 128: Eigen 3.4's symmetric rank-k kernel runs at
-  // a fraction of its speed for a depth of exactly 256 in double with AVX-512 (measured in
-  // bench/README.md); slices avoid that depth and cost nothing otherwise.
+  // The rank-n2 update in slices of depth ≤ 128. Eigen 3.4's symmetric rank-k kernel was
+  // measured (double, AVX-512) to drop to ~10% of its GEMM rate in some cases at depth 256 —
+  // e.g. an Eigen::Ref operand with a scale factor at n ≤ 256, see factor_moments.hpp —
+  // and never to be slower in slices: the slicing is a cheap guard.
   for (Eigen::Index c = 0; c < n2; c += 128) {
     T.topLeftCorner(n1, n1).template selfadjointView<Eigen::Lower>().rankUpdate(
         T21.middleRows(c, std::min<Eigen::Index>(128, n2 - c)).transpose());
@@ -148,23 +149,6 @@ bool cholesky_lower_inplace(Eigen::Ref<Matrix> A) {
   return cholesky_lower_inplace<Matrix>(A.bottomRightCorner(n2, n2));
 }
 
-/// Copies the strictly lower triangle of square M onto the upper one, in 32×32 tiles (a
-/// plain transposed copy strides through memory and costs several times more at n ≥ 1024).
-template <typename Matrix>
-void mirror_lower_to_upper(Matrix& M) {
-  constexpr Eigen::Index tile = 32;
-  const Eigen::Index n = M.rows();
-  for (Eigen::Index j = 0; j < n; j += tile) {
-    const Eigen::Index w = std::min(tile, n - j);
-    auto diagonal_tile = M.block(j, j, w, w);
-    diagonal_tile.template triangularView<Eigen::StrictlyUpper>() = diagonal_tile.transpose();
-    for (Eigen::Index i = j + w; i < n; i += tile) {
-      const Eigen::Index h = std::min(tile, n - i);
-      M.block(j, i, w, h) = M.block(i, j, h, w).transpose();
-    }
-  }
-}
-
 }  // namespace detail
 
 /// Cholesky factorization of `A + λI` for symmetric positive semi-definite A and λ ≥ 0.
@@ -188,7 +172,6 @@ class DampedCholeskyInverse {
   /// compute() pays for first-touching fresh memory pages (the two factor slots alternate).
   explicit DampedCholeskyInverse(Eigen::Index n)
       : factor_{Matrix::Zero(n, n), Matrix::Zero(n, n)},
-        inverse_(Matrix::Zero(n, n)),
         work_(detail::triangular_work_rows(n), detail::triangular_work_cols(n)) {}
 
   /// Factorizes `A + damping·I`. Throws ShapeError / InvalidInputError for a non-square or
@@ -196,14 +179,15 @@ class DampedCholeskyInverse {
   DampedCholeskyInverse& compute(const Eigen::Ref<const Matrix>& A, Scalar damping) {
     constexpr const char* op = "kfopt::DampedCholeskyInverse::compute";
     detail::require_nonnegative(op, "damping", damping);
-    const Status input = detail::check_symmetric_factor(op, "A", A);
+    // Factorize into the spare slot so that a failure keeps the current factorization. The
+    // checks and the copy of A's lower triangle (all the factorization reads) share one pass.
+    Matrix& candidate = factor_[1 - active_];
+    if (A.rows() == A.cols()) candidate.resize(A.rows(), A.rows());
+    const Status input = detail::check_symmetric_factor_tiled(op, "A", A, &candidate);
     if (input != Status::Success) {
       last_status_ = input;
       return *this;
     }
-    // Factorize into the spare slot so that a failure keeps the current factorization.
-    Matrix& candidate = factor_[1 - active_];
-    candidate = A;
     candidate.diagonal().array() += damping;
     if (!factorize(candidate)) {
       last_status_ = Status::NumericalIssue;
@@ -231,6 +215,11 @@ class DampedCholeskyInverse {
       throw ShapeError("kfopt::DampedCholeskyInverse::solve: X is " + detail::shape_of(X) +
                        " but the factor is " + detail::shape_string(L.rows(), L.rows()));
     }
+    if (inverse_valid_) {
+      // The slot holds the explicit inverse now (see inverse()): one product, 2n²k flops.
+      out.noalias() = L * X;
+      return;
+    }
     out = X;
     L.template triangularView<Eigen::Lower>().solveInPlace(out);
     L.template triangularView<Eigen::Lower>().adjoint().solveInPlace(out);
@@ -238,16 +227,17 @@ class DampedCholeskyInverse {
 
   /// The explicit inverse `(A + λI)⁻¹`, formed once per factorization as `L⁻ᵀ L⁻¹` (a
   /// triangular inversion and a triangular Gram product, n³·2/3 flops; LAPACK's potri with
-  /// the LAPACK backend), then mirrored so that it is exactly symmetric.
+  /// the LAPACK backend), then mirrored so that it is exactly symmetric. It is formed in
+  /// place of the factor L (no copy, as potri does): afterwards `solve` multiplies by it.
   const Matrix& inverse() const {
     require_result();
+    Matrix& M = factor_[active_];
     if (!inverse_valid_) {
-      inverse_ = factor_[active_];
-      invert_from_factor(inverse_);
-      detail::mirror_lower_to_upper(inverse_);
+      invert_from_factor(M);
+      detail::mirror_lower_to_upper(M);
       inverse_valid_ = true;
     }
-    return inverse_;
+    return M;
   }
 
  private:
@@ -291,9 +281,10 @@ class DampedCholeskyInverse {
     }
   }
 
-  Matrix factor_[2];  // L (lower triangle) of the active factorization and a spare slot
+  // L (lower triangle) of the active factorization — or, once inverse() was called, the
+  // explicit inverse — and a spare slot.
+  mutable Matrix factor_[2];
   int active_ = 0;
-  mutable Matrix inverse_;
   mutable Matrix work_;  // blocks of the recursive triangular kernels (Eigen backend)
   Scalar damping_ = Scalar(0);
   Status last_status_ = Status::NotComputed;

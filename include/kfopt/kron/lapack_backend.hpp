@@ -13,7 +13,10 @@
 ///   the tridiagonal reduction plus a back-transformation that is mostly matrix products;
 ///   Eigen's `SelfAdjointEigenSolver` uses implicit QR with Givens rotations on the
 ///   eigenvectors instead, about 2× slower at n = 1024 on one core);
-/// - Cholesky inverse: `dpotrf` + `dpotri` / `spotrf` + `spotri` (n³ flops in all).
+/// - Cholesky inverse: `dpotrf` + `dpotri` / `spotrf` + `spotri` (n³ flops in all);
+/// - factor statistics (factor_moments.hpp): the BLAS symmetric rank-k update `dsyrk` /
+///   `ssyrk` (through CBLAS, which OpenBLAS provides) blends a batch's Gram matrix into the
+///   moving average in one call.
 ///
 /// Both backends give the same results to rounding (the test tests/kron/test_lapack_backend.cpp
 /// checks 1e-10 in double), with the same public behaviour: eigenvalues clipped at 0, a
@@ -27,16 +30,20 @@
 ///
 /// Threads: LAPACK's speed comes from the BLAS underneath. OpenBLAS uses all cores unless
 /// told otherwise (`OPENBLAS_NUM_THREADS`, or `openblas_set_num_threads`); kfopt sets no
-/// thread count itself (no global mutable settings). See bench/README.md for measurements.
+/// thread count itself (no global mutable settings). Measurements: bench/results/bench_kron.md.
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <climits>
 #include <string>
 #include <type_traits>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/scalar_traits.hpp"
+#include "kfopt/core/validate.hpp"
 
 #ifdef KFOPT_USE_LAPACK
+#include <cblas.h>
 #include <lapacke.h>
 #endif
 
@@ -65,6 +72,75 @@ inline constexpr DecompositionBackend kDefaultDecompositionBackend =
         : DecompositionBackend::Eigen;
 
 namespace detail {
+
+/// The checks of check_symmetric_factor (core/validate.hpp) in one cache-friendly pass, for
+/// the decompositions' hot path: throws ShapeError unless square; returns
+/// Status::NonFiniteInput for NaN/Inf; throws InvalidInputError unless symmetric to the
+/// scalar type's relative tolerance (`max|m_ij − m_ji| ≤ tol · max(1, max|m_ij|)`, the same
+/// test as is_symmetric); otherwise Status::Success. The generic version compares m with
+/// mᵀ element by element, whose transposed read strides through memory: at n = 2048 that
+/// alone cost about as much as the Cholesky inverse's potri. Here both triangles are read
+/// in matching 32×32 tiles.
+///
+/// With `lower_copy` (an n×n matrix), the lower triangle of m is copied into it in the same
+/// pass (what a Cholesky or eigensolver that reads one triangle needs); its strict upper
+/// triangle is not written. On a non-Success return it may be partly written.
+template <typename Derived, typename Copy = Eigen::Matrix<typename Derived::Scalar,
+                                                          Eigen::Dynamic, Eigen::Dynamic>>
+Status check_symmetric_factor_tiled(const char* operation, const char* operand,
+                                    const Eigen::MatrixBase<Derived>& m,
+                                    Copy* lower_copy = nullptr) {
+  using Scalar = typename Derived::Scalar;
+  require_square(operation, operand, m);
+  constexpr Eigen::Index tile = 32;
+  const Eigen::Index n = m.rows();
+  bool finite = true;
+  Scalar max_abs = Scalar(0), asym = Scalar(0);
+  for (Eigen::Index j = 0; j < n && finite; j += tile) {
+    const Eigen::Index w = std::min(tile, n - j);
+    for (Eigen::Index i = j; i < n; i += tile) {
+      const Eigen::Index h = std::min(tile, n - i);
+      const auto lower = m.block(i, j, h, w);
+      const auto upper = m.block(j, i, w, h);
+      if (!lower.allFinite() || !upper.allFinite()) {
+        finite = false;
+        break;
+      }
+      max_abs = std::max({max_abs, lower.cwiseAbs().maxCoeff(), upper.cwiseAbs().maxCoeff()});
+      asym = std::max(asym, (lower - upper.transpose()).cwiseAbs().maxCoeff());
+      if (lower_copy != nullptr) {
+        if (i == j) {
+          lower_copy->block(i, j, h, w).template triangularView<Eigen::Lower>() = lower;
+        } else {
+          lower_copy->block(i, j, h, w) = lower;
+        }
+      }
+    }
+  }
+  if (!finite) return Status::NonFiniteInput;
+  if (!(asym <= ScalarTraits<Scalar>::symmetry_tolerance() * std::max(Scalar(1), max_abs))) {
+    throw InvalidInputError(std::string(operation) + ": " + operand + " (" + shape_of(m) +
+                            ") must be symmetric");
+  }
+  return Status::Success;
+}
+
+/// Copies the strictly lower triangle of square M onto the upper one, in 32×32 tiles (a
+/// plain transposed copy strides through memory and costs several times more at n ≥ 1024).
+template <typename Matrix>
+void mirror_lower_to_upper(Matrix& M) {
+  constexpr Eigen::Index tile = 32;
+  const Eigen::Index n = M.rows();
+  for (Eigen::Index j = 0; j < n; j += tile) {
+    const Eigen::Index w = std::min(tile, n - j);
+    auto diagonal_tile = M.block(j, j, w, w);
+    diagonal_tile.template triangularView<Eigen::StrictlyUpper>() = diagonal_tile.transpose();
+    for (Eigen::Index i = j + w; i < n; i += tile) {
+      const Eigen::Index h = std::min(tile, n - i);
+      M.block(j, i, w, h) = M.block(i, j, h, w).transpose();
+    }
+  }
+}
 
 /// Compile-time guard: the LAPACK backend needs KFOPT_USE_LAPACK and float or double.
 template <typename Scalar, DecompositionBackend Backend>
@@ -109,6 +185,16 @@ inline lapack_int potri(lapack_int n, double* a, lapack_int lda) {
 }
 inline lapack_int potri(lapack_int n, float* a, lapack_int lda) {
   return LAPACKE_spotri_work(LAPACK_COL_MAJOR, 'L', n, a, lda);
+}
+/// Lower triangle of `C ← alpha·XᵀX + beta·C` for X k×n (column-major, leading dimension
+/// ldx) and C n×n (leading dimension ldc): BLAS syrk, lower, transposed.
+inline void syrk_lower_t(lapack_int n, lapack_int k, double alpha, const double* x,
+                         lapack_int ldx, double beta, double* c, lapack_int ldc) {
+  cblas_dsyrk(CblasColMajor, CblasLower, CblasTrans, n, k, alpha, x, ldx, beta, c, ldc);
+}
+inline void syrk_lower_t(lapack_int n, lapack_int k, float alpha, const float* x,
+                         lapack_int ldx, float beta, float* c, lapack_int ldc) {
+  cblas_ssyrk(CblasColMajor, CblasLower, CblasTrans, n, k, alpha, x, ldx, beta, c, ldc);
 }
 
 /// `syevd` with its workspace: eigenvalues (ascending) and eigenvectors of a symmetric

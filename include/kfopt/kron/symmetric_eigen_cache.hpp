@@ -120,7 +120,7 @@ class SymmetricEigenCache {
   /// `info() == Status::NonFiniteInput` and keeps the previous decomposition.
   SymmetricEigenCache& compute(const Eigen::Ref<const Matrix>& A) {
     constexpr const char* op = "kfopt::SymmetricEigenCache::compute";
-    const Status input = detail::check_symmetric_factor(op, "A", A);
+    const Status input = detail::check_symmetric_factor_tiled(op, "A", A);
     if (input != Status::Success) {
       last_status_ = input;
       return *this;

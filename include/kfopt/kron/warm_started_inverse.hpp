@@ -1,40 +1,46 @@
 #pragma once
 /// \file warm_started_inverse.hpp
-/// \brief `(A + λI)⁻¹` refreshed by a Newton–Schulz iteration started from the previous
-/// refresh's inverse, with an a-posteriori error check and a fall-back to a full Cholesky
-/// inverse.
+/// \brief `(A + λI)⁻¹` for a slowly changing factor, refreshed from the previous refresh's
+/// inverse when that is cheaper than recomputing it, with error checks and an exact
+/// Cholesky fall-back; optional iterative refinement of each preconditioned gradient.
 ///
 /// K-FAC-style factors change slowly: between two inverse refreshes the factor moves by a
 /// few moving-average steps, `A ← βA + (1 − β)S`. With `M = A + λI` and the previous inverse
-/// X₀ (of the old M), the Newton–Schulz (Hotelling–Bodewig) iteration
+/// X₀, the starting residual is `E₀ = I − M X₀`. A refresh does, in order:
 ///
-///     R_k = I − M X_k,      X_{k+1} = X_k + X_k R_k = X_k (2I − M X_k)
+/// 1. **Screen** (O(n²k) with k = 8 probes, memory-bound: about two reads of an n×n matrix):
+///    `E₀Ω` for random Ω gives a rigorous *lower* bound s of ‖E₀‖₂ and a (Hutchinson)
+///    estimate f of ‖E₀‖_F ≥ ‖E₀‖₂. If `2f ≤ tolerance` the previous inverse is kept
+///    (**reused**, no O(n³) work). If s already shows that the iteration cannot succeed
+///    (s above `max_initial_residual`, or `2·s^(2^m)` above the tolerance for the m =
+///    `max_iterations` squarings), go straight to the fall-back.
+/// 2. **Newton–Schulz** (Hotelling–Bodewig) from X₀, `X_{k+1} = X_k (2I − M X_k)`, which
+///    squares the residual each step (`R_{k+1} = R_k²`; Higham, "Functions of Matrices",
+///    2008, §7.3), accepted when the residual estimate (block power iteration times a safety
+///    factor 2) is within the tolerance.
+/// 3. **Fall-back**: the exact inverse by DampedCholeskyInverse (relative error about κ·ε).
 ///
-/// squares the residual at every step (`R_{k+1} = R_k²`), so it converges quadratically
-/// whenever the spectral radius of `R₀ = (M_old − M) M_old⁻¹` is below 1 (Higham, "Functions
-/// of Matrices", 2008, §7.3; Pan & Schreiber 1991). The X_k stay symmetric: `X R = X − X M X`.
+/// **Accuracy (the stated contract).** A reused or iterated result has (estimated) residual
+/// `‖I − M X‖₂ ≤ tolerance`; since `X g − M⁻¹ g = −(I − XM) M⁻¹ g` and `‖I − XM‖₂ = ‖I − MX‖₂`
+/// for symmetric X and M, every preconditioned gradient then has relative error at most
+/// `tolerance`. `apply(G, out, r)` adds r steps of iterative refinement,
+/// `x ← x + X (G − M x)`, each multiplying the error by ‖I − XM‖₂: relative error at most
+/// `tolerance^(1+r)` (1e-4 and r = 1 give 1e-8). The residual estimates are power
+/// iterations (from below) times 2; with a block of 4 vectors and 8 steps an underestimate
+/// by more than 2 has a negligible probability (Kuczyński & Woźniakowski 1992). The screen's
+/// reuse test uses the Frobenius estimate, which is at least the spectral norm up to the
+/// estimator's noise (8 probes), also covered by the factor 2.
 ///
-/// **Accuracy (the stated contract).** A refresh by iteration is accepted only when the
-/// residual `‖I − M X‖₂` is at most `tolerance`; since `X g − M⁻¹ g = −(I − XM) M⁻¹ g` and
-/// `‖I − XM‖₂ = ‖I − MX‖₂` for symmetric X and M, every preconditioned gradient then has
-/// relative error at most `tolerance`: `‖X g − M⁻¹g‖ ≤ tolerance · ‖M⁻¹g‖`. The residual norm
-/// is estimated by a block power iteration (random start, `norm_iterations` steps) times a
-/// safety factor of 2; a power iteration estimates from below, and with a block of 4
-/// vectors and 8 steps an underestimate by more than 2 has a negligible probability
-/// (Kuczyński & Woźniakowski 1992). Otherwise — no previous inverse, an initial residual
-/// above `max_initial_residual`, a residual that m more squarings (the steps left) cannot
-/// bring below the tolerance, or `max_iterations` reached — the inverse is recomputed exactly by
-/// DampedCholeskyInverse (the fall-back; relative error about κ·ε).
-///
-/// **Cost.** One iteration is a GEMM `M X` (2n³ flops) and a product with a symmetric result
-/// `X R` (n³ flops, lower triangle only): 3n³. The residual check is O(n²) per power step.
-/// The fall-back costs a Cholesky factorization and inversion, n³ flops. So on a CPU the
-/// iteration pays off only against an eigendecomposition (syevd, about 4 GEMMs of time at
-/// n = 1024) and only when one or two iterations suffice, i.e. when `‖R₀‖ ≲ 1e-2` for a
-/// 1e-8 tolerance; with a fixed damping a fresh Cholesky inverse is cheaper than even one
-/// iteration. What the iteration offers beyond that is its shape: matrix products only, no
-/// pivoting or sequential sweeps, so it parallelizes and vectorizes as GEMM does (the
-/// measured numbers are in bench/README.md).
+/// **Cost, and when this pays.** Screen: two thin products. One Newton–Schulz step: a GEMM
+/// `M X` (2n³ flops) plus a product with symmetric result (n³). Fall-back: Cholesky
+/// factorization and inversion, n³ flops (≈ LAPACK potrf + potri). So on a CPU an iteration
+/// step costs about three fall-backs: with a fixed λ the refresh pays off when the previous
+/// inverse can be **reused** (a factor that barely moved, or a loose tolerance plus
+/// refinement at apply time), and otherwise the fall-back is the fast exact path (about 5×
+/// faster than an eigendecomposition by syevd at n = 1024). The iteration is kept for
+/// hardware where GEMM is much faster than a Cholesky factorization (many cores, GPUs) and
+/// for damping changes it absorbs in one or two steps; set `max_iterations = 0` to always
+/// recompute. Measurements: bench/results/bench_kron.md (`warm_inverse` rows).
 ///
 /// Decomposition-style: preallocating constructor, `compute(A, λ)` returning `*this`,
 /// `info()`. A non-finite A (`Status::NonFiniteInput`) or a failed fall-back (A + λI not
@@ -42,9 +48,11 @@
 /// The State (the inverse and counters) can be read and restored for checkpoints.
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "kfopt/core/error.hpp"
@@ -62,7 +70,7 @@ struct WarmStartOptions {
   Scalar tolerance = std::is_same<Scalar, float>::value ? Scalar(1e-3) : Scalar(1e-8);
   /// Newton–Schulz steps allowed before falling back to the exact inverse. Each costs about
   /// three times the fall-back's flops, so small values are sensible. Range [0, 20]
-  /// (0 always falls back). Default 3.
+  /// (0 always recomputes exactly: no screen, no reuse). Default 3.
   int max_iterations = 3;
   /// Fall back at once when the starting residual `‖I − M X₀‖₂` (estimated) exceeds this:
   /// the iteration converges only below 1 and needs many steps near it. Range (0, 1).
@@ -87,9 +95,10 @@ struct WarmStartOptions {
   }
 };
 
-/// `(A + λI)⁻¹` for a slowly changing symmetric positive semi-definite factor A, refreshed
-/// by a warm-started Newton–Schulz iteration when that meets the tolerance and by an exact
-/// Cholesky inverse otherwise. See the file comment for the method, accuracy and cost.
+/// `(A + λI)⁻¹` for a slowly changing symmetric positive semi-definite factor A: the previous
+/// inverse reused or refreshed by a warm-started Newton–Schulz iteration when that meets the
+/// tolerance, an exact Cholesky inverse otherwise. See the file comment for the method,
+/// accuracy and cost.
 template <typename Scalar>
 class WarmStartedDampedInverse {
  public:
@@ -103,6 +112,7 @@ class WarmStartedDampedInverse {
     bool has_inverse = false;          ///< whether `inverse` holds a result
     std::int64_t refreshes = 0;        ///< successful computes
     std::int64_t iterated = 0;         ///< ... of which accepted from the iteration
+    std::int64_t reused = 0;           ///< ... of which the previous inverse, still accurate
     std::int64_t fallbacks = 0;        ///< ... of which by the exact Cholesky inverse
     std::int64_t failed = 0;           ///< computes refused (non-finite, not PD)
   };
@@ -124,7 +134,7 @@ class WarmStartedDampedInverse {
   WarmStartedDampedInverse& compute(const Eigen::Ref<const Matrix>& A, Scalar damping) {
     constexpr const char* op = "kfopt::WarmStartedDampedInverse::compute";
     detail::require_nonnegative(op, "damping", damping);
-    const Status input = detail::check_symmetric_factor(op, "A", A);
+    const Status input = detail::check_symmetric_factor_tiled(op, "A", A);
     if (input != Status::Success) {
       ++state_.failed;
       last_status_ = input;
@@ -142,13 +152,23 @@ class WarmStartedDampedInverse {
     last_residual_ = std::numeric_limits<Scalar>::quiet_NaN();
     last_fell_back_ = false;
 
+    shifted_ = A;  // M = A + λI: the iteration's operand and apply()'s refinement factor
+    shifted_.diagonal().array() += damping;
     if (state_.has_inverse && options_.max_iterations > 0 && n > 0) {
-      shifted_ = A;
-      shifted_.diagonal().array() += damping;
-      if (iterate()) {
-        state_.inverse.swap(x_);
-        commit(damping, /*iterated=*/true);
-        return *this;
+      switch (screen()) {
+        case Screen::Reuse:
+          commit(damping, Outcome::Reused);
+          return *this;
+        case Screen::Iterate:
+          x_ = state_.inverse;
+          if (iterate()) {
+            state_.inverse.swap(x_);
+            commit(damping, Outcome::Iterated);
+            return *this;
+          }
+          break;
+        case Screen::FallBack:
+          break;
       }
     }
     // The fall-back: an exact inverse by Cholesky.
@@ -159,7 +179,7 @@ class WarmStartedDampedInverse {
       return *this;
     }
     state_.inverse = chol_.inverse();
-    commit(damping, /*iterated=*/false);
+    commit(damping, Outcome::Exact);
     return *this;
   }
 
@@ -177,6 +197,42 @@ class WarmStartedDampedInverse {
     return state_.inverse;
   }
   Scalar damping() const noexcept { return state_.damping; }
+
+  /// `out = X G` for the cached inverse X and G n×k (a preconditioned gradient), followed by
+  /// `refinement_steps` steps of iterative refinement against the factor of the last refresh
+  /// `M = A + λI`: `out ← out + X (G − M out)`. With `ε = ‖I − X M‖₂` (at most `tolerance`
+  /// for a reused or iterated refresh, about κ·ε_mach for an exact one) the relative error of
+  /// the result is at most `ε^(1 + refinement_steps)` (ε times the error before each step):
+  /// an inverse accepted at tolerance 1e-4 gives 1e-8 gradients after one step. Each step
+  /// costs two n×n×k products (4n²k flops); a refresh with a looser tolerance is more often
+  /// reused (no O(n³) work), so the refinement trades per-application products for refresh
+  /// work. Throws NumericalError without a refresh (or, for refinement_steps > 0, after
+  /// set_state until the next compute(), since the factor is not part of the State),
+  /// ShapeError for a wrong G and InvalidInputError for negative refinement_steps.
+  template <typename DerivedG>
+  void apply(const Eigen::MatrixBase<DerivedG>& G, Matrix& out, int refinement_steps = 0) const {
+    constexpr const char* op = "kfopt::WarmStartedDampedInverse::apply";
+    const Matrix& X = inverse();
+    if (G.rows() != X.rows()) {
+      throw ShapeError(std::string(op) + ": G is " + detail::shape_of(G) +
+                       " but the inverse is " + detail::shape_string(X.rows(), X.rows()));
+    }
+    if (refinement_steps < 0) {
+      throw InvalidInputError(std::string(op) + ": refinement_steps must be >= 0, got " +
+                              std::to_string(refinement_steps));
+    }
+    if (refinement_steps > 0 && !has_factor_) {
+      throw NumericalError(std::string(op) + ": no factor for the refinement (compute() after "
+                           "set_state())");
+    }
+    out.noalias() = X * G;
+    for (int step = 0; step < refinement_steps; ++step) {
+      apply_residual_ = G;
+      apply_residual_.noalias() -= factor_ * out;
+      apply_correction_.noalias() = X * apply_residual_;
+      out += apply_correction_;
+    }
+  }
 
   /// Newton–Schulz updates done by the last compute() (also when it then fell back; an
 /// iteration is abandoned as soon as `max_iterations` squarings of the current residual
@@ -198,35 +254,91 @@ class WarmStartedDampedInverse {
       if (shifted_.rows() != state.inverse.rows()) reserve(state.inverse.rows());
     }
     state_ = state;
+    has_factor_ = false;  // the factor is not part of the State: compute() again to refine
   }
   /// Forgets the inverse and the counters (the next compute() falls back).
-  void reset() { state_ = State{}; }
+  void reset() {
+    state_ = State{};
+    has_factor_ = false;
+  }
 
  private:
   static constexpr Eigen::Index kProbes = 4;  // block size of the power iteration
+  static constexpr Eigen::Index kScreenProbes = 8;  // random vectors of the a-priori screen
   static constexpr Scalar kSafety = Scalar(2);
 
   void reserve(Eigen::Index n) {
     shifted_.resize(n, n);
+    factor_.resize(n, n);
     x_.resize(n, n);
     next_.resize(n, n);
     residual_.resize(n, n);
     probe_.resize(n, kProbes);
     image_.resize(n, kProbes);
     image2_.resize(n, kProbes);
+    screen_probe_.resize(n, kScreenProbes);
+    screen_image_.resize(n, kScreenProbes);
+    screen_residual_.resize(n, kScreenProbes);
   }
 
-  void commit(Scalar damping, bool iterated) {
+  enum class Outcome { Reused, Iterated, Exact };
+  void commit(Scalar damping, Outcome outcome) {
+    factor_.swap(shifted_);  // M of this refresh, for apply()'s refinement
+    has_factor_ = true;
     state_.damping = damping;
     state_.has_inverse = true;
     ++state_.refreshes;
-    ++(iterated ? state_.iterated : state_.fallbacks);
+    ++(outcome == Outcome::Reused     ? state_.reused
+       : outcome == Outcome::Iterated ? state_.iterated
+                                      : state_.fallbacks);
     last_status_ = Status::Success;
   }
 
-  /// Newton–Schulz from the stored inverse; on success the result is in x_.
+  enum class Screen { Reuse, Iterate, FallBack };
+
+  /// The a-priori screen, before any O(n³) work: the starting residual `E₀ = I − M X₀` (X₀
+  /// the previous inverse, in x_; M the new shifted factor) applied to kScreenProbes random
+  /// vectors Ω by two thin products (`E₀Ω = Ω − M (X₀ Ω)`, 4n²p flops, memory-bound: about
+  /// two reads of an n×n matrix). From the images:
+  /// - `s = max_j ‖E₀ω_j‖/‖ω_j‖` is a *lower bound* of ‖E₀‖₂. When even s rules the
+  ///   iteration out (s above max_initial_residual, or `2·s^(2^m)` above the tolerance for the
+  ///   m = max_iterations squarings), fall back at once: the residual GEMM of the iteration
+  ///   (2n³ flops, as much as the whole Cholesky inverse) is saved.
+  /// - `f = (n · mean_j ‖E₀ω_j‖²/‖ω_j‖²)^{1/2}` estimates ‖E₀‖_F ≥ ‖E₀‖₂ (Hutchinson). When
+  ///   `2f` (the same safety factor as the iteration's check) is within the tolerance, the
+  ///   previous inverse is still accurate: reuse it, no O(n³) work at all.
+  /// - Otherwise iterate (with its own explicit residual checks).
+  Screen screen() {
+    const Eigen::Index n = shifted_.rows();
+    random_probe(screen_probe_);
+    screen_image_.noalias() = state_.inverse * screen_probe_;
+    screen_residual_ = screen_probe_;
+    screen_residual_.noalias() -= shifted_ * screen_image_;
+    Scalar lower = Scalar(0);
+    double mean_square = 0.0;
+    for (Eigen::Index j = 0; j < screen_probe_.cols(); ++j) {
+      const Scalar ratio = screen_residual_.col(j).norm() / screen_probe_.col(j).norm();
+      if (!std::isfinite(ratio)) return Screen::FallBack;
+      lower = std::max(lower, ratio);
+      mean_square += static_cast<double>(ratio) * static_cast<double>(ratio);
+    }
+    mean_square /= static_cast<double>(screen_probe_.cols());
+    const Scalar frobenius = static_cast<Scalar>(std::sqrt(static_cast<double>(n) * mean_square));
+    if (kSafety * frobenius <= options_.tolerance) {
+      last_residual_ = kSafety * frobenius;
+      return Screen::Reuse;
+    }
+    last_residual_ = lower;
+    if (lower > options_.max_initial_residual) return Screen::FallBack;
+    const double reach = static_cast<double>(kSafety) *
+                         std::pow(static_cast<double>(lower),
+                                  std::ldexp(1.0, std::max(options_.max_iterations, 0)));
+    if (reach > static_cast<double>(options_.tolerance)) return Screen::FallBack;
+    return Screen::Iterate;
+  }
+
+  /// Newton–Schulz from the previous inverse (already in x_); on success the result is in x_.
   bool iterate() {
-    x_ = state_.inverse;
     for (int k = 0;; ++k) {
       // R = I − M X (one GEMM), and its spectral norm.
       residual_.setIdentity();
@@ -262,14 +374,14 @@ class WarmStartedDampedInverse {
     }
   }
 
-  void random_probe() {
-    // A fixed pseudo-random start (deterministic runs); only its components along the
-    // dominant singular vectors matter, which a generic start has.
+  /// A fixed pseudo-random start (deterministic runs); only its components along the
+  /// dominant singular vectors matter, which a generic start has.
+  static void random_probe(Matrix& probe) {
     std::uint64_t seed = 0x9E3779B97F4A7C15ull;
-    for (Eigen::Index j = 0; j < probe_.cols(); ++j) {
-      for (Eigen::Index i = 0; i < probe_.rows(); ++i) {
+    for (Eigen::Index j = 0; j < probe.cols(); ++j) {
+      for (Eigen::Index i = 0; i < probe.rows(); ++i) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        probe_(i, j) = static_cast<Scalar>(static_cast<double>(seed >> 11) * 0x1.0p-53 - 0.5);
+        probe(i, j) = static_cast<Scalar>(static_cast<double>(seed >> 11) * 0x1.0p-53 - 0.5);
       }
     }
   }
@@ -277,7 +389,7 @@ class WarmStartedDampedInverse {
   /// Largest singular value of an explicit R, by power iteration on RᵀR with a block of
   /// probes (the largest column ratio of the last step).
   Scalar explicit_norm_estimate(const Matrix& R) {
-    random_probe();
+    random_probe(probe_);
     Scalar estimate = Scalar(0);
     for (int step = 0; step < options_.norm_iterations; ++step) {
       normalize_columns(probe_);
@@ -290,7 +402,7 @@ class WarmStartedDampedInverse {
 
   /// The same for `E = I − M X` given only M and X (E v = v − M(Xv), Eᵀ w = w − X(Mw)).
   Scalar implicit_norm_estimate() {
-    random_probe();
+    random_probe(probe_);
     Scalar estimate = Scalar(0);
     for (int step = 0; step < options_.norm_iterations; ++step) {
       normalize_columns(probe_);
@@ -316,6 +428,10 @@ class WarmStartedDampedInverse {
   State state_;
   DampedCholeskyInverse<Scalar> chol_;
   Matrix shifted_, x_, next_, residual_, probe_, image_, image2_;
+  Matrix factor_;  // M = A + λI of the last successful refresh (apply()'s refinement)
+  mutable Matrix apply_residual_, apply_correction_;
+  bool has_factor_ = false;
+  Matrix screen_probe_, screen_image_, screen_residual_;
   Status last_status_ = Status::NotComputed;
   int last_iterations_ = 0;
   bool last_fell_back_ = false;
