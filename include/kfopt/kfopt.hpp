@@ -37,6 +37,7 @@
 #include "kfopt/filter/kronecker_factored_covariance.hpp"
 #include "kfopt/filter/observation_model.hpp"
 #include "kfopt/filter/observation_models.hpp"
+#include "kfopt/filter/observation_step.hpp"
 #include "kfopt/filter/poisson_observation.hpp"
 #include "kfopt/filter/tiled_product.hpp"
 

@@ -283,6 +283,31 @@ inline void require_fisher_call(const char* operation, FisherEstimate kind, bool
                                                             : "the overload without e"));
 }
 
+/// The start of every element-wise filter's data update (filter RMSProp, filter Adam, the
+/// fixed-point form): the call must match the Fisher estimate (InvalidInputError), the
+/// gradients and a supplied `e` must be finite (else NonFiniteInput, counted in `counters`,
+/// nothing written), and for FisherEstimate::Centered the averaging weight advances,
+/// `w_t = β w_{t−1} + 1` (β = `centering_decay`). On Success `sample` is the step's source of e.
+template <typename Scalar>
+Status begin_data_update(const char* operation, FisherEstimate kind, double centering_decay,
+                         const BlockBuffers<Scalar>* supplied, const ParameterSet<Scalar>& params,
+                         StepCounters& counters, double& centering_weight,
+                         FisherSample<Scalar>& sample) {
+  require_fisher_call(operation, kind, supplied != nullptr);
+  const Status guard = guard_gradients(params, counters);
+  if (guard != Status::Success) return guard;
+  if (supplied != nullptr && !check_supplied_fisher(operation, *supplied, params)) {
+    ++counters.skipped_nonfinite;
+    return Status::NonFiniteInput;
+  }
+  sample = FisherSample<Scalar>{kind, Scalar(1)};
+  if (kind == FisherEstimate::Centered) {
+    centering_weight = centering_decay * centering_weight + 1.0;
+    sample.inverse_weight = static_cast<Scalar>(1.0 / centering_weight);
+  }
+  return Status::Success;
+}
+
 /// Throws InvalidInputError unless every entry of every buffer is finite and >= 0 (a
 /// variance restored by set_state).
 template <typename Scalar>

@@ -38,6 +38,7 @@
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
 #include "kfopt/filter/observation_model.hpp"
+#include "kfopt/filter/observation_step.hpp"
 
 namespace kfopt {
 
@@ -135,20 +136,17 @@ class ExtendedKalmanFilter {
   /// Throws InvalidInputError if P_0 is not SPD. Cost O(d³) once.
   ExtendedKalmanFilter(Model model, const Eigen::Ref<const Matrix>& initial_covariance,
                        Hyperparameters hyperparameters = Hyperparameters())
-      : model_(std::move(model)), hp_(std::move(hyperparameters)) {
+      : io_(std::move(model)), hp_(std::move(hyperparameters)) {
     hp_.validate();
     const char* op = "kfopt::ExtendedKalmanFilter";
     detail::require_nonempty(op, "initial_covariance", initial_covariance);
-    d_ = initial_covariance.rows();
-    k_ = model_.output_dim();
-    if (hp_.process_noise.size() > 0 && hp_.process_noise.rows() != d_) {
+    const Eigen::Index d = initial_covariance.rows();
+    if (hp_.process_noise.size() > 0 && hp_.process_noise.rows() != d) {
       detail::require_hyperparameter(false, op, "process_noise", detail::shape_of(hp_.process_noise),
                                      "d×d with d the size of the initial covariance");
     }
+    io_.allocate(d, io_.model().factor_rows());
     reset(initial_covariance);
-    output_.resize(k_);
-    jacobian_.resize(k_, d_);
-    updater_.reserve(d_, model_.factor_rows());
   }
 
   /// One observation, given the model output z = g(θ, u) (k) and its Jacobian J = ∂z/∂θ
@@ -162,25 +160,25 @@ class ExtendedKalmanFilter {
   Status step(Eigen::Ref<Vector> theta, const Eigen::Ref<const Vector>& output,
               const Eigen::Ref<const Matrix>& jacobian, const Target& y) {
     const char* op = "kfopt::ExtendedKalmanFilter::step";
-    detail::require_shape(op, "theta", theta, d_, 1);
-    detail::require_shape(op, "output", output, k_, 1);
-    detail::require_shape(op, "jacobian", jacobian, k_, d_);
+    io_.require_shapes(op, theta, output, jacobian);
     const std::int64_t t = state_.step + 1;
     const Scalar lambda = hp_.fading_at(t);
-    if (!theta.allFinite()) return skip(Status::NonFiniteInput);
-    Status status = linearize_observation(op, model_, output, jacobian, y, FisherKind::Model, lin_);
-    if (status != Status::Success) return skip(status);
+    if (!theta.allFinite()) return detail::record_skipped_step(state_, Status::NonFiniteInput);
+    Status status = io_.linearize(op, output, jacobian, y, FisherKind::Model);
+    if (status != Status::Success) return detail::record_skipped_step(state_, status);
+    const LinearizedObservation<Scalar>& lin = io_.linearization();
     const Scalar inflation = Scalar(1) / (Scalar(1) - lambda);
     if (hp_.process_noise.size() > 0) {
-      status = updater_.update_covariance(state_.covariance, lin_.factor_t, lin_.score, inflation,
-                                          hp_.process_noise);
+      status = io_.updater().update_covariance(state_.covariance, lin.factor_t, lin.score,
+                                               inflation, hp_.process_noise);
     } else {
-      status = updater_.update_covariance(state_.covariance, lin_.factor_t, lin_.score, inflation);
+      status = io_.updater().update_covariance(state_.covariance, lin.factor_t, lin.score,
+                                               inflation);
     }
-    if (status != Status::Success) return skip(status);
-    theta += updater_.increment();
+    if (status != Status::Success) return detail::record_skipped_step(state_, status);
+    theta += io_.updater().increment();
     state_.step = t;
-    state_.last_loss = lin_.loss;
+    state_.last_loss = lin.loss;
     state_.last_status = Status::Success;
     return Status::Success;
   }
@@ -191,16 +189,14 @@ class ExtendedKalmanFilter {
   /// preallocated storage. Same contract as the other overload.
   template <typename Predictor>
   Status step(Eigen::Ref<Vector> theta, Predictor&& predictor, const Target& y) {
-    detail::require_shape("kfopt::ExtendedKalmanFilter::step", "theta", theta, d_, 1);
-    const Eigen::Ref<const Vector> theta_in(theta);
-    predictor(theta_in, Eigen::Ref<Vector>(output_), Eigen::Ref<Matrix>(jacobian_));
-    return step(theta, output_, jacobian_, y);
+    io_.predict("kfopt::ExtendedKalmanFilter::step", theta, std::forward<Predictor>(predictor));
+    return step(theta, io_.output(), io_.jacobian(), y);
   }
 
   /// Restarts from prior covariance P_0 (counters cleared).
   void reset(const Eigen::Ref<const Matrix>& initial_covariance) {
     detail::require_shape("kfopt::ExtendedKalmanFilter::reset", "initial_covariance",
-                          initial_covariance, d_, d_);
+                          initial_covariance, dim(), dim());
     State fresh;
     fresh.covariance = BeliefCovariance<Scalar>::from_covariance(initial_covariance, hp_.form);
     state_ = std::move(fresh);
@@ -209,44 +205,29 @@ class ExtendedKalmanFilter {
   const State& state() const noexcept { return state_; }
   /// Restores a state (checkpoint). Throws ShapeError / InvalidInputError on a mismatch.
   void set_state(State state) {
-    detail::require_shape("kfopt::ExtendedKalmanFilter::set_state", "covariance",
-                          state.covariance.storage(), d_, d_);
-    if (state.covariance.form() != hp_.form) {
-      throw InvalidInputError("kfopt::ExtendedKalmanFilter::set_state: state is in " +
-                              std::string(to_string(state.covariance.form())) +
-                              " form but the filter uses " + to_string(hp_.form));
-    }
+    detail::require_restorable_belief("kfopt::ExtendedKalmanFilter::set_state", "covariance",
+                                      state.covariance, dim(), hp_.form);
     state_ = std::move(state);
   }
 
   const Hyperparameters& hyperparameters() const noexcept { return hp_; }
-  const Model& model() const noexcept { return model_; }
-  Eigen::Index dim() const noexcept { return d_; }
+  const Model& model() const noexcept { return io_.model(); }
+  Eigen::Index dim() const noexcept { return io_.dim(); }
   /// Dense P_{t|t} (O(d³) in the information form).
   Matrix covariance() const { return state_.covariance.covariance(); }
   /// Dense P_{t|t}⁻¹ (O(d³) in the covariance forms).
   Matrix precision() const { return state_.covariance.precision(); }
   /// θ_t − θ_{t−1} of the last accepted step.
-  const Vector& last_increment() const noexcept { return updater_.increment(); }
+  const Vector& last_increment() const noexcept { return io_.updater().increment(); }
   /// The last linearized observation (Gᵀ, score, loss).
-  const LinearizedObservation<Scalar>& last_linearization() const noexcept { return lin_; }
-
- private:
-  Status skip(Status status) {
-    ++state_.skipped;
-    state_.last_status = status;
-    return status;
+  const LinearizedObservation<Scalar>& last_linearization() const noexcept {
+    return io_.linearization();
   }
 
-  Model model_;
+ private:
+  detail::ObservationStep<Model> io_;  // model, linearization, updater, predictor storage
   Hyperparameters hp_;
-  Eigen::Index d_ = 0;
-  Eigen::Index k_ = 0;
   State state_;
-  LinearizedObservation<Scalar> lin_;
-  KalmanUpdater<Scalar> updater_;
-  Vector output_;
-  Matrix jacobian_;
 };
 
 }  // namespace kfopt

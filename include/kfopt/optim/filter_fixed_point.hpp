@@ -130,18 +130,11 @@ class FilterFixedPoint {
  private:
   Status step_impl(const BlockBuffers<Scalar>* e) {
     constexpr const char* op = "kfopt::FilterFixedPoint::step";
-    detail::require_fisher_call(op, options_.fisher, e != nullptr);
-    const Status guard = detail::guard_gradients(*params_, state_.counters);
-    if (guard != Status::Success) return guard;
-    if (e != nullptr && !detail::check_supplied_fisher(op, *e, *params_)) {
-      ++state_.counters.skipped_nonfinite;
-      return Status::NonFiniteInput;
-    }
-    detail::FisherSample<Scalar> sample{options_.fisher, Scalar(1)};
-    if (options_.fisher == FisherEstimate::Centered) {
-      state_.centering_weight = options_.centering_decay * state_.centering_weight + 1.0;
-      sample.inverse_weight = static_cast<Scalar>(1.0 / state_.centering_weight);
-    }
+    detail::FisherSample<Scalar> sample;
+    const Status begun =
+        detail::begin_data_update(op, options_.fisher, options_.centering_decay, e, *params_,
+                                  state_.counters, state_.centering_weight, sample);
+    if (begun != Status::Success) return begun;
     const double t = static_cast<double>(state_.counters.steps + 1);
     const Scalar b1 = static_cast<Scalar>(options_.beta1);
     const Scalar b2 = static_cast<Scalar>(options_.beta2);

@@ -190,18 +190,11 @@ class FilterRmsProp {
  private:
   Status update_impl(const char* op, const BlockBuffers<Scalar>* e) {
     detail::require_filter_phase(op, state_.phase, FilterPhase::Prior);
-    detail::require_fisher_call(op, options_.fisher, e != nullptr);
-    const Status guard = detail::guard_gradients(*params_, state_.counters);
-    if (guard != Status::Success) return guard;
-    if (e != nullptr && !detail::check_supplied_fisher(op, *e, *params_)) {
-      ++state_.counters.skipped_nonfinite;
-      return Status::NonFiniteInput;
-    }
-    detail::FisherSample<Scalar> sample{options_.fisher, Scalar(1)};
-    if (options_.fisher == FisherEstimate::Centered) {
-      state_.centering_weight = options_.centering_decay * state_.centering_weight + 1.0;
-      sample.inverse_weight = static_cast<Scalar>(1.0 / state_.centering_weight);
-    }
+    detail::FisherSample<Scalar> sample;
+    const Status begun =
+        detail::begin_data_update(op, options_.fisher, options_.centering_decay, e, *params_,
+                                  state_.counters, state_.centering_weight, sample);
+    if (begun != Status::Success) return begun;
     for (std::size_t i = 0; i < params_->size(); ++i) {
       auto p = (*params_)[i].value();
       const auto grad = (*params_)[i].gradient();

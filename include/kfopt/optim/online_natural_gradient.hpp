@@ -36,6 +36,7 @@
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
 #include "kfopt/filter/observation_model.hpp"
+#include "kfopt/filter/observation_step.hpp"
 
 namespace kfopt {
 
@@ -145,18 +146,15 @@ class OnlineNaturalGradient {
   /// hyperparameters. Cost O(d³) once.
   OnlineNaturalGradient(Model model, const Eigen::Ref<const Matrix>& initial_fisher,
                         Hyperparameters hyperparameters = Hyperparameters())
-      : model_(std::move(model)), hp_(std::move(hyperparameters)) {
+      : io_(std::move(model)), hp_(std::move(hyperparameters)) {
     hp_.validate();
     detail::require_nonempty("kfopt::OnlineNaturalGradient", "initial_fisher", initial_fisher);
-    d_ = initial_fisher.rows();
-    k_ = model_.output_dim();
+    const Eigen::Index d = initial_fisher.rows();
+    const Eigen::Index r = hp_.fisher == FisherKind::Model ? io_.model().factor_rows() : 1;
+    io_.allocate(d, r);
     reset(initial_fisher);
-    output_.resize(k_);
-    jacobian_.resize(k_, d_);
-    const Eigen::Index r = hp_.fisher == FisherKind::Model ? model_.factor_rows() : 1;
-    updater_.reserve(d_, r);
-    factor_.resize(d_, r);
-    score_.resize(d_);
+    factor_.resize(d, r);
+    score_.resize(d);
   }
 
   /// One observation, given z = g(θ, u) (k) and J = ∂z/∂θ (k×d) at the current θ, and y.
@@ -166,25 +164,24 @@ class OnlineNaturalGradient {
   Status step(Eigen::Ref<Vector> theta, const Eigen::Ref<const Vector>& output,
               const Eigen::Ref<const Matrix>& jacobian, const Target& y) {
     const char* op = "kfopt::OnlineNaturalGradient::step";
-    detail::require_shape(op, "theta", theta, d_, 1);
-    detail::require_shape(op, "output", output, k_, 1);
-    detail::require_shape(op, "jacobian", jacobian, k_, d_);
+    io_.require_shapes(op, theta, output, jacobian);
     const std::int64_t t = state_.step + 1;
     const Scalar eta = hp_.step_size_at(t);
     const Scalar gamma = hp_.fisher_rate_at(t, eta);
-    if (!theta.allFinite()) return skip(Status::NonFiniteInput);
-    Status status = linearize_observation(op, model_, output, jacobian, y, hp_.fisher, lin_);
-    if (status != Status::Success) return skip(status);
+    if (!theta.allFinite()) return detail::record_skipped_step(state_, Status::NonFiniteInput);
+    Status status = io_.linearize(op, output, jacobian, y, hp_.fisher);
+    if (status != Status::Success) return detail::record_skipped_step(state_, status);
     // J_t = (1−γ) J_{t−1} + γ Gᵀ G  ⇔  J_t⁻¹ = ((J_{t−1}⁻¹/(1−γ))⁻¹ + (√γ G)ᵀ(√γ G))⁻¹,
     // and θ_t − θ_{t−1} = J_t⁻¹ (η g) with g = −∇ℓ.
-    factor_ = lin_.factor_t * std::sqrt(gamma);
-    score_ = lin_.score * eta;
-    status = updater_.update_covariance(state_.fisher, factor_, score_,
-                                        Scalar(1) / (Scalar(1) - gamma));
-    if (status != Status::Success) return skip(status);
-    theta += updater_.increment();
+    const LinearizedObservation<Scalar>& lin = io_.linearization();
+    factor_ = lin.factor_t * std::sqrt(gamma);
+    score_ = lin.score * eta;
+    status = io_.updater().update_covariance(state_.fisher, factor_, score_,
+                                             Scalar(1) / (Scalar(1) - gamma));
+    if (status != Status::Success) return detail::record_skipped_step(state_, status);
+    theta += io_.updater().increment();
     state_.step = t;
-    state_.last_loss = lin_.loss;
+    state_.last_loss = lin.loss;
     state_.last_step_size = eta;
     state_.last_fisher_rate = gamma;
     state_.last_status = Status::Success;
@@ -196,16 +193,14 @@ class OnlineNaturalGradient {
   ///            Eigen::Ref<Matrix> jacobian)`.
   template <typename Predictor>
   Status step(Eigen::Ref<Vector> theta, Predictor&& predictor, const Target& y) {
-    detail::require_shape("kfopt::OnlineNaturalGradient::step", "theta", theta, d_, 1);
-    const Eigen::Ref<const Vector> theta_in(theta);
-    predictor(theta_in, Eigen::Ref<Vector>(output_), Eigen::Ref<Matrix>(jacobian_));
-    return step(theta, output_, jacobian_, y);
+    io_.predict("kfopt::OnlineNaturalGradient::step", theta, std::forward<Predictor>(predictor));
+    return step(theta, io_.output(), io_.jacobian(), y);
   }
 
   /// Restarts from the Fisher initialization J_0 (counters cleared).
   void reset(const Eigen::Ref<const Matrix>& initial_fisher) {
     detail::require_shape("kfopt::OnlineNaturalGradient::reset", "initial_fisher",
-                          initial_fisher, d_, d_);
+                          initial_fisher, dim(), dim());
     State fresh;
     fresh.fisher = BeliefCovariance<Scalar>::from_precision(initial_fisher, hp_.form);
     state_ = std::move(fresh);
@@ -214,46 +209,31 @@ class OnlineNaturalGradient {
   const State& state() const noexcept { return state_; }
   /// Restores a state (checkpoint). Throws ShapeError / InvalidInputError on a mismatch.
   void set_state(State state) {
-    detail::require_shape("kfopt::OnlineNaturalGradient::set_state", "fisher",
-                          state.fisher.storage(), d_, d_);
-    if (state.fisher.form() != hp_.form) {
-      throw InvalidInputError("kfopt::OnlineNaturalGradient::set_state: state is in " +
-                              std::string(to_string(state.fisher.form())) +
-                              " form but the optimizer uses " + to_string(hp_.form));
-    }
+    detail::require_restorable_belief("kfopt::OnlineNaturalGradient::set_state", "fisher",
+                                      state.fisher, dim(), hp_.form);
     state_ = std::move(state);
   }
 
   const Hyperparameters& hyperparameters() const noexcept { return hp_; }
-  const Model& model() const noexcept { return model_; }
-  Eigen::Index dim() const noexcept { return d_; }
+  const Model& model() const noexcept { return io_.model(); }
+  Eigen::Index dim() const noexcept { return io_.dim(); }
   /// Dense J_t (O(d³): an inversion in the covariance forms, L Lᵀ in the information form).
   Matrix fisher() const { return state_.fisher.precision(); }
   /// Dense J_t⁻¹ (free in the covariance forms, O(d³) in the information form).
   Matrix inverse_fisher() const { return state_.fisher.covariance(); }
   /// θ_t − θ_{t−1} of the last accepted step.
-  const Vector& last_increment() const noexcept { return updater_.increment(); }
+  const Vector& last_increment() const noexcept { return io_.updater().increment(); }
   /// The last linearized observation (unscaled Gᵀ, score = −∇ℓ, loss).
-  const LinearizedObservation<Scalar>& last_linearization() const noexcept { return lin_; }
-
- private:
-  Status skip(Status status) {
-    ++state_.skipped;
-    state_.last_status = status;
-    return status;
+  const LinearizedObservation<Scalar>& last_linearization() const noexcept {
+    return io_.linearization();
   }
 
-  Model model_;
+ private:
+  detail::ObservationStep<Model> io_;  // model, linearization, updater, predictor storage
   Hyperparameters hp_;
-  Eigen::Index d_ = 0;
-  Eigen::Index k_ = 0;
   State state_;
-  LinearizedObservation<Scalar> lin_;
-  KalmanUpdater<Scalar> updater_;
-  Matrix factor_;
-  Vector score_;
-  Vector output_;
-  Matrix jacobian_;
+  Matrix factor_;  // √γ_t Gᵀ
+  Vector score_;   // η_t (−∇ℓ)
 };
 
 }  // namespace kfopt
