@@ -5,6 +5,7 @@
 
 #include "kfopt/version.hpp"
 
+#include "kfopt/core/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/parameter_block.hpp"
 #include "kfopt/core/scalar_traits.hpp"

@@ -48,6 +48,7 @@
 #include <cmath>
 #include <string>
 
+#include "kfopt/core/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
@@ -368,7 +369,7 @@ class KalmanUpdater {
   Status info_ = Status::NotComputed;
   Vector delta_, pg_, u_, wr_, ew_, g_;
   Matrix U_, W_, S_, K_, M_, MG_, Lw_, whitened_, gt_;
-  Eigen::LLT<Matrix> s_llt_, r_llt_;
+  detail::InitializedLlt<Matrix> s_llt_, r_llt_;
 };
 
 }  // namespace kfopt

@@ -55,6 +55,7 @@
 #include <memory>
 #include <string>
 
+#include "kfopt/core/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
@@ -319,7 +320,7 @@ class KroneckerFactoredCovariance {
   // with fresh ones (and Eigen decompositions that were never computed are never copied,
   // which would read their uninitialized status).
   struct Solvers {
-    Eigen::LLT<Matrix> llt_x, llt_d;
+    detail::InitializedLlt<Matrix> llt_x, llt_d;
     std::unique_ptr<KroneckerKlProjection<Scalar>> projector;  // Exact only
     Solvers() = default;
     Solvers(const Solvers&) {}

@@ -39,6 +39,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kfopt/core/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
@@ -526,8 +527,8 @@ class KroneckerKlProjection {
 
   Options options_;
   Matrix A_, B_;
-  Eigen::LLT<Matrix> llt_x_, llt_y_;
-  Eigen::SelfAdjointEigenSolver<Matrix> eig_x_, eig_y_;
+  detail::InitializedLlt<Matrix> llt_x_, llt_y_;
+  detail::InitializedEigenSolver<Matrix> eig_x_, eig_y_;
   Matrix work_x_, work_y_;
   RealVector lambda_, mu_;  // relative spectra of X2 w.r.t. X1 and Y2 w.r.t. Y1 (ascending)
   Coefficients coefficients_{Scalar(0), Scalar(0), Scalar(0), Scalar(0)};

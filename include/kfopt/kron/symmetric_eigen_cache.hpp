@@ -19,6 +19,7 @@
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
 
+#include "kfopt/core/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
@@ -53,7 +54,7 @@ class SymmetricEigenKernel<Scalar, DecompositionBackend::Eigen> {
   }
 
  private:
-  Eigen::SelfAdjointEigenSolver<Matrix> solver_;
+  InitializedEigenSolver<Matrix> solver_;  // eigen_decompositions.hpp: safe to move
 };
 
 #ifdef KFOPT_USE_LAPACK
