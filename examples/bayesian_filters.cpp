@@ -81,9 +81,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include <kfopt/core/parameter_block.hpp>
 #include <kfopt/optim/adam.hpp>
@@ -96,6 +93,7 @@
 #include "common/batches.hpp"
 #include "common/cli.hpp"
 #include "common/csv_writer.hpp"
+#include "common/example_main.hpp"
 #include "common/filter_diagnostics.hpp"
 #include "common/idx_reader.hpp"
 #include "common/losses.hpp"
@@ -883,10 +881,7 @@ int run(const Settings& settings) {
                    std::to_string(r.skipped)});
     for (const auto& n : r.notes) notes.push_back((several ? "seed " + std::to_string(r.seed) + ", " : std::string()) + n);
   }
-  std::cout << "\n";
-  table.print(std::cout);
-  std::cout << "\n";
-  for (const auto& n : notes) std::cout << "* " << n << "\n";
+  ex::print_summary(std::cout, table, notes);
   std::cout << "* train_loss: mean mini-batch softmax cross-entropy over the last logging window "
                "(measured where each gradient is taken, before the step); test_acc: at the end "
                "(filters: at the posterior mean), on the first "
@@ -900,30 +895,7 @@ int run(const Settings& settings) {
 
 }  // namespace
 
-/// As in fashion_mnist.cpp: keep freed memory in the process so that Eigen's per-product
-/// packing buffers do not cost fresh zeroed pages on every step.
-static void keep_freed_memory() {
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-#endif
-}
-
 int main(int argc, char** argv) {
-  keep_freed_memory();
-  try {
-    bool show_help = false;
-    const Settings settings = parse_command_line(argc, argv, show_help);
-    if (show_help) {
-      std::cout << help_text;
-      return 0;
-    }
-    return run(settings);
-  } catch (const ex::UsageError& e) {
-    std::cerr << "bayesian_filters: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "bayesian_filters: " << e.what() << "\n";
-    return 1;
-  }
+  return ex::example_main("bayesian_filters", help_text, argc, argv, parse_command_line,
+                          [](const Settings& settings) { return run(settings); });
 }

@@ -44,9 +44,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include <kfopt/core/parameter_block.hpp>
 #include <kfopt/optim/adam.hpp>
@@ -54,6 +51,7 @@
 
 #include "common/cli.hpp"
 #include "common/csv_writer.hpp"
+#include "common/example_main.hpp"
 #include "common/progress.hpp"
 #include "common/recurrent.hpp"
 #include "common/summary_table.hpp"
@@ -532,17 +530,6 @@ RunResult run_kfac(const std::string& name, kfopt::RecurrentApproximation approx
   return r;
 }
 
-std::string steps_to_reach(const RunResult& r, double target, long reference_steps) {
-  if (!std::isfinite(target)) return "-";
-  for (const auto& [step, loss] : r.curve) {
-    if (step > 0 && loss <= target) {
-      return std::to_string(step) + " (" +
-             ex::cell("%.2f", static_cast<double>(step) / static_cast<double>(reference_steps)) + "x)";
-    }
-  }
-  return "not reached";
-}
-
 template <typename Scalar>
 int run(const Settings& s) {
   const Corpus corpus = load_corpus(s);
@@ -596,7 +583,7 @@ int run(const Settings& s) {
     table.add_row({r.name, std::to_string(r.seed), std::to_string(r.steps),
                    r.diverged ? "diverged" : ex::cell("%.4f", r.train_bpc), ex::cell("%.4f", r.valid_bpc),
                    ex::cell("%.1f", r.seconds), ex::cell("%.1f", per_step * 1e3),
-                   steps_to_reach(r, adam_final, adam_steps),
+                   ex::steps_to_reach(r.curve, adam_final, adam_steps),
                    std::isfinite(r.mean_clip) ? ex::cell("%.3f", r.mean_clip) : "-"});
     if (!r.diagnostics.empty()) notes.push_back(r.name + ": " + r.diagnostics);
     if (r.failed_steps > 0) {
@@ -605,10 +592,7 @@ int run(const Settings& s) {
                       r.first_failure + ")");
     }
   }
-  std::cout << "\n";
-  table.print(std::cout);
-  std::cout << "\n";
-  for (const auto& note : notes) std::cout << "* " << note << "\n";
+  ex::print_summary(std::cout, table, notes);
   std::cout << "* train bits/char: mean mini-batch loss over the last logging window (before each "
                "update); valid bits/char: "
             << validation.batch << " held-out windows of " << validation.steps
@@ -621,30 +605,10 @@ int run(const Settings& s) {
 
 }  // namespace
 
-/// Keep freed memory in the process (see fashion_mnist.cpp: large Eigen temporaries would
-/// otherwise be returned to the kernel and page-faulted back on every step).
-static void keep_freed_memory() {
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-#endif
-}
-
 int main(int argc, char** argv) {
-  keep_freed_memory();
-  try {
-    bool show_help = false;
-    const Settings settings = parse_command_line(argc, argv, show_help);
-    if (show_help) {
-      std::cout << help_text;
-      return 0;
-    }
-    return settings.use_float ? run<float>(settings) : run<double>(settings);
-  } catch (const ex::UsageError& e) {
-    std::cerr << "char_lm: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "char_lm: " << e.what() << "\n";
-    return 1;
-  }
+  return ex::example_main("char_lm", help_text, argc, argv, parse_command_line,
+                          [](const Settings& settings) {
+                            return settings.use_float ? run<float>(settings)
+                                                      : run<double>(settings);
+                          });
 }

@@ -71,6 +71,7 @@
 #include "common/chaotic_series.hpp"
 #include "common/cli.hpp"
 #include "common/csv_writer.hpp"
+#include "common/example_main.hpp"
 #include "common/idx_reader.hpp"
 #include "common/progress.hpp"
 #include "common/summary_table.hpp"
@@ -925,10 +926,7 @@ int run(const Settings& s) {
     if (task == Task::Drift) run_drift(s, table, notes);
     if (task == Task::Recurrent) run_recurrent(s, table, notes);
   }
-  std::cout << "\n";
-  table.print(std::cout);
-  std::cout << "\n";
-  for (const auto& note : notes) std::cout << "* " << note << "\n";
+  ex::print_summary(std::cout, table, notes);
   std::cout << "* train_loss: mean over the last logging window; seconds: CPU time of the "
                "optimizer's own work (prediction, Jacobian, step), evaluation excluded.\n"
             << "* Plot: examples/plot_results.sh " << s.out_dir << "\n";
@@ -938,19 +936,6 @@ int run(const Settings& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    bool show_help = false;
-    const Settings settings = parse_command_line(argc, argv, show_help);
-    if (show_help) {
-      std::cout << help_text;
-      return 0;
-    }
-    return run(settings);
-  } catch (const ex::UsageError& e) {
-    std::cerr << "ekf_online: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "ekf_online: " << e.what() << "\n";
-    return 1;
-  }
+  return ex::example_main("ekf_online", help_text, argc, argv, parse_command_line,
+                          [](const Settings& settings) { return run(settings); });
 }

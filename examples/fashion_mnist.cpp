@@ -39,10 +39,6 @@
 #include <string>
 #include <vector>
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
-
 #include <kfopt/core/parameter_block.hpp>
 #include <kfopt/optim/adam.hpp>
 #include <kfopt/optim/sgd.hpp>
@@ -57,6 +53,7 @@
 #include "common/batches.hpp"
 #include "common/cli.hpp"
 #include "common/csv_writer.hpp"
+#include "common/example_main.hpp"
 #include "common/idx_reader.hpp"
 #include "common/losses.hpp"
 #include "common/mlp.hpp"
@@ -574,17 +571,6 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
 // Driver
 // ---------------------------------------------------------------------------------------------
 
-std::string format_steps_to_reach(const RunResult& r, double target, long adam_steps) {
-  if (!std::isfinite(target)) return "-";
-  for (const auto& [step, loss] : r.curve) {
-    if (step > 0 && loss <= target) {
-      return std::to_string(step) + " (" +
-             ex::cell("%.2f", static_cast<double>(step) / static_cast<double>(adam_steps)) + "x)";
-    }
-  }
-  return "not reached";
-}
-
 template <typename Scalar>
 void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& settings,
               ex::SummaryTable& table, std::vector<std::string>& notes) {
@@ -632,7 +618,7 @@ void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& s
                    ex::cell("%.5g", r.test_metric), ex::cell("%.1f", r.seconds),
                    ex::cell("%.1f", per_step * 1e3),
                    ex::cell("%.2f", per_step > 0 ? 1.0 / per_step : 0.0),
-                   format_steps_to_reach(r, adam_final, adam_steps)});
+                   ex::steps_to_reach(r.curve, adam_final, adam_steps)});
     if (r.failed_steps > 0) {
       notes.push_back(std::string(task_name(task)) + "/" + r.optimizer + ": " +
                       std::to_string(r.failed_steps) + " steps did not succeed (skipped)");
@@ -660,10 +646,7 @@ int run(const Settings& settings) {
   std::vector<std::string> notes;
   for (Task task : settings.tasks) run_task<Scalar>(task, data, settings, table, notes);
 
-  std::cout << "\n";
-  table.print(std::cout);
-  std::cout << "\n";
-  for (const auto& note : notes) std::cout << "* " << note << "\n";
+  ex::print_summary(std::cout, table, notes);
   std::cout << "* train_loss: mean mini-batch loss over the last logging window; seconds: "
                "training time without evaluation.\n"
             << "* Plot: examples/plot_results.sh " << settings.out_dir << "\n";
@@ -672,32 +655,10 @@ int run(const Settings& settings) {
 
 }  // namespace
 
-/// Eigen's matrix products allocate their packing buffers on every call, and glibc hands
-/// blocks above 128 KiB straight back to the kernel on free: every step would pay for fresh
-/// zeroed pages (a third of the run time went to page faults in our measurements). Keeping
-/// freed memory in the process removes that cost; it changes nothing else.
-static void keep_freed_memory() {
-#if defined(__GLIBC__)
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-#endif
-}
-
 int main(int argc, char** argv) {
-  keep_freed_memory();
-  try {
-    bool show_help = false;
-    const Settings settings = parse_command_line(argc, argv, show_help);
-    if (show_help) {
-      std::cout << help_text;
-      return 0;
-    }
-    return settings.use_float ? run<float>(settings) : run<double>(settings);
-  } catch (const ex::UsageError& e) {
-    std::cerr << "fashion_mnist: " << e.what() << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "fashion_mnist: " << e.what() << "\n";
-    return 1;
-  }
+  return ex::example_main("fashion_mnist", help_text, argc, argv, parse_command_line,
+                          [](const Settings& settings) {
+                            return settings.use_float ? run<float>(settings)
+                                                      : run<double>(settings);
+                          });
 }

@@ -4,6 +4,7 @@
 /// stdout at the end of a run.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <ostream>
 #include <string>
@@ -57,6 +58,31 @@ inline std::string cell(const char* format, double value) {
   char buffer[64];
   std::snprintf(buffer, sizeof buffer, format, value);
   return buffer;
+}
+
+/// The summary every example prints on stdout: a blank line, the table, a blank line, then
+/// each note as a "* " bullet.
+inline void print_summary(std::ostream& out, const SummaryTable& table,
+                          const std::vector<std::string>& notes) {
+  out << "\n";
+  table.print(out);
+  out << "\n";
+  for (const auto& note : notes) out << "* " << note << "\n";
+}
+
+/// The "steps to reach" cell: the first logged step (> 0) of `curve` (step, loss) whose loss
+/// is at most `target`, with its ratio to `reference_steps`, e.g. "120 (0.30x)"; "-" when the
+/// target is not finite, "not reached" when no logged loss gets there.
+inline std::string steps_to_reach(const std::vector<std::pair<long, double>>& curve,
+                                  double target, long reference_steps) {
+  if (!std::isfinite(target)) return "-";
+  for (const auto& [step, loss] : curve) {
+    if (step > 0 && loss <= target) {
+      return std::to_string(step) + " (" +
+             cell("%.2f", static_cast<double>(step) / static_cast<double>(reference_steps)) + "x)";
+    }
+  }
+  return "not reached";
 }
 
 }  // namespace kfopt_examples
