@@ -8,8 +8,9 @@
 /// few moving-average steps, `A ← βA + (1 − β)S`. With `M = A + λI` and the previous inverse
 /// X₀, the starting residual is `E₀ = I − M X₀`. A refresh does, in order:
 ///
-/// 1. **Screen** (O(n²k) with k = 8 probes, memory-bound: about two reads of an n×n matrix):
-///    `E₀Ω` for random Ω gives a rigorous *lower* bound s of ‖E₀‖₂ and a (Hutchinson)
+/// 1. **Screen** (O(n²k) with k = 8 probes, memory-bound: two to four reads of an n×n
+///    matrix): `E₀Ω` for random Ω (and one power step, `E₀ᵀE₀Ω`, unless the previous inverse
+///    is reused) gives a rigorous *lower* bound s of ‖E₀‖₂ and a (Hutchinson)
 ///    estimate f of ‖E₀‖_F ≥ ‖E₀‖₂. If `2f ≤ tolerance` the previous inverse is kept
 ///    (**reused**, no O(n³) work). If s already shows that the iteration cannot succeed
 ///    (s above `max_initial_residual`, or `2·s^(2^m)` above the tolerance for the m =
@@ -297,10 +298,11 @@ class WarmStartedDampedInverse {
   enum class Screen { Reuse, Iterate, FallBack };
 
   /// The a-priori screen, before any O(n³) work: the starting residual `E₀ = I − M X₀` (X₀
-  /// the previous inverse, in x_; M the new shifted factor) applied to kScreenProbes random
+  /// the previous inverse; M the new shifted factor) applied to kScreenProbes random
   /// vectors Ω by two thin products (`E₀Ω = Ω − M (X₀ Ω)`, 4n²p flops, memory-bound: about
-  /// two reads of an n×n matrix). From the images:
-  /// - `s = max_j ‖E₀ω_j‖/‖ω_j‖` is a *lower bound* of ‖E₀‖₂. When even s rules the
+  /// two reads of an n×n matrix), and one power step (two more). From the images:
+  /// - `s = max_j ‖E₀ω_j‖/‖ω_j‖` (and the same after the power step) is a *lower bound* of
+  ///   ‖E₀‖₂. When even s rules the
   ///   iteration out (s above max_initial_residual, or `2·s^(2^m)` above the tolerance for the
   ///   m = max_iterations squarings), fall back at once: the residual GEMM of the iteration
   ///   (2n³ flops, as much as the whole Cholesky inverse) is saved.
@@ -327,6 +329,19 @@ class WarmStartedDampedInverse {
     if (kSafety * frobenius <= options_.tolerance) {
       last_residual_ = kSafety * frobenius;
       return Screen::Reuse;
+    }
+    // One power step sharpens the lower bound (two more thin products): with R = E₀Ω,
+    // ‖E₀ᵀ r_j‖/‖r_j‖ ≤ ‖E₀‖₂ too, and E₀ᵀ r = r − X₀ (M r) for symmetric M and X₀.
+    screen_image_.noalias() = shifted_ * screen_residual_;
+    screen_probe_ = screen_residual_;
+    screen_probe_.noalias() -= state_.inverse * screen_image_;
+    for (Eigen::Index j = 0; j < screen_probe_.cols(); ++j) {
+      const Scalar denominator = screen_residual_.col(j).norm();
+      if (denominator > Scalar(0)) {
+        const Scalar ratio = screen_probe_.col(j).norm() / denominator;
+        if (!std::isfinite(ratio)) return Screen::FallBack;
+        lower = std::max(lower, ratio);
+      }
     }
     last_residual_ = lower;
     if (lower > options_.max_initial_residual) return Screen::FallBack;
