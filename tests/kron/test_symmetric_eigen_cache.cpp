@@ -5,6 +5,8 @@
 #include <kfopt/kron/damped_cholesky_inverse.hpp>
 #include <kfopt/kron/symmetric_eigen_cache.hpp>
 
+#include <cmath>
+
 #include "support/dense_reference.hpp"
 
 using namespace kfopt_test;
@@ -190,4 +192,32 @@ TEST_CASE("damped Cholesky: an indefinite matrix reports and keeps the previous 
   CHECK_THROWS_AS(chol.compute(Mat<double>::Ones(2, 3), 0.1), kfopt::ShapeError);
   Mat<double> out;
   CHECK_THROWS_AS(chol.solve(Mat<double>::Ones(3, 1), out), kfopt::ShapeError);
+}
+
+TEST_CASE("invertibility is relative to the spectrum: a uniformly tiny factor is invertible",
+          "[kron][eigen][damping]") {
+  // The G factor of a saturated gate can be ~1e-8 everywhere. (cA)⁻¹ = A⁻¹/c, so scaling a
+  // well-conditioned factor down must not make it "singular", in float as in double.
+  Rng rng(31);
+  Vec<double> d(4);
+  d << 1e-9, 2e-9, 5e-9, 1e-8;
+  const Mat<double> A = with_spectrum(rng, d);
+  kfopt::SymmetricEigenCache<float> cache;
+  cache.compute(A.cast<float>());
+  REQUIRE(cache.info() == kfopt::Status::Success);
+  CHECK(cache.is_invertible(0.0f));
+  const Mat<double> dense = (A + 1e-9 * Mat<double>::Identity(4, 4)).inverse();
+  const Mat<double> got = cache.damped_inverse(1e-9f).cast<double>();
+  CHECK((got - dense).norm() <= 1e-3 * dense.norm());
+
+  // Still singular: a zero eigenvalue, or a condition number beyond 1/singular_tolerance.
+  Vec<double> z(3);
+  z << 0.0, 1e-9, 2e-9;
+  kfopt::SymmetricEigenCache<float> singular;
+  singular.compute(with_spectrum(rng, z).cast<float>());
+  CHECK_FALSE(singular.is_invertible(0.0f));
+  CHECK(kfopt::ScalarTraits<float>::invertible_spectrum(1e-9f, 1e-8f));
+  CHECK_FALSE(kfopt::ScalarTraits<float>::invertible_spectrum(1e-12f, 1e-3f));
+  CHECK_FALSE(kfopt::ScalarTraits<double>::invertible_spectrum(0.0, 1.0));
+  CHECK_FALSE(kfopt::ScalarTraits<double>::invertible_spectrum(std::nan(""), 1.0));
 }

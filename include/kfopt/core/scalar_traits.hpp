@@ -26,6 +26,15 @@ struct ScalarTraits {
   /// Relative size under which an eigenvalue counts as zero when deciding singularity:
   /// `lambda_i <= singular_tolerance() * lambda_max`.
   static Scalar singular_tolerance() noexcept { return Scalar(64) * epsilon(); }
+
+  /// Whether a symmetric matrix whose eigenvalues lie in [lo, hi] is safely invertible: lo
+  /// is a positive normal number and `lo > singular_tolerance() * hi` (condition number
+  /// below 1/singular_tolerance). Scale-invariant, so a factor whose entries are all tiny
+  /// (the G factor of a saturated gate, ~1e-8, with a small damping shift) is not refused in
+  /// float; NaN gives false.
+  static bool invertible_spectrum(Scalar lo, Scalar hi) noexcept {
+    return lo > std::numeric_limits<Scalar>::min() && lo > singular_tolerance() * hi;
+  }
 };
 
 }  // namespace kfopt

@@ -229,8 +229,7 @@ class KroneckerBlock {
                   Matrix& result) {
       if (f.cols() == 1 && f.rows() != 1) {
         const auto shifted = (f.col(0).array().cwiseMax(Scalar(0)) + shift).eval();
-        if (!(shifted.minCoeff() > ScalarTraits<Scalar>::singular_tolerance() *
-                                       std::max(Scalar(1), shifted.maxCoeff()))) {
+        if (!ScalarTraits<Scalar>::invertible_spectrum(shifted.minCoeff(), shifted.maxCoeff())) {
           return Status::NumericalIssue;
         }
         result = shifted.inverse().matrix();

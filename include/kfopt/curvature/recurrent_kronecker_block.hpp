@@ -655,7 +655,7 @@ class RecurrentKroneckerBlock {
         const Vector& lg = g0_spectrum_.eigenvalues();
         const Scalar lo = mean * la.minCoeff() * lg.minCoeff() + d.lambda;
         const Scalar hi = mean * la.maxCoeff() * lg.maxCoeff() + d.lambda;
-        if (!(lo > ScalarTraits<Scalar>::singular_tolerance() * std::max(Scalar(1), hi))) {
+        if (!ScalarTraits<Scalar>::invertible_spectrum(lo, hi)) {
           return Status::NumericalIssue;
         }
         p.left = g0_spectrum_.eigenvectors();

@@ -80,12 +80,11 @@ class FactorSpectrum {
   /// Sum of the clipped eigenvalues (the factor's trace, for π-damping).
   Scalar trace() const { return eigenvalues().sum(); }
   /// Whether `F + shift·I` is safely invertible (smallest eigenvalue above
-  /// singular_tolerance · max(1, largest)).
+  /// singular_tolerance · largest; ScalarTraits::invertible_spectrum).
   bool is_invertible(Scalar shift) const {
     const Vector& ev = eigenvalues();
     if (ev.size() == 0) return true;
-    return ev.minCoeff() + shift >
-           ScalarTraits<Scalar>::singular_tolerance() * std::max(Scalar(1), ev.maxCoeff() + shift);
+    return ScalarTraits<Scalar>::invertible_spectrum(ev.minCoeff() + shift, ev.maxCoeff() + shift);
   }
   /// The dense cache behind a dense factor (for inverse roots and other matrix functions).
   const SymmetricEigenCache<Scalar>& eigen_cache() const { return cache_; }

@@ -39,7 +39,7 @@ template <typename Scalar, typename DerivedZ>
   // Smallest eigenvalue of A ⊗ G + λI is min(λ_A)·min(λ_G) + λ (all clipped ≥ 0).
   const Scalar lo = la.minCoeff() * lg.minCoeff() + lambda;
   const Scalar hi = la.maxCoeff() * lg.maxCoeff() + lambda;
-  if (!(lo > ScalarTraits<Scalar>::singular_tolerance() * std::max(Scalar(1), hi))) {
+  if (!ScalarTraits<Scalar>::invertible_spectrum(lo, hi)) {
     return Status::NumericalIssue;
   }
   spectral_kronecker_apply(

@@ -170,13 +170,14 @@ class SymmetricEigenCache {
   Scalar trace() const { return eigenvalues().sum(); }
 
   /// Whether `A + damping·I` is safely invertible: its smallest eigenvalue exceeds
-  /// `singular_tolerance · max(1, λ_max + damping)`.
+  /// `singular_tolerance · (λ_max + damping)` (ScalarTraits::invertible_spectrum: relative,
+  /// so a uniformly tiny factor is still invertible).
   bool is_invertible(Scalar damping = Scalar(0)) const {
     const Vector& ev = eigenvalues();
     if (ev.size() == 0) return true;
     const Scalar lo = ev(0) + damping;
     const Scalar hi = ev(ev.size() - 1) + damping;
-    return lo > ScalarTraits<Scalar>::singular_tolerance() * std::max(Scalar(1), hi);
+    return ScalarTraits<Scalar>::invertible_spectrum(lo, hi);
   }
 
   /// `U diag(f(λ_i)) Uᵀ` as a dense matrix. `f` maps a (clipped) eigenvalue to a scalar.
