@@ -360,6 +360,28 @@ std::string write_csv(const Settings& s, const char* task, const std::vector<Run
   return csv.path();
 }
 
+/// One summary row per run of a task (values in `value_format`, seconds and µs/step in
+/// `seconds_format`), and a note for a run with skipped steps.
+void add_summary_rows(const char* task, const std::vector<Run>& runs, const char* value_format,
+                      const char* seconds_format, ex::SummaryTable& table,
+                      std::vector<std::string>& notes) {
+  for (const auto& r : runs) {
+    const double late_mean = r.metric_rows_late > 0
+                                 ? r.metric_sum_late / static_cast<double>(r.metric_rows_late)
+                                 : kNaN;
+    table.add_row({task, r.name, std::to_string(r.steps),
+                   r.diverged ? "diverged" : ex::cell(value_format, r.train_loss),
+                   ex::cell(value_format, r.metric), ex::cell(value_format, late_mean),
+                   ex::cell(seconds_format, r.seconds),
+                   ex::cell(seconds_format,
+                            1e6 * r.seconds / static_cast<double>(std::max(1L, r.steps)))});
+    if (r.failed > 0) {
+      notes.push_back(std::string(task) + "/" + r.name + ": " + std::to_string(r.failed) +
+                      " steps did not succeed (skipped)");
+    }
+  }
+}
+
 /// Steps at which a row is written: 0 (initial), then about `points` evenly spaced.
 bool is_log_step(long t, long total, long points) {
   const long every = std::max(1L, total / points);
@@ -576,20 +598,7 @@ void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std:
   progress.finish();
   const std::string csv_path = write_csv(s, "regression", runs);
 
-  for (const auto& r : runs) {
-    table.add_row({"regression", r.name, std::to_string(r.steps),
-                   r.diverged ? "diverged" : ex::cell("%.4f", r.train_loss),
-                   ex::cell("%.4f", r.metric),
-                   ex::cell("%.4f", r.metric_rows_late > 0
-                                        ? r.metric_sum_late / static_cast<double>(r.metric_rows_late)
-                                        : kNaN),
-                   ex::cell("%.1f", r.seconds),
-                   ex::cell("%.1f", 1e6 * r.seconds / static_cast<double>(std::max(1L, r.steps)))});
-    if (r.failed > 0) {
-      notes.push_back("regression/" + r.name + ": " + std::to_string(r.failed) +
-                      " steps did not succeed (skipped)");
-    }
-  }
+  add_summary_rows("regression", runs, "%.4f", "%.1f", table, notes);
   char line[400];
   std::snprintf(line, sizeof line,
                 "regression: EKF vs natural gradient, largest |theta_EKF - theta_NG| over the %ld "
@@ -690,20 +699,7 @@ void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::stri
   }
   progress.finish();
   const std::string csv_path = write_csv(s, "drift", runs);
-  for (const auto& r : runs) {
-    table.add_row({"drift", r.name, std::to_string(r.steps),
-                   r.diverged ? "diverged" : ex::cell("%.4f", r.train_loss),
-                   ex::cell("%.4f", r.metric),
-                   ex::cell("%.4f", r.metric_rows_late > 0
-                                        ? r.metric_sum_late / static_cast<double>(r.metric_rows_late)
-                                        : kNaN),
-                   ex::cell("%.2f", r.seconds),
-                   ex::cell("%.2f", 1e6 * r.seconds / static_cast<double>(std::max(1L, r.steps)))});
-    if (r.failed > 0) {
-      notes.push_back("drift/" + r.name + ": " + std::to_string(r.failed) +
-                      " steps did not succeed (skipped)");
-    }
-  }
+  add_summary_rows("drift", runs, "%.4f", "%.2f", table, notes);
   char line[400];
   std::snprintf(line, sizeof line,
                 "drift: EKF with fading lambda = %g vs its natural-gradient twin (eta_t -> lambda): "
@@ -884,20 +880,7 @@ void run_recurrent(const Settings& s, ex::SummaryTable& table, std::vector<std::
   }
   progress.finish();
   const std::string csv_path = write_csv(s, "recurrent", runs);
-  for (const auto& r : runs) {
-    table.add_row({"recurrent", r.name, std::to_string(r.steps),
-                   r.diverged ? "diverged" : ex::cell("%.3g", r.train_loss),
-                   ex::cell("%.3g", r.metric),
-                   ex::cell("%.3g", r.metric_rows_late > 0
-                                        ? r.metric_sum_late / static_cast<double>(r.metric_rows_late)
-                                        : kNaN),
-                   ex::cell("%.1f", r.seconds),
-                   ex::cell("%.1f", 1e6 * r.seconds / static_cast<double>(std::max(1L, r.steps)))});
-    if (r.failed > 0) {
-      notes.push_back("recurrent/" + r.name + ": " + std::to_string(r.failed) +
-                      " steps did not succeed (skipped)");
-    }
-  }
+  add_summary_rows("recurrent", runs, "%.3g", "%.1f", table, notes);
   char line[500];
   std::snprintf(line, sizeof line,
                 "recurrent: joint EKF vs natural gradient on RTRL, largest |theta_joint - "
