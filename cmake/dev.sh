@@ -60,11 +60,12 @@ case "${1:-test}" in
     configure_build_test "$build_root/release" -DCMAKE_BUILD_TYPE=Release -DKFOPT_WERROR=ON
     ;;
   sanitize)
+    # -O0: half the compile time of -O1 under the sanitizers; the tests still run in minutes.
     ensure_packages "${packages[@]}"
     ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}" \
     UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
     configure_build_test "$build_root/sanitize" -DCMAKE_BUILD_TYPE=Debug \
-      -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
+      -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g1" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
       -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF
     ;;
   bench)
