@@ -302,4 +302,17 @@ TEST_CASE("warm start: options are validated and the state round-trips",
   CHECK(restored.damping() == 0.2);
   REQUIRE(restored.compute(A, 0.2).info() == kfopt::Status::Success);
   CHECK_FALSE(restored.last_fell_back());
+
+  // A corrupted checkpoint is refused and the restored state is kept.
+  const Mat<double> kept = restored.inverse();
+  auto corrupted = saved;
+  corrupted.inverse(3, 4) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(restored.set_state(corrupted), kfopt::InvalidInputError);
+  corrupted = saved;
+  corrupted.damping = -0.1;
+  CHECK_THROWS_AS(restored.set_state(corrupted), kfopt::InvalidInputError);
+  corrupted.damping = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_AS(restored.set_state(corrupted), kfopt::InvalidInputError);
+  CHECK(restored.inverse() == kept);
+  CHECK(restored.damping() == 0.2);
 }

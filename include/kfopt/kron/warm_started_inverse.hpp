@@ -209,7 +209,9 @@ class WarmStartedDampedInverse {
   /// reused (no O(n³) work), so the refinement trades per-application products for refresh
   /// work. Throws NumericalError without a refresh (or, for refinement_steps > 0, after
   /// set_state until the next compute(), since the factor is not part of the State),
-  /// ShapeError for a wrong G and InvalidInputError for negative refinement_steps.
+  /// ShapeError for a wrong G and InvalidInputError for negative refinement_steps. G is not
+  /// scanned for NaN/Inf (this is a per-step product; nothing is stored): a non-finite G
+  /// gives a non-finite `out`, as for every other `apply` of the algebra layer.
   template <typename DerivedG>
   void apply(const Eigen::MatrixBase<DerivedG>& G, Matrix& out, int refinement_steps = 0) const {
     constexpr const char* op = "kfopt::WarmStartedDampedInverse::apply";
@@ -247,11 +249,21 @@ class WarmStartedDampedInverse {
 
   const Options& options() const noexcept { return options_; }
   const State& state() const noexcept { return state_; }
-  /// Replaces the state (e.g. from a checkpoint). Throws ShapeError for a non-square inverse.
+  /// Replaces the state (e.g. from a checkpoint). Throws ShapeError for a non-square inverse
+  /// and InvalidInputError for a non-finite inverse or a negative or non-finite damping; the
+  /// current state is then kept.
   void set_state(const State& state) {
+    constexpr const char* op = "kfopt::WarmStartedDampedInverse::set_state";
     if (state.has_inverse) {
-      detail::require_square("kfopt::WarmStartedDampedInverse::set_state", "inverse",
-                             state.inverse);
+      detail::require_square(op, "inverse", state.inverse);
+      if (!state.inverse.allFinite()) {
+        throw InvalidInputError(std::string(op) + ": the inverse (" +
+                                detail::shape_of(state.inverse) + ") has NaN or Inf entries");
+      }
+      if (!(std::isfinite(state.damping) && state.damping >= Scalar(0))) {
+        throw InvalidInputError(std::string(op) + ": damping must be finite and >= 0, got " +
+                                std::to_string(static_cast<double>(state.damping)));
+      }
       if (shifted_.rows() != state.inverse.rows()) reserve(state.inverse.rows());
     }
     state_ = state;
