@@ -340,3 +340,99 @@ TEST_CASE("temporal moments: [[A0, A1], [A1ᵀ, A0]] ⪰ 0 and ρ(A1 A0⁻¹) �
     if (rho_true >= 0.98) CHECK(worst_radius > 0.5);  // the test does probe near the bound
   }
 }
+
+// The dense average is kept as s·R between reads (a lazy decay scale s, only R's lower
+// triangle current) and folds s back into R when s < 1/4096. Over hundreds of batches — many
+// renormalizations for β = 0.5 and 0.9, a few for 0.99 — the value read at any time must
+// equal the direct brute-force blend, in float as in double, with and without the
+// homogeneous border, whether or not value() was read in between (a read finishes the lazy
+// blend in place; later batches continue from there).
+TEMPLATE_TEST_CASE("factor average: lazy decay scale over many batches equals the direct blend",
+                   "[kron][moments]", float, double) {
+  Rng rng(37);
+  const Eigen::Index n = 9;
+  for (double decay : {0.5, 0.9, 0.99}) {
+    for (bool homogeneous : {false, true}) {
+      kfopt::FactorAverageOptions opt;
+      opt.decay = decay;
+      opt.homogeneous = homogeneous;
+      kfopt::FactorMovingAverage<TestType, kfopt::DecompositionBackend::Eigen> eigen_avg(n, opt);
+      kfopt::FactorMovingAverage<TestType> default_avg(n, opt);  // LAPACK when enabled
+      const Eigen::Index d = eigen_avg.dimension();
+      Mat<double> average = Mat<double>::Zero(d, d);
+      double weight = 0.0;
+      for (int t = 1; t <= 600; ++t) {
+        // Scales that change from batch to batch, so that the old average matters.
+        const TestType scale = static_cast<TestType>(0.5 + (t % 7) * 0.25);
+        const Mat<TestType> X = scale * rng.normal<TestType>(4 + t % 5, n);
+        REQUIRE(eigen_avg.update(X) == kfopt::Status::Success);
+        REQUIRE(default_avg.update(X) == kfopt::Status::Success);
+        weight = decay * weight + 1.0;
+        average += (reference_moment(X, homogeneous) - average) / weight;
+        // Read at irregular times: several pending batches between most reads.
+        if (t % 37 == 0 || t % 101 == 0 || t > 590) {
+          for (const Mat<TestType>* value : {&eigen_avg.value(), &default_avg.value()}) {
+            CHECK(relative_error(Mat<double>(value->template cast<double>()), average) <=
+                  Tolerance<TestType>::dense);
+            CHECK((*value - value->transpose()).norm() == 0);
+          }
+        }
+      }
+      CHECK(eigen_avg.state().updates == 600);
+      CHECK(std::abs(eigen_avg.state().weight.weight - weight) <= 1e-12 * weight);
+    }
+  }
+}
+
+// A NaN or Inf batch that arrives while the lazy blend is pending (no value() read since the
+// last batches) leaves the average exactly as a twin that never saw it, and is counted.
+TEMPLATE_TEST_CASE("factor average: a non-finite batch between lazy updates changes nothing",
+                   "[kron][moments][errors]", float, double) {
+  Rng rng(38);
+  for (bool homogeneous : {false, true}) {
+    kfopt::FactorAverageOptions opt;
+    opt.decay = 0.5;  // renormalizations within the run
+    opt.homogeneous = homogeneous;
+    kfopt::FactorMovingAverage<TestType> avg(70, opt), twin(70, opt);
+    for (int t = 0; t < 40; ++t) {
+      const Mat<TestType> X = rng.normal<TestType>(16, 70);
+      REQUIRE(avg.update(X) == kfopt::Status::Success);
+      REQUIRE(twin.update(X) == kfopt::Status::Success);
+      if (t % 13 == 5) {
+        Mat<TestType> bad = rng.normal<TestType>(16, 70);
+        bad(t % 16, (3 * t) % 70) = (t % 2 == 0) ? std::numeric_limits<TestType>::quiet_NaN()
+                                                 : std::numeric_limits<TestType>::infinity();
+        CHECK(avg.update(bad) == kfopt::Status::NonFiniteInput);
+      }
+    }
+    CHECK(avg.value() == twin.value());
+    CHECK(avg.value().allFinite());
+    CHECK(avg.state().updates == twin.state().updates);
+    CHECK(avg.state().skipped_nonfinite == 3);
+    CHECK(avg.state().weight.weight == twin.state().weight.weight);
+  }
+}
+
+// state() and set_state() see the finished average: a checkpoint taken while updates are
+// pending restores into an object that continues exactly like the original; reset() forgets
+// the pending scale too.
+TEST_CASE("factor average: checkpoint and reset with a pending lazy blend", "[kron][moments]") {
+  Rng rng(39);
+  kfopt::FactorMovingAverage<double> avg(12, {0.7, true});
+  for (int t = 0; t < 30; ++t) avg.update(rng.normal<double>(8, 12));
+  const auto checkpoint = avg.state();  // finishes the pending blend
+  CHECK((checkpoint.average - checkpoint.average.transpose()).norm() == 0);
+  kfopt::FactorMovingAverage<double> restored(12, {0.7, true});
+  restored.set_state(checkpoint);
+  for (int t = 0; t < 25; ++t) {
+    const Mat<double> X = rng.normal<double>(8, 12);
+    avg.update(X);
+    restored.update(X);
+  }
+  CHECK(restored.value() == avg.value());
+  avg.reset();
+  CHECK(avg.value() == Mat<double>::Zero(13, 13));
+  const Mat<double> X = rng.normal<double>(8, 12);
+  avg.update(X);
+  CHECK(relative_error(avg.value(), reference_moment(X, true)) <= 1e-12);
+}

@@ -115,6 +115,67 @@ TEST_CASE("Eigen backend: triangular kernels leave the strictly upper triangle a
         Mat<double>(L.triangularView<Eigen::StrictlyUpper>()));
 }
 
+// The one-pass symmetry scan behind every decomposition's input check: the same decisions
+// as core's check_symmetric_factor (finite / symmetric to tolerance) at sizes that are and
+// are not multiples of its tile, a NaN or Inf anywhere found, huge finite entries not
+// mistaken for Inf, and the fused copy of the lower triangle exact (strict upper untouched).
+TEMPLATE_TEST_CASE("symmetry scan: decisions of check_symmetric_factor, fused lower copy",
+                   "[kron][backend][validate]", float, double) {
+  using kfopt::detail::check_symmetric_factor_tiled;
+  Rng rng(79);
+  const char* op = "test";
+  for (Eigen::Index n : {1, 2, 15, 16, 17, 33, 50, 130}) {
+    const Mat<TestType> A = rng.spd<TestType>(n, 0.5, 4.0);
+    Mat<TestType> copy = Mat<TestType>::Constant(n, n, TestType(7));
+    REQUIRE(check_symmetric_factor_tiled(op, "A", A, &copy) == kfopt::Status::Success);
+    CHECK(Mat<TestType>(copy.template triangularView<Eigen::Lower>()) ==
+          Mat<TestType>(A.template triangularView<Eigen::Lower>()));
+    CHECK(Mat<TestType>(copy.template triangularView<Eigen::StrictlyUpper>()) ==
+          Mat<TestType>(Mat<TestType>::Constant(n, n, TestType(7))
+                            .template triangularView<Eigen::StrictlyUpper>()));
+    // Non-finite entries in the lower, upper, diagonal and last positions.
+    const Eigen::Index positions[4][2] = {{n - 1, 0}, {0, n - 1}, {n / 2, n / 2}, {n - 1, n - 1}};
+    for (const auto& pos : positions) {
+      for (TestType bad : {std::numeric_limits<TestType>::quiet_NaN(),
+                           std::numeric_limits<TestType>::infinity(),
+                           -std::numeric_limits<TestType>::infinity()}) {
+        Mat<TestType> B = A;
+        B(pos[0], pos[1]) = bad;
+        CHECK(check_symmetric_factor_tiled(op, "A", B) == kfopt::Status::NonFiniteInput);
+        CHECK(kfopt::detail::check_symmetric_factor(op, "A", B) ==
+              kfopt::Status::NonFiniteInput);
+      }
+    }
+    // Huge but finite entries are finite (and symmetric).
+    const Mat<TestType> H = A * (std::numeric_limits<TestType>::max() / TestType(8));
+    CHECK(check_symmetric_factor_tiled(op, "A", H) == kfopt::Status::Success);
+    if (n < 2) continue;
+    // Asymmetry: just inside the tolerance passes, well outside throws — as the core check.
+    const TestType tol = kfopt::ScalarTraits<TestType>::symmetry_tolerance() *
+                         std::max(TestType(1), A.cwiseAbs().maxCoeff());
+    Mat<TestType> near = A;
+    near(n - 1, 0) += TestType(0.5) * tol;
+    CHECK(check_symmetric_factor_tiled(op, "A", near) == kfopt::Status::Success);
+    CHECK(kfopt::detail::check_symmetric_factor(op, "A", near) == kfopt::Status::Success);
+    Mat<TestType> far = A;
+    far(n - 1, 0) += TestType(4) * tol;
+    CHECK_THROWS_AS(check_symmetric_factor_tiled(op, "A", far), kfopt::InvalidInputError);
+    CHECK_THROWS_AS(kfopt::detail::check_symmetric_factor(op, "A", far),
+                    kfopt::InvalidInputError);
+  }
+  CHECK_THROWS_AS(check_symmetric_factor_tiled(op, "A", Mat<TestType>::Ones(2, 3)),
+                  kfopt::ShapeError);
+  // The mirror copies the strict lower triangle onto the upper one, nothing else.
+  for (Eigen::Index n : {1, 15, 17, 50}) {
+    const Mat<TestType> R = rng.normal<TestType>(n, n);
+    Mat<TestType> M = R;
+    kfopt::detail::mirror_lower_to_upper(M);
+    const Mat<TestType> lower = R.template triangularView<Eigen::Lower>();
+    const Mat<TestType> strict = R.template triangularView<Eigen::StrictlyLower>();
+    CHECK(M == Mat<TestType>(lower + strict.transpose()));
+  }
+}
+
 #ifdef KFOPT_USE_LAPACK
 
 TEST_CASE("LAPACK backend is the default for float and double when enabled",
@@ -266,6 +327,61 @@ TEST_CASE("LAPACK backend in float agrees with Eigen to float precision",
   REQUIRE(ce.compute(A, 0.1f).info() == kfopt::Status::Success);
   REQUIRE(cl.compute(A, 0.1f).info() == kfopt::Status::Success);
   CHECK(max_relative(cl.inverse(), ce.inverse()) <= 1e-4);
+}
+
+// The LAPACK backend inverts the potrf factor with kfopt's recursive kernels whose products
+// are BLAS trmm / syrk: checked on a block inside a larger matrix (leading dimension ≠ n) at
+// sizes that recurse, against explicit products, with everything outside the block's lower
+// triangle untouched.
+TEMPLATE_TEST_CASE("LAPACK backend: BLAS-product triangular kernels on a strided block",
+                   "[kron][cholesky][backend][lapack]", float, double) {
+  Rng rng(80);
+  for (Eigen::Index n : {49, 130, 300}) {
+    Mat<TestType> L = rng.normal<TestType>(n, n) / std::sqrt(static_cast<TestType>(n));
+    L.diagonal().array() = L.diagonal().array().abs() + TestType(1);
+    const Mat<TestType> big0 = rng.normal<TestType>(n + 5, n + 3);
+    Mat<TestType> big = big0;
+    big.block(3, 2, n, n) = L;
+    Mat<TestType> work;
+    kfopt::detail::invert_lower_triangular_inplace<Mat<TestType>, DecompositionBackend::Lapack>(
+        big.block(3, 2, n, n), work);
+    const Mat<TestType> lower_L = L.template triangularView<Eigen::Lower>();
+    const Mat<TestType> X = big.block(3, 2, n, n).template triangularView<Eigen::Lower>();
+    const double tol = sizeof(TestType) == 4 ? 1e-4 : 1e-12;
+    CHECK(max_relative(Mat<TestType>(X * lower_L), Mat<TestType>::Identity(n, n)) <= tol);
+    kfopt::detail::lower_gram_inplace<Mat<TestType>, DecompositionBackend::Lapack>(
+        big.block(3, 2, n, n), work);
+    const Mat<TestType> expected = X.transpose() * X;
+    CHECK(max_relative(Mat<TestType>(big.block(3, 2, n, n).template triangularView<Eigen::Lower>()),
+                       Mat<TestType>(expected.template triangularView<Eigen::Lower>())) <= tol);
+    // Untouched: the strict upper triangle of the block and everything around it.
+    Mat<TestType> outside = big, outside0 = big0;
+    outside0.block(3, 2, n, n) = L;
+    outside.block(3, 2, n, n).template triangularView<Eigen::Lower>().setZero();
+    outside0.block(3, 2, n, n).template triangularView<Eigen::Lower>().setZero();
+    CHECK(outside == outside0);
+  }
+}
+
+// The LAPACK backend's explicit inverse against a dense inverse in float and double at sizes
+// that straddle the kernels' leaf and recurse unevenly, solve() before and after it.
+TEMPLATE_TEST_CASE("LAPACK backend: Cholesky inverse equals the dense inverse",
+                   "[kron][cholesky][backend][lapack]", float, double) {
+  Rng rng(81);
+  for (int n : {1, 47, 48, 49, 97, 260, 300}) {
+    const Mat<TestType> A = rng.spd<TestType>(n, 0.5, 4.0);
+    kfopt::DampedCholeskyInverse<TestType, DecompositionBackend::Lapack> chol(n);
+    REQUIRE(chol.compute(A, TestType(0.1)).info() == kfopt::Status::Success);
+    const Mat<TestType> expected = dense_inverse<TestType>(damped(A, 0.1));
+    const Mat<TestType> X = rng.normal<TestType>(n, 2);
+    Mat<TestType> out;
+    chol.solve(X, out);
+    CHECK(relative_error(out, Mat<TestType>(expected * X)) <= 10 * Tolerance<TestType>::dense);
+    CHECK(relative_error(chol.inverse(), expected) <= 10 * Tolerance<TestType>::dense);
+    CHECK((chol.inverse() - chol.inverse().transpose()).norm() == 0);
+    chol.solve(X, out);
+    CHECK(relative_error(out, Mat<TestType>(expected * X)) <= 10 * Tolerance<TestType>::dense);
+  }
 }
 
 #endif  // KFOPT_USE_LAPACK

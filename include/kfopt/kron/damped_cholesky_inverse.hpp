@@ -10,8 +10,9 @@
 /// work of LAPACK's potrf + potri. The Eigen backend does all three with recursive blocked
 /// algorithms whose flops are in Eigen's matrix-product kernels (TRSM, TRMM and SYRK; on
 /// one core about as fast as OpenBLAS's potrf + potri, see bench/results/bench_kron.md); the LAPACK
-/// backend (lapack_backend.hpp) calls potrf + potri. `solve` on an n×k block is two
-/// triangular solves (2n²k flops).
+/// backend (lapack_backend.hpp) calls potrf and then runs the same recursive inversion with
+/// BLAS trmm / syrk doing the products (faster than potri on one core, same flops). `solve`
+/// on an n×k block is two triangular solves (2n²k flops).
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
@@ -47,9 +48,13 @@ inline Eigen::Index triangular_work_cols(Eigen::Index n) {
 /// Recursive: with `L = [L11 0; L21 L22]`, `L⁻¹ = [X11 0; −X22 L21 X11  X22]`, the off-diagonal
 /// block by two triangular matrix products. n³/3 flops. `work` is resized as needed (to
 /// triangular_work_rows(n) × triangular_work_cols(n); no allocation once that large).
-template <typename Matrix>
+///
+/// With `Backend == Lapack` (KFOPT_USE_LAPACK, float or double) the two products are BLAS
+/// `trmm` calls in place (no workspace); the recursion and the leaves are the same.
+template <typename Matrix, DecompositionBackend Backend = DecompositionBackend::Eigen>
 void invert_lower_triangular_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
   using Scalar = typename Matrix::Scalar;
+  require_backend_supported<Scalar, Backend>();
   const Eigen::Index n = T.rows();
   if (n <= kTriangularBlock) {
     // Column by column from the right: x_jj = 1/l_jj, x(j+1:, j) = −x_jj X22 l(j+1:, j),
@@ -69,8 +74,20 @@ void invert_lower_triangular_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
     return;
   }
   const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
-  invert_lower_triangular_inplace<Matrix>(T.topLeftCorner(n1, n1), work);
-  invert_lower_triangular_inplace<Matrix>(T.bottomRightCorner(n2, n2), work);
+  invert_lower_triangular_inplace<Matrix, Backend>(T.topLeftCorner(n1, n1), work);
+  invert_lower_triangular_inplace<Matrix, Backend>(T.bottomRightCorner(n2, n2), work);
+  if constexpr (Backend == DecompositionBackend::Lapack) {
+#ifdef KFOPT_USE_LAPACK
+    // T21 ← −T21 X11, then T21 ← X22 T21.
+    const auto ld = static_cast<lapack_int>(T.outerStride());
+    const auto m2 = static_cast<lapack_int>(n2), m1 = static_cast<lapack_int>(n1);
+    Scalar* t = T.data();
+    lapack::trmm_lower(CblasRight, CblasNoTrans, m2, m1, Scalar(-1), t, ld, t + n1, ld);
+    lapack::trmm_lower(CblasLeft, CblasNoTrans, m2, m1, Scalar(1), t + n1 + n1 * T.outerStride(),
+                       ld, t + n1, ld);
+#endif
+    return;
+  }
   if (work.rows() < n2 || work.cols() < n1) {
     work.resize(std::max(work.rows(), n2), std::max(work.cols(), n1));
   }
@@ -84,8 +101,11 @@ void invert_lower_triangular_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
 /// lauum, lower). With `X = [X11 0; X21 X22]`:
 /// `XᵀX = [X11ᵀX11 + X21ᵀX21, ·; X22ᵀX21, X22ᵀX22]` — a recursion, a symmetric rank-k update
 /// and a triangular matrix product. n³/3 flops. The strictly upper triangle is not touched.
-template <typename Matrix>
+/// With `Backend == Lapack` the update and the product are BLAS `syrk` and `trmm` (in place).
+template <typename Matrix, DecompositionBackend Backend = DecompositionBackend::Eigen>
 void lower_gram_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
+  using Scalar = typename Matrix::Scalar;
+  require_backend_supported<Scalar, Backend>();
   const Eigen::Index n = T.rows();
   if (n <= kTriangularBlock) {
     // Row by row from the top: row i of XᵀX (columns ≤ i) reads rows ≥ i of X only.
@@ -102,7 +122,20 @@ void lower_gram_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
   }
   const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
   auto T21 = T.bottomLeftCorner(n2, n1);
-  lower_gram_inplace<Matrix>(T.topLeftCorner(n1, n1), work);
+  lower_gram_inplace<Matrix, Backend>(T.topLeftCorner(n1, n1), work);
+  if constexpr (Backend == DecompositionBackend::Lapack) {
+#ifdef KFOPT_USE_LAPACK
+    // T11 += T21ᵀ T21, then T21 ← X22ᵀ T21.
+    const auto ld = static_cast<lapack_int>(T.outerStride());
+    const auto m2 = static_cast<lapack_int>(n2), m1 = static_cast<lapack_int>(n1);
+    Scalar* t = T.data();
+    lapack::syrk_lower_t(m1, m2, Scalar(1), t + n1, ld, Scalar(1), t, ld);
+    lapack::trmm_lower(CblasLeft, CblasTrans, m2, m1, Scalar(1), t + n1 + n1 * T.outerStride(),
+                       ld, t + n1, ld);
+#endif
+    lower_gram_inplace<Matrix, Backend>(T.bottomRightCorner(n2, n2), work);
+    return;
+  }
   // The rank-n2 update in slices of depth ≤ 128. Eigen 3.4's symmetric rank-k kernel was
   // measured (double, AVX-512) to drop to ~10% of its GEMM rate in some cases at depth 256 —
   // e.g. an Eigen::Ref operand with a scale factor at n ≤ 256, see factor_moments.hpp —
@@ -118,7 +151,7 @@ void lower_gram_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
   W.noalias() =
       T.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>().transpose() * T21;
   T21 = W;
-  lower_gram_inplace<Matrix>(T.bottomRightCorner(n2, n2), work);
+  lower_gram_inplace<Matrix, Backend>(T.bottomRightCorner(n2, n2), work);
 }
 
 /// In place on the lower triangle of A: `A = L Lᵀ` (LAPACK's potrf, lower), recursively:
@@ -127,6 +160,8 @@ void lower_gram_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
 /// 128. n³/3 flops, nearly all in Eigen's matrix-product kernels (about 25% faster than
 /// Eigen's own blocked LLT at n ≥ 512). Returns false if A is not numerically positive
 /// definite (A is then partly overwritten). The strictly upper triangle is not touched.
+/// (The LAPACK backend factorizes with potrf instead: a BLAS-product version of this
+/// recursion measured no faster than OpenBLAS's potrf.)
 template <typename Matrix>
 bool cholesky_lower_inplace(Eigen::Ref<Matrix> A) {
   using Scalar = typename Matrix::Scalar;
@@ -157,8 +192,9 @@ bool cholesky_lower_inplace(Eigen::Ref<Matrix> A) {
 /// non-finite A leaves the previous factorization in place and is reported by `info()`.
 ///
 /// `Backend` chooses who factorizes and inverts (lapack_backend.hpp): Eigen (LLT and kfopt's
-/// blocked triangular kernels) by default, LAPACK's potrf + potri when the build defines
-/// KFOPT_USE_LAPACK. Results agree to rounding.
+/// blocked triangular kernels) by default; with KFOPT_USE_LAPACK, LAPACK's potrf and kfopt's
+/// recursive inversion on BLAS trmm / syrk (in place of potri, which it outruns). Results
+/// agree to rounding.
 template <typename Scalar, DecompositionBackend Backend = kDefaultDecompositionBackend<Scalar>>
 class DampedCholeskyInverse {
   static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
@@ -264,20 +300,21 @@ class DampedCholeskyInverse {
     return M.diagonal().allFinite() && (M.diagonal().array() > Scalar(0)).all();
   }
 
-  /// `lower(M) ← lower((L Lᵀ)⁻¹)` from the factor L in the lower triangle of M.
+  /// `lower(M) ← lower((L Lᵀ)⁻¹)` from the factor L in the lower triangle of M: the
+  /// triangular inverse and its Gram product (LAPACK's trtri + lauum, i.e. potri) by kfopt's
+  /// recursive kernels, whose products are Eigen's (Eigen backend) or BLAS trmm / syrk
+  /// (LAPACK backend; no workspace then).
   void invert_from_factor(Matrix& M) const {
     if (M.rows() == 0) return;
     if constexpr (Backend == DecompositionBackend::Eigen) {
       detail::invert_lower_triangular_inplace<Matrix>(M, work_);
       detail::lower_gram_inplace<Matrix>(M, work_);
     } else {
-#ifdef KFOPT_USE_LAPACK
-      const auto n = detail::lapack::to_int(M.rows(), "kfopt::DampedCholeskyInverse");
-      if (detail::lapack::potri(n, M.data(), n) != 0) {
-        // Cannot happen after a successful potrf (its diagonal is positive); kept as a guard.
-        throw NumericalError("kfopt::DampedCholeskyInverse::inverse: LAPACK potri failed");
-      }
-#endif
+      // Not potri: kfopt's recursive trtri + lauum with OpenBLAS's trmm and syrk doing the
+      // products measured 1.2–1.9× faster than OpenBLAS's potri on one core (n = 256…2048,
+      // bench/results/bench_kron.md), with the same flops and the same result to rounding.
+      detail::invert_lower_triangular_inplace<Matrix, Backend>(M, work_);
+      detail::lower_gram_inplace<Matrix, Backend>(M, work_);
     }
   }
 
@@ -285,7 +322,7 @@ class DampedCholeskyInverse {
   // explicit inverse — and a spare slot.
   mutable Matrix factor_[2];
   int active_ = 0;
-  mutable Matrix work_;  // blocks of the recursive triangular kernels (Eigen backend)
+  mutable Matrix work_;  // blocks of the recursive triangular kernels (Eigen products)
   Scalar damping_ = Scalar(0);
   Status last_status_ = Status::NotComputed;
   mutable bool inverse_valid_ = false;

@@ -100,15 +100,16 @@ void accumulate_lower_gram(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eige
   accumulate_lower_gram<Scalar>(C.bottomRightCorner(n2, n2), X, first + n1, scale);
 }
 
-/// `C ← keep·C + scale·XᵀX` for symmetric n×n C and X k×n (rows are samples), both triangles
-/// written (the result is exactly symmetric). With `keep = 0` the old C is not read (it may
-/// hold anything). The moving-average blend and the batch's Gram matrix in one pass, with
-/// no n×n temporary: the Eigen path scales the lower triangle and accumulates into it
+/// Lower triangle of `C ← keep·C + scale·XᵀX` for n×n C and X k×n (rows are samples); the
+/// strict upper triangle is left stale (it may be overwritten by a leaf's square product).
+/// With `keep = 0` the old C is not read (it may hold anything); `keep = 1` costs no pass
+/// over C. The moving-average blend and the batch's Gram matrix with no n×n temporary: the
+/// Eigen path scales the lower triangle (unless keep is 0 or 1) and accumulates into it
 /// (accumulate_lower_gram); with the LAPACK backend (KFOPT_USE_LAPACK, float or double) it
-/// is one BLAS `syrk` call. Then the lower triangle is mirrored. n²k flops.
+/// is one BLAS `syrk` call. n²k flops.
 template <typename Scalar, DecompositionBackend Backend, typename DerivedX>
-void blend_gram(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C,
-                const Eigen::MatrixBase<DerivedX>& X, Scalar keep, Scalar scale) {
+void blend_gram_lower(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C,
+                      const Eigen::MatrixBase<DerivedX>& X, Scalar keep, Scalar scale) {
   const Eigen::Index n = C.rows();
   if (n == 0) return;
   if (keep == Scalar(0)) C.setZero();  // the old value is not read, not even as 0·NaN
@@ -132,6 +133,14 @@ void blend_gram(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>
     }
     accumulate_lower_gram<Scalar>(C, X, 0, scale);
   }
+}
+
+/// `C ← keep·C + scale·XᵀX` with both triangles written (blend_gram_lower, then the lower
+/// triangle mirrored: the result is exactly symmetric).
+template <typename Scalar, DecompositionBackend Backend, typename DerivedX>
+void blend_gram(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C,
+                const Eigen::MatrixBase<DerivedX>& X, Scalar keep, Scalar scale) {
+  blend_gram_lower<Scalar, Backend>(C, X, keep, scale);
   mirror_lower_to_upper(C);
 }
 
@@ -158,6 +167,17 @@ void blend_into(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& average,
 /// `Backend` (lapack_backend.hpp) chooses who computes the batch's Gram matrix: Eigen's
 /// matrix-product kernel (detail::accumulate_lower_gram) by default, BLAS `syrk` when the
 /// build defines KFOPT_USE_LAPACK. Results agree to rounding.
+///
+/// Lazy scale (dense factors): between reads the average is held as `s · R` with only R's
+/// lower triangle current. A batch then changes s by the decay (`s ← keep·s`, a scalar) and
+/// adds its Gram matrix to R scaled by `1/s` — one rank-k update, no pass over the n×n
+/// average for the decay and none for the upper triangle. When s falls below 1/4096 (every
+/// ⌈ln 4096 / ln(1/β)⌉ batches or so, e.g. 163 for β = 0.95) the update folds s back into R
+/// (the decay pass of the direct formula, once). `value()` and `state()` finish the pending
+/// work in place the first time they are called after an update (R scaled by s, lower
+/// triangle mirrored: O(n²), once per batch at most), and return the same numbers (to
+/// rounding) as the direct blend `Â ← (1 − 1/w)·Â + (1/w)·M`. Because of that in-place
+/// finish, do not call value() or state() concurrently on one object.
 template <typename Scalar, DecompositionBackend Backend = kDefaultDecompositionBackend<Scalar>>
 class FactorMovingAverage {
   static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
@@ -202,11 +222,11 @@ class FactorMovingAverage {
       ++state_.skipped_nonfinite;
       return Status::NonFiniteInput;
     }
-    const Scalar inv_k = Scalar(1) / static_cast<Scalar>(batch.rows());
+    const double inv_k_d = 1.0 / static_cast<double>(batch.rows());
+    const Scalar inv_k = static_cast<Scalar>(inv_k_d);
     const Eigen::Index n = input_dim_;
     // average ← keep·average + blend·(batch estimate), keep = 1 − blend.
     const double blend = state_.weight.next_blend(options_.decay);
-    const Scalar w = static_cast<Scalar>(blend), keep = static_cast<Scalar>(1.0 - blend);
     if (options_.diagonal) {
       // E[a_i²] per coordinate: one pass, no n×n work.
       batch_.resize(dimension(), 1);
@@ -214,16 +234,30 @@ class FactorMovingAverage {
       if (options_.homogeneous) batch_(n, 0) = Scalar(1);
       detail::blend_into(state_.average, batch_, blend);
     } else {
-      // The Gram block blended in place (no n×n temporary, see detail::blend_gram).
-      detail::blend_gram<Scalar, Backend>(state_.average.topLeftCorner(n, n), batch, keep, w * inv_k);
+      // The average is s·R (lower triangles; see the class comment). New value:
+      // keep·s·R + (blend/k)·XᵀX = s'·(R + (blend/(k s'))·XᵀX) with s' = keep·s, or, once s'
+      // is small (or on the first batch, keep = 0), R ← s'·R + (blend/k)·XᵀX with s = 1.
+      const double next_scale = scale_ * (1.0 - blend);
+      const bool lazy = next_scale >= kMinScale;
+      const Scalar keep_raw = lazy ? Scalar(1) : static_cast<Scalar>(next_scale);
+      const double weight_raw = lazy ? blend / next_scale : blend;
+      const Scalar gram_scale = static_cast<Scalar>(weight_raw * inv_k_d);
+      // The Gram block blended in place (no n×n temporary, see detail::blend_gram_lower).
+      detail::blend_gram_lower<Scalar, Backend>(state_.average.topLeftCorner(n, n), batch,
+                                                keep_raw, gram_scale);
       if (options_.homogeneous) {
-        // [[XᵀX, Xᵀ1], [1ᵀX, k]] / k without copying X: the border is the batch mean.
+        // [[XᵀX, Xᵀ1], [1ᵀX, k]] / k without copying X: the border (row n, in the lower
+        // triangle) is the batch mean.
         auto border = state_.average.row(n).head(n);
-        if (keep == Scalar(0)) border.setZero();
-        border = keep * border + (w * inv_k) * batch.colwise().sum();
-        state_.average.col(n).head(n) = border.transpose();
-        state_.average(n, n) = keep == Scalar(0) ? w : keep * state_.average(n, n) + w;
+        if (keep_raw == Scalar(0)) border.setZero();
+        if (keep_raw != Scalar(1)) border *= keep_raw;
+        border += gram_scale * batch.colwise().sum();
+        Scalar& corner = state_.average(n, n);
+        corner = (keep_raw == Scalar(0) ? Scalar(0) : keep_raw * corner) +
+                 static_cast<Scalar>(weight_raw);
       }
+      scale_ = lazy ? next_scale : 1.0;
+      pending_ = true;
     }
     state_.weight.advance(options_.decay);
     ++state_.updates;
@@ -231,32 +265,65 @@ class FactorMovingAverage {
   }
 
   /// The bias-corrected average (zero before the first batch): dimension × dimension, or
-  /// dimension × 1 (the diagonal) with `options.diagonal`.
-  const Matrix& value() const noexcept { return state_.average; }
+  /// dimension × 1 (the diagonal) with `options.diagonal`. The first call after an update
+  /// finishes the lazy blend in place (O(n²), see the class comment).
+  const Matrix& value() const noexcept {
+    finish();
+    return state_.average;
+  }
   bool diagonal() const noexcept { return options_.diagonal; }
   /// The factor's size: input_dim, plus 1 when homogeneous.
   Eigen::Index dimension() const noexcept { return input_dim_ + (options_.homogeneous ? 1 : 0); }
   Eigen::Index input_dimension() const noexcept { return input_dim_; }
   const FactorAverageOptions& options() const noexcept { return options_; }
-  const State& state() const noexcept { return state_; }
+  /// Everything the average carries (the average finished as in value()).
+  const State& state() const noexcept {
+    finish();
+    return state_;
+  }
   /// Replaces the state (e.g. from a checkpoint); shapes must match.
   void set_state(const State& state) {
     detail::require_shape("kfopt::FactorMovingAverage::set_state", "average", state.average,
                           dimension(), value_cols());
     state_ = state;
+    scale_ = 1.0;
+    pending_ = false;
   }
   /// Forgets every batch.
   void reset() {
     state_ = State{};
     state_.average.setZero(dimension(), value_cols());
+    scale_ = 1.0;
+    pending_ = false;
   }
 
  private:
+  /// Below this lazy scale s the next update folds s back into the average (keeps R within
+  /// a factor 4096 of the average: no overflow, and the float rounding of the direct blend).
+  static constexpr double kMinScale = 1.0 / 4096.0;
+
   Eigen::Index value_cols() const noexcept { return options_.diagonal ? 1 : dimension(); }
+
+  /// `average ← s · lower(R)`, mirrored; s = 1. Once per update at most.
+  void finish() const noexcept {
+    if (!pending_) return;
+    Matrix& M = state_.average;
+    const Eigen::Index d = M.rows();
+    if (scale_ != 1.0) {
+      const auto s = static_cast<Scalar>(scale_);
+      for (Eigen::Index j = 0; j < d; ++j) M.col(j).tail(d - j) *= s;
+    }
+    detail::mirror_lower_to_upper(M);
+    scale_ = 1.0;
+    pending_ = false;
+  }
 
   FactorAverageOptions options_;
   Eigen::Index input_dim_;
-  State state_;
+  // The average is scale_ · (lower triangle of state_.average) while pending_ (see finish()).
+  mutable State state_;
+  mutable double scale_ = 1.0;
+  mutable bool pending_ = false;
   Matrix batch_;  // the diagonal batch estimate (options.diagonal), reused
 };
 

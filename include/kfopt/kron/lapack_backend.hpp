@@ -13,7 +13,10 @@
 ///   the tridiagonal reduction plus a back-transformation that is mostly matrix products;
 ///   Eigen's `SelfAdjointEigenSolver` uses implicit QR with Givens rotations on the
 ///   eigenvectors instead, about 2× slower at n = 1024 on one core);
-/// - Cholesky inverse: `dpotrf` + `dpotri` / `spotrf` + `spotri` (n³ flops in all);
+/// - Cholesky inverse: `dpotrf` / `spotrf`, then the inverse from the factor (potri's work,
+///   trtri + lauum) by kfopt's recursive kernels with BLAS `trmm` / `syrk` doing the products
+///   (damped_cholesky_inverse.hpp: on one core that measured faster than OpenBLAS's potri;
+///   n³ flops in all);
 /// - factor statistics (factor_moments.hpp): the BLAS symmetric rank-k update `dsyrk` /
 ///   `ssyrk` (through CBLAS, which OpenBLAS provides) blends a batch's Gram matrix into the
 ///   moving average in one call.
@@ -52,7 +55,7 @@ namespace kfopt {
 /// The library that performs a dense symmetric eigendecomposition or Cholesky inverse.
 enum class DecompositionBackend {
   Eigen,   ///< Eigen's SelfAdjointEigenSolver / LLT plus kfopt's blocked triangular inverse
-  Lapack,  ///< LAPACK syevd / potrf + potri (only with KFOPT_USE_LAPACK, float and double)
+  Lapack,  ///< LAPACK syevd / potrf (+ BLAS-based inverse), BLAS syrk (only with KFOPT_USE_LAPACK, float and double)
 };
 
 /// Whether this build can use the LAPACK backend (`KFOPT_USE_LAPACK` is defined).
@@ -73,6 +76,64 @@ inline constexpr DecompositionBackend kDefaultDecompositionBackend =
 
 namespace detail {
 
+/// What one pass over a square matrix finds (symmetry_scan).
+template <typename Scalar>
+struct SymmetryScan {
+  bool finite = true;        ///< no NaN or Inf anywhere
+  Scalar max_abs = Scalar(0);  ///< max |m_ij| (meaningful when finite)
+  Scalar asym = Scalar(0);     ///< max |m_ij − m_ji| (meaningful when finite)
+};
+
+/// One pass over square m in pairs of matching `Tile`×`Tile` blocks (lower block (i, j) and
+/// upper block (j, i)): the upper block is transposed into a small buffer, then finiteness,
+/// max |m_ij| and max |m_ij − m_ji| are vectorized reductions over contiguous columns. With
+/// `lower_copy` (n×n), the lower triangle of m is copied into it in the same pass (its strict
+/// upper triangle is not written; partly written when the scan stops at a non-finite block).
+/// Finiteness is `Σ (0·m_ij) == 0` (0·x is NaN exactly for x = ±Inf or NaN), so no entry
+/// is compared as a NaN.
+template <Eigen::Index Tile, typename Derived, typename Copy>
+SymmetryScan<typename Derived::Scalar> symmetry_scan(const Eigen::MatrixBase<Derived>& m,
+                                                     Copy* lower_copy) {
+  using Scalar = typename Derived::Scalar;
+  const Eigen::Index n = m.rows();
+  SymmetryScan<Scalar> scan;
+  // The transposed upper block, on the stack (Tile² scalars; a dynamic-size map of it keeps
+  // Eigen's reductions free of fixed-size bounds that GCC warns about at -O3).
+  alignas(64) Scalar upper_t[Tile * Tile];
+  for (Eigen::Index j = 0; j < n; j += Tile) {
+    const Eigen::Index w = std::min(Tile, n - j);
+    Scalar zero = Scalar(0);
+    for (Eigen::Index i = j; i < n; i += Tile) {
+      const Eigen::Index h = std::min(Tile, n - i);
+      const auto lower = m.block(i, j, h, w);
+      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>, Eigen::Aligned64> ut(
+          upper_t, h, w);
+      ut = m.block(j, i, w, h).transpose();
+      zero += (lower.array() * Scalar(0) + ut.array() * Scalar(0)).sum();
+      scan.max_abs =
+          std::max(scan.max_abs, lower.cwiseAbs().cwiseMax(ut.cwiseAbs()).maxCoeff());
+      scan.asym = std::max(scan.asym, (lower - ut).cwiseAbs().maxCoeff());
+      if (lower_copy != nullptr) {
+        if (i == j) {
+          lower_copy->block(i, j, h, w).template triangularView<Eigen::Lower>() = lower;
+        } else {
+          lower_copy->block(i, j, h, w) = lower;
+        }
+      }
+    }
+    if (!(zero == Scalar(0))) {
+      scan.finite = false;
+      return scan;
+    }
+  }
+  return scan;
+}
+
+/// Block size of check_symmetric_factor_tiled's scan and of mirror_lower_to_upper: a column
+/// of an upper block is then one or two cache lines (measured on AVX-512, n = 256…2048:
+/// 16 about 1.5–2× faster than 32, and 64 slower again).
+inline constexpr Eigen::Index kSymmetryTile = 16;
+
 /// The checks of check_symmetric_factor (core/validate.hpp) in one cache-friendly pass, for
 /// the decompositions' hot path: throws ShapeError unless square; returns
 /// Status::NonFiniteInput for NaN/Inf; throws InvalidInputError unless symmetric to the
@@ -80,7 +141,7 @@ namespace detail {
 /// test as is_symmetric); otherwise Status::Success. The generic version compares m with
 /// mᵀ element by element, whose transposed read strides through memory: at n = 2048 that
 /// alone cost about as much as the Cholesky inverse's potri. Here both triangles are read
-/// in matching 32×32 tiles.
+/// in matching tiles (symmetry_scan).
 ///
 /// With `lower_copy` (an n×n matrix), the lower triangle of m is copied into it in the same
 /// pass (what a Cholesky or eigensolver that reads one triangle needs); its strict upper
@@ -92,44 +153,21 @@ Status check_symmetric_factor_tiled(const char* operation, const char* operand,
                                     Copy* lower_copy = nullptr) {
   using Scalar = typename Derived::Scalar;
   require_square(operation, operand, m);
-  constexpr Eigen::Index tile = 32;
-  const Eigen::Index n = m.rows();
-  bool finite = true;
-  Scalar max_abs = Scalar(0), asym = Scalar(0);
-  for (Eigen::Index j = 0; j < n && finite; j += tile) {
-    const Eigen::Index w = std::min(tile, n - j);
-    for (Eigen::Index i = j; i < n; i += tile) {
-      const Eigen::Index h = std::min(tile, n - i);
-      const auto lower = m.block(i, j, h, w);
-      const auto upper = m.block(j, i, w, h);
-      if (!lower.allFinite() || !upper.allFinite()) {
-        finite = false;
-        break;
-      }
-      max_abs = std::max({max_abs, lower.cwiseAbs().maxCoeff(), upper.cwiseAbs().maxCoeff()});
-      asym = std::max(asym, (lower - upper.transpose()).cwiseAbs().maxCoeff());
-      if (lower_copy != nullptr) {
-        if (i == j) {
-          lower_copy->block(i, j, h, w).template triangularView<Eigen::Lower>() = lower;
-        } else {
-          lower_copy->block(i, j, h, w) = lower;
-        }
-      }
-    }
-  }
-  if (!finite) return Status::NonFiniteInput;
-  if (!(asym <= ScalarTraits<Scalar>::symmetry_tolerance() * std::max(Scalar(1), max_abs))) {
+  const SymmetryScan<Scalar> scan = symmetry_scan<kSymmetryTile>(m, lower_copy);
+  if (!scan.finite) return Status::NonFiniteInput;
+  if (!(scan.asym <=
+        ScalarTraits<Scalar>::symmetry_tolerance() * std::max(Scalar(1), scan.max_abs))) {
     throw InvalidInputError(std::string(operation) + ": " + operand + " (" + shape_of(m) +
                             ") must be symmetric");
   }
   return Status::Success;
 }
 
-/// Copies the strictly lower triangle of square M onto the upper one, in 32×32 tiles (a
+/// Copies the strictly lower triangle of square M onto the upper one, in small tiles (a
 /// plain transposed copy strides through memory and costs several times more at n ≥ 1024).
-template <typename Matrix>
+template <typename Matrix, Eigen::Index Tile = kSymmetryTile>
 void mirror_lower_to_upper(Matrix& M) {
-  constexpr Eigen::Index tile = 32;
+  constexpr Eigen::Index tile = Tile;
   const Eigen::Index n = M.rows();
   for (Eigen::Index j = 0; j < n; j += tile) {
     const Eigen::Index w = std::min(tile, n - j);
@@ -195,6 +233,19 @@ inline void syrk_lower_t(lapack_int n, lapack_int k, double alpha, const double*
 inline void syrk_lower_t(lapack_int n, lapack_int k, float alpha, const float* x,
                          lapack_int ldx, float beta, float* c, lapack_int ldc) {
   cblas_ssyrk(CblasColMajor, CblasLower, CblasTrans, n, k, alpha, x, ldx, beta, c, ldc);
+}
+
+// Level-3 BLAS on lower-triangular, non-unit matrices (column-major, through CBLAS), for
+// kfopt's recursive Cholesky-inverse kernels (damped_cholesky_inverse.hpp) with the LAPACK
+// backend.
+/// `B ← alpha · op(L) B` (Left) or `B ← alpha · B op(L)` (Right), in place, B m×n, L lower.
+inline void trmm_lower(CBLAS_SIDE side, CBLAS_TRANSPOSE trans, lapack_int m, lapack_int n,
+                       double alpha, const double* l, lapack_int ldl, double* b, lapack_int ldb) {
+  cblas_dtrmm(CblasColMajor, side, CblasLower, trans, CblasNonUnit, m, n, alpha, l, ldl, b, ldb);
+}
+inline void trmm_lower(CBLAS_SIDE side, CBLAS_TRANSPOSE trans, lapack_int m, lapack_int n,
+                       float alpha, const float* l, lapack_int ldl, float* b, lapack_int ldb) {
+  cblas_strmm(CblasColMajor, side, CblasLower, trans, CblasNonUnit, m, n, alpha, l, ldl, b, ldb);
 }
 
 /// `syevd` with its workspace: eigenvalues (ascending) and eigenvectors of a symmetric
