@@ -24,6 +24,7 @@
 #include "kfopt/kron/scaled_congruence.hpp"
 #include "kfopt/kron/sequence_lengths.hpp"
 #include "kfopt/kron/symmetric_eigen_cache.hpp"
+#include "kfopt/kron/symmetric_eigensolver.hpp"
 #include "kfopt/kron/temporal_gamma.hpp"
 #include "kfopt/kron/vec.hpp"
 #include "kfopt/kron/warm_started_inverse.hpp"
