@@ -54,6 +54,21 @@ TEMPLATE_TEST_CASE("eigen cache: damped inverse for any lambda equals the dense 
   }
 }
 
+TEST_CASE("eigen cache: from n = 256 (kfopt's blocked eigensolver) the damped inverse equals "
+          "the dense inverse", "[kron][eigen]") {
+  // The Eigen backend switches solvers at n = 256; this exercises the large-n path through
+  // the cache (the solver itself is tested in test_symmetric_eigensolver.cpp).
+  Rng rng(12);
+  const int n = 257;
+  const Mat<double> A = rng.spd<double>(n, 0.5, 4.0);
+  kfopt::SymmetricEigenCache<double, kfopt::DecompositionBackend::Eigen> cache(n);
+  REQUIRE(cache.compute(A).info() == kfopt::Status::Success);
+  for (double lambda : {1e-3, 1.0}) {
+    CHECK(relative_error(cache.damped_inverse(lambda), dense_inverse<double>(damped(A, lambda))) <=
+          1e-10);
+  }
+}
+
 TEMPLATE_TEST_CASE("eigen cache: inverse square root is the SPD root of the damped inverse",
                    "[kron][eigen]", float, double) {
   Rng rng(12);
