@@ -14,8 +14,8 @@
 /// inverse period T_inv: by default kfopt's Eigen-only SymmetricEigensolver for n ≥ 256
 /// (symmetric_eigensolver.hpp: blocked Householder tridiagonalization, explicit Q in WY
 /// blocks, implicit QR with exact shifts whose rotations are applied to the vectors in
-/// cache-sized chunks; about 9n³ flops, most at cache speed; within 1.1× of LAPACK's syevd
-/// on one core at n = 256–2048) and Eigen's SelfAdjointEigenSolver below, or LAPACK's
+/// cache-sized chunks; about 6n³ flops, most at cache speed; 0.55–1.4× of LAPACK's syevd
+/// on one core at n = 256–2048, see bench/results/bench_kron.md) and Eigen's SelfAdjointEigenSolver below, or LAPACK's
 /// divide-and-conquer `syevd` with the optional backend (lapack_backend.hpp). Applying a
 /// function to an n×k block is two n×n×k products (4n²k flops).
 

@@ -36,8 +36,9 @@
 /// Cost: about 4/3 n³ flops for the reduction (half in matrix–vector products, which are
 /// memory-bound once the matrix leaves the cache), 4/3 n³ for forming Q (matrix products),
 /// and 6n flops per rotation, about 3.3 n³ with exact shifts — in total about 6n³ flops,
-/// most at cache speed. On one AVX-512 core it is within 1.1× of LAPACK's syevd at
-/// n = 256–2048 (bench_kron, eig/kfopt_eigen vs eig/lapack). Memory: 3n² scalars plus
+/// most at cache speed. On one AVX-512 core it takes 0.55–1.4× the time of LAPACK's syevd
+/// at n = 256–2048 (bench_kron, eig/kfopt_eigen vs eig/lapack; double 1.09–1.23× in
+/// bench/results/bench_kron.md). Memory: 3n² scalars plus
 /// 64n for the recorded rotations.
 ///
 /// No heap allocation in `compute` after the first call at a given size (or after the
