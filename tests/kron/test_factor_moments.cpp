@@ -436,3 +436,24 @@ TEST_CASE("factor average: checkpoint and reset with a pending lazy blend", "[kr
   avg.update(X);
   CHECK(relative_error(avg.value(), reference_moment(X, true)) <= 1e-12);
 }
+
+TEST_CASE("factor average: a non-finite checkpoint is refused and the state kept",
+          "[kron][moments]") {
+  Rng rng(41);
+  kfopt::FactorMovingAverage<double> avg(5, {0.9, true});
+  avg.update(rng.normal<double>(7, 5));
+  const Mat<double> before = avg.value();
+  auto bad = avg.state();
+  bad.average(2, 3) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_AS(avg.set_state(bad), kfopt::InvalidInputError);
+  CHECK(avg.value() == before);
+
+  kfopt::TemporalFactorMovingAverage<double> temporal(4);
+  REQUIRE(temporal.update_full(rng.normal<double>(12, 4), 3) == kfopt::Status::Success);
+  const auto kept = temporal.state();
+  auto bad_temporal = kept;
+  bad_temporal.average1(0, 1) = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_AS(temporal.set_state(bad_temporal), kfopt::InvalidInputError);
+  CHECK(temporal.state().average1 == kept.average1);
+  CHECK(temporal.state().average0 == kept.average0);
+}

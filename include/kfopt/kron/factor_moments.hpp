@@ -290,10 +290,15 @@ class FactorMovingAverage {
     finish();
     return state_;
   }
-  /// Replaces the state (e.g. from a checkpoint); shapes must match.
+  /// Replaces the state (e.g. from a checkpoint); shapes must match (ShapeError) and the
+  /// average must be finite (InvalidInputError); the current state is kept otherwise.
   void set_state(const State& state) {
-    detail::require_shape("kfopt::FactorMovingAverage::set_state", "average", state.average,
-                          dimension(), value_cols());
+    constexpr const char* op = "kfopt::FactorMovingAverage::set_state";
+    detail::require_shape(op, "average", state.average, dimension(), value_cols());
+    if (!state.average.allFinite()) {
+      throw InvalidInputError(std::string(op) + ": average (" + detail::shape_of(state.average) +
+                              ") has NaN or Inf entries");
+    }
     state_ = state;
     scale_ = 1.0;
     pending_ = false;
@@ -429,6 +434,10 @@ class TemporalFactorMovingAverage {
     constexpr const char* op = "kfopt::TemporalFactorMovingAverage::set_state";
     detail::require_shape(op, "average0", state.average0, dimension(), dimension());
     detail::require_shape(op, "average1", state.average1, dimension(), dimension());
+    if (!state.average0.allFinite() || !state.average1.allFinite()) {
+      throw InvalidInputError(std::string(op) + ": the averages (" +
+                              detail::shape_of(state.average0) + ") have NaN or Inf entries");
+    }
     state_ = state;
   }
   void reset() {
