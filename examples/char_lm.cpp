@@ -8,7 +8,9 @@
 /// Model: one-hot characters → LSTM → LSTM → softmax over the vocabulary at every step
 /// (common/recurrent.hpp). Every weight is used at every time step, so every weight is a
 /// RecurrentKroneckerBlock; each LSTM gate matrix is its own block (four per layer, as in
-/// the paper), the output layer one more. Every optimizer starts from the same weights and
+/// the paper), the output layer one more. The output block uses eq. 6 under every option by
+/// default (--kfac-output-block): its sampled-target gradients are uncorrelated across time,
+/// so its true V1 is 0 and eq. 6 is exact there. Every optimizer starts from the same weights and
 /// sees the same mini-batches (random windows of the training text, zero initial state).
 ///
 /// K-FAC per step: a training pass (data targets: the gradient of the update), then — when
@@ -18,7 +20,9 @@
 ///
 /// Output contract (design.md): `--out DIR` writes `DIR/char_lm.csv` with the header
 /// `optimizer,step,seconds,train_loss,test_metric`; progress on stderr, a summary table on
-/// stdout; `examples/plot_results.sh DIR` draws DIR/char_lm.png.
+/// stdout; `examples/plot_results.sh DIR` draws DIR/char_lm.png. With several seeds,
+/// DIR/char_lm_mean.csv (same header) holds each optimizer's mean curve over the seeds, and
+/// `--jobs N` trains N runs at once (the results do not depend on N).
 ///   train_loss  = training bits per character, mean of the mini-batch losses (each measured
 ///                 before its step) since the previous row; row 0 = first batch, initial weights;
 ///   test_metric = validation bits per character (the held-out last part of the text, in
@@ -31,6 +35,8 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -39,9 +45,12 @@
 #include <iostream>
 #include <iterator>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 
@@ -90,6 +99,10 @@ struct Settings {
   double kfac_decay = 0.95;
   long kfac_stats_period = 1;
   long kfac_inverse_period = 20;
+  /// The output (softmax) layer's approximation: "independent" (default) or "same" (the
+  /// run's approximation, like the LSTM gates). See output_block_note.
+  std::string kfac_output_block = "independent";
+  long jobs = 1;  ///< runs trained at the same time, one thread each
 };
 
 const char* help_text =
@@ -130,8 +143,15 @@ Options:
   --kfac-decay X        decay of the factors' moving averages (default 0.95)
   --kfac-stats-period N statistics (and the Fisher pass) every N steps (default 1)
   --kfac-inverse-period N  T_inv: eigendecompositions refreshed every N steps (default 20)
-  --float               single precision (default double; K-FAC steps may then be refused
-                        as singular, see the README)
+  --kfac-output-block M independent (default) or same: the softmax layer's Fisher block.
+                        Its temporal cross-moment V1 is exactly 0 under the sampled-target
+                        Fisher (the samples never feed back into the recurrence), so eq. 6 is
+                        exact for it and Options 1/2 would only fit sampling noise; 'same'
+                        gives it the run's approximation, as the LSTM gates
+  --jobs N              train N runs at the same time, one thread each (default 1); the
+                        runs are independent, so the results do not depend on N, only the
+                        seconds do when the cores are shared
+  --float               single precision (default double)
   --help                this text
 )";
 
@@ -197,6 +217,12 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   s.kfac_decay = cli.take_double("--kfac-decay", s.kfac_decay, 1e-3, 1.0);
   s.kfac_stats_period = cli.take_long("--kfac-stats-period", s.kfac_stats_period, 1, 1'000'000);
   s.kfac_inverse_period = cli.take_long("--kfac-inverse-period", s.kfac_inverse_period, 1, 1'000'000);
+  s.jobs = cli.take_long("--jobs", s.jobs, 1, 256);
+  s.kfac_output_block = cli.take_string("--kfac-output-block", s.kfac_output_block);
+  if (s.kfac_output_block != "independent" && s.kfac_output_block != "same") {
+    throw ex::UsageError("--kfac-output-block: expected 'independent' or 'same', got '" +
+                         s.kfac_output_block + "'");
+  }
   cli.finish();
   return s;
 }
@@ -348,6 +374,36 @@ struct RunResult {
   double mean_clip = std::numeric_limits<double>::quiet_NaN();  ///< K-FAC: mean KL-clip scale ν
   std::string diagnostics;  ///< K-FAC: asymmetry of the temporal factors at the end
   std::vector<std::pair<long, double>> curve;  ///< (step, train bpc) of every CSV row
+  struct Row {
+    long step;
+    double seconds, train_bpc, valid_bpc;
+  };
+  std::vector<Row> rows;  ///< every CSV row of the run, in order
+};
+
+/// Where a run's CSV rows go: straight to the file when runs are sequential (an interrupted
+/// run leaves its rows), or kept and written as one block when the run ends when several
+/// run at once (the plot script needs each run's rows contiguous).
+class RunLog {
+ public:
+  RunLog(ex::CsvWriter& csv, bool live) : csv_(csv), live_(live) {}
+  void row(RunResult& r, long step, double seconds, double train_bpc, double valid_bpc) {
+    r.rows.push_back({step, seconds, train_bpc, valid_bpc});
+    if (live_) write(r.name, r.rows.back());
+  }
+  void finish(const RunResult& r) {
+    if (live_) return;
+    for (const auto& row : r.rows) write(r.name, row);
+  }
+
+ private:
+  void write(const std::string& name, const RunResult::Row& row) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    csv_.row(name, row.step, row.seconds, row.train_bpc, row.valid_bpc);
+  }
+  ex::CsvWriter& csv_;
+  bool live_;
+  std::mutex mutex_;
 };
 
 template <typename Scalar>
@@ -359,7 +415,7 @@ double validation_bpc(Model<Scalar>& model, const Validation& v) {
 /// in nats before the update), logging CSV rows.
 template <typename Scalar, typename StepFunction>
 RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, const Corpus& corpus,
-                const Validation& validation, const Settings& s, ex::CsvWriter& csv,
+                const Validation& validation, const Settings& s, RunLog& csv,
                 std::vector<int>& inputs, std::vector<int>& targets, StepFunction&& step) {
   using Clock = std::chrono::steady_clock;
   RunResult result;
@@ -371,10 +427,10 @@ RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, co
     peek.next(inputs, targets);
     const double bpc0 = static_cast<double>(model.loss(inputs, targets, s.seq_len, s.batch)) / kLn2;
     const double valid0 = validation_bpc(model, validation);
-    csv.row(name, 0, 0.0, bpc0, valid0);
+    csv.row(result, 0, 0.0, bpc0, valid0);
     result.curve.emplace_back(0, bpc0);
   }
-  ex::ProgressBar progress("char_lm/" + name, s.steps);
+  ex::ProgressBar progress("char_lm/" + name, s.steps, stderr, /*redraw=*/s.jobs == 1);
   double seconds = 0.0, window = 0.0;
   long count = 0;
   for (long t = 1; t <= s.steps; ++t) {
@@ -385,7 +441,7 @@ RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, co
     result.steps = t;
     if (!std::isfinite(bpc)) {
       result.diverged = true;
-      csv.row(name, t, seconds, bpc, std::numeric_limits<double>::quiet_NaN());
+      csv.row(result, t, seconds, bpc, std::numeric_limits<double>::quiet_NaN());
       break;
     }
     window += bpc;
@@ -395,7 +451,7 @@ RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, co
       window = 0.0;
       count = 0;
       const double valid = validation_bpc(model, validation);
-      csv.row(name, t, seconds, train_bpc, valid);
+      csv.row(result, t, seconds, train_bpc, valid);
       result.curve.emplace_back(t, train_bpc);
       result.train_bpc = train_bpc;
       result.valid_bpc = valid;
@@ -406,12 +462,13 @@ RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, co
   }
   progress.finish();
   result.seconds = seconds;
+  csv.finish(result);
   return result;
 }
 
 template <typename Scalar>
 RunResult run_adam(const std::string& name, unsigned seed, const Corpus& corpus,
-                   const Validation& validation, const Settings& s, ex::CsvWriter& csv) {
+                   const Validation& validation, const Settings& s, RunLog& csv) {
   auto model = make_model<Scalar>(s, static_cast<Eigen::Index>(corpus.symbols.size()), seed);
   kfopt::ParameterSet<Scalar> params;
   for (std::size_t l = 0; l < model.depth(); ++l) {
@@ -442,7 +499,7 @@ RunResult run_adam(const std::string& name, unsigned seed, const Corpus& corpus,
 template <typename Scalar>
 RunResult run_kfac(const std::string& name, kfopt::RecurrentApproximation approximation,
                    unsigned seed, const Corpus& corpus, const Validation& validation,
-                   const Settings& s, ex::CsvWriter& csv) {
+                   const Settings& s, RunLog& csv) {
   auto model = make_model<Scalar>(s, static_cast<Eigen::Index>(corpus.symbols.size()), seed);
   kfopt::KfacOptions options;
   options.learning_rate = s.kfac_lr;
@@ -474,8 +531,15 @@ RunResult run_kfac(const std::string& name, kfopt::RecurrentApproximation approx
                         &layer.inputs(), &w.g});
     }
   }
+  // The softmax layer: its g_t = p_t − e_{y_t} with y_t sampled independently at each step
+  // and never fed back, so E[g_{t+1} g_tᵀ] = 0 and the true V1 vanishes; the independent
+  // block (eq. 6) is then exact and Options 1/2 would fit noise (measured asymmetry ≈ 1).
+  kfopt::RecurrentLayerOptions output_options = layer_options;
+  if (s.kfac_output_block == "independent") {
+    output_options.approximation = kfopt::RecurrentApproximation::Independent;
+  }
   auto& out = model.output();
-  blocks.push_back({kfac.add_recurrent_layer("output", out.W, out.dW, out.b, out.db, layer_options),
+  blocks.push_back({kfac.add_recurrent_layer("output", out.W, out.dW, out.b, out.db, output_options),
                     &out.a, &out.g});
 
   const Eigen::VectorXi lengths = Eigen::VectorXi::Constant(s.batch, static_cast<int>(s.seq_len));
@@ -530,6 +594,38 @@ RunResult run_kfac(const std::string& name, kfopt::RecurrentApproximation approx
   return r;
 }
 
+/// With several seeds, `DIR/char_lm_mean.csv` (same header) holds each optimizer's mean
+/// over the seeds at every logged step that all its non-diverged runs reached: the curve
+/// plot_results.sh draws as char_lm_mean.png, one line per optimizer. Returns those mean
+/// training curves, (step, bits/char), by optimizer.
+std::map<std::string, std::vector<std::pair<long, double>>> write_seed_means(
+    const Settings& s, const std::vector<RunResult>& results) {
+  std::map<std::string, std::vector<std::pair<long, double>>> curves;
+  ex::CsvWriter csv(s.out_dir, "char_lm_mean");
+  for (const auto& opt : s.optimizers) {
+    std::map<long, std::vector<const RunResult::Row*>> by_step;
+    std::size_t runs = 0;
+    for (const auto& r : results) {
+      if (r.name.rfind(opt + "/s", 0) != 0 || r.diverged) continue;
+      ++runs;
+      for (const auto& row : r.rows) by_step[row.step].push_back(&row);
+    }
+    for (const auto& [step, rows] : by_step) {
+      if (rows.size() != runs) continue;
+      double seconds = 0.0, train = 0.0, valid = 0.0;
+      for (const auto* row : rows) {
+        seconds += row->seconds;
+        train += row->train_bpc;
+        valid += row->valid_bpc;
+      }
+      const double n = static_cast<double>(runs);
+      csv.row(opt, step, seconds / n, train / n, valid / n);
+      curves[opt].emplace_back(step, train / n);
+    }
+  }
+  return curves;
+}
+
 template <typename Scalar>
 int run(const Settings& s) {
   const Corpus corpus = load_corpus(s);
@@ -542,29 +638,60 @@ int run(const Settings& s) {
                  "sequences of %ld, batch %ld, %ld steps, %s precision\n"
                  "  validation: %ld windows of %ld characters\n"
                  "  adam lr %g | kfac lr %g, damping %g, kl_clip %g, momentum %g, decay %g, "
-                 "statistics every %ld, T_inv %ld\n",
+                 "statistics every %ld, T_inv %ld, output block %s; %ld run(s) at a time\n",
                  corpus.source.c_str(), corpus.train.size(), corpus.valid.size(), corpus.symbols.size(),
                  s.layers, s.hidden, static_cast<long>(probe.num_parameters()),
                  static_cast<std::size_t>(4 * s.layers + 1), s.seq_len, s.batch, s.steps,
                  sizeof(Scalar) == 4 ? "single" : "double", validation.batch, validation.steps,
                  s.adam_lr, s.kfac_lr, s.kfac_damping, s.kfac_kl_clip, s.kfac_momentum, s.kfac_decay,
-                 s.kfac_stats_period, s.kfac_inverse_period);
+                 s.kfac_stats_period, s.kfac_inverse_period, s.kfac_output_block.c_str(), s.jobs);
   }
-  ex::CsvWriter csv(s.out_dir, "char_lm");
-  std::vector<RunResult> results;
+  ex::CsvWriter csv_file(s.out_dir, "char_lm");
+  RunLog csv(csv_file, /*live=*/s.jobs == 1);
+  struct Job {
+    std::string name, optimizer;
+    unsigned seed;
+  };
+  std::vector<Job> jobs;
   for (unsigned seed : s.seeds) {
     for (const auto& opt : s.optimizers) {
-      const std::string name = s.seeds.size() > 1 ? opt + "/s" + std::to_string(seed) : opt;
-      if (opt == "adam") {
-        results.push_back(run_adam<Scalar>(name, seed, corpus, validation, s, csv));
-      } else {
-        const auto a = opt == "kfac_independent" ? kfopt::RecurrentApproximation::Independent
-                       : opt == "kfac_option1"   ? kfopt::RecurrentApproximation::Option1
-                                                 : kfopt::RecurrentApproximation::Option2;
-        results.push_back(run_kfac<Scalar>(name, a, seed, corpus, validation, s, csv));
-      }
+      jobs.push_back({s.seeds.size() > 1 ? opt + "/s" + std::to_string(seed) : opt, opt, seed});
     }
   }
+  // Every run owns its model, optimizer and random streams; the text and the validation set
+  // are shared read-only. Runs are handed out in order to --jobs threads.
+  std::vector<RunResult> results(jobs.size());
+  std::vector<std::exception_ptr> errors(jobs.size());
+  std::atomic<std::size_t> next{0};
+  const auto worker = [&] {
+    for (std::size_t i = next++; i < jobs.size(); i = next++) {
+      const Job& job = jobs[i];
+      try {
+        if (job.optimizer == "adam") {
+          results[i] = run_adam<Scalar>(job.name, job.seed, corpus, validation, s, csv);
+        } else {
+          const auto a = job.optimizer == "kfac_independent" ? kfopt::RecurrentApproximation::Independent
+                         : job.optimizer == "kfac_option1"   ? kfopt::RecurrentApproximation::Option1
+                                                             : kfopt::RecurrentApproximation::Option2;
+          results[i] = run_kfac<Scalar>(job.name, a, job.seed, corpus, validation, s, csv);
+        }
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+  };
+  {
+    std::vector<std::thread> threads;
+    const std::size_t extra = std::min<std::size_t>(static_cast<std::size_t>(s.jobs), jobs.size()) - 1;
+    for (std::size_t k = 0; k < extra; ++k) threads.emplace_back(worker);
+    worker();
+    for (auto& t : threads) t.join();
+  }
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+  std::map<std::string, std::vector<std::pair<long, double>>> mean_curves;
+  if (s.seeds.size() > 1) mean_curves = write_seed_means(s, results);
 
   ex::SummaryTable table({"optimizer", "seed", "steps", "train bits/char", "valid bits/char",
                           "seconds", "ms/step", "steps to Adam's final loss", "mean KL-clip scale"},
@@ -592,6 +719,35 @@ int run(const Settings& s) {
                       r.first_failure + ")");
     }
   }
+  // With several seeds: one more row per optimizer, the means over its seeds (the final
+  // loss and the steps to Adam's final loss read off the mean curves).
+  for (const auto& opt : s.optimizers) {
+    if (s.seeds.size() < 2) break;
+    const auto curve = mean_curves.find(opt);
+    const auto adam = mean_curves.find("adam");
+    double valid = 0.0, seconds = 0.0, per_step = 0.0, clip = 0.0;
+    long steps = 0;
+    std::size_t n = 0;
+    for (const auto& r : results) {
+      if (r.name.rfind(opt + "/s", 0) != 0 || r.diverged) continue;
+      valid += r.valid_bpc;
+      seconds += r.seconds;
+      per_step += r.steps > 0 ? r.seconds / static_cast<double>(r.steps) : 0.0;
+      clip += r.mean_clip;
+      steps = r.steps;
+      ++n;
+    }
+    if (n == 0 || curve == mean_curves.end()) continue;
+    const double k = static_cast<double>(n);
+    const bool has_adam = adam != mean_curves.end() && !adam->second.empty();
+    table.add_row({opt, "mean of " + std::to_string(n), std::to_string(steps),
+                   ex::cell("%.4f", curve->second.back().second), ex::cell("%.4f", valid / k),
+                   ex::cell("%.1f", seconds / k), ex::cell("%.1f", per_step / k * 1e3),
+                   has_adam ? ex::steps_to_reach(curve->second, adam->second.back().second,
+                                                 adam->second.back().first)
+                            : std::string("-"),
+                   std::isfinite(clip) ? ex::cell("%.3f", clip / k) : "-"});
+  }
   ex::print_summary(std::cout, table, notes);
   std::cout << "* train bits/char: mean mini-batch loss over the last logging window (before each "
                "update); valid bits/char: "
@@ -599,7 +755,9 @@ int run(const Settings& s) {
             << " characters; seconds: training time without evaluation; mean KL-clip scale: "
                "K-FAC's nu = min(1, sqrt(kl_clip / (lr^2 <Delta, grad>))) averaged over the "
                "updates (1 = the clip never bound).\n"
-            << "* CSV: " << csv.path() << "; plot: examples/plot_results.sh " << s.out_dir << "\n";
+            << "* CSV: " << csv_file.path()
+            << (s.seeds.size() > 1 ? " (mean over the seeds: char_lm_mean.csv)" : "")
+            << "; plot: examples/plot_results.sh " << s.out_dir << "\n";
   return 0;
 }
 

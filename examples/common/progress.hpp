@@ -20,11 +20,13 @@ class ProgressBar {
  public:
   using Clock = std::chrono::steady_clock;
 
-  ProgressBar(std::string label, long total, std::FILE* stream = stderr)
+  /// `redraw = false` keeps the plain quarter lines even on a terminal (for several bars
+  /// running at once, which would overwrite each other's line).
+  ProgressBar(std::string label, long total, std::FILE* stream = stderr, bool redraw = true)
       : label_(std::move(label)),
         total_(total > 0 ? total : 1),
         stream_(stream),
-        tty_(isatty(fileno(stream)) == 1),
+        tty_(redraw && isatty(fileno(stream)) == 1),
         start_(Clock::now()),
         last_draw_(start_) {}
 
