@@ -207,6 +207,60 @@ TEST_CASE("Fisher pass: g of targets sampled from the model, dW untouched", "[ex
   rnn.check_fisher_pass();
 }
 
+// Why char_lm gives the softmax layer the independent block (eq. 6) under every option: its
+// sampled targets are drawn independently at each step and never feed back, so the true
+// temporal cross-moment G1 = E[g_{t+1} g_tᵀ] of the output layer is 0. Monte Carlo over
+// many Fisher passes on fixed inputs: every entry of the mean G1 is within 5 standard errors
+// of 0 and small against G0, while an LSTM gate's G1 (whose g_t collects the sampled
+// targets of steps ≥ t through BPTT) is not: the check can tell the two apart.
+TEST_CASE("Fisher pass: the output layer's g_t are uncorrelated across time (true G1 = 0)",
+          "[examples][recurrent]") {
+  Fixture<LstmLayer> f;
+  f.model.loss_and_gradient(f.inputs, f.targets, kSteps, kBatch);
+  std::mt19937_64 sampler(11);
+  static constexpr int kPasses = 4000;
+  struct Moments {
+    Matrix sum1, sum1_sq, sum0;
+    void add(const Matrix& g) {
+      Matrix g1 = Matrix::Zero(g.cols(), g.cols()), g0 = Matrix::Zero(g.cols(), g.cols());
+      for (Eigen::Index t = 0; t < kSteps; ++t) {
+        for (Eigen::Index i = 0; i < kBatch; ++i) {
+          const auto now = g.row(t * kBatch + i).transpose();
+          g0 += now * now.transpose();
+          if (t + 1 < kSteps) g1 += g.row((t + 1) * kBatch + i).transpose() * now.transpose();
+        }
+      }
+      if (sum1.size() == 0) {
+        sum1 = sum1_sq = sum0 = Matrix::Zero(g.cols(), g.cols());
+      }
+      sum1 += g1;
+      sum1_sq += g1.cwiseProduct(g1);
+      sum0 += g0;
+    }
+    // max_ij |mean G1_ij| / standard error_ij, and ‖mean G1‖ / ‖mean G0‖.
+    std::pair<double, double> report() const {
+      const Matrix mean1 = sum1 / kPasses;
+      const Matrix var = (sum1_sq / kPasses - mean1.cwiseProduct(mean1)).cwiseMax(1e-300);
+      const Matrix z = mean1.cwiseAbs().cwiseQuotient((var / kPasses).cwiseSqrt());
+      return {z.maxCoeff(), mean1.norm() / (sum0 / kPasses).norm()};
+    }
+  };
+  Moments output, gate;
+  for (int pass = 0; pass < kPasses; ++pass) {
+    f.model.fisher_pass(sampler);
+    output.add(f.model.output().g);
+    gate.add(f.model.layer(1).preactivation_gradient(0));
+  }
+  const auto [output_z, output_ratio] = output.report();
+  const auto [gate_z, gate_ratio] = gate.report();
+  INFO("output: max z " << output_z << ", |G1|/|G0| " << output_ratio << "; gate: max z " << gate_z
+                        << ", |G1|/|G0| " << gate_ratio);
+  CHECK(output_z < 5.0);
+  CHECK(output_ratio < 0.03);
+  CHECK(gate_z > 10.0);
+  CHECK(gate_ratio > 3 * output_ratio);
+}
+
 TEST_CASE("recurrent toolkit refuses inconsistent shapes", "[examples][recurrent]") {
   RecurrentLanguageModel<double, LstmLayer> model(kVocabulary, {3});
   std::mt19937 rng(1);
