@@ -514,7 +514,9 @@ void warm_inverse_kfopt(benchmark::State& state) {
   const double step_weight = static_cast<double>(state.range(1)) * 1e-6;  // 1 − β
   const auto c = warm_start_case<Scalar>(n, step_weight);
   const Scalar lambda = damping<Scalar>() * c.current.trace() / static_cast<Scalar>(n);
-  kfopt::WarmStartedDampedInverse<Scalar> warm(n);
+  kfopt::WarmStartOptions<Scalar> options;  // default cost model (reuse or exact on a CPU)
+  if (state.range(2) != 0) options.iteration_cost = Scalar(0);  // iterate when it can succeed
+  kfopt::WarmStartedDampedInverse<Scalar> warm(n, options);
   warm.compute(c.previous, lambda);  // the previous refresh (exact)
   const auto saved = warm.state();
   warm.compute(c.current, lambda);  // untimed warm-up, as in run()
@@ -634,11 +636,16 @@ std::string step_label(long weight) {
 
 void register_warm_start(const std::vector<long>& sizes) {
   for (long n : sizes) {
-    for (long weight : {50000L, 10000L, 1000L, 1L}) {
+    // Default options, then (for the smallest step, where Newton–Schulz can succeed in
+    // few steps) the iteration forced by iteration_cost = 0, to show what it costs.
+    for (long weight : {50000L, 10000L, 1000L, 1L, -1L}) {
+      const bool iterate = weight < 0;
+      const long w = iterate ? 1L : weight;
       auto* b = benchmark::RegisterBenchmark(
-                    ("warm_inverse/kfopt_step" + step_label(weight) + "/double").c_str(),
+                    ("warm_inverse/kfopt_" + std::string(iterate ? "iterate_" : "") + "step" +
+                     step_label(w) + "/double").c_str(),
                     warm_inverse_kfopt<double>)
-                    ->Args({n, weight})
+                    ->Args({n, w, iterate ? 1L : 0L})
                     ->Unit(benchmark::kMillisecond)
                     ->MinTime(min_time(n));
       if (real_time_from_env()) b->UseRealTime();

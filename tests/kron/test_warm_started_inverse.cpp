@@ -62,13 +62,21 @@ TEST_CASE("warm start: the first refresh is the exact inverse (fall-back)",
   CHECK(warm.state().iterated == 0);
 }
 
+// iteration_cost = 0 (iterate whenever the screen says the tolerance is reachable) in the
+// tests of the iteration itself: with the default cost model a CPU never iterates (below).
+kfopt::WarmStartOptions<double> free_iteration() {
+  kfopt::WarmStartOptions<double> options;
+  options.iteration_cost = 0.0;
+  return options;
+}
+
 TEST_CASE("warm start: a slowly changing factor is refreshed by iteration to 1e-8",
           "[kron][warm_start]") {
   Rng rng(82);
   const int n = 80;
   Mat<double> A = rng.spd<double>(n, 0.2, 5.0);
   const double lambda = 0.05;
-  kfopt::WarmStartedDampedInverse<double> warm(n);
+  kfopt::WarmStartedDampedInverse<double> warm(n, free_iteration());
   REQUIRE(warm.compute(A, lambda).info() == kfopt::Status::Success);
   const Mat<double> Z = rng.normal<double>(n, 7);
   for (int step = 0; step < 5; ++step) {
@@ -87,6 +95,38 @@ TEST_CASE("warm start: a slowly changing factor is refreshed by iteration to 1e-
   CHECK(warm.state().iterated == 5);
   CHECK(warm.state().fallbacks == 1);
   CHECK(warm.state().refreshes == 6);
+}
+
+TEST_CASE("warm start: the default cost model recomputes exactly instead of iterating",
+          "[kron][warm_start]") {
+  // The same slowly changing factor: ‖R₀‖ ~ 1e-3 needs two squarings for 1e-8, each about
+  // three exact inverses' flops (iteration_cost = 3), so every refresh is the exact
+  // Cholesky inverse; a cost below 1/2 lets the same refreshes iterate.
+  Rng rng(82);
+  const int n = 80;
+  Mat<double> A = rng.spd<double>(n, 0.2, 5.0);
+  const double lambda = 0.05;
+  kfopt::WarmStartedDampedInverse<double> warm(n);
+  kfopt::WarmStartOptions<double> cheap;
+  cheap.iteration_cost = 0.45;
+  kfopt::WarmStartedDampedInverse<double> fast_gemm(n, cheap);
+  REQUIRE(warm.compute(A, lambda).info() == kfopt::Status::Success);
+  REQUIRE(fast_gemm.compute(A, lambda).info() == kfopt::Status::Success);
+  const Mat<double> Z = rng.normal<double>(n, 7);
+  for (int step = 0; step < 5; ++step) {
+    A = moving_average_step(rng, A, 1e-3, 2 * n);
+    REQUIRE(warm.compute(A, lambda).info() == kfopt::Status::Success);
+    CHECK(warm.last_fell_back());
+    CHECK(warm.last_iterations() == 0);
+    CHECK(warm.last_residual() > 1e-8);  // the screen's lower bound: not reusable
+    CHECK(relative_error(warm.inverse(), dense_inverse<double>(damped(A, lambda))) <= 1e-12);
+    REQUIRE(fast_gemm.compute(A, lambda).info() == kfopt::Status::Success);
+    CHECK_FALSE(fast_gemm.last_fell_back());
+    CHECK(preconditioned_error(fast_gemm.inverse(), A, lambda, Z) <= 1e-8);
+  }
+  CHECK(warm.state().iterated == 0);
+  CHECK(warm.state().fallbacks == 6);
+  CHECK(fast_gemm.state().iterated == 5);
 }
 
 TEST_CASE("warm start: an unchanged factor needs no iteration", "[kron][warm_start]") {
@@ -173,7 +213,7 @@ TEST_CASE("warm start: iterative refinement turns an inverse at tolerance ε int
 TEST_CASE("warm start: a new damping is absorbed by the iteration", "[kron][warm_start]") {
   Rng rng(84);
   const Mat<double> A = rng.spd<double>(50, 0.5, 4.0);
-  kfopt::WarmStartedDampedInverse<double> warm(50);
+  kfopt::WarmStartedDampedInverse<double> warm(50, free_iteration());
   REQUIRE(warm.compute(A, 0.100).info() == kfopt::Status::Success);
   REQUIRE(warm.compute(A, 0.101).info() == kfopt::Status::Success);
   CHECK_FALSE(warm.last_fell_back());
@@ -213,7 +253,7 @@ TEST_CASE("warm start: falls back to the exact inverse when the error check fail
     CHECK(warm.last_residual() > 1e-8);
     CHECK(preconditioned_error(warm.inverse(), B, lambda, Z) <= 1e-12);
     // With more iterations allowed the same change is absorbed.
-    kfopt::WarmStartedDampedInverse<double> patient(n);
+    kfopt::WarmStartedDampedInverse<double> patient(n, free_iteration());
     patient.compute(A, lambda);
     REQUIRE(patient.compute(B, lambda).info() == kfopt::Status::Success);
     CHECK_FALSE(patient.last_fell_back());
@@ -233,7 +273,9 @@ TEST_CASE("warm start in float meets the float tolerance", "[kron][warm_start]")
   Rng rng(86);
   const int n = 40;
   Mat<float> A = rng.spd<float>(n, 0.5, 4.0);
-  kfopt::WarmStartedDampedInverse<float> warm(n);
+  kfopt::WarmStartOptions<float> options;
+  options.iteration_cost = 0.0f;
+  kfopt::WarmStartedDampedInverse<float> warm(n, options);
   REQUIRE(warm.compute(A, 0.1f).info() == kfopt::Status::Success);
   A = moving_average_step(rng, A, 1e-3, 2 * n);
   REQUIRE(warm.compute(A, 0.1f).info() == kfopt::Status::Success);
@@ -289,6 +331,11 @@ TEST_CASE("warm start: options are validated and the state round-trips",
   CHECK_THROWS_AS(kfopt::WarmStartedDampedInverse<double>(options), kfopt::HyperparameterError);
   options = {};
   options.norm_iterations = 0;
+  CHECK_THROWS_AS(kfopt::WarmStartedDampedInverse<double>(options), kfopt::HyperparameterError);
+  options = {};
+  options.iteration_cost = -0.5;
+  CHECK_THROWS_AS(kfopt::WarmStartedDampedInverse<double>(options), kfopt::HyperparameterError);
+  options.iteration_cost = std::numeric_limits<double>::infinity();
   CHECK_THROWS_AS(kfopt::WarmStartedDampedInverse<double>(options), kfopt::HyperparameterError);
 
   Rng rng(88);

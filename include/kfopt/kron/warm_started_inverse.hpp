@@ -14,7 +14,8 @@
 ///    estimate f of ‖E₀‖_F ≥ ‖E₀‖₂. If `2f ≤ tolerance` the previous inverse is kept
 ///    (**reused**, no O(n³) work). If s already shows that the iteration cannot succeed
 ///    (s above `max_initial_residual`, or `2·s^(2^m)` above the tolerance for the m =
-///    `max_iterations` squarings), go straight to the fall-back.
+///    `max_iterations` squarings), or that the k steps it needs at the least cost more
+///    than the fall-back (`k · iteration_cost ≥ 1`), go straight to the fall-back.
 /// 2. **Newton–Schulz** (Hotelling–Bodewig) from X₀, `X_{k+1} = X_k (2I − M X_k)`, which
 ///    squares the residual each step (`R_{k+1} = R_k²`; Higham, "Functions of Matrices",
 ///    2008, §7.3), accepted when the residual estimate (block power iteration times a safety
@@ -38,9 +39,10 @@
 /// step costs about three fall-backs: with a fixed λ the refresh pays off when the previous
 /// inverse can be **reused** (a factor that barely moved, or a loose tolerance plus
 /// refinement at apply time), and otherwise the fall-back is the fast exact path (about 5×
-/// faster than an eigendecomposition by syevd at n = 1024). The iteration is kept for
-/// hardware where GEMM is much faster than a Cholesky factorization (many cores, GPUs) and
-/// for damping changes it absorbs in one or two steps; set `max_iterations = 0` to always
+/// faster than an eigendecomposition by syevd at n = 1024). The screen weighs this with
+/// `iteration_cost` (default 3, the CPU flop ratio), so by default a refresh is reuse or
+/// exact; lower it to let the iteration run on hardware where GEMM is much faster than a
+/// Cholesky factorization (many cores, GPUs); set `max_iterations = 0` to always
 /// recompute. Measurements: bench/results/bench_kron.md (`warm_inverse` rows).
 ///
 /// Decomposition-style: preallocating constructor, `compute(A, λ)` returning `*this`,
@@ -80,6 +82,16 @@ struct WarmStartOptions {
   /// Steps of the block power iteration that estimates a residual norm. Range [1, 100].
   /// Default 8.
   int norm_iterations = 8;
+  /// What one Newton–Schulz step costs relative to the exact fall-back (a Cholesky
+  /// inverse). The screen predicts the k ≥ 1 steps the iteration needs at the least (from
+  /// its lower bound of the starting residual) and iterates only if `k · iteration_cost <
+  /// 1`, i.e. only when even that optimistic prediction is cheaper than recomputing.
+  /// Default 3: on a CPU a step is a GEMM plus a triangular-result product (3n³ flops)
+  /// against the n³ flops of potrf + potri at about the same rate, so the iteration never
+  /// pays and a refresh is reuse-or-exact (measured: bench_kron `warm_inverse` rows). Set
+  /// it lower where GEMM is much faster than a factorization (many cores, accelerators);
+  /// 0 iterates whenever the screen says the tolerance is reachable. Range [0, inf).
+  Scalar iteration_cost = Scalar(3);
 
   /// Throws HyperparameterError naming the field when a value is out of range.
   void validate() const {
@@ -93,6 +105,8 @@ struct WarmStartOptions {
         "max_initial_residual", max_initial_residual, "(0, 1)");
     detail::require_hyperparameter(norm_iterations >= 1 && norm_iterations <= 100, name,
                                    "norm_iterations", norm_iterations, "[1, 100]");
+    detail::require_hyperparameter(iteration_cost >= Scalar(0) && std::isfinite(iteration_cost),
+                                   name, "iteration_cost", iteration_cost, "[0, inf)");
   }
 };
 
@@ -357,11 +371,18 @@ class WarmStartedDampedInverse {
     }
     last_residual_ = lower;
     if (lower > options_.max_initial_residual) return Screen::FallBack;
-    const double reach = static_cast<double>(kSafety) *
-                         std::pow(static_cast<double>(lower),
-                                  std::ldexp(1.0, std::max(options_.max_iterations, 0)));
-    if (reach > static_cast<double>(options_.tolerance)) return Screen::FallBack;
-    return Screen::Iterate;
+    // The fewest squarings k that could bring 2·lower^(2^k) within the tolerance: none
+    // within max_iterations → fall back; k steps dearer than one exact inverse → fall back.
+    for (int k = 1; k <= options_.max_iterations; ++k) {
+      const double reach = static_cast<double>(kSafety) *
+                           std::pow(static_cast<double>(lower), std::ldexp(1.0, k));
+      if (reach <= static_cast<double>(options_.tolerance)) {
+        return static_cast<double>(k) * static_cast<double>(options_.iteration_cost) < 1.0
+                   ? Screen::Iterate
+                   : Screen::FallBack;
+      }
+    }
+    return Screen::FallBack;
   }
 
   /// Newton–Schulz from the previous inverse (already in x_); on success the result is in x_.
