@@ -100,6 +100,7 @@
 #include "common/mlp.hpp"
 #include "common/progress.hpp"
 #include "common/summary_table.hpp"
+#include "common/training_loop.hpp"
 
 namespace ex = kfopt_examples;
 
@@ -450,7 +451,6 @@ struct Stepper {
 
 RunResult train(const std::string& name, unsigned seed, Classifier& problem, Net& net,
                 const Settings& settings, ex::CsvWriter& csv, Stepper& stepper) {
-  using Clock = std::chrono::steady_clock;
   const std::string label = name + settings.label_suffix;
   RunResult result;
   result.optimizer = label;
@@ -463,41 +463,28 @@ RunResult train(const std::string& name, unsigned seed, Classifier& problem, Net
     csv.row(label, 0, 0.0, loss0, problem.test_accuracy(net, settings.test_examples));
   }
   ex::ProgressBar progress("classifier/" + label, settings.steps);
-  double seconds = 0.0, window_sum = 0.0;
-  long window_count = 0;
-  for (long t = 1; t <= settings.steps; ++t) {
-    auto start = Clock::now();
-    problem.load_batch(sampler.next());
-    const double loss = stepper.update();
-    seconds += std::chrono::duration<double>(Clock::now() - start).count();
-    result.steps = t;
-    if (!std::isfinite(loss)) {
-      result.diverged = true;
-      csv.row(label, t, seconds, loss, std::numeric_limits<double>::quiet_NaN());
-      break;
-    }
-    window_sum += loss;
-    ++window_count;
-    if (t % settings.log_every == 0 || t == settings.steps) {
-      // Measured at the parameters update() left: μ_post for the filters.
-      const double accuracy = problem.test_accuracy(net, settings.test_examples);
-      const double train_loss = window_sum / static_cast<double>(window_count);
-      window_sum = 0.0;
-      window_count = 0;
-      csv.row(label, t, seconds, train_loss, accuracy);
-      result.final_train_loss = train_loss;
-      result.test_accuracy = accuracy;
-      if (!(accuracy <= result.best_test_accuracy)) result.best_test_accuracy = accuracy;
-    }
-    start = Clock::now();
-    stepper.predict();
-    seconds += std::chrono::duration<double>(Clock::now() - start).count();
-    char status[64];
-    std::snprintf(status, sizeof status, "loss %.4g", loss);
-    progress.update(t, status);
-  }
-  progress.finish();
-  result.seconds = seconds;
+  const auto outcome = ex::run_training_loop(
+      settings.steps, settings.log_every, progress,
+      [&](long) {
+        problem.load_batch(sampler.next());
+        return static_cast<double>(stepper.update());
+      },
+      [&](long t, double seconds, double train_loss) {
+        // Measured at the parameters update() left: μ_post for the filters.
+        const double accuracy = problem.test_accuracy(net, settings.test_examples);
+        csv.row(label, t, seconds, train_loss, accuracy);
+        result.final_train_loss = train_loss;
+        result.test_accuracy = accuracy;
+        if (!(accuracy <= result.best_test_accuracy)) result.best_test_accuracy = accuracy;
+      },
+      [&](long) { stepper.predict(); },
+      [&](long t, double seconds, double loss) {
+        csv.row(label, t, seconds, loss, std::numeric_limits<double>::quiet_NaN());
+      },
+      [](double loss) { return ex::cell("loss %.4g", loss); });
+  result.steps = outcome.steps;
+  result.diverged = outcome.diverged;
+  result.seconds = outcome.seconds;
   result.skipped = stepper.skipped();
   return result;
 }

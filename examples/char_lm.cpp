@@ -64,6 +64,7 @@
 #include "common/progress.hpp"
 #include "common/recurrent.hpp"
 #include "common/summary_table.hpp"
+#include "common/training_loop.hpp"
 
 namespace ex = kfopt_examples;
 
@@ -417,7 +418,6 @@ template <typename Scalar, typename StepFunction>
 RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, const Corpus& corpus,
                 const Validation& validation, const Settings& s, RunLog& csv,
                 std::vector<int>& inputs, std::vector<int>& targets, StepFunction&& step) {
-  using Clock = std::chrono::steady_clock;
   RunResult result;
   result.name = name;
   result.seed = seed;
@@ -431,37 +431,27 @@ RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, co
     result.curve.emplace_back(0, bpc0);
   }
   ex::ProgressBar progress("char_lm/" + name, s.steps, stderr, /*redraw=*/s.jobs == 1);
-  double seconds = 0.0, window = 0.0;
-  long count = 0;
-  for (long t = 1; t <= s.steps; ++t) {
-    const auto start = Clock::now();
-    sampler.next(inputs, targets);
-    const double bpc = static_cast<double>(step()) / kLn2;
-    seconds += std::chrono::duration<double>(Clock::now() - start).count();
-    result.steps = t;
-    if (!std::isfinite(bpc)) {
-      result.diverged = true;
-      csv.row(result, t, seconds, bpc, std::numeric_limits<double>::quiet_NaN());
-      break;
-    }
-    window += bpc;
-    ++count;
-    if (t % s.log_every == 0 || t == s.steps) {
-      const double train_bpc = window / static_cast<double>(count);
-      window = 0.0;
-      count = 0;
-      const double valid = validation_bpc(model, validation);
-      csv.row(result, t, seconds, train_bpc, valid);
-      result.curve.emplace_back(t, train_bpc);
-      result.train_bpc = train_bpc;
-      result.valid_bpc = valid;
-    }
-    char status[64];
-    std::snprintf(status, sizeof status, "%.3f bits/char", bpc);
-    progress.update(t, status);
-  }
-  progress.finish();
-  result.seconds = seconds;
+  const auto outcome = ex::run_training_loop(
+      s.steps, s.log_every, progress,
+      [&](long) {
+        sampler.next(inputs, targets);
+        return static_cast<double>(step()) / kLn2;
+      },
+      [&](long t, double seconds, double train_bpc) {
+        const double valid = validation_bpc(model, validation);
+        csv.row(result, t, seconds, train_bpc, valid);
+        result.curve.emplace_back(t, train_bpc);
+        result.train_bpc = train_bpc;
+        result.valid_bpc = valid;
+      },
+      [](long) {},
+      [&](long t, double seconds, double bpc) {
+        csv.row(result, t, seconds, bpc, std::numeric_limits<double>::quiet_NaN());
+      },
+      [](double bpc) { return ex::cell("%.3f bits/char", bpc); });
+  result.steps = outcome.steps;
+  result.diverged = outcome.diverged;
+  result.seconds = outcome.seconds;
   csv.finish(result);
   return result;
 }

@@ -59,6 +59,7 @@
 #include "common/mlp.hpp"
 #include "common/progress.hpp"
 #include "common/summary_table.hpp"
+#include "common/training_loop.hpp"
 
 namespace ex = kfopt_examples;
 
@@ -413,7 +414,6 @@ template <typename Scalar, typename StepFunction>
 RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& problem,
                 ex::Mlp<Scalar>& net, const Settings& settings, ex::CsvWriter& csv,
                 StepFunction&& step) {
-  using Clock = std::chrono::steady_clock;
   const TaskSettings& ts = settings.of(task);
   RunResult result;
   result.optimizer = optimizer;
@@ -430,39 +430,27 @@ RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& proble
   }
 
   ex::ProgressBar progress(std::string(task_name(task)) + "/" + optimizer, ts.steps);
-  double training_seconds = 0.0;
-  double window_sum = 0.0;
-  long window_count = 0;
-  for (long t = 1; t <= ts.steps; ++t) {
-    const auto start = Clock::now();
-    problem.load_batch(sampler.next());
-    const double loss = static_cast<double>(step());
-    training_seconds += std::chrono::duration<double>(Clock::now() - start).count();
-    result.steps = t;
-
-    if (!std::isfinite(loss)) {
-      result.diverged = true;
-      csv.row(optimizer, t, training_seconds, loss, std::numeric_limits<double>::quiet_NaN());
-      break;
-    }
-    window_sum += loss;
-    ++window_count;
-    if (t % ts.log_every == 0 || t == ts.steps) {
-      const double train_loss = window_sum / static_cast<double>(window_count);
-      window_sum = 0.0;
-      window_count = 0;
-      const double metric = problem.test_metric(net, ts.test_examples);
-      csv.row(optimizer, t, training_seconds, train_loss, metric);
-      result.curve.emplace_back(t, train_loss);
-      result.final_train_loss = train_loss;
-      result.test_metric = metric;
-    }
-    char status[64];
-    std::snprintf(status, sizeof status, "loss %.4g", loss);
-    progress.update(t, status);
-  }
-  progress.finish();
-  result.seconds = training_seconds;
+  const auto outcome = ex::run_training_loop(
+      ts.steps, ts.log_every, progress,
+      [&](long) {
+        problem.load_batch(sampler.next());
+        return static_cast<double>(step());
+      },
+      [&](long t, double seconds, double train_loss) {
+        const double metric = problem.test_metric(net, ts.test_examples);
+        csv.row(optimizer, t, seconds, train_loss, metric);
+        result.curve.emplace_back(t, train_loss);
+        result.final_train_loss = train_loss;
+        result.test_metric = metric;
+      },
+      [](long) {},
+      [&](long t, double seconds, double loss) {
+        csv.row(optimizer, t, seconds, loss, std::numeric_limits<double>::quiet_NaN());
+      },
+      [](double loss) { return ex::cell("loss %.4g", loss); });
+  result.steps = outcome.steps;
+  result.diverged = outcome.diverged;
+  result.seconds = outcome.seconds;
   return result;
 }
 

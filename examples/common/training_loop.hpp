@@ -1,0 +1,69 @@
+#pragma once
+/// \file training_loop.hpp
+/// \brief The examples' timed training loop: the bookkeeping every example shares (timing
+/// that excludes evaluation, the training loss as the mean of the mini-batch losses since
+/// the previous logged row, stopping at a non-finite loss, progress on stderr), with what
+/// differs (the update, the evaluation, the CSV row) passed in as callables.
+
+#include <chrono>
+#include <cmath>
+#include <string>
+
+#include "progress.hpp"
+
+namespace kfopt_examples {
+
+/// How a training loop ended.
+struct TrainingLoopOutcome {
+  long steps = 0;         ///< updates taken (the diverged one included)
+  double seconds = 0.0;   ///< time inside `update` and `after_log`, evaluation excluded
+  bool diverged = false;  ///< the loop stopped at a non-finite mini-batch loss
+};
+
+/// Runs steps t = 1..`steps`:
+/// - `update(t)` (timed) loads the batch of step t, updates, and returns the mini-batch loss
+///   measured before the update;
+/// - a non-finite loss calls `on_diverged(t, seconds, loss)` and ends the loop;
+/// - at every `log_every`-th step and at the last, `on_log(t, seconds, mean_loss)`
+///   (untimed: it evaluates) gets the mean of the losses since the previous log point;
+/// - `after_log(t)` (timed) runs after that check on every step (e.g. a filter's prediction
+///   step; pass `[](long) {}` for none);
+/// - `progress` shows `status(loss)` of the last batch.
+template <typename Update, typename OnLog, typename AfterLog, typename OnDiverged, typename Status>
+TrainingLoopOutcome run_training_loop(long steps, long log_every, ProgressBar& progress,
+                                      Update&& update, OnLog&& on_log, AfterLog&& after_log,
+                                      OnDiverged&& on_diverged, Status&& status) {
+  using Clock = std::chrono::steady_clock;
+  const auto elapsed = [](Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+  };
+  TrainingLoopOutcome outcome;
+  double window_sum = 0.0;
+  long window_count = 0;
+  for (long t = 1; t <= steps; ++t) {
+    auto start = Clock::now();
+    const double loss = static_cast<double>(update(t));
+    outcome.seconds += elapsed(start);
+    outcome.steps = t;
+    if (!std::isfinite(loss)) {
+      outcome.diverged = true;
+      on_diverged(t, outcome.seconds, loss);
+      break;
+    }
+    window_sum += loss;
+    ++window_count;
+    if (t % log_every == 0 || t == steps) {
+      on_log(t, outcome.seconds, window_sum / static_cast<double>(window_count));
+      window_sum = 0.0;
+      window_count = 0;
+    }
+    start = Clock::now();
+    after_log(t);
+    outcome.seconds += elapsed(start);
+    progress.update(t, std::string(status(loss)));
+  }
+  progress.finish();
+  return outcome;
+}
+
+}  // namespace kfopt_examples
