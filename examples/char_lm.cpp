@@ -87,8 +87,8 @@ struct Settings {
   long hidden = 128;
   long layers = 2;
   long seq_len = 100;
-  long batch = 16;
-  long steps = 300;
+  long batch = 32;
+  long steps = 1000;
   long log_every = 0;
   long valid_chars = 20000;
   double valid_fraction = 0.1;
@@ -126,11 +126,11 @@ Options:
   --seeds LIST          comma-separated seeds (default 1); each seed is a separate run of
                         every optimizer (weights, batches and Fisher samples follow the seed);
                         with several seeds the CSV names are <optimizer>/s<seed>
-  --steps N             updates per run (default 300; --quick 100)
+  --steps N             updates per run (default 1000; --quick 100)
   --hidden N            LSTM units per layer (default 128; --quick 32)
   --layers N            LSTM layers (default 2)
   --seq-len N           characters per training sequence (default 100; --quick 25)
-  --batch N             sequences per mini-batch (default 16; --quick 16)
+  --batch N             sequences per mini-batch (default 32; --quick 16)
   --log-every N         steps between CSV rows (default steps/40)
   --valid-chars N       validation characters evaluated per row (default 20000; --quick 4000)
   --valid-fraction X    share of the text held out for validation (default 0.1)
