@@ -35,6 +35,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <exception>
 #include <chrono>
@@ -93,10 +94,14 @@ struct Settings {
   long valid_chars = 20000;
   double valid_fraction = 0.1;
   double adam_lr = 1e-2;
-  double kfac_lr = 0.2;
-  double kfac_damping = 1e-2;
-  double kfac_kl_clip = 1e-2;
-  double kfac_momentum = 0.9;
+  /// K-FAC hyperparameters per approximation, indexed by variant_index(): independent,
+  /// Option 1, Option 2. The paper tuned each method by its own grid search (§5); the
+  /// independent approximation's damping default comes from tune_char_lm.sh's screen
+  /// (README: 3e-2 beat 1e-2 and 1e-1 for it, 1e-2 beat 3e-2 for Option 2).
+  std::array<double, 3> kfac_lr{0.2, 0.2, 0.2};
+  std::array<double, 3> kfac_damping{3e-2, 1e-2, 1e-2};
+  std::array<double, 3> kfac_kl_clip{1e-2, 1e-2, 1e-2};
+  std::array<double, 3> kfac_momentum{0.9, 0.9, 0.9};
   double kfac_decay = 0.95;
   long kfac_stats_period = 1;
   long kfac_inverse_period = 20;
@@ -136,9 +141,12 @@ Options:
   --valid-fraction X    share of the text held out for validation (default 0.1)
   --adam-lr X           Adam learning rate (default 1e-2; best of 3e-3, 1e-2, 3e-2 in a
                         150-step sweep with 64 units)
+  The four K-FAC hyperparameters below take one value for every approximation or three,
+  comma-separated, for independent,option1,option2 (e.g. --kfac-damping 3e-2,1e-2,1e-2):
   --kfac-lr X           K-FAC learning rate (default 0.2)
-  --kfac-damping X      K-FAC Tikhonov damping lambda of each block (default 1e-2; V0 is
-                        damped by lambda/E[T], see recurrent_kronecker_block.hpp)
+  --kfac-damping X      K-FAC Tikhonov damping lambda of each block (default 3e-2 for
+                        independent, 1e-2 for options 1 and 2, from tune_char_lm.sh's
+                        screen; V0 is damped by lambda/E[T], see recurrent_kronecker_block.hpp)
   --kfac-kl-clip X      K-FAC KL-clipping bound (default 1e-2; 0 disables)
   --kfac-momentum X     K-FAC momentum (default 0.9)
   --kfac-decay X        decay of the factors' moving averages (default 0.95)
@@ -163,6 +171,48 @@ std::string canonical_optimizer(const std::string& name) {
   if (name == "kfac_option2" || name == "option2" || name == "opt2") return "kfac_option2";
   throw ex::UsageError("--optimizers: unknown optimizer '" + name +
                        "' (adam, kfac_independent, kfac_option1, kfac_option2)");
+}
+
+/// Position of a K-FAC approximation in Settings' per-variant arrays.
+std::size_t variant_index(kfopt::RecurrentApproximation approximation) {
+  switch (approximation) {
+    case kfopt::RecurrentApproximation::Independent: return 0;
+    case kfopt::RecurrentApproximation::Option1: return 1;
+    case kfopt::RecurrentApproximation::Option2: return 2;
+  }
+  return 0;
+}
+
+/// A K-FAC hyperparameter given once for every approximation ("X") or once per
+/// approximation ("I,O1,O2"), each value in [min, max].
+std::array<double, 3> take_per_variant(ex::CommandLine& cli, const std::string& name,
+                                       const std::array<double, 3>& fallback, double min, double max) {
+  const std::string text = cli.take_string(name, "");
+  if (text.empty()) return fallback;
+  const std::vector<std::string> items = ex::split_list(text);
+  if (items.size() != 1 && items.size() != 3) {
+    throw ex::UsageError(name + " expects one value or three (independent,option1,option2), got '" +
+                         text + "'");
+  }
+  std::array<double, 3> values{};
+  for (std::size_t i = 0; i < 3; ++i) {
+    const std::string& item = items[items.size() == 1 ? 0 : i];
+    char* end = nullptr;
+    const double v = std::strtod(item.c_str(), &end);
+    if (end == item.c_str() || *end != '\0' || !std::isfinite(v) || v < min || v > max) {
+      throw ex::UsageError(name + " expects numbers in [" + ex::CommandLine::format(min) + ", " +
+                           ex::CommandLine::format(max) + "], got '" + item + "'");
+    }
+    values[i] = v;
+  }
+  return values;
+}
+
+/// "x" when the three approximations share a value, "x/y/z" otherwise.
+std::string per_variant_text(const std::array<double, 3>& values) {
+  if (values[0] == values[1] && values[1] == values[2]) return ex::CommandLine::format(values[0]);
+  return ex::CommandLine::format(values[0]) + "/" + ex::CommandLine::format(values[1]) + "/" +
+         ex::CommandLine::format(values[2]);
 }
 
 Settings parse_command_line(int argc, char** argv, bool& show_help) {
@@ -211,10 +261,10 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   s.valid_chars = cli.take_long("--valid-chars", s.valid_chars, 1, max);
   s.valid_fraction = cli.take_double("--valid-fraction", s.valid_fraction, 0.001, 0.5);
   s.adam_lr = cli.take_double("--adam-lr", s.adam_lr, 1e-12, 1e3);
-  s.kfac_lr = cli.take_double("--kfac-lr", s.kfac_lr, 1e-12, 1e3);
-  s.kfac_damping = cli.take_double("--kfac-damping", s.kfac_damping, 1e-12, 1e6);
-  s.kfac_kl_clip = cli.take_double("--kfac-kl-clip", s.kfac_kl_clip, 0.0, 1e6);
-  s.kfac_momentum = cli.take_double("--kfac-momentum", s.kfac_momentum, 0.0, 0.999);
+  s.kfac_lr = take_per_variant(cli, "--kfac-lr", s.kfac_lr, 1e-12, 1e3);
+  s.kfac_damping = take_per_variant(cli, "--kfac-damping", s.kfac_damping, 1e-12, 1e6);
+  s.kfac_kl_clip = take_per_variant(cli, "--kfac-kl-clip", s.kfac_kl_clip, 0.0, 1e6);
+  s.kfac_momentum = take_per_variant(cli, "--kfac-momentum", s.kfac_momentum, 0.0, 0.999);
   s.kfac_decay = cli.take_double("--kfac-decay", s.kfac_decay, 1e-3, 1.0);
   s.kfac_stats_period = cli.take_long("--kfac-stats-period", s.kfac_stats_period, 1, 1'000'000);
   s.kfac_inverse_period = cli.take_long("--kfac-inverse-period", s.kfac_inverse_period, 1, 1'000'000);
@@ -492,12 +542,13 @@ RunResult run_kfac(const std::string& name, kfopt::RecurrentApproximation approx
                    const Settings& s, RunLog& csv) {
   auto model = make_model<Scalar>(s, static_cast<Eigen::Index>(corpus.symbols.size()), seed);
   kfopt::KfacOptions options;
-  options.learning_rate = s.kfac_lr;
-  options.damping = s.kfac_damping;
-  options.min_damping = std::min(options.min_damping, s.kfac_damping);
-  options.momentum = s.kfac_momentum;
+  const std::size_t v = variant_index(approximation);
+  options.learning_rate = s.kfac_lr[v];
+  options.damping = s.kfac_damping[v];
+  options.min_damping = std::min(options.min_damping, s.kfac_damping[v]);
+  options.momentum = s.kfac_momentum[v];
   options.decay = s.kfac_decay;
-  options.kl_clip = s.kfac_kl_clip;
+  options.kl_clip = s.kfac_kl_clip[v];
   options.statistics_period = static_cast<int>(s.kfac_stats_period);
   options.inverse_period = static_cast<int>(s.kfac_inverse_period);
   options.damping_style = kfopt::DampingStyle::Factored;
@@ -627,13 +678,16 @@ int run(const Settings& s) {
                  "  model: %ld-layer LSTM, %ld units, %ld parameters, %zu K-FAC blocks; "
                  "sequences of %ld, batch %ld, %ld steps, %s precision\n"
                  "  validation: %ld windows of %ld characters\n"
-                 "  adam lr %g | kfac lr %g, damping %g, kl_clip %g, momentum %g, decay %g, "
+                 "  adam lr %g | kfac (independent/option1/option2) lr %s, damping %s, kl_clip %s, "
+                 "momentum %s; decay %g, "
                  "statistics every %ld, T_inv %ld, output block %s; %ld run(s) at a time\n",
                  corpus.source.c_str(), corpus.train.size(), corpus.valid.size(), corpus.symbols.size(),
                  s.layers, s.hidden, static_cast<long>(probe.num_parameters()),
                  static_cast<std::size_t>(4 * s.layers + 1), s.seq_len, s.batch, s.steps,
                  sizeof(Scalar) == 4 ? "single" : "double", validation.batch, validation.steps,
-                 s.adam_lr, s.kfac_lr, s.kfac_damping, s.kfac_kl_clip, s.kfac_momentum, s.kfac_decay,
+                 s.adam_lr, per_variant_text(s.kfac_lr).c_str(), per_variant_text(s.kfac_damping).c_str(),
+                 per_variant_text(s.kfac_kl_clip).c_str(), per_variant_text(s.kfac_momentum).c_str(),
+                 s.kfac_decay,
                  s.kfac_stats_period, s.kfac_inverse_period, s.kfac_output_block.c_str(), s.jobs);
   }
   ex::CsvWriter csv_file(s.out_dir, "char_lm");

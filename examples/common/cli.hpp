@@ -95,13 +95,14 @@ class CommandLine {
     if (!args_.empty()) throw UsageError("unknown argument '" + args_.front() + "' (see --help)");
   }
 
- private:
+  /// A number as %g (for messages).
   static std::string format(double x) {
     char buffer[32];
     std::snprintf(buffer, sizeof buffer, "%g", x);
     return buffer;
   }
 
+ private:
   std::vector<std::string> args_;
 };
 
