@@ -29,6 +29,11 @@ fi
 
 for csv in "${csvs[@]}"; do
   task="$(basename "$csv" .csv)"
+  # Only the examples' training curves; other tables (e.g. char_lm_tune.csv) are skipped.
+  if [ "$(head -n 1 "$csv" | tr -d '\r')" != "optimizer,step,seconds,train_loss,test_metric" ]; then
+    echo "skipped $csv (not a training-curve CSV)"
+    continue
+  fi
   png="$dir/$task.png"
   # The optimizers in order of first appearance (column 1, header skipped).
   optimizers="$(awk -F, 'NR > 1 && !seen[$1]++ { printf "%s ", $1 }' "$csv")"
