@@ -21,7 +21,11 @@
 /// used by two threads at once; distinct objects are independent. The const accessors may
 /// run concurrently with each other, not with `compute` or `apply`.
 ///
-/// Allocation: `compute` may allocate (Eigen's eigensolvers do). `apply` allocates nothing
+/// Eigensolver: the default backend's (detail::DefaultSymmetricEigenKernel, the same as
+/// SymmetricEigenCache's: LAPACK syevd with KFOPT_USE_LAPACK, kfopt's blocked solver from
+/// n = 256 on otherwise).
+///
+/// Allocation: `compute` may allocate (the eigensolvers size their storage). `apply` allocates nothing
 /// once it has run with the given sizes, provided Z is a plain matrix or a Map/Block of
 /// one (an expression is evaluated into a temporary) and the matrix products stay below
 /// Eigen's stack-allocation limit for its GEMM blocking buffers
@@ -40,6 +44,7 @@
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/kron/scaled_congruence.hpp"
+#include "kfopt/kron/symmetric_eigen_cache.hpp"
 
 namespace kfopt {
 namespace detail {
@@ -244,7 +249,7 @@ class KroneckerSumInverse : public detail::KroneckerEigenInverseBase<Scalar_, Kr
   }
 
   /// Preallocates for A, C n×n and B, D p×p (Z p×n): the bases, scales and `apply`
-  /// workspaces (Eigen's eigensolver still sizes its own storage at the first `compute`).
+  /// workspaces (the eigensolvers still size their own storage at the first `compute`).
   /// Throws ShapeError for negative sizes.
   KroneckerSumInverse(Eigen::Index n, Eigen::Index p, const Options& options = Options())
       : KroneckerSumInverse(options) {
@@ -334,7 +339,7 @@ class KroneckerSumInverse : public detail::KroneckerEigenInverseBase<Scalar_, Kr
   template <typename DerivedP, typename DerivedQ>
   static Status generalized_eigen(const Eigen::MatrixBase<DerivedP>& P,
                                   const Eigen::MatrixBase<DerivedQ>& Q, Matrix& chol,
-                                  Eigen::SelfAdjointEigenSolver<Matrix>& eig, Matrix& basis,
+                                  detail::DefaultSymmetricEigenKernel<Scalar>& eig, Matrix& basis,
                                   Vector& values) {
     chol = P;
     // In-place factorization into `chol` (reads and writes its lower triangle only).
@@ -344,12 +349,11 @@ class KroneckerSumInverse : public detail::KroneckerEigenInverseBase<Scalar_, Kr
     basis = Q.template selfadjointView<Eigen::Lower>();
     llt.matrixL().solveInPlace(basis);
     llt.matrixU().template solveInPlace<Eigen::OnTheRight>(basis);
-    eig.compute(basis, Eigen::ComputeEigenvectors);
-    if (eig.info() != Eigen::Success) return detail::status_from_eigen(eig.info());
-    basis = eig.eigenvectors();
+    // The kernel copies its input before `basis` receives the eigenvectors.
+    const Status solved = detail::symmetric_eigen(eig, basis, values, basis);
+    if (solved != Status::Success) return solved;
     llt.matrixU().solveInPlace(basis);  // X = L⁻ᵀ V
-    values = eig.eigenvalues();
-    if (!basis.allFinite() || !values.allFinite()) return Status::NumericalIssue;
+    if (!basis.allFinite()) return Status::NumericalIssue;
     return Status::Success;
   }
 
@@ -383,13 +387,11 @@ class KroneckerSumInverse : public detail::KroneckerEigenInverseBase<Scalar_, Kr
   Vector mu_, nu_;
   Scalar min_divisor_ratio_ = Scalar(0);
   // Staging for compute (committed by swap), Cholesky factors and eigensolvers, kept as
-  // members so that repeated computes with the same sizes reuse their storage. (The
-  // solvers are default-constructed on purpose: Eigen's size-preallocating constructors
-  // leave the `info` member uninitialized, which a copy of this object would then read.)
+  // members so that repeated computes with the same sizes reuse their storage.
   Matrix stage_n_, stage_p_;
   Vector stage_mu_, stage_nu_;
   Matrix chol_n_, chol_p_;
-  Eigen::SelfAdjointEigenSolver<Matrix> eig_n_, eig_p_;
+  detail::DefaultSymmetricEigenKernel<Scalar> eig_n_, eig_p_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -502,29 +504,25 @@ class IdentityMinusKroneckerInverse : public detail::KroneckerEigenInverseBase<S
     const Eigen::Index n = M_A.rows(), p = M_G.rows();
     if (core_.n() != n || core_.p() != p) reserve(n, p);
 
-    // Eigen's solver reads the lower triangle; copy through a plain matrix so that any
-    // expression type is accepted.
+    // The solver reads the lower triangle; copy through a plain matrix so that any
+    // expression type is accepted. The eigenvectors land in vectors_n_ / vectors_p_.
     stage_n_ = M_A;
-    eig_n_.compute(stage_n_, Eigen::ComputeEigenvectors);
-    Status status = detail::status_from_eigen(eig_n_.info());
+    Status status = detail::symmetric_eigen(eig_n_, stage_n_, stage_a_, vectors_n_);
     if (status == Status::Success) {
       stage_p_ = M_G;
-      eig_p_.compute(stage_p_, Eigen::ComputeEigenvectors);
-      status = detail::status_from_eigen(eig_p_.info());
+      status = detail::symmetric_eigen(eig_p_, stage_p_, stage_g_, vectors_p_);
     }
     clipped_count_ = 0;
     min_divisor_ = Scalar(0);
     if (status == Status::Success) {
-      stage_a_ = eig_n_.eigenvalues();
-      stage_g_ = eig_p_.eigenvalues();
       if (options_.clip_eigenvalues) {
         clipped_count_ = clip(stage_a_) + clip(stage_g_);
       }
       status = fill_scale(stage_g_, stage_a_);
     }
     if (status == Status::Success) {
-      core_.right = eig_n_.eigenvectors();
-      core_.left = eig_p_.eigenvectors();
+      core_.right.swap(vectors_n_);
+      core_.left.swap(vectors_p_);
       a_.swap(stage_a_);
       g_.swap(stage_g_);
     }
@@ -609,7 +607,8 @@ class IdentityMinusKroneckerInverse : public detail::KroneckerEigenInverseBase<S
   Scalar min_divisor_ = Scalar(0);
   Matrix stage_n_, stage_p_;
   Vector stage_a_, stage_g_;
-  Eigen::SelfAdjointEigenSolver<Matrix> eig_n_, eig_p_;  // default-constructed, see above
+  Matrix vectors_n_, vectors_p_;
+  detail::DefaultSymmetricEigenKernel<Scalar> eig_n_, eig_p_;
 };
 
 }  // namespace kfopt

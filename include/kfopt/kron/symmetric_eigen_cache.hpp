@@ -106,6 +106,27 @@ class SymmetricEigenKernel<Scalar, DecompositionBackend::Lapack> {
 };
 #endif
 
+/// The default backend's eigensolver (kDefaultDecompositionBackend: LAPACK's syevd with
+/// KFOPT_USE_LAPACK, kfopt's SymmetricEigensolver from n = 256 on otherwise) for the algebra
+/// layer's other symmetric eigenproblems: the RNN K-FAC transition matrices and the
+/// Kronecker-sum inverses, whose eigenvalues may be negative and are not clipped.
+template <typename Scalar>
+using DefaultSymmetricEigenKernel = SymmetricEigenKernel<Scalar, kDefaultDecompositionBackend<Scalar>>;
+
+/// `A = vectors · diag(values) · vectorsᵀ`, values ascending, from the lower triangle of a
+/// symmetric A by `kernel`. Returns NumericalIssue, with `values` and `vectors` untouched,
+/// when A holds NaN or Inf (checked first: LAPACK's behaviour on them is undefined) or the
+/// solver fails.
+template <typename Scalar, DecompositionBackend Backend>
+Status symmetric_eigen(SymmetricEigenKernel<Scalar, Backend>& kernel,
+                       const Eigen::Ref<const typename SymmetricEigenKernel<Scalar, Backend>::Matrix>& A,
+                       typename SymmetricEigenKernel<Scalar, Backend>::Vector& values,
+                       typename SymmetricEigenKernel<Scalar, Backend>::Matrix& vectors) {
+  if (!A.allFinite() || !kernel.compute(A)) return Status::NumericalIssue;
+  kernel.take(values, vectors);
+  return Status::Success;
+}
+
 }  // namespace detail
 
 /// Which side of X a matrix function multiplies: `f(A) X` (Left) or `X f(A)` (Right).
