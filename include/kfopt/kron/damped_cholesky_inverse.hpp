@@ -21,6 +21,7 @@
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/kron/lapack_backend.hpp"
+#include "kfopt/kron/matrix_product_kernel.hpp"
 
 namespace kfopt {
 
@@ -41,6 +42,91 @@ inline Eigen::Index triangular_work_rows(Eigen::Index n) {
 }
 inline Eigen::Index triangular_work_cols(Eigen::Index n) {
   return n > kTriangularBlock ? triangular_split(n) : 0;
+}
+
+/// Below this order the triangular products and solves are Eigen's (into `work`); above,
+/// the recursions below put their flops into product_accumulate.
+inline constexpr Eigen::Index kTriangularProductLeaf = 64;
+
+/// Grows `work` to at least rows × cols (never shrinks it: no allocation once large enough).
+template <typename Matrix>
+auto triangular_work(Matrix& work, Eigen::Index rows, Eigen::Index cols) {
+  if (work.rows() < rows || work.cols() < cols) {
+    work.resize(std::max(work.rows(), rows), std::max(work.cols(), cols));
+  }
+  return work.topLeftCorner(rows, cols);
+}
+
+/// In place: `W ← s·W·T` for a lower-triangular T (n×n, lower triangle read) and W m×n
+/// (BLAS trmm, right side). With `T = [T11 0; T21 T22]` and `W = [W1 W2]`:
+/// `W·T = [W1 T11 + W2 T21, W2 T22]` — two recursions and one product. mn² flops.
+template <typename Matrix>
+void multiply_lower_right_inplace(Eigen::Ref<const Matrix> T, Eigen::Ref<Matrix> W,
+                                  typename Matrix::Scalar s, Matrix& work) {
+  const Eigen::Index n = T.rows(), m = W.rows();
+  if (n <= kTriangularProductLeaf) {
+    auto out = triangular_work(work, m, n);
+    out.noalias() = s * (W * T.template triangularView<Eigen::Lower>());
+    W = out;
+    return;
+  }
+  const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
+  multiply_lower_right_inplace<Matrix>(T.topLeftCorner(n1, n1), W.leftCols(n1), s, work);
+  product_accumulate<typename Matrix::Scalar>(W.leftCols(n1), s, W.rightCols(n2),
+                                              T.bottomLeftCorner(n2, n1));
+  multiply_lower_right_inplace<Matrix>(T.bottomRightCorner(n2, n2), W.rightCols(n2), s, work);
+}
+
+/// In place: `W ← T·W` (Transposed false) or `W ← Tᵀ·W` (true) for a lower-triangular T
+/// (n×n, lower triangle read) and W n×m (BLAS trmm, left side). With `T = [T11 0; T21 T22]`:
+/// `T·W = [T11 W1; T21 W1 + T22 W2]`, `Tᵀ·W = [T11ᵀ W1 + T21ᵀ W2; T22ᵀ W2]`, each block
+/// overwritten only after the blocks it reads. mn² flops.
+template <typename Matrix, bool Transposed>
+void multiply_lower_left_inplace(Eigen::Ref<const Matrix> T, Eigen::Ref<Matrix> W,
+                                 Matrix& work) {
+  using Scalar = typename Matrix::Scalar;
+  const Eigen::Index n = T.rows(), m = W.cols();
+  if (n <= kTriangularProductLeaf) {
+    auto out = triangular_work(work, n, m);
+    if constexpr (Transposed) {
+      out.noalias() = T.transpose().template triangularView<Eigen::Upper>() * W;
+    } else {
+      out.noalias() = T.template triangularView<Eigen::Lower>() * W;
+    }
+    W = out;
+    return;
+  }
+  const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
+  auto W1 = W.topRows(n1);
+  auto W2 = W.bottomRows(n2);
+  if constexpr (Transposed) {
+    multiply_lower_left_inplace<Matrix, true>(T.topLeftCorner(n1, n1), W1, work);
+    product_accumulate<Scalar>(W1, Scalar(1), T.bottomLeftCorner(n2, n1).transpose(), W2);
+    multiply_lower_left_inplace<Matrix, true>(T.bottomRightCorner(n2, n2), W2, work);
+  } else {
+    multiply_lower_left_inplace<Matrix, false>(T.bottomRightCorner(n2, n2), W2, work);
+    product_accumulate<Scalar>(W2, Scalar(1), T.bottomLeftCorner(n2, n1), W1);
+    multiply_lower_left_inplace<Matrix, false>(T.topLeftCorner(n1, n1), W1, work);
+  }
+}
+
+/// In place: `X ← X·L⁻ᵀ` for a lower-triangular L (n×n, lower triangle read, non-zero
+/// diagonal) and X m×n (BLAS trsm, right side, transposed). With `L = [L11 0; L21 L22]`:
+/// `X1 ← X1 L11⁻ᵀ`, `X2 ← (X2 − X1 L21ᵀ) L22⁻ᵀ`. mn² flops.
+template <typename Matrix>
+void solve_lower_transposed_right_inplace(Eigen::Ref<const Matrix> L, Eigen::Ref<Matrix> X) {
+  using Scalar = typename Matrix::Scalar;
+  const Eigen::Index n = L.rows();
+  if (n <= kTriangularProductLeaf) {
+    L.transpose().template triangularView<Eigen::Upper>().template solveInPlace<Eigen::OnTheRight>(
+        X);
+    return;
+  }
+  const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
+  solve_lower_transposed_right_inplace<Matrix>(L.topLeftCorner(n1, n1), X.leftCols(n1));
+  product_accumulate<Scalar>(X.rightCols(n2), Scalar(-1), X.leftCols(n1),
+                             L.bottomLeftCorner(n2, n1).transpose());
+  solve_lower_transposed_right_inplace<Matrix>(L.bottomRightCorner(n2, n2), X.rightCols(n2));
 }
 
 /// In place on the lower triangle of T: `L ← L⁻¹` for a lower-triangular L with non-zero
@@ -88,13 +174,10 @@ void invert_lower_triangular_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
 #endif
     return;
   }
-  if (work.rows() < n2 || work.cols() < n1) {
-    work.resize(std::max(work.rows(), n2), std::max(work.cols(), n1));
-  }
+  // T21 ← −T21 X11, then T21 ← X22 T21: recursive in-place triangular products.
   auto T21 = T.bottomLeftCorner(n2, n1);
-  auto W = work.topLeftCorner(n2, n1);
-  W.noalias() = (-T21) * T.topLeftCorner(n1, n1).template triangularView<Eigen::Lower>();
-  T21.noalias() = T.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>() * W;
+  multiply_lower_right_inplace<Matrix>(T.topLeftCorner(n1, n1), T21, Scalar(-1), work);
+  multiply_lower_left_inplace<Matrix, false>(T.bottomRightCorner(n2, n2), T21, work);
 }
 
 /// In place on the lower triangle of T: `X ← lower(Xᵀ X)` for a lower-triangular X (LAPACK's
@@ -136,21 +219,9 @@ void lower_gram_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
     lower_gram_inplace<Matrix, Backend>(T.bottomRightCorner(n2, n2), work);
     return;
   }
-  // The rank-n2 update in slices of depth ≤ 128. Eigen 3.4's symmetric rank-k kernel was
-  // measured (double, AVX-512) to drop to ~10% of its GEMM rate in some cases at depth 256 —
-  // e.g. an Eigen::Ref operand with a scale factor at n ≤ 256, see factor_moments.hpp —
-  // and never to be slower in slices: the slicing is a cheap guard.
-  for (Eigen::Index c = 0; c < n2; c += 128) {
-    T.topLeftCorner(n1, n1).template selfadjointView<Eigen::Lower>().rankUpdate(
-        T21.middleRows(c, std::min<Eigen::Index>(128, n2 - c)).transpose());
-  }
-  if (work.rows() < n2 || work.cols() < n1) {
-    work.resize(std::max(work.rows(), n2), std::max(work.cols(), n1));
-  }
-  auto W = work.topLeftCorner(n2, n1);
-  W.noalias() =
-      T.bottomRightCorner(n2, n2).template triangularView<Eigen::Lower>().transpose() * T21;
-  T21 = W;
+  // T11 += T21ᵀ T21 (the Gram matrix of T21's columns), then T21 ← X22ᵀ T21 in place.
+  accumulate_lower_gram<Scalar>(T.topLeftCorner(n1, n1), T21, 0, Scalar(1));
+  multiply_lower_left_inplace<Matrix, true>(T.bottomRightCorner(n2, n2), T21, work);
   lower_gram_inplace<Matrix, Backend>(T.bottomRightCorner(n2, n2), work);
 }
 
@@ -173,14 +244,8 @@ bool cholesky_lower_inplace(Eigen::Ref<Matrix> A) {
   const Eigen::Index n1 = triangular_split(n), n2 = n - n1;
   if (!cholesky_lower_inplace<Matrix>(A.topLeftCorner(n1, n1))) return false;
   auto L21 = A.bottomLeftCorner(n2, n1);
-  A.topLeftCorner(n1, n1)
-      .template triangularView<Eigen::Lower>()
-      .transpose()
-      .template solveInPlace<Eigen::OnTheRight>(L21);
-  for (Eigen::Index c = 0; c < n1; c += 128) {  // slices: see lower_gram_inplace
-    A.bottomRightCorner(n2, n2).template selfadjointView<Eigen::Lower>().rankUpdate(
-        L21.middleCols(c, std::min<Eigen::Index>(128, n1 - c)), Scalar(-1));
-  }
+  solve_lower_transposed_right_inplace<Matrix>(A.topLeftCorner(n1, n1), L21);
+  accumulate_lower_gram<Scalar>(A.bottomRightCorner(n2, n2), L21.transpose(), 0, Scalar(-1));
   return cholesky_lower_inplace<Matrix>(A.bottomRightCorner(n2, n2));
 }
 

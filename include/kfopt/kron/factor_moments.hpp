@@ -41,6 +41,7 @@
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/kron/lapack_backend.hpp"
+#include "kfopt/kron/matrix_product_kernel.hpp"
 
 namespace kfopt {
 
@@ -66,39 +67,6 @@ struct FactorAverageOptions {
 };
 
 namespace detail {
-
-/// Below this order accumulate_lower_gram computes a diagonal block by Eigen's rank-k update.
-inline constexpr Eigen::Index kGramLeaf = 64;
-
-/// Lower triangle of `C += scale · X(:, cols)ᵀ X(:, cols)` with `cols = first … first+n−1`,
-/// C n×n: recursively, the off-diagonal block by one matrix product (Eigen's GEMM kernel),
-/// the two diagonal blocks by recursion, leaves of order ≤ kGramLeaf by Eigen's symmetric
-/// rank-k update (lower triangle only). n²k flops for X k×n, nearly all at GEMM speed. Why
-/// not Eigen 3.4's rank-k update on the whole matrix: the call FactorMovingAverage made
-/// before, `selfadjointView<Lower>().rankUpdate(batch.transpose(), 1/k)` with `batch` an
-/// `Eigen::Ref<const Matrix>` of 256 rows, ran at ~6% of the GEMM rate at n = 128 and 256
-/// (double, AVX-512; ~0.9 ms instead of ~0.08 ms at n = 128), and so did a square product
-/// `C += s·XᵀX` on the whole 128×128 matrix, while the same calls on blocks of order ≤ 64
-/// showed no such cliff in any measured layout (n = 64…2048, float and double; 5–20% faster
-/// than square products at the leaves, which also did twice the leaf flops).
-template <typename Scalar, typename DerivedX>
-void accumulate_lower_gram(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C,
-                           const Eigen::MatrixBase<DerivedX>& X, Eigen::Index first,
-                           Scalar scale) {
-  const Eigen::Index n = C.rows();
-  if (n <= kGramLeaf) {
-    C.template selfadjointView<Eigen::Lower>().rankUpdate(X.middleCols(first, n).transpose(),
-                                                          scale);
-    return;
-  }
-  Eigen::Index n1 = n / 2;
-  if (n1 >= 32) n1 = (n1 / 16) * 16;  // aligned panels for the product kernel
-  const Eigen::Index n2 = n - n1;
-  C.bottomLeftCorner(n2, n1).noalias() +=
-      scale * (X.middleCols(first + n1, n2).transpose() * X.middleCols(first, n1));
-  accumulate_lower_gram<Scalar>(C.topLeftCorner(n1, n1), X, first, scale);
-  accumulate_lower_gram<Scalar>(C.bottomRightCorner(n2, n2), X, first + n1, scale);
-}
 
 /// Lower triangle of `C ← keep·C + scale·XᵀX` for n×n C and X k×n (rows are samples); the
 /// strict upper triangle is not written (it goes stale).

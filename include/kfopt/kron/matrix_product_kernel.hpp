@@ -1,0 +1,271 @@
+#pragma once
+/// \file matrix_product_kernel.hpp
+/// \brief kfopt's general matrix product `C += α·A·B` on Eigen's SIMD packets: the product
+/// kernel under the Eigen backend's recursive Cholesky, triangular and Gram kernels
+/// (damped_cholesky_inverse.hpp, factor_moments.hpp).
+///
+/// Why not Eigen's own product: Eigen 3.4's kernel keeps a register tile of 3 packets × 4
+/// columns on every target (12 accumulators), AVX-512's 32 vector registers included. This
+/// kernel keeps 3 packets × 8 columns there (24 accumulators: twice the multiply-adds per
+/// loaded packet of A, and each broadcast of B feeds three of them). On the 2-core AVX-512
+/// machine of bench/results/bench_kron.md, square products at n = 256…2048 ran at 91–97
+/// GFLOP/s in double against Eigen's 65–74 and OpenBLAS's 80–86, and at 169–188 GFLOP/s in
+/// float against Eigen's 139–157 and OpenBLAS's 189–209 (one thread, same process; the
+/// `gemm/kfopt_kernel` rows of bench_kron). With 16 vector registers (SSE, AVX2) the tile is
+/// 3 packets × 4 columns, Eigen's shape.
+///
+/// The scheme is the usual one for cache-blocked products (Goto and van de Geijn, 2008): B in
+/// blocks of depth_block × col_block packed into row-interleaved panels of `cols` columns, A
+/// in blocks of row_block × depth_block packed (with α applied) into column-interleaved
+/// panels of `rows` rows, and a register tile that runs over one panel of each. Edges are
+/// zero-padded in the packed copies and added to C through a small tile buffer.
+///
+/// The packed copies live in per-thread buffers that grow to at most
+/// `depth_block·(col_block + row_block)` scalars (2.5 MB in double, 1.2 MB in float) and are
+/// kept for the thread's lifetime: a product allocates nothing once they are that large (a
+/// fresh allocation of that size per product is served by mmap under glibc's default
+/// thresholds and page-faults on every call). Single-threaded; safe to call from several
+/// threads at once (each has its own buffers).
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+namespace kfopt {
+namespace detail {
+
+/// Register tile and cache blocks of the product kernel for one scalar type.
+template <typename Scalar>
+struct ProductKernelShape {
+  using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
+  static constexpr int packet_size = Eigen::internal::unpacket_traits<Packet>::size;
+  /// Register tile: rows = 3 packets, cols = 8 with 32 vector registers, else 4.
+  static constexpr int row_packets = 3;
+  static constexpr int rows = row_packets * packet_size;
+  static constexpr int cols = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 8 : 4;
+  /// Depth of one packed block: a packed panel of B (depth_block × cols) stays in L1.
+  static constexpr Eigen::Index depth_block = 256;
+  /// Rows of A per packed block (about 240 KB in float, 480 KB in double: in L2).
+  static constexpr Eigen::Index row_block = rows * (sizeof(Scalar) >= 8 ? 10 : 5);
+  /// Columns of B per packed block (1 MB in float, 2 MB in double: in L3). Measured against
+  /// 512 and 4096 at n = 128…2048: 1024 was fastest or within noise everywhere.
+  static constexpr Eigen::Index col_block = 1024;
+};
+
+/// Whether the kernel serves this scalar type (float and double; anything else goes to
+/// Eigen's product).
+template <typename Scalar>
+inline constexpr bool kHasProductKernel =
+    std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>;
+
+/// Read-only strided view of a matrix expression with direct access: element (i, j) at
+/// `data[i·row_stride + j·col_stride]` (covers column-major blocks and their transposes).
+template <typename Scalar>
+struct StridedConstView {
+  const Scalar* data;
+  Eigen::Index row_stride;
+  Eigen::Index col_stride;
+  const Scalar* at(Eigen::Index i, Eigen::Index j) const {
+    return data + i * row_stride + j * col_stride;
+  }
+};
+
+template <typename Scalar>
+struct ProductPackingBuffers {
+  std::vector<Scalar, Eigen::aligned_allocator<Scalar>> lhs, rhs;
+};
+
+/// This thread's packing buffers (see the file comment).
+template <typename Scalar>
+ProductPackingBuffers<Scalar>& product_packing_buffers() {
+  thread_local ProductPackingBuffers<Scalar> buffers;
+  return buffers;
+}
+
+/// Packs rows `r0 … r0+mc−1`, columns `p0 … p0+kc−1` of A, times α, into panels of
+/// `Shape::rows` rows: panel q holds, for each depth index p, its rows contiguously.
+template <typename Scalar>
+void pack_product_lhs(const StridedConstView<Scalar>& A, Eigen::Index r0, Eigen::Index p0,
+                      Eigen::Index mc, Eigen::Index kc, Scalar alpha, Scalar* out) {
+  constexpr Eigen::Index R = ProductKernelShape<Scalar>::rows;
+  for (Eigen::Index i0 = 0; i0 < mc; i0 += R) {
+    Scalar* panel = out + i0 * kc;
+    const Eigen::Index m = std::min(R, mc - i0);
+    if (A.row_stride == 1) {
+      for (Eigen::Index p = 0; p < kc; ++p) {
+        const Scalar* src = A.at(r0 + i0, p0 + p);
+        Scalar* dst = panel + p * R;
+        for (Eigen::Index i = 0; i < m; ++i) dst[i] = alpha * src[i];
+        for (Eigen::Index i = m; i < R; ++i) dst[i] = Scalar(0);
+      }
+    } else {
+      // Rows contiguous in memory (a transposed column-major block): read along rows.
+      for (Eigen::Index i = 0; i < m; ++i) {
+        const Scalar* src = A.at(r0 + i0 + i, p0);
+        for (Eigen::Index p = 0; p < kc; ++p) panel[p * R + i] = alpha * src[p * A.col_stride];
+      }
+      for (Eigen::Index p = 0; p < kc; ++p) {
+        for (Eigen::Index i = m; i < R; ++i) panel[p * R + i] = Scalar(0);
+      }
+    }
+  }
+}
+
+/// Packs rows `p0 … p0+kc−1`, columns `c0 … c0+nc−1` of B into panels of `Shape::cols`
+/// columns: panel q holds, for each depth index p, its columns contiguously.
+template <typename Scalar>
+void pack_product_rhs(const StridedConstView<Scalar>& B, Eigen::Index p0, Eigen::Index c0,
+                      Eigen::Index kc, Eigen::Index nc, Scalar* out) {
+  constexpr Eigen::Index NR = ProductKernelShape<Scalar>::cols;
+  for (Eigen::Index j0 = 0; j0 < nc; j0 += NR) {
+    Scalar* panel = out + j0 * kc;
+    const Eigen::Index n = std::min(NR, nc - j0);
+    if (B.row_stride == 1) {
+      for (Eigen::Index j = 0; j < n; ++j) {
+        const Scalar* src = B.at(p0, c0 + j0 + j);
+        for (Eigen::Index p = 0; p < kc; ++p) panel[p * NR + j] = src[p];
+      }
+      for (Eigen::Index p = 0; p < kc; ++p) {
+        for (Eigen::Index j = n; j < NR; ++j) panel[p * NR + j] = Scalar(0);
+      }
+    } else {
+      for (Eigen::Index p = 0; p < kc; ++p) {
+        const Scalar* src = B.at(p0 + p, c0 + j0);
+        Scalar* dst = panel + p * NR;
+        for (Eigen::Index j = 0; j < n; ++j) dst[j] = src[j * B.col_stride];
+        for (Eigen::Index j = n; j < NR; ++j) dst[j] = Scalar(0);
+      }
+    }
+  }
+}
+
+/// The register tile: `C(0:m, 0:n) += a_panel · b_panel` over depth kc, for one packed panel
+/// of A (rows × kc) and of B (kc × cols); m ≤ rows and n ≤ cols say how much of the tile C
+/// has (edges). C is column-major with leading dimension ldc.
+template <typename Scalar>
+inline void product_register_tile(Eigen::Index kc, const Scalar* a, const Scalar* b, Scalar* c,
+                                  Eigen::Index ldc, Eigen::Index m, Eigen::Index n) {
+  using Shape = ProductKernelShape<Scalar>;
+  using Packet = typename Shape::Packet;
+  namespace ei = Eigen::internal;
+  constexpr int P = Shape::packet_size, MP = Shape::row_packets, NR = Shape::cols;
+  constexpr int R = Shape::rows;
+  Packet acc[MP][NR];
+  for (int j = 0; j < NR; ++j) {
+    for (int q = 0; q < MP; ++q) acc[q][j] = ei::pset1<Packet>(Scalar(0));
+  }
+  for (Eigen::Index p = 0; p < kc; ++p) {
+    Packet lhs[MP];
+    for (int q = 0; q < MP; ++q) lhs[q] = ei::pload<Packet>(a + q * P);
+    for (int j = 0; j < NR; ++j) {
+      const Packet rhs = ei::pset1<Packet>(b[j]);
+      for (int q = 0; q < MP; ++q) acc[q][j] = ei::pmadd(lhs[q], rhs, acc[q][j]);
+    }
+    a += R;
+    b += NR;
+  }
+  if (m == R && n == NR) {
+    for (int j = 0; j < NR; ++j) {
+      Scalar* cj = c + j * ldc;
+      for (int q = 0; q < MP; ++q) {
+        ei::pstoreu(cj + q * P, ei::padd(ei::ploadu<Packet>(cj + q * P), acc[q][j]));
+      }
+    }
+    return;
+  }
+  alignas(EIGEN_MAX_ALIGN_BYTES) Scalar tile[R * NR];
+  for (int j = 0; j < NR; ++j) {
+    for (int q = 0; q < MP; ++q) ei::pstore(tile + j * R + q * P, acc[q][j]);
+  }
+  for (Eigen::Index j = 0; j < n; ++j) {
+    for (Eigen::Index i = 0; i < m; ++i) c[j * ldc + i] += tile[j * R + i];
+  }
+}
+
+/// `C += α·A·B` for C m×n column-major (unit inner stride), A m×k and B k×n any
+/// direct-access expressions (blocks, transposed blocks, Refs, maps). C must not overlap A
+/// or B. 2mnk flops, single-threaded. float and double run kfopt's kernel (file comment);
+/// other scalar types Eigen's product.
+template <typename Scalar, typename DerivedA, typename DerivedB>
+void product_accumulate(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C,
+                        Scalar alpha, const Eigen::MatrixBase<DerivedA>& A,
+                        const Eigen::MatrixBase<DerivedB>& B) {
+  eigen_assert(A.rows() == C.rows() && B.cols() == C.cols() && A.cols() == B.rows());
+  const Eigen::Index m = C.rows(), n = C.cols(), k = A.cols();
+  if (m == 0 || n == 0 || k == 0) return;
+  if constexpr (!kHasProductKernel<Scalar>) {
+    C.noalias() += alpha * (A.derived() * B.derived());
+  } else {
+    static_assert(bool(DerivedA::Flags & Eigen::DirectAccessBit) &&
+                      bool(DerivedB::Flags & Eigen::DirectAccessBit),
+                  "product_accumulate reads A and B through strides (direct access)");
+    using Shape = ProductKernelShape<Scalar>;
+    constexpr Eigen::Index R = Shape::rows, NR = Shape::cols;
+    const StridedConstView<Scalar> a{A.derived().data(), A.derived().rowStride(),
+                                     A.derived().colStride()};
+    const StridedConstView<Scalar> b{B.derived().data(), B.derived().rowStride(),
+                                     B.derived().colStride()};
+    ProductPackingBuffers<Scalar>& buffers = product_packing_buffers<Scalar>();
+    const Eigen::Index ldc = C.outerStride();
+    for (Eigen::Index c0 = 0; c0 < n; c0 += Shape::col_block) {
+      const Eigen::Index nc = std::min(Shape::col_block, n - c0);
+      const Eigen::Index nc_padded = (nc + NR - 1) / NR * NR;
+      for (Eigen::Index p0 = 0; p0 < k; p0 += Shape::depth_block) {
+        const Eigen::Index kc = std::min(Shape::depth_block, k - p0);
+        const auto rhs_size = static_cast<std::size_t>(nc_padded * kc);
+        if (buffers.rhs.size() < rhs_size) buffers.rhs.resize(rhs_size);
+        pack_product_rhs(b, p0, c0, kc, nc, buffers.rhs.data());
+        for (Eigen::Index r0 = 0; r0 < m; r0 += Shape::row_block) {
+          const Eigen::Index mc = std::min(Shape::row_block, m - r0);
+          const Eigen::Index mc_padded = (mc + R - 1) / R * R;
+          const auto lhs_size = static_cast<std::size_t>(mc_padded * kc);
+          if (buffers.lhs.size() < lhs_size) buffers.lhs.resize(lhs_size);
+          pack_product_lhs(a, r0, p0, mc, kc, alpha, buffers.lhs.data());
+          for (Eigen::Index j0 = 0; j0 < nc; j0 += NR) {
+            const Scalar* b_panel = buffers.rhs.data() + j0 * kc;
+            for (Eigen::Index i0 = 0; i0 < mc; i0 += R) {
+              product_register_tile<Scalar>(kc, buffers.lhs.data() + i0 * kc, b_panel,
+                                            &C(r0 + i0, c0 + j0), ldc,
+                                            std::min(R, mc - i0), std::min(NR, nc - j0));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Below this order accumulate_lower_gram computes a diagonal block by Eigen's rank-k update.
+inline constexpr Eigen::Index kGramLeaf = 64;
+
+/// Lower triangle of `C += scale · X(:, cols)ᵀ X(:, cols)` with `cols = first … first+n−1`,
+/// C n×n (a symmetric rank-k update, BLAS's syrk): recursively, the off-diagonal block by
+/// one product_accumulate, the two diagonal blocks by recursion, leaves of order ≤ kGramLeaf
+/// by Eigen's symmetric rank-k update (lower triangle only). n²k flops for X k×n, nearly
+/// all in the product kernel. C must not overlap X. Why not Eigen 3.4's rank-k update on
+/// the whole matrix: `selfadjointView<Lower>().rankUpdate(batch.transpose(), 1/k)` with
+/// `batch` an `Eigen::Ref<const Matrix>` of 256 rows ran at ~6% of the GEMM rate at n = 128
+/// and 256 (double, AVX-512), while the same call on blocks of order ≤ 64 showed no such
+/// cliff in any measured layout (n = 64…2048, float and double).
+template <typename Scalar, typename DerivedX>
+void accumulate_lower_gram(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C,
+                           const Eigen::MatrixBase<DerivedX>& X, Eigen::Index first,
+                           Scalar scale) {
+  const Eigen::Index n = C.rows();
+  if (n <= kGramLeaf) {
+    C.template selfadjointView<Eigen::Lower>().rankUpdate(X.middleCols(first, n).transpose(),
+                                                          scale);
+    return;
+  }
+  Eigen::Index n1 = n / 2;
+  if (n1 >= 32) n1 = (n1 / 16) * 16;  // aligned panels for the product kernel
+  const Eigen::Index n2 = n - n1;
+  product_accumulate<Scalar>(C.bottomLeftCorner(n2, n1), scale,
+                             X.middleCols(first + n1, n2).transpose(), X.middleCols(first, n1));
+  accumulate_lower_gram<Scalar>(C.topLeftCorner(n1, n1), X, first, scale);
+  accumulate_lower_gram<Scalar>(C.bottomRightCorner(n2, n2), X, first + n1, scale);
+}
+
+}  // namespace detail
+}  // namespace kfopt
