@@ -55,11 +55,14 @@ TEMPLATE_TEST_CASE("product kernel: C += alpha A B against long-double triple lo
   using kfopt::detail::product_accumulate;
   using Shape = kfopt::detail::ProductKernelShape<S>;
   const Eigen::Index R = Shape::rows, NR = Shape::cols, KC = Shape::depth_block;
-  // Sizes around the register tile, the depth block and the row block of this build.
+  const Eigen::Index P = Shape::packet_size;
+  // Sizes around the register tile (a last panel of one, two or three packets), the depth
+  // block and the row block of this build.
   const std::vector<std::tuple<Eigen::Index, Eigen::Index, Eigen::Index>> shapes = {
       {1, 1, 1},         {R - 1, NR - 1, 3},       {R, NR, KC},           {R + 1, NR + 1, KC + 1},
       {2 * R + 3, 3 * NR + 2, 2 * KC + 5},         {Shape::row_block + 7, 5, 17},
-      {5, 2 * NR + 1, 1}, {97, 61, 130},           {0, 4, 4},             {4, 0, 4},
+      {5, 2 * NR + 1, 1}, {97, 61, 130},           {R + P + 1, NR, 7},    {2 * P, 3, 9},
+      {0, 4, 4},          {4, 0, 4},
       {4, 4, 0}};
   for (const auto& [m, n, k] : shapes) {
     for (const S alpha : {S(1), S(-0.75)}) {

@@ -142,15 +142,18 @@ void pack_product_rhs(const StridedConstView<Scalar>& B, Eigen::Index p0, Eigen:
 
 /// The register tile: `C(0:m, 0:n) += a_panel · b_panel` over depth kc, for one packed panel
 /// of A (rows × kc) and of B (kc × cols); m ≤ rows and n ≤ cols say how much of the tile C
-/// has (edges). C is column-major with leading dimension ldc.
-template <typename Scalar>
+/// has (edges). C is column-major with leading dimension ldc. Only the first `UsedPackets`
+/// packets of each panel row are computed (the last panel of a block whose row count is
+/// not a multiple of `rows`: e.g. a 64-row block in float with AVX-512 is one panel of 48
+/// rows and one of 16, not two of 48).
+template <typename Scalar, int UsedPackets = ProductKernelShape<Scalar>::row_packets>
 inline void product_register_tile(Eigen::Index kc, const Scalar* a, const Scalar* b, Scalar* c,
                                   Eigen::Index ldc, Eigen::Index m, Eigen::Index n) {
   using Shape = ProductKernelShape<Scalar>;
   using Packet = typename Shape::Packet;
   namespace ei = Eigen::internal;
-  constexpr int P = Shape::packet_size, MP = Shape::row_packets, NR = Shape::cols;
-  constexpr int R = Shape::rows;
+  constexpr int P = Shape::packet_size, MP = UsedPackets, NR = Shape::cols;
+  constexpr int R = Shape::rows;  // the packed panel's row stride
   Packet acc[MP][NR];
   for (int j = 0; j < NR; ++j) {
     for (int q = 0; q < MP; ++q) acc[q][j] = ei::pset1<Packet>(Scalar(0));
@@ -165,7 +168,7 @@ inline void product_register_tile(Eigen::Index kc, const Scalar* a, const Scalar
     a += R;
     b += NR;
   }
-  if (m == R && n == NR) {
+  if (m == MP * P && n == NR) {
     for (int j = 0; j < NR; ++j) {
       Scalar* cj = c + j * ldc;
       for (int q = 0; q < MP; ++q) {
@@ -224,10 +227,21 @@ void product_accumulate(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::
           pack_product_lhs(a, r0, p0, mc, kc, alpha, buffers.lhs.data());
           for (Eigen::Index j0 = 0; j0 < nc; j0 += NR) {
             const Scalar* b_panel = buffers.rhs.data() + j0 * kc;
+            const Eigen::Index n_tile = std::min(NR, nc - j0);
             for (Eigen::Index i0 = 0; i0 < mc; i0 += R) {
-              product_register_tile<Scalar>(kc, buffers.lhs.data() + i0 * kc, b_panel,
-                                            &C(r0 + i0, c0 + j0), ldc,
-                                            std::min(R, mc - i0), std::min(NR, nc - j0));
+              const Eigen::Index m_tile = std::min(R, mc - i0);
+              const Scalar* a_panel = buffers.lhs.data() + i0 * kc;
+              Scalar* c_tile = &C(r0 + i0, c0 + j0);
+              constexpr Eigen::Index P = Shape::packet_size;
+              if (m_tile > 2 * P) {
+                product_register_tile<Scalar>(kc, a_panel, b_panel, c_tile, ldc, m_tile, n_tile);
+              } else if (m_tile > P) {
+                product_register_tile<Scalar, 2>(kc, a_panel, b_panel, c_tile, ldc, m_tile,
+                                                 n_tile);
+              } else {
+                product_register_tile<Scalar, 1>(kc, a_panel, b_panel, c_tile, ldc, m_tile,
+                                                 n_tile);
+              }
             }
           }
         }
