@@ -116,6 +116,53 @@ TEST_CASE("product kernel: a column count past the column block", "[kron][produc
   check_product<double>(C0, 2.0, A, B, C);
 }
 
+TEMPLATE_TEST_CASE("lower product kernel: lower(C) += alpha A B, the strict upper triangle untouched",
+                   "[kron][product]", float, double) {
+  using S = TestType;
+  using Shape = kfopt::detail::ProductKernelShape<S>;
+  const Eigen::Index R = Shape::rows, NR = Shape::cols;
+  // Square sizes around the tile edges, the row block and the column block; a general
+  // (non-symmetric) A·B and the Gram form XᵀX with Xᵀ a transposed block, as the statistics
+  // use it.
+  for (const Eigen::Index n : {Eigen::Index(1), NR - 1, R + 1, Eigen::Index(97),
+                               Shape::row_block + 3, Shape::col_block + 5}) {
+    const Eigen::Index k = n > 300 ? 3 : 45;
+    CAPTURE(n, k);
+    const Mat<S> A = Mat<S>::Random(n, k), B = Mat<S>::Random(k, n);
+    const Mat<S> X = Mat<S>::Random(k + 2, n + 1);
+    const auto Xb = X.block(1, 1, k, n);
+    const Mat<S> C0 = Mat<S>::Random(n, n);
+    for (const bool gram : {false, true}) {
+      CAPTURE(gram);
+      Mat<S> C = C0;
+      if (gram) {
+        kfopt::detail::lower_product_accumulate<S>(C, S(-1.5), Xb.transpose(), Xb);
+      } else {
+        kfopt::detail::lower_product_accumulate<S>(C, S(-1.5), A, B);
+      }
+      // Strict upper triangle: bit for bit the old values.
+      for (Eigen::Index j = 1; j < n; ++j) {
+        CHECK((C.col(j).head(j) - C0.col(j).head(j)).cwiseAbs().maxCoeff() == S(0));
+      }
+      // Lower triangle against the long-double reference: compare a matrix whose upper
+      // triangle is taken from a full reference product, so only the lower part is tested.
+      Mat<S> full = C0;
+      if (gram) {
+        kfopt::detail::product_accumulate<S>(full, S(-1.5), Xb.transpose(), Xb);
+      } else {
+        kfopt::detail::product_accumulate<S>(full, S(-1.5), A, B);
+      }
+      Mat<S> lower_then_full = full;
+      lower_then_full.template triangularView<Eigen::Lower>() = C;
+      if (gram) {
+        check_product<S>(C0, S(-1.5), Xb.transpose(), Xb, lower_then_full);
+      } else {
+        check_product<S>(C0, S(-1.5), A, B, lower_then_full);
+      }
+    }
+  }
+}
+
 TEST_CASE("product kernel: other scalar types go to Eigen's product", "[kron][product]") {
   STATIC_REQUIRE_FALSE(kfopt::detail::kHasProductKernel<long double>);
   const LMat A = LMat::Random(7, 9), B = LMat::Random(9, 4), C0 = LMat::Random(7, 4);

@@ -245,7 +245,8 @@ bool cholesky_lower_inplace(Eigen::Ref<Matrix> A) {
   if (!cholesky_lower_inplace<Matrix>(A.topLeftCorner(n1, n1))) return false;
   auto L21 = A.bottomLeftCorner(n2, n1);
   solve_lower_transposed_right_inplace<Matrix>(A.topLeftCorner(n1, n1), L21);
-  accumulate_lower_gram<Scalar>(A.bottomRightCorner(n2, n2), L21.transpose(), 0, Scalar(-1));
+  lower_product_accumulate<Scalar>(A.bottomRightCorner(n2, n2), Scalar(-1), L21,
+                                   L21.transpose());
   return cholesky_lower_inplace<Matrix>(A.bottomRightCorner(n2, n2));
 }
 

@@ -146,9 +146,14 @@ void pack_product_rhs(const StridedConstView<Scalar>& B, Eigen::Index p0, Eigen:
 /// packets of each panel row are computed (the last panel of a block whose row count is
 /// not a multiple of `rows`: e.g. a 64-row block in float with AVX-512 is one panel of 48
 /// rows and one of 16, not two of 48).
-template <typename Scalar, int UsedPackets = ProductKernelShape<Scalar>::row_packets>
+/// With `Masked`, only the entries on or below C's diagonal are added: entry (i, j) of the
+/// tile is C's entry (i + d, j) relative to the diagonal, `d = row_minus_col`, and is added
+/// when `i + d ≥ j`.
+template <typename Scalar, int UsedPackets = ProductKernelShape<Scalar>::row_packets,
+          bool Masked = false>
 inline void product_register_tile(Eigen::Index kc, const Scalar* a, const Scalar* b, Scalar* c,
-                                  Eigen::Index ldc, Eigen::Index m, Eigen::Index n) {
+                                  Eigen::Index ldc, Eigen::Index m, Eigen::Index n,
+                                  Eigen::Index row_minus_col = 0) {
   using Shape = ProductKernelShape<Scalar>;
   using Packet = typename Shape::Packet;
   namespace ei = Eigen::internal;
@@ -168,7 +173,7 @@ inline void product_register_tile(Eigen::Index kc, const Scalar* a, const Scalar
     a += R;
     b += NR;
   }
-  if (m == MP * P && n == NR) {
+  if (!Masked && m == MP * P && n == NR) {
     for (int j = 0; j < NR; ++j) {
       Scalar* cj = c + j * ldc;
       for (int q = 0; q < MP; ++q) {
@@ -182,8 +187,85 @@ inline void product_register_tile(Eigen::Index kc, const Scalar* a, const Scalar
     for (int q = 0; q < MP; ++q) ei::pstore(tile + j * R + q * P, acc[q][j]);
   }
   for (Eigen::Index j = 0; j < n; ++j) {
-    for (Eigen::Index i = 0; i < m; ++i) c[j * ldc + i] += tile[j * R + i];
+    // Masked: rows i ≥ j − d only.
+    const Eigen::Index first = Masked ? std::max<Eigen::Index>(0, j - row_minus_col) : 0;
+    for (Eigen::Index i = first; i < m; ++i) c[j * ldc + i] += tile[j * R + i];
   }
+}
+
+/// One register tile with as many packets per panel row as the tile has rows for.
+template <typename Scalar, bool Masked>
+inline void product_tile_dispatch(Eigen::Index kc, const Scalar* a, const Scalar* b, Scalar* c,
+                                  Eigen::Index ldc, Eigen::Index m, Eigen::Index n,
+                                  Eigen::Index row_minus_col) {
+  constexpr Eigen::Index P = ProductKernelShape<Scalar>::packet_size;
+  constexpr int MP = ProductKernelShape<Scalar>::row_packets;
+  if (m > 2 * P) {
+    product_register_tile<Scalar, MP, Masked>(kc, a, b, c, ldc, m, n, row_minus_col);
+  } else if (m > P) {
+    product_register_tile<Scalar, 2, Masked>(kc, a, b, c, ldc, m, n, row_minus_col);
+  } else {
+    product_register_tile<Scalar, 1, Masked>(kc, a, b, c, ldc, m, n, row_minus_col);
+  }
+}
+
+/// The blocked loops of product_accumulate (LowerOnly false) and lower_product_accumulate
+/// (true: C square, tiles strictly above its diagonal skipped, tiles across it masked, row
+/// blocks strictly above a column block neither packed nor computed).
+template <typename Scalar, bool LowerOnly>
+void product_accumulate_blocked(
+    Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C, Scalar alpha,
+    const StridedConstView<Scalar>& a, const StridedConstView<Scalar>& b, Eigen::Index k) {
+  using Shape = ProductKernelShape<Scalar>;
+  constexpr Eigen::Index R = Shape::rows, NR = Shape::cols;
+  const Eigen::Index m = C.rows(), n = C.cols();
+  ProductPackingBuffers<Scalar>& buffers = product_packing_buffers<Scalar>();
+  const Eigen::Index ldc = C.outerStride();
+  for (Eigen::Index c0 = 0; c0 < n; c0 += Shape::col_block) {
+    const Eigen::Index nc = std::min(Shape::col_block, n - c0);
+    const Eigen::Index nc_padded = (nc + NR - 1) / NR * NR;
+    for (Eigen::Index p0 = 0; p0 < k; p0 += Shape::depth_block) {
+      const Eigen::Index kc = std::min(Shape::depth_block, k - p0);
+      const auto rhs_size = static_cast<std::size_t>(nc_padded * kc);
+      if (buffers.rhs.size() < rhs_size) buffers.rhs.resize(rhs_size);
+      pack_product_rhs(b, p0, c0, kc, nc, buffers.rhs.data());
+      for (Eigen::Index r0 = 0; r0 < m; r0 += Shape::row_block) {
+        const Eigen::Index mc = std::min(Shape::row_block, m - r0);
+        if (LowerOnly && r0 + mc <= c0) continue;  // every row above every column
+        const Eigen::Index mc_padded = (mc + R - 1) / R * R;
+        const auto lhs_size = static_cast<std::size_t>(mc_padded * kc);
+        if (buffers.lhs.size() < lhs_size) buffers.lhs.resize(lhs_size);
+        pack_product_lhs(a, r0, p0, mc, kc, alpha, buffers.lhs.data());
+        for (Eigen::Index j0 = 0; j0 < nc; j0 += NR) {
+          const Scalar* b_panel = buffers.rhs.data() + j0 * kc;
+          const Eigen::Index n_tile = std::min(NR, nc - j0);
+          for (Eigen::Index i0 = 0; i0 < mc; i0 += R) {
+            const Eigen::Index m_tile = std::min(R, mc - i0);
+            const Scalar* a_panel = buffers.lhs.data() + i0 * kc;
+            Scalar* c_tile = &C(r0 + i0, c0 + j0);
+            if constexpr (LowerOnly) {
+              const Eigen::Index d = (r0 + i0) - (c0 + j0);  // row − column at the origin
+              if (d + m_tile <= 0) continue;                  // strictly above the diagonal
+              if (d < n_tile - 1) {                           // across the diagonal
+                product_tile_dispatch<Scalar, true>(kc, a_panel, b_panel, c_tile, ldc, m_tile,
+                                                    n_tile, d);
+                continue;
+              }
+            }
+            product_tile_dispatch<Scalar, false>(kc, a_panel, b_panel, c_tile, ldc, m_tile,
+                                                 n_tile, 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename Scalar, typename Derived>
+StridedConstView<Scalar> strided_view(const Eigen::MatrixBase<Derived>& M) {
+  static_assert(bool(Derived::Flags & Eigen::DirectAccessBit),
+                "the product kernel reads its operands through strides (direct access)");
+  return {M.derived().data(), M.derived().rowStride(), M.derived().colStride()};
 }
 
 /// `C += α·A·B` for C m×n column-major (unit inner stride), A m×k and B k×n any
@@ -195,90 +277,48 @@ void product_accumulate(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::
                         Scalar alpha, const Eigen::MatrixBase<DerivedA>& A,
                         const Eigen::MatrixBase<DerivedB>& B) {
   eigen_assert(A.rows() == C.rows() && B.cols() == C.cols() && A.cols() == B.rows());
-  const Eigen::Index m = C.rows(), n = C.cols(), k = A.cols();
-  if (m == 0 || n == 0 || k == 0) return;
+  if (C.rows() == 0 || C.cols() == 0 || A.cols() == 0) return;
   if constexpr (!kHasProductKernel<Scalar>) {
     C.noalias() += alpha * (A.derived() * B.derived());
   } else {
-    static_assert(bool(DerivedA::Flags & Eigen::DirectAccessBit) &&
-                      bool(DerivedB::Flags & Eigen::DirectAccessBit),
-                  "product_accumulate reads A and B through strides (direct access)");
-    using Shape = ProductKernelShape<Scalar>;
-    constexpr Eigen::Index R = Shape::rows, NR = Shape::cols;
-    const StridedConstView<Scalar> a{A.derived().data(), A.derived().rowStride(),
-                                     A.derived().colStride()};
-    const StridedConstView<Scalar> b{B.derived().data(), B.derived().rowStride(),
-                                     B.derived().colStride()};
-    ProductPackingBuffers<Scalar>& buffers = product_packing_buffers<Scalar>();
-    const Eigen::Index ldc = C.outerStride();
-    for (Eigen::Index c0 = 0; c0 < n; c0 += Shape::col_block) {
-      const Eigen::Index nc = std::min(Shape::col_block, n - c0);
-      const Eigen::Index nc_padded = (nc + NR - 1) / NR * NR;
-      for (Eigen::Index p0 = 0; p0 < k; p0 += Shape::depth_block) {
-        const Eigen::Index kc = std::min(Shape::depth_block, k - p0);
-        const auto rhs_size = static_cast<std::size_t>(nc_padded * kc);
-        if (buffers.rhs.size() < rhs_size) buffers.rhs.resize(rhs_size);
-        pack_product_rhs(b, p0, c0, kc, nc, buffers.rhs.data());
-        for (Eigen::Index r0 = 0; r0 < m; r0 += Shape::row_block) {
-          const Eigen::Index mc = std::min(Shape::row_block, m - r0);
-          const Eigen::Index mc_padded = (mc + R - 1) / R * R;
-          const auto lhs_size = static_cast<std::size_t>(mc_padded * kc);
-          if (buffers.lhs.size() < lhs_size) buffers.lhs.resize(lhs_size);
-          pack_product_lhs(a, r0, p0, mc, kc, alpha, buffers.lhs.data());
-          for (Eigen::Index j0 = 0; j0 < nc; j0 += NR) {
-            const Scalar* b_panel = buffers.rhs.data() + j0 * kc;
-            const Eigen::Index n_tile = std::min(NR, nc - j0);
-            for (Eigen::Index i0 = 0; i0 < mc; i0 += R) {
-              const Eigen::Index m_tile = std::min(R, mc - i0);
-              const Scalar* a_panel = buffers.lhs.data() + i0 * kc;
-              Scalar* c_tile = &C(r0 + i0, c0 + j0);
-              constexpr Eigen::Index P = Shape::packet_size;
-              if (m_tile > 2 * P) {
-                product_register_tile<Scalar>(kc, a_panel, b_panel, c_tile, ldc, m_tile, n_tile);
-              } else if (m_tile > P) {
-                product_register_tile<Scalar, 2>(kc, a_panel, b_panel, c_tile, ldc, m_tile,
-                                                 n_tile);
-              } else {
-                product_register_tile<Scalar, 1>(kc, a_panel, b_panel, c_tile, ldc, m_tile,
-                                                 n_tile);
-              }
-            }
-          }
-        }
-      }
-    }
+    product_accumulate_blocked<Scalar, false>(C, alpha, strided_view<Scalar>(A),
+                                              strided_view<Scalar>(B), A.cols());
   }
 }
 
-/// Below this order accumulate_lower_gram computes a diagonal block by Eigen's rank-k update.
-inline constexpr Eigen::Index kGramLeaf = 64;
+/// `lower(C) += α·A·B` for square C: only the entries on and below C's diagonal are computed
+/// and written (the strictly upper triangle is not touched) — BLAS's syrk when B = Aᵀ, which
+/// is what callers use it for. About n²k flops plus the tiles across the diagonal (with
+/// AVX-512 in double, 24 × 8 tiles: about 12% extra at n = 256). Requirements as in
+/// product_accumulate.
+template <typename Scalar, typename DerivedA, typename DerivedB>
+void lower_product_accumulate(
+    Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C, Scalar alpha,
+    const Eigen::MatrixBase<DerivedA>& A, const Eigen::MatrixBase<DerivedB>& B) {
+  eigen_assert(C.rows() == C.cols() && A.rows() == C.rows() && B.cols() == C.cols() &&
+               A.cols() == B.rows());
+  if (C.rows() == 0 || A.cols() == 0) return;
+  if constexpr (!kHasProductKernel<Scalar>) {
+    C.template triangularView<Eigen::Lower>() += alpha * (A.derived() * B.derived());
+  } else {
+    product_accumulate_blocked<Scalar, true>(C, alpha, strided_view<Scalar>(A),
+                                             strided_view<Scalar>(B), A.cols());
+  }
+}
 
 /// Lower triangle of `C += scale · X(:, cols)ᵀ X(:, cols)` with `cols = first … first+n−1`,
-/// C n×n (a symmetric rank-k update, BLAS's syrk): recursively, the off-diagonal block by
-/// one product_accumulate, the two diagonal blocks by recursion, leaves of order ≤ kGramLeaf
-/// by Eigen's symmetric rank-k update (lower triangle only). n²k flops for X k×n, nearly
-/// all in the product kernel. C must not overlap X. Why not Eigen 3.4's rank-k update on
-/// the whole matrix: `selfadjointView<Lower>().rankUpdate(batch.transpose(), 1/k)` with
-/// `batch` an `Eigen::Ref<const Matrix>` of 256 rows ran at ~6% of the GEMM rate at n = 128
-/// and 256 (double, AVX-512), while the same call on blocks of order ≤ 64 showed no such
-/// cliff in any measured layout (n = 64…2048, float and double).
+/// C n×n (a symmetric rank-k update, BLAS's syrk) by lower_product_accumulate. n²k flops for
+/// X k×n. C must not overlap X. (Eigen 3.4's own rank-k update,
+/// `selfadjointView<Lower>().rankUpdate(batch.transpose(), 1/k)` with `batch` an
+/// `Eigen::Ref<const Matrix>` of 256 rows, ran at ~6% of its GEMM rate at n = 128 and 256 in
+/// double with AVX-512; this path has no such cliff: bench_kron's `stats` rows.)
 template <typename Scalar, typename DerivedX>
 void accumulate_lower_gram(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C,
                            const Eigen::MatrixBase<DerivedX>& X, Eigen::Index first,
                            Scalar scale) {
   const Eigen::Index n = C.rows();
-  if (n <= kGramLeaf) {
-    C.template selfadjointView<Eigen::Lower>().rankUpdate(X.middleCols(first, n).transpose(),
-                                                          scale);
-    return;
-  }
-  Eigen::Index n1 = n / 2;
-  if (n1 >= 32) n1 = (n1 / 16) * 16;  // aligned panels for the product kernel
-  const Eigen::Index n2 = n - n1;
-  product_accumulate<Scalar>(C.bottomLeftCorner(n2, n1), scale,
-                             X.middleCols(first + n1, n2).transpose(), X.middleCols(first, n1));
-  accumulate_lower_gram<Scalar>(C.topLeftCorner(n1, n1), X, first, scale);
-  accumulate_lower_gram<Scalar>(C.bottomRightCorner(n2, n2), X, first + n1, scale);
+  lower_product_accumulate<Scalar>(C, scale, X.middleCols(first, n).transpose(),
+                                   X.middleCols(first, n));
 }
 
 }  // namespace detail
