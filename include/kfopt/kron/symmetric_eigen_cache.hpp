@@ -102,7 +102,7 @@ class SymmetricEigenKernel<Scalar, DecompositionBackend::Lapack> {
   }
 
  private:
-  lapack::SymmetricEigenSolver<Scalar> solver_;
+  lapack::SplitSymmetricEigenSolver<Scalar> solver_;  // sytrd + stedc + kfopt's back-transformation
 };
 #endif
 
