@@ -8,8 +8,10 @@
 /// Cholesky factorization (n³/3 flops) plus, if the explicit inverse is asked for, a
 /// triangular inversion `L⁻¹` and the product `L⁻ᵀ L⁻¹` (another 2n³/3 flops), exactly the
 /// work of LAPACK's potrf + potri. The Eigen backend does all three with recursive blocked
-/// algorithms whose flops are in Eigen's matrix-product kernels (TRSM, TRMM and SYRK; on
-/// one core about as fast as OpenBLAS's potrf + potri, see bench/results/bench_kron.md); the LAPACK
+/// algorithms whose flops are in kfopt's product kernel (matrix_product_kernel.hpp; the
+/// triangular solve, triangular products and rank-k updates recurse onto it; on one core
+/// 0.56–0.98× the time of OpenBLAS's potrf + potri at n = 64…2048, see
+/// bench/results/bench_kron.md); the LAPACK
 /// backend (lapack_backend.hpp) calls potrf and then runs the same recursive inversion with
 /// BLAS trmm / syrk doing the products (faster than potri on one core, same flops). `solve`
 /// on an n×k block is two triangular solves (2n²k flops).
@@ -227,9 +229,8 @@ void lower_gram_inplace(Eigen::Ref<Matrix> T, Matrix& work) {
 
 /// In place on the lower triangle of A: `A = L Lᵀ` (LAPACK's potrf, lower), recursively:
 /// `L11 = chol(A11)`, `L21 = A21 L11⁻ᵀ` (a triangular solve), `A22 ← A22 − L21 L21ᵀ` (a
-/// symmetric rank-k update in slices of depth ≤ 128), `L22 = chol(A22)`; Eigen's LLT below
-/// 128. n³/3 flops, nearly all in Eigen's matrix-product kernels (about 25% faster than
-/// Eigen's own blocked LLT at n ≥ 512). Returns false if A is not numerically positive
+/// symmetric rank-k update, lower_product_accumulate), `L22 = chol(A22)`; Eigen's LLT below
+/// 128. n³/3 flops, nearly all in kfopt's product kernel. Returns false if A is not numerically positive
 /// definite (A is then partly overwritten). The strictly upper triangle is not touched.
 /// (The LAPACK backend factorizes with potrf instead: a BLAS-product version of this
 /// recursion measured no faster than OpenBLAS's potrf.)

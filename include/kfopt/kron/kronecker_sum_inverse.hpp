@@ -22,7 +22,7 @@
 /// run concurrently with each other, not with `compute` or `apply`.
 ///
 /// Eigensolver: the default backend's (detail::DefaultSymmetricEigenKernel, the same as
-/// SymmetricEigenCache's: LAPACK syevd with KFOPT_USE_LAPACK, kfopt's blocked solver from
+/// SymmetricEigenCache's: LAPACK divide and conquer with KFOPT_USE_LAPACK, kfopt's blocked solver from
 /// n = 256 on otherwise).
 ///
 /// Allocation: `compute` may allocate (the eigensolvers size their storage). `apply` allocates nothing

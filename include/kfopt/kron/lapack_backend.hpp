@@ -9,8 +9,10 @@
 /// LAPACKE (Debian: liblapacke-dev, with OpenBLAS providing LAPACK and BLAS); the default
 /// backend of those classes then becomes LAPACK for float and double:
 ///
-/// - eigendecomposition: `dsyevd` / `ssyevd` (divide and conquer, about 4n³/3 flops for
-///   the tridiagonal reduction plus a back-transformation that is mostly matrix products;
+/// - eigendecomposition: syevd's steps, `dsytrd` / `ssytrd` (tridiagonal reduction, about
+///   4n³/3 flops) and `dstedc` / `sstedc` (divide and conquer), with the back-transformation
+///   (2n³ flops, matrix products) done by kfopt (SplitSymmetricEigenSolver below: 0.8–0.9×
+///   the time of syevd itself);
 ///   Eigen's `SelfAdjointEigenSolver` uses implicit QR with Givens rotations on the
 ///   eigenvectors instead, about 2× slower at n = 1024 on one core);
 /// - Cholesky inverse: `dpotrf` / `spotrf`, then the inverse from the factor (potri's work,
@@ -56,7 +58,7 @@ namespace kfopt {
 /// The library that performs a dense symmetric eigendecomposition or Cholesky inverse.
 enum class DecompositionBackend {
   Eigen,   ///< Eigen's SelfAdjointEigenSolver / LLT plus kfopt's blocked triangular inverse
-  Lapack,  ///< LAPACK syevd / potrf (+ BLAS-based inverse), BLAS syrk (only with KFOPT_USE_LAPACK, float and double)
+  Lapack,  ///< LAPACK sytrd + stedc / potrf (+ BLAS-based inverse), BLAS syrk (only with KFOPT_USE_LAPACK, float and double)
 };
 
 /// Whether this build can use the LAPACK backend (`KFOPT_USE_LAPACK` is defined).
@@ -273,7 +275,8 @@ inline void trmm_lower(CBLAS_SIDE side, CBLAS_TRANSPOSE trans, lapack_int m, lap
   cblas_strmm(CblasColMajor, side, CblasLower, trans, CblasNonUnit, m, n, alpha, l, ldl, b, ldb);
 }
 
-/// `syevd` with its workspace: eigenvalues (ascending) and eigenvectors of a symmetric
+/// `syevd` with its workspace (the reference the backend's SplitSymmetricEigenSolver is
+/// measured and tested against): eigenvalues (ascending) and eigenvectors of a symmetric
 /// matrix from its lower triangle. The result lives in this object (`values`, `vectors`)
 /// until the caller swaps it out; the workspace is sized once per n.
 template <typename Scalar>
@@ -347,9 +350,10 @@ class SymmetricEigenSolver {
 /// (T from `larft`), whose two products run on kfopt's product kernel
 /// (matrix_product_kernel.hpp). That is what syevd's `ormtr` does through reference
 /// LAPACK's `larfb`, whose copies and loops took about 13% of syevd's time at n = 1024 in a
-/// profile (OpenBLAS 0.3.21, one thread). Same flops and, the eigenvalues being stedc's,
-/// the same eigenvalues bit for bit; 0.80–0.87× of syevd's time at n = 256…2048 in a probe
-/// (bench_kron: `eig/kfopt_lapack` against `eig/lapack`). Interface as SymmetricEigenSolver.
+/// profile (OpenBLAS 0.3.21, one thread). Same flops; the eigenvalues are stedc's for the
+/// same tridiagonal matrix, as in syevd. 0.80–0.87× of syevd's time at n = 256…2048 in a
+/// side-by-side probe (bench_kron: `eig/kfopt_lapack` against `eig/lapack`). Interface as
+/// SymmetricEigenSolver.
 template <typename Scalar>
 class SplitSymmetricEigenSolver {
  public:

@@ -8,9 +8,9 @@
 /// columns on every target (12 accumulators), AVX-512's 32 vector registers included. This
 /// kernel keeps 3 packets × 8 columns there (24 accumulators: twice the multiply-adds per
 /// loaded packet of A, and each broadcast of B feeds three of them). On the 2-core AVX-512
-/// machine of bench/results/bench_kron.md, square products at n = 256…2048 ran at 91–97
-/// GFLOP/s in double against Eigen's 65–74 and OpenBLAS's 80–86, and at 169–188 GFLOP/s in
-/// float against Eigen's 139–157 and OpenBLAS's 189–209 (one thread, same process; the
+/// machine of bench/results/bench_kron.md, square products at n = 256…2048 ran at 84–97
+/// GFLOP/s in double against Eigen's 43–73 and OpenBLAS's 82–89, and at 183–201 GFLOP/s in
+/// float against Eigen's 138–150 and OpenBLAS's 188–206 (one thread, same process; the
 /// `gemm/kfopt_kernel` rows of bench_kron). With 16 vector registers (SSE, AVX2) the tile is
 /// 3 packets × 4 columns, Eigen's shape.
 ///

@@ -16,7 +16,8 @@
 /// blocks, implicit QR with exact shifts whose rotations are applied to the vectors in
 /// cache-sized chunks; about 6n³ flops, most at cache speed; 0.55–1.4× of LAPACK's syevd
 /// on one core at n = 256–2048, see bench/results/bench_kron.md) and Eigen's SelfAdjointEigenSolver below, or LAPACK's
-/// divide-and-conquer `syevd` with the optional backend (lapack_backend.hpp). Applying a
+/// divide and conquer (syevd's sytrd + stedc, with kfopt's back-transformation) with the
+/// optional backend (lapack_backend.hpp). Applying a
 /// function to an n×k block is two n×n×k products (4n²k flops).
 
 #include <Eigen/Core>
@@ -106,7 +107,7 @@ class SymmetricEigenKernel<Scalar, DecompositionBackend::Lapack> {
 };
 #endif
 
-/// The default backend's eigensolver (kDefaultDecompositionBackend: LAPACK's syevd with
+/// The default backend's eigensolver (kDefaultDecompositionBackend: LAPACK's sytrd + stedc with
 /// KFOPT_USE_LAPACK, kfopt's SymmetricEigensolver from n = 256 on otherwise) for the algebra
 /// layer's other symmetric eigenproblems: the RNN K-FAC transition matrices and the
 /// Kronecker-sum inverses, whose eigenvalues may be negative and are not clipped.
@@ -143,7 +144,8 @@ enum class Side { Left, Right };
 /// workspace; do not call them concurrently on the same object.
 ///
 /// `Backend` chooses the eigensolver (lapack_backend.hpp): Eigen's by default, LAPACK's
-/// `syevd` when the build defines KFOPT_USE_LAPACK. Results agree to rounding.
+/// divide and conquer (lapack::SplitSymmetricEigenSolver) when the build defines
+/// KFOPT_USE_LAPACK. Results agree to rounding.
 template <typename Scalar, DecompositionBackend Backend = kDefaultDecompositionBackend<Scalar>>
 class SymmetricEigenCache {
   static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
