@@ -1,4 +1,4 @@
-// Step cost of the extended Kalman filter and the online natural gradient (issue 5):
+// Step cost of the extended Kalman filter and the online natural gradient:
 // d ∈ {10, 100, 1000}, a scalar observation (Bernoulli, logit z = xᵀθ) and a k = 10
 // dimensional one (Gaussian), in each update form. The counter ns_per_d2 is the step time
 // over d²: flat across d means the O(d²) (O(k d²)) cost the headers state.
@@ -10,8 +10,8 @@
 #include <benchmark/benchmark.h>
 
 #include <kfopt/filter/observation_models.hpp>
-#include <kfopt/optim/extended_kalman_filter.hpp>
-#include <kfopt/optim/online_natural_gradient.hpp>
+#include <kfopt/optim/kalman/extended_kalman_filter.hpp>
+#include <kfopt/optim/kalman/online_natural_gradient.hpp>
 
 #include <Eigen/Dense>
 #include <algorithm>

@@ -1,5 +1,5 @@
 /// \file bench_kfac_step.cpp
-/// \brief A full training step of the deep autoencoder, K-FAC against Adam (issue 3's
+/// \brief A full training step of the deep autoencoder, K-FAC against Adam (the
 /// performance target: a K-FAC step ≤ 1.5× an Adam step on the same autoencoder and batch,
 /// inverse period 20).
 ///
@@ -25,8 +25,8 @@
 #include <vector>
 
 #include <kfopt/core/parameter_block.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/kfac.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/kfac/kfac.hpp>
 
 #include "../examples/common/losses.hpp"
 #include "../examples/common/mlp.hpp"

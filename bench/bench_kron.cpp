@@ -1,5 +1,5 @@
 // Factor inversion costs of kfopt's Kronecker-factor algebra layer, with LAPACK and Eigen
-// reference rows measured in the same run (issue 7).
+// reference rows measured in the same run.
 //
 // Run:  build/bench/bench_kron [--benchmark_format=json] [--benchmark_filter=REGEX]
 //       bench/run_benchmarks.sh (the whole suite, a markdown table and a plot)
@@ -30,14 +30,14 @@
 #include <vector>
 
 #include <kfopt/curvature/recurrent_kronecker_block.hpp>
-#include <kfopt/kron/damped_cholesky_inverse.hpp>
+#include <kfopt/linalg/damped_cholesky_inverse.hpp>
 #include <kfopt/kron/factor_moments.hpp>
 #include <kfopt/kron/kronecker_inverse.hpp>
 #include <kfopt/kron/kronecker_projection.hpp>
 #include <kfopt/kron/kronecker_sum_inverse.hpp>
-#include <kfopt/kron/matrix_product_kernel.hpp>
-#include <kfopt/kron/symmetric_eigen_cache.hpp>
-#include <kfopt/kron/warm_started_inverse.hpp>
+#include <kfopt/linalg/matrix_product_kernel.hpp>
+#include <kfopt/linalg/symmetric_eigen_cache.hpp>
+#include <kfopt/linalg/warm_started_inverse.hpp>
 
 #ifdef KFOPT_USE_LAPACK
 #include <cblas.h>
@@ -162,7 +162,7 @@ void stats_gemm_eigen(benchmark::State& state) {
   set_flops(state, 2.0 * n * n * kBatch);
 }
 
-// The same Gram product by kfopt's own product kernel (kron/matrix_product_kernel.hpp), full
+// The same Gram product by kfopt's own product kernel (linalg/matrix_product_kernel.hpp), full
 // square (2n²k flops): the third candidate for "the machine's practical peak".
 template <typename Scalar>
 void stats_gemm_kfopt_kernel(benchmark::State& state) {

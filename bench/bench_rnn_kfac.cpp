@@ -1,7 +1,7 @@
 // RNN K-FAC preprocessing cost: RecurrentKroneckerBlock (curvature/recurrent_kronecker_block.hpp)
 // with the Independent (eq. 6), Option 1 (eq. 8) and Option 2 (eq. 9) approximations of
 // Martens, Ba & Johnson 2018, at the same factor sizes, so that the ratio Option / Independent
-// (issue 4 target: ≤ 3×, the paper's "only several times more expensive") reads off one run.
+// (target: ≤ 3×, the paper's "only several times more expensive") reads off one run.
 //
 // A layer `s_t = W a_t + b` with in = out = n: A0, A1 are (n+1)×(n+1) (homogeneous
 // coordinate), G0, G1 n×n — "129×128", "257×256", "513×512" for n = 128, 256, 512.

@@ -333,7 +333,7 @@ def main():
               f"{context.get('openblas_threads', '?')}. The machine is shared with other jobs: "
               "absolute times are noisy, ratios are taken within this one run.")
     md.append("")
-    md.append("## Targets (issue 7)")
+    md.append("## Targets")
     md.append("")
     md += targets(rows, sizes)
     md.append("")

@@ -83,12 +83,12 @@
 
 
 #include <kfopt/core/parameter_block.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/filter_adam.hpp>
-#include <kfopt/optim/filter_fixed_point.hpp>
-#include <kfopt/optim/filter_rmsprop.hpp>
-#include <kfopt/optim/kronecker_filter.hpp>
-#include <kfopt/optim/rmsprop.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/bayes_filter/filter_adam.hpp>
+#include <kfopt/optim/bayes_filter/filter_fixed_point.hpp>
+#include <kfopt/optim/bayes_filter/filter_rmsprop.hpp>
+#include <kfopt/optim/bayes_filter/kronecker_filter.hpp>
+#include <kfopt/optim/first_order/rmsprop.hpp>
 
 #include "common/batches.hpp"
 #include "common/cli.hpp"

@@ -56,8 +56,8 @@
 
 
 #include <kfopt/core/parameter_block.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/kfac.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/kfac/kfac.hpp>
 
 #include "common/cli.hpp"
 #include "common/csv_writer.hpp"

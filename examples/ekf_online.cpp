@@ -59,14 +59,14 @@
 
 #include <kfopt/core/parameter_block.hpp>
 #include <kfopt/filter/observation_models.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/ekf_natural_gradient_correspondence.hpp>
-#include <kfopt/optim/extended_kalman_filter.hpp>
-#include <kfopt/optim/joint_extended_kalman_filter.hpp>
-#include <kfopt/optim/natural_gradient_rtrl.hpp>
-#include <kfopt/optim/online_natural_gradient.hpp>
-#include <kfopt/optim/sgd.hpp>
-#include <kfopt/optim/tanh_rnn_cell.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/kalman/ekf_natural_gradient_correspondence.hpp>
+#include <kfopt/optim/kalman/extended_kalman_filter.hpp>
+#include <kfopt/optim/kalman/joint_extended_kalman_filter.hpp>
+#include <kfopt/optim/kalman/natural_gradient_rtrl.hpp>
+#include <kfopt/optim/kalman/online_natural_gradient.hpp>
+#include <kfopt/optim/first_order/sgd.hpp>
+#include <kfopt/models/tanh_rnn_cell.hpp>
 
 #include "common/chaotic_series.hpp"
 #include "common/cli.hpp"

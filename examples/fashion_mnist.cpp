@@ -40,11 +40,11 @@
 #include <vector>
 
 #include <kfopt/core/parameter_block.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/sgd.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/first_order/sgd.hpp>
 
-#if __has_include(<kfopt/optim/kfac.hpp>)
-#include <kfopt/optim/kfac.hpp>
+#if __has_include(<kfopt/optim/kfac/kfac.hpp>)
+#include <kfopt/optim/kfac/kfac.hpp>
 #define KFOPT_EXAMPLE_HAS_KFAC 1
 #else
 #define KFOPT_EXAMPLE_HAS_KFAC 0
@@ -585,7 +585,7 @@ void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& s
       results.push_back(run_kfac(task, problem, settings, csv));
 #else
       notes.push_back(std::string(task_name(task)) +
-                      ": kfac skipped (this build has no <kfopt/optim/kfac.hpp>)");
+                      ": kfac skipped (this build has no <kfopt/optim/kfac/kfac.hpp>)");
 #endif
     }
   }

@@ -18,7 +18,7 @@
 /// Fisher information (§2.1 and §2.2.8 of the paper); with the data's targets it is the
 /// empirical Fisher.
 ///
-/// **Regimes** (paper §2.1.1–2.1.2; kfopt/optim/filter_rmsprop.hpp, filter_adam.hpp):
+/// **Regimes** (paper §2.1.1–2.1.2; kfopt/optim/bayes_filter/filter_rmsprop.hpp, filter_adam.hpp):
 /// - filter RMSProp relaxes to `σ²_post = η/sqrt⟨e²⟩` over about `1/(2η sqrt⟨e²⟩)` steps;
 /// - filter Adam's weight moves by `y · η⟨g⟩/sqrt⟨e²⟩` per step, where `y` solves
 ///   `1 = 2y(1 + sqrt(2xy))/x + y²` with `x = η sqrt⟨e²⟩/η_p`: `y → 1` (Adam) only for

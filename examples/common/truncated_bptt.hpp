@@ -1,7 +1,7 @@
 #pragma once
 /// \file truncated_bptt.hpp
 /// \brief Truncated backpropagation through time for any kfopt RecurrentModel (the concept
-/// of kfopt/optim/tanh_rnn_cell.hpp): the gradient of a squared-error loss over a window of
+/// of kfopt/models/tanh_rnn_cell.hpp): the gradient of a squared-error loss over a window of
 /// the last L time steps, started from a stored hidden state treated as a constant.
 ///
 /// For a window with inputs u_1..u_L, targets y_1..y_L and start state s_0:

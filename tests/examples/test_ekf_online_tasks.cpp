@@ -9,8 +9,8 @@
 #include <stdexcept>
 #include <vector>
 
-#include <kfopt/optim/rtrl.hpp>
-#include <kfopt/optim/tanh_rnn_cell.hpp>
+#include <kfopt/optim/kalman/rtrl.hpp>
+#include <kfopt/models/tanh_rnn_cell.hpp>
 
 #include "common/chaotic_series.hpp"
 #include "common/truncated_bptt.hpp"

@@ -5,7 +5,7 @@
 #include <kfopt/filter/gaussian_belief.hpp>
 #include <kfopt/filter/kalman_predict.hpp>
 #include <kfopt/filter/kalman_update.hpp>
-#include <kfopt/filter/tiled_product.hpp>
+#include <kfopt/linalg/tiled_product.hpp>
 
 #include <cstring>
 

@@ -6,9 +6,9 @@
 // Fisher and gradient of each model in closed form and explicit inverses.
 #include <catch2/catch.hpp>
 #include <kfopt/filter/observation_models.hpp>
-#include <kfopt/optim/ekf_natural_gradient_correspondence.hpp>
-#include <kfopt/optim/extended_kalman_filter.hpp>
-#include <kfopt/optim/online_natural_gradient.hpp>
+#include <kfopt/optim/kalman/ekf_natural_gradient_correspondence.hpp>
+#include <kfopt/optim/kalman/extended_kalman_filter.hpp>
+#include <kfopt/optim/kalman/online_natural_gradient.hpp>
 
 #include <cmath>
 #include <functional>

@@ -6,8 +6,8 @@
 // skipped step that leaves θ and the state bit-for-bit unchanged).
 #include <catch2/catch.hpp>
 #include <kfopt/filter/observation_models.hpp>
-#include <kfopt/optim/extended_kalman_filter.hpp>
-#include <kfopt/optim/online_natural_gradient.hpp>
+#include <kfopt/optim/kalman/extended_kalman_filter.hpp>
+#include <kfopt/optim/kalman/online_natural_gradient.hpp>
 
 #include <cmath>
 #include <cstring>

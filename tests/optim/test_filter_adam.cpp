@@ -12,10 +12,10 @@
 #include <kfopt/filter/gaussian_belief.hpp>
 #include <kfopt/filter/kalman_predict.hpp>
 #include <kfopt/filter/kalman_update.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/filter_adam.hpp>
-#include <kfopt/optim/filter_fixed_point.hpp>
-#include <kfopt/optim/sgd.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/bayes_filter/filter_adam.hpp>
+#include <kfopt/optim/bayes_filter/filter_fixed_point.hpp>
+#include <kfopt/optim/first_order/sgd.hpp>
 
 #include <cmath>
 #include <limits>

@@ -6,7 +6,7 @@
 // - a scalar reference loop written from eq. 9–12 (centered e), the phases of the
 //   Nesterov-style API, the prior alone (decay and stationary variance), bad input.
 #include <catch2/catch.hpp>
-#include <kfopt/optim/filter_rmsprop.hpp>
+#include <kfopt/optim/bayes_filter/filter_rmsprop.hpp>
 
 #include <cmath>
 #include <limits>

@@ -1,9 +1,9 @@
 // SGD, Adam/AdamW and RMSProp against scalar reference loops written from PyTorch's
 // documented algorithms (one scalar at a time, in double), and against hand-worked values.
 #include <catch2/catch.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/rmsprop.hpp>
-#include <kfopt/optim/sgd.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/first_order/rmsprop.hpp>
+#include <kfopt/optim/first_order/sgd.hpp>
 
 #include <cmath>
 #include <limits>

@@ -3,8 +3,8 @@
 // Kronecker product formed entry by entry; the inverse-period staleness; the KL-clip bound;
 // the Levenberg–Marquardt rule; bad input; and K-FAC beating Adam on a small MLP.
 #include <catch2/catch.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/kfac.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/kfac/kfac.hpp>
 
 #include <cmath>
 #include <limits>

@@ -3,7 +3,7 @@
 // the inverse of the block's dense approximate Fisher (itself checked against brute force in
 // tests/curvature); wrong use of the two statistics entry points is refused.
 #include <catch2/catch.hpp>
-#include <kfopt/optim/kfac.hpp>
+#include <kfopt/optim/kfac/kfac.hpp>
 
 #include "support/dense_reference.hpp"
 

@@ -3,8 +3,8 @@
 // Everything is seeded; the Fisher statistics use targets sampled from the model (for a
 // unit-variance Gaussian output, g = f − y with y ~ N(f, I), i.e. g = −ε).
 #include <catch2/catch.hpp>
-#include <kfopt/optim/adam.hpp>
-#include <kfopt/optim/kfac.hpp>
+#include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/kfac/kfac.hpp>
 
 #include <random>
 

@@ -11,7 +11,7 @@
 // - phases, bad input, float.
 #include <catch2/catch.hpp>
 #include <kfopt/kron/kronecker_projection.hpp>
-#include <kfopt/optim/kronecker_filter.hpp>
+#include <kfopt/optim/bayes_filter/kronecker_filter.hpp>
 
 #include <cmath>
 #include <limits>

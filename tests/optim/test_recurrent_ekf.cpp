@@ -6,11 +6,11 @@
 // form — over 200 steps of a chaotic series, for λ = 0, a constant λ and a schedule.
 #include <catch2/catch.hpp>
 #include <kfopt/filter/observation_models.hpp>
-#include <kfopt/optim/ekf_natural_gradient_correspondence.hpp>
-#include <kfopt/optim/joint_extended_kalman_filter.hpp>
-#include <kfopt/optim/natural_gradient_rtrl.hpp>
-#include <kfopt/optim/rtrl.hpp>
-#include <kfopt/optim/tanh_rnn_cell.hpp>
+#include <kfopt/optim/kalman/ekf_natural_gradient_correspondence.hpp>
+#include <kfopt/optim/kalman/joint_extended_kalman_filter.hpp>
+#include <kfopt/optim/kalman/natural_gradient_rtrl.hpp>
+#include <kfopt/optim/kalman/rtrl.hpp>
+#include <kfopt/models/tanh_rnn_cell.hpp>
 
 #include <cmath>
 #include <cstring>

@@ -15,7 +15,7 @@ template <typename Scalar>
 using Vec = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
 /// Per-type relative tolerance for comparisons against brute force at small sizes
-/// (issue 2: double <= 1e-10, float <= 1e-4).
+/// (double <= 1e-10, float <= 1e-4).
 template <typename Scalar>
 struct Tolerance;
 template <>

@@ -29,7 +29,7 @@
 #include <Eigen/Core>
 #include <string>
 
-#include "kfopt/kron/damped_cholesky_inverse.hpp"
+#include "kfopt/linalg/damped_cholesky_inverse.hpp"
 #include "kfopt/kron/factor_moments.hpp"
 #include "kfopt/kron/factored_damping.hpp"
 #include "kfopt/kron/kronecker_inverse.hpp"

@@ -98,7 +98,7 @@
 #include "kfopt/kron/kronecker_sum_inverse.hpp"
 #include "kfopt/kron/scaled_congruence.hpp"
 #include "kfopt/kron/sequence_lengths.hpp"
-#include "kfopt/kron/symmetric_eigen_cache.hpp"
+#include "kfopt/linalg/symmetric_eigen_cache.hpp"
 #include "kfopt/kron/temporal_gamma.hpp"
 
 namespace kfopt {

@@ -8,7 +8,7 @@
 /// `e` of the Fisher information that both filters take.
 ///
 /// Everything here acts on one parameter at a time and costs O(1) flops; the optimizers
-/// (optim/filter_rmsprop.hpp, optim/filter_adam.hpp, optim/filter_fixed_point.hpp) loop over
+/// (optim/bayes_filter/: filter_rmsprop.hpp, filter_adam.hpp, filter_fixed_point.hpp) loop over
 /// the elements of their parameter blocks. Conventions of the paper: `g` is the gradient of
 /// the log-likelihood (the *negative* loss gradient), `e` its Fisher-information sample, so
 /// that `Λ_like = e²`; the posterior mean moves by `Σ_post g` (eq. 6).

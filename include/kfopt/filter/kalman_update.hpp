@@ -8,8 +8,7 @@
 ///     a score g (d) = Hᵀ R⁻¹ (T(y) − ŷ) = −∇ℓ, the direction the mean moves along.
 ///
 /// so that the update reads (Ollivier 2018, arXiv:1703.00209, "information form" of the
-/// static EKF; the equations are restated in shared/papers/ollivier-2018-ekf-natural-
-/// gradient-equations.md):
+/// static EKF):
 ///
 ///     P̃  = c P + Q                      (folded predict: fading c = 1/(1−λ), noise Q)
 ///     P⁺ = (P̃⁻¹ + Gᵀ G)⁻¹
@@ -48,12 +47,12 @@
 #include <cmath>
 #include <string>
 
-#include "kfopt/core/eigen_decompositions.hpp"
+#include "kfopt/linalg/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/gaussian_belief.hpp"
-#include "kfopt/filter/tiled_product.hpp"
+#include "kfopt/linalg/tiled_product.hpp"
 
 namespace kfopt {
 

@@ -55,7 +55,7 @@
 #include <memory>
 #include <string>
 
-#include "kfopt/core/eigen_decompositions.hpp"
+#include "kfopt/linalg/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"

@@ -4,8 +4,8 @@
 /// linearization that turns (model, output, Jacobian, target) into the square-root
 /// information form the Kalman update consumes.
 ///
-/// Setting (Ollivier 2018, arXiv:1703.00209; restated in shared/papers/ollivier-2018-ekf-
-/// natural-gradient-equations.md, "Setting"): the model outputs a vector z = g(θ, u); the
+/// Setting (Ollivier 2018, arXiv:1703.00209, exponential-family observations in mean
+/// form): the model outputs a vector z = g(θ, u); the
 /// observation y has density p(y | z) in an exponential family with sufficient statistic
 /// T(y), mean ŷ = E[T(y)] and covariance R(ŷ) = Cov[T(y)]; the loss is ℓ = −ln p(y | z).
 ///
@@ -54,7 +54,7 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
-#include "kfopt/filter/tiled_product.hpp"
+#include "kfopt/linalg/tiled_product.hpp"
 
 namespace kfopt {
 

@@ -13,7 +13,7 @@
 #include <Eigen/Core>
 
 #include "kfopt/kron/scaled_congruence.hpp"
-#include "kfopt/kron/symmetric_eigen_cache.hpp"
+#include "kfopt/linalg/symmetric_eigen_cache.hpp"
 
 namespace kfopt {
 

@@ -39,7 +39,7 @@
 #include <string>
 #include <type_traits>
 
-#include "kfopt/core/eigen_decompositions.hpp"
+#include "kfopt/linalg/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"

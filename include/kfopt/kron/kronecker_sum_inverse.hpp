@@ -44,7 +44,7 @@
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/kron/scaled_congruence.hpp"
-#include "kfopt/kron/symmetric_eigen_cache.hpp"
+#include "kfopt/linalg/symmetric_eigen_cache.hpp"
 
 namespace kfopt {
 namespace detail {

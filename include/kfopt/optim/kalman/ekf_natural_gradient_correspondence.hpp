@@ -4,8 +4,7 @@
 /// gradient, under which the two produce the same parameter trajectory.
 ///
 /// Ollivier 2018, "Online natural gradient as a Kalman filter" (arXiv:1703.00209), the
-/// static-case theorem (restated in shared/papers/ollivier-2018-ekf-natural-gradient-
-/// equations.md, "Theorem (i.i.d. / static case)"): if
+/// theorem of the i.i.d. (static-parameter) case: if
 ///
 ///     γ_t = η_t,     P_0 = η_0 J_0⁻¹,     1/η_t = (1 − λ_t)/η_{t−1} + 1,
 ///
@@ -28,8 +27,8 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
-#include "kfopt/optim/extended_kalman_filter.hpp"
-#include "kfopt/optim/online_natural_gradient.hpp"
+#include "kfopt/optim/kalman/extended_kalman_filter.hpp"
+#include "kfopt/optim/kalman/online_natural_gradient.hpp"
 
 namespace kfopt {
 

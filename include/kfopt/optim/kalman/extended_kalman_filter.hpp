@@ -3,8 +3,7 @@
 /// \brief Extended Kalman filter over a static parameter vector θ, as an optimizer.
 ///
 /// Ollivier 2018, "Online natural gradient as a Kalman filter" (arXiv:1703.00209), the
-/// EKF on a static parameter (restated in shared/papers/ollivier-2018-ekf-natural-gradient-
-/// equations.md, "Extended Kalman filter on a static parameter"). For observation t = 1, 2, …
+/// extended Kalman filter on a static parameter (the i.i.d. case). For observation t = 1, 2, …
 /// with model output z_t = g(θ_{t−1}, u_t), Jacobian J_t = ∂z/∂θ and target y_t:
 ///
 ///     predict   P_{t|t−1} = P_{t−1|t−1} / (1 − λ_t)  (+ Q)

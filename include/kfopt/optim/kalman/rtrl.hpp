@@ -5,8 +5,7 @@
 ///
 ///     A_t = (∂f/∂s) A_{t−1} + ∂f/∂θ,        H_t = dz_t/dθ = (∂h/∂s) A_t + ∂h/∂θ
 ///
-/// (Ollivier 2018, arXiv:1703.00209, recurrent case; restated in shared/papers/ollivier-
-/// 2018-ekf-natural-gradient-equations.md, "Recurrent (state-space) case"). H_t is the total
+/// (Ollivier 2018, arXiv:1703.00209, the recurrent (state-space) case). H_t is the total
 /// derivative of the output with respect to the parameters through the whole past, which
 /// is what an online optimizer needs in place of the static Jacobian.
 ///
@@ -22,7 +21,7 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
-#include "kfopt/filter/tiled_product.hpp"
+#include "kfopt/linalg/tiled_product.hpp"
 
 namespace kfopt {
 

@@ -6,9 +6,9 @@
 // potrf + potri) against the Eigen backend in the same binary — same results to 1e-10 in
 // double — and the same public behaviour (clipping, status, previous result kept).
 #include <catch2/catch.hpp>
-#include <kfopt/kron/damped_cholesky_inverse.hpp>
-#include <kfopt/kron/lapack_backend.hpp>
-#include <kfopt/kron/symmetric_eigen_cache.hpp>
+#include <kfopt/linalg/damped_cholesky_inverse.hpp>
+#include <kfopt/linalg/lapack_backend.hpp>
+#include <kfopt/linalg/symmetric_eigen_cache.hpp>
 
 #include <cmath>
 #include <limits>

@@ -2,8 +2,8 @@
 // LU in double), the defining property of the SPD inverse square root, and their error
 // channels.
 #include <catch2/catch.hpp>
-#include <kfopt/kron/damped_cholesky_inverse.hpp>
-#include <kfopt/kron/symmetric_eigen_cache.hpp>
+#include <kfopt/linalg/damped_cholesky_inverse.hpp>
+#include <kfopt/linalg/symmetric_eigen_cache.hpp>
 
 #include <cmath>
 

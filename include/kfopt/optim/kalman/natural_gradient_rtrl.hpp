@@ -3,8 +3,8 @@
 /// \brief Online natural gradient on top of RTRL, with the hidden state corrected along the
 /// RTRL tangent: the parameter-space form of the joint Kalman filter over (state, θ).
 ///
-/// Ollivier 2018 (arXiv:1703.00209), recurrent case (restated in shared/papers/ollivier-
-/// 2018-ekf-natural-gradient-equations.md, "Recurrent (state-space) case"). Per step t:
+/// Ollivier 2018 ("Online natural gradient as a Kalman filter", arXiv:1703.00209), the
+/// recurrent (state-space) case. Per step t:
 ///
 ///     s_{t|t−1} = f(s_{t−1}, θ_{t−1}, u_t),   A_t = ∂f/∂s A_{t−1} + ∂f/∂θ     (RTRL)
 ///     z_t = h(s_{t|t−1}, θ_{t−1}, u_t),       H_t = ∂h/∂s A_t + ∂h/∂θ
@@ -27,8 +27,8 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
-#include "kfopt/optim/online_natural_gradient.hpp"
-#include "kfopt/optim/rtrl.hpp"
+#include "kfopt/optim/kalman/online_natural_gradient.hpp"
+#include "kfopt/optim/kalman/rtrl.hpp"
 
 namespace kfopt {
 

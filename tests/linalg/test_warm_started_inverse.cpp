@@ -2,7 +2,7 @@
 // inverse (accuracy on preconditioned gradients within the stated tolerance), the fall-back
 // to the exact Cholesky inverse whenever the error check fails, and the error channels.
 #include <catch2/catch.hpp>
-#include <kfopt/kron/warm_started_inverse.hpp>
+#include <kfopt/linalg/warm_started_inverse.hpp>
 
 #include <cmath>
 #include <limits>

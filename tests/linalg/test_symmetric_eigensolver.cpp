@@ -3,8 +3,8 @@
 // Eigen's SelfAdjointEigenSolver run in double, on random, structured and badly scaled
 // matrices around the panel size, and its failure channel.
 #include <catch2/catch.hpp>
-#include <kfopt/kron/symmetric_eigen_cache.hpp>
-#include <kfopt/kron/symmetric_eigensolver.hpp>
+#include <kfopt/linalg/symmetric_eigen_cache.hpp>
+#include <kfopt/linalg/symmetric_eigensolver.hpp>
 
 #include <cmath>
 #include <limits>

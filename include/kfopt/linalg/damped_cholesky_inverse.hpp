@@ -22,8 +22,8 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
-#include "kfopt/kron/lapack_backend.hpp"
-#include "kfopt/kron/matrix_product_kernel.hpp"
+#include "kfopt/linalg/lapack_backend.hpp"
+#include "kfopt/linalg/matrix_product_kernel.hpp"
 
 namespace kfopt {
 

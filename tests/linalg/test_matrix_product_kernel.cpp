@@ -1,4 +1,4 @@
-// kfopt's product kernel (kron/matrix_product_kernel.hpp) and the recursive triangular
+// kfopt's product kernel (linalg/matrix_product_kernel.hpp) and the recursive triangular
 // kernels built on it (damped_cholesky_inverse.hpp), against triple loops in long double and
 // dense Eigen products with explicitly zeroed triangles.
 #include <catch2/catch.hpp>
@@ -8,8 +8,8 @@
 #include <tuple>
 #include <vector>
 
-#include "kfopt/kron/damped_cholesky_inverse.hpp"
-#include "kfopt/kron/matrix_product_kernel.hpp"
+#include "kfopt/linalg/damped_cholesky_inverse.hpp"
+#include "kfopt/linalg/matrix_product_kernel.hpp"
 
 namespace {
 

@@ -23,12 +23,12 @@
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
 
-#include "kfopt/core/eigen_decompositions.hpp"
+#include "kfopt/linalg/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
-#include "kfopt/kron/lapack_backend.hpp"
-#include "kfopt/kron/symmetric_eigensolver.hpp"
+#include "kfopt/linalg/lapack_backend.hpp"
+#include "kfopt/linalg/symmetric_eigensolver.hpp"
 
 namespace kfopt {
 

@@ -2,9 +2,8 @@
 /// \file online_natural_gradient.hpp
 /// \brief Online natural gradient with a running-average Fisher matrix.
 ///
-/// Ollivier 2018, "Online natural gradient as a Kalman filter" (arXiv:1703.00209; restated
-/// in shared/papers/ollivier-2018-ekf-natural-gradient-equations.md, "Online natural
-/// gradient"). For observation t = 1, 2, … with model output z_t, Jacobian J_t = ∂z/∂θ and
+/// Ollivier 2018, "Online natural gradient as a Kalman filter" (arXiv:1703.00209), the
+/// online natural gradient with a running-average Fisher. For observation t = 1, 2, … with model output z_t, Jacobian J_t = ∂z/∂θ and
 /// target y_t:
 ///
 ///     J_t = (1 − γ_t) J_{t−1} + γ_t F_t            (Fisher rate γ_t)

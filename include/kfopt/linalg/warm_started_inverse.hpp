@@ -60,7 +60,7 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
-#include "kfopt/kron/damped_cholesky_inverse.hpp"
+#include "kfopt/linalg/damped_cholesky_inverse.hpp"
 
 namespace kfopt {
 

@@ -46,7 +46,7 @@
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
 #include "kfopt/core/validate.hpp"
-#include "kfopt/kron/matrix_product_kernel.hpp"
+#include "kfopt/linalg/matrix_product_kernel.hpp"
 
 #ifdef KFOPT_USE_LAPACK
 #include <cblas.h>

@@ -3,8 +3,8 @@
 /// \brief Extended Kalman filter over the joint vector x = (s, θ) of a recurrent model's
 /// hidden state and its parameters.
 ///
-/// Ollivier 2018 (arXiv:1703.00209), recurrent case (restated in shared/papers/ollivier-
-/// 2018-ekf-natural-gradient-equations.md, "Recurrent (state-space) case"). The joint
+/// Ollivier 2018 ("Online natural gradient as a Kalman filter", arXiv:1703.00209), the
+/// recurrent (state-space) case: joint EKF over (s, θ) ≡ natural gradient on RTRL. The joint
 /// state evolves by s_t = f(s_{t−1}, θ, u_t), θ_t = θ_{t−1}, so with F = [[∂f/∂s, ∂f/∂θ],
 /// [0, I]] and the observation Jacobian [∂h/∂s, ∂h/∂θ], per step t:
 ///
@@ -33,8 +33,8 @@
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
 #include "kfopt/filter/observation_model.hpp"
-#include "kfopt/filter/tiled_product.hpp"
-#include "kfopt/optim/extended_kalman_filter.hpp"
+#include "kfopt/linalg/tiled_product.hpp"
+#include "kfopt/optim/kalman/extended_kalman_filter.hpp"
 
 namespace kfopt {
 
