@@ -6,6 +6,8 @@
 #   bash cmake/dev.sh bench      build the benchmarks (Release, KFOPT_WITH_LAPACK=ON, with the
 #                                OpenMP copy bench_kron_omp: KFOPT_BENCH_OPENMP=ON) and run
 #                                bench/run_benchmarks.sh (report in bench/results/)
+#   bash cmake/dev.sh docs       build the API reference (Doxygen) into build/docs/docs/html;
+#                                a warning (e.g. an undocumented public member) fails it
 #   bash cmake/dev.sh deps       only check / install the Debian packages
 #
 # Missing Debian packages are installed with apt-get when running as root (or through
@@ -18,7 +20,10 @@ build_root="${KFOPT_BUILD_ROOT:-$here/build}"
 jobs="${KFOPT_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 # Everything the build, tests, benchmarks and examples need, by Debian package name.
-packages=(cmake make g++ libeigen3-dev catch2 libbenchmark-dev zlib1g-dev)
+# HDF5 is for the optional checkpoint target (kfopt::checkpoint) and its tests, OpenMPI for
+# the optional MPI target (kfopt::mpi) and its mpirun tests, Doxygen for the API reference.
+packages=(cmake make g++ libeigen3-dev catch2 libbenchmark-dev zlib1g-dev
+          libhdf5-dev hdf5-tools libopenmpi-dev openmpi-bin doxygen)
 # Only for `bench` (the LAPACK reference rows and backend, the report and its plot).
 bench_packages=(liblapacke-dev libopenblas-dev python3 gnuplot-nox)
 
@@ -72,6 +77,13 @@ case "${1:-test}" in
       -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g1" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
       -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF
     ;;
+  docs)
+    ensure_packages cmake make g++ libeigen3-dev doxygen
+    cmake -S "$here" -B "$build_root/docs" -DKFOPT_BUILD_TESTS=OFF -DKFOPT_BUILD_EXAMPLES=OFF \
+      -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_DOCS_WERROR=ON
+    cmake --build "$build_root/docs" --target docs
+    echo "kfopt: API reference in $build_root/docs/docs/html/index.html" >&2
+    ;;
   bench)
     ensure_packages "${packages[@]}" "${bench_packages[@]}"
     cmake -S "$here" -B "$build_root/bench" -DCMAKE_BUILD_TYPE=Release -DKFOPT_WITH_LAPACK=ON \
@@ -81,7 +93,7 @@ case "${1:-test}" in
     bash "$here/bench/run_benchmarks.sh" "$build_root/bench/bench"
     ;;
   *)
-    echo "usage: bash cmake/dev.sh [test|sanitize|bench|deps]" >&2
+    echo "usage: bash cmake/dev.sh [test|sanitize|docs|bench|deps]" >&2
     exit 2
     ;;
 esac

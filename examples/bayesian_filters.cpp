@@ -481,7 +481,7 @@ RunResult train(const std::string& name, unsigned seed, Classifier& problem, Net
       [&](long t, double seconds, double loss) {
         csv.row(label, t, seconds, loss, std::numeric_limits<double>::quiet_NaN());
       },
-      [](double loss) { return ex::cell("loss %.4g", loss); });
+      [](double mean_loss) { return ex::cell("train_loss %.4g (window mean)", mean_loss); });
   result.steps = outcome.steps;
   result.diverged = outcome.diverged;
   result.seconds = outcome.seconds;

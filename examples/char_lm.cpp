@@ -498,7 +498,7 @@ RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, co
       [&](long t, double seconds, double bpc) {
         csv.row(result, t, seconds, bpc, std::numeric_limits<double>::quiet_NaN());
       },
-      [](double bpc) { return ex::cell("%.3f bits/char", bpc); });
+      [](double mean_bpc) { return ex::cell("train %.4f bits/char (window mean)", mean_bpc); });
   result.steps = outcome.steps;
   result.diverged = outcome.diverged;
   result.seconds = outcome.seconds;
@@ -754,7 +754,7 @@ int run(const Settings& s) {
     table.add_row({r.name, std::to_string(r.seed), std::to_string(r.steps),
                    r.diverged ? "diverged" : ex::cell("%.4f", r.train_bpc), ex::cell("%.4f", r.valid_bpc),
                    ex::cell("%.1f", r.seconds), ex::cell("%.1f", per_step * 1e3),
-                   ex::steps_to_reach(r.curve, adam_final, adam_steps),
+                   ex::steps_to_reach(r.curve, adam_final, adam_steps, r.name.rfind("adam", 0) == 0),
                    std::isfinite(r.mean_clip) ? ex::cell("%.3f", r.mean_clip) : "-"});
     if (!r.diagnostics.empty()) notes.push_back(r.name + ": " + r.diagnostics);
     if (r.failed_steps > 0) {
@@ -788,7 +788,7 @@ int run(const Settings& s) {
                    ex::cell("%.4f", curve->second.back().second), ex::cell("%.4f", valid / k),
                    ex::cell("%.1f", seconds / k), ex::cell("%.1f", per_step / k * 1e3),
                    has_adam ? ex::steps_to_reach(curve->second, adam->second.back().second,
-                                                 adam->second.back().first)
+                                                 adam->second.back().first, opt == "adam")
                             : std::string("-"),
                    std::isfinite(clip) ? ex::cell("%.3f", clip / k) : "-"});
   }
@@ -798,7 +798,10 @@ int run(const Settings& s) {
             << validation.batch << " held-out windows of " << validation.steps
             << " characters; seconds: training time without evaluation; mean KL-clip scale: "
                "K-FAC's nu = min(1, sqrt(kl_clip / (lr^2 <Delta, grad>))) averaged over the "
-               "updates (1 = the clip never bound).\n"
+               "updates (1 = the clip never bound); steps to Adam's final loss: the first logged "
+               "step whose train bits/char is at most Adam's final one on the same seed (Adam's own "
+               "row: its step count, the reference). The last progress line shows the final train "
+               "bits/char.\n"
             << "* CSV: " << csv_file.path()
             << (s.seeds.size() > 1 ? " (mean over the seeds: char_lm_mean.csv)" : "")
             << "; plot: examples/plot_results.sh " << s.out_dir << "\n";

@@ -447,7 +447,7 @@ RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& proble
       [&](long t, double seconds, double loss) {
         csv.row(optimizer, t, seconds, loss, std::numeric_limits<double>::quiet_NaN());
       },
-      [](double loss) { return ex::cell("loss %.4g", loss); });
+      [](double mean_loss) { return ex::cell("train_loss %.4g (window mean)", mean_loss); });
   result.steps = outcome.steps;
   result.diverged = outcome.diverged;
   result.seconds = outcome.seconds;
@@ -606,7 +606,7 @@ void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& s
                    ex::cell("%.5g", r.test_metric), ex::cell("%.1f", r.seconds),
                    ex::cell("%.1f", per_step * 1e3),
                    ex::cell("%.2f", per_step > 0 ? 1.0 / per_step : 0.0),
-                   ex::steps_to_reach(r.curve, adam_final, adam_steps)});
+                   ex::steps_to_reach(r.curve, adam_final, adam_steps, r.optimizer == "adam")});
     if (r.failed_steps > 0) {
       notes.push_back(std::string(task_name(task)) + "/" + r.optimizer + ": " +
                       std::to_string(r.failed_steps) + " steps did not succeed (skipped)");
@@ -635,8 +635,10 @@ int run(const Settings& settings) {
   for (Task task : settings.tasks) run_task<Scalar>(task, data, settings, table, notes);
 
   ex::print_summary(std::cout, table, notes);
-  std::cout << "* train_loss: mean mini-batch loss over the last logging window; seconds: "
-               "training time without evaluation.\n"
+  std::cout << "* train_loss: mean mini-batch loss over the last logging window (the last "
+               "progress line shows the same number); seconds: training time without evaluation.\n"
+            << "* steps to Adam's final loss: the first logged step whose train_loss is at most "
+               "Adam's final train_loss (Adam's own row: its step count, the reference).\n"
             << "* Plot: examples/plot_results.sh " << settings.out_dir << "\n";
   return 0;
 }

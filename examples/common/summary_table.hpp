@@ -70,12 +70,16 @@ inline void print_summary(std::ostream& out, const SummaryTable& table,
   for (const auto& note : notes) out << "* " << note << "\n";
 }
 
-/// The "steps to reach" cell: the first logged step (> 0) of `curve` (step, loss) whose loss
-/// is at most `target`, with its ratio to `reference_steps`, e.g. "120 (0.30x)"; "-" when the
-/// target is not finite, "not reached" when no logged loss gets there.
+/// The "steps to reach" cell, with one rule for every row: the first logged step (> 0) of
+/// `curve` (step, window-mean loss) whose loss is at most `target` (the reference's final
+/// logged loss), with its ratio to `reference_steps`, e.g. "120 (0.30x)"; "-" when the target
+/// is not finite, "not reached" when no logged loss gets there. The reference itself
+/// (`is_reference`) reaches its own final loss, by definition, at its last step: its cell is
+/// "<reference_steps> (reference)", not an earlier dip of a plateaued curve below that loss.
 inline std::string steps_to_reach(const std::vector<std::pair<long, double>>& curve,
-                                  double target, long reference_steps) {
+                                  double target, long reference_steps, bool is_reference = false) {
   if (!std::isfinite(target)) return "-";
+  if (is_reference) return std::to_string(reference_steps) + " (reference)";
   for (const auto& [step, loss] : curve) {
     if (step > 0 && loss <= target) {
       return std::to_string(step) + " (" +

@@ -28,7 +28,9 @@ struct TrainingLoopOutcome {
 ///   (untimed: it evaluates) gets the mean of the losses since the previous log point;
 /// - `after_log(t)` (timed) runs after that check on every step (e.g. a filter's prediction
 ///   step; pass `[](long) {}` for none);
-/// - `progress` shows `status(loss)` of the last batch.
+/// - `progress` shows `status(mean)` with `mean` the mean of the mini-batch losses since the
+///   previous log point (this step's included): the quantity the next CSV row records, so
+///   the last progress line shows exactly the final train_loss of the summary table.
 template <typename Update, typename OnLog, typename AfterLog, typename OnDiverged, typename Status>
 TrainingLoopOutcome run_training_loop(long steps, long log_every, ProgressBar& progress,
                                       Update&& update, OnLog&& on_log, AfterLog&& after_log,
@@ -52,15 +54,16 @@ TrainingLoopOutcome run_training_loop(long steps, long log_every, ProgressBar& p
     }
     window_sum += loss;
     ++window_count;
+    const double window_mean = window_sum / static_cast<double>(window_count);
     if (t % log_every == 0 || t == steps) {
-      on_log(t, outcome.seconds, window_sum / static_cast<double>(window_count));
+      on_log(t, outcome.seconds, window_mean);
       window_sum = 0.0;
       window_count = 0;
     }
     start = Clock::now();
     after_log(t);
     outcome.seconds += elapsed(start);
-    progress.update(t, std::string(status(loss)));
+    progress.update(t, std::string(status(window_mean)));
   }
   progress.finish();
   return outcome;

@@ -4,6 +4,8 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +17,7 @@
 #include "common/cli.hpp"
 #include "common/csv_writer.hpp"
 #include "common/summary_table.hpp"
+#include "common/training_loop.hpp"
 
 using namespace kfopt_examples;
 namespace fs = std::filesystem;
@@ -103,4 +106,44 @@ TEST_CASE("batches: every example once per epoch, reproducible from the seed",
   std::vector<int> labels;
   gather_labels({5, 6, 7, 8}, {3, 1}, labels);
   CHECK(labels == std::vector<int>{8, 6});
+}
+
+TEST_CASE("steps to the reference's final loss: one rule, the reference reaches it at its end",
+          "[examples][output]") {
+  namespace ex = kfopt_examples;
+  // A plateaued reference curve that dips below its own final loss at step 20.
+  const std::vector<std::pair<long, double>> reference{{10, 2.0}, {20, 0.95}, {30, 1.0}, {40, 1.0}};
+  const double final_loss = reference.back().second;
+  CHECK(ex::steps_to_reach(reference, final_loss, 40, true) == "40 (reference)");
+  // Another optimizer: the first logged step at or below the target, as a ratio of 40.
+  const std::vector<std::pair<long, double>> other{{10, 1.5}, {20, 0.99}, {30, 0.5}};
+  CHECK(ex::steps_to_reach(other, final_loss, 40) == "20 (0.50x)");
+  CHECK(ex::steps_to_reach({{10, 1.5}}, final_loss, 40) == "not reached");
+  CHECK(ex::steps_to_reach(other, std::nan(""), 40) == "-");
+}
+
+TEST_CASE("training loop: the last progress line shows the summary's final train loss",
+          "[examples][output]") {
+  namespace ex = kfopt_examples;
+  const std::vector<double> losses{4.0, 3.0, 2.0, 1.5, 1.0};
+  std::FILE* sink = std::tmpfile();
+  REQUIRE(sink != nullptr);
+  ex::ProgressBar progress("test", static_cast<long>(losses.size()), sink, false);
+  std::vector<double> logged, shown;
+  ex::run_training_loop(
+      static_cast<long>(losses.size()), 2, progress,
+      [&](long t) { return losses[static_cast<std::size_t>(t - 1)]; },
+      [&](long, double, double mean) { logged.push_back(mean); }, [](long) {},
+      [](long, double, double) {},
+      [&](double mean) {
+        shown.push_back(mean);
+        return std::string();
+      });
+  std::fclose(sink);
+  // Windows: steps 1-2, 3-4, 5 (the last step always logs).
+  REQUIRE(logged == std::vector<double>{3.5, 1.75, 1.0});
+  REQUIRE(shown.size() == losses.size());
+  CHECK(shown.back() == logged.back());
+  CHECK(shown[1] == logged[0]);
+  CHECK(shown[0] == 4.0);  // the running mean of the window so far
 }

@@ -27,9 +27,12 @@ enum class FactorStructure {
 template <typename Scalar>
 class FactorSpectrum {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
+  /// An empty spectrum for an n×n factor of the given structure (storage preallocated for Dense).
   explicit FactorSpectrum(Eigen::Index n = 0, FactorStructure structure = FactorStructure::Dense)
       : structure_(structure), cache_(structure == FactorStructure::Dense ? n : 0), n_(n) {}
 
@@ -56,11 +59,15 @@ class FactorSpectrum {
     return Status::Success;
   }
 
+  /// Dense or Diagonal, as constructed.
   FactorStructure structure() const noexcept { return structure_; }
+  /// Whether the factor is kept as its diagonal.
   bool is_diagonal() const noexcept { return structure_ == FactorStructure::Diagonal; }
+  /// Whether compute() has succeeded at least once.
   bool has_result() const noexcept {
     return is_diagonal() ? has_result_ : cache_.has_result();
   }
+  /// The factor's dimension n (0 before the first compute() of an unsized spectrum).
   Eigen::Index size() const noexcept { return n_; }
 
   /// Eigenvalues, clipped at 0 (ascending for a dense factor; in coordinate order for a

@@ -339,14 +339,20 @@ struct KroneckerKlProjectionOptions {
 template <typename Scalar>
 class KroneckerKlProjection {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// The hyperparameter struct of this class.
   using Options = KroneckerKlProjectionOptions;
 
   /// `A = alpha1 X1 + alpha2 X2`, `B = beta1 Y1 + beta2 Y2` (after scale balancing).
   struct Coefficients {
+    /// Coefficient of X1 in A.
     Scalar alpha1;
+    /// Coefficient of X2 in A.
     Scalar alpha2;
+    /// Coefficient of Y1 in B.
     Scalar beta1;
+    /// Coefficient of Y2 in B.
     Scalar beta2;
   };
 
@@ -512,6 +518,7 @@ class KroneckerKlProjection {
   /// iterating).
   int iterations() const noexcept { return iterations_; }
 
+  /// The hyperparameters it was made with.
   const Options& options() const noexcept { return options_; }
 
  private:

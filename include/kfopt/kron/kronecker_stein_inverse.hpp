@@ -62,13 +62,19 @@ enum class SteinSide {
 template <typename Scalar_>
 class KroneckerSteinInverse {
  public:
+  /// The scalar type (float or double).
   using Scalar = Scalar_;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   /// The working precision: double for float, else Scalar.
   using Real = typename std::conditional<(sizeof(Scalar) < sizeof(double)), double, Scalar>::type;
+  /// Dense real matrix of Scalar.
   using RealMatrix = Eigen::Matrix<Real, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Complex scalar of Scalar.
   using Complex = std::complex<Real>;
+  /// Dense complex matrix.
   using ComplexMatrix = Eigen::Matrix<Complex, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense complex column vector.
   using ComplexVector = Eigen::Matrix<Complex, Eigen::Dynamic, 1>;
 
   /// `min_divisor` ∈ (0, 1]: the smallest accepted `|1 − μ_i ν_j|`. Default sqrt(ε)/2, as
@@ -135,7 +141,9 @@ class KroneckerSteinInverse {
   Status info() const noexcept { return status_; }
   /// Whether a decomposition is held (the last successful one).
   bool has_result() const noexcept { return qa_.size() > 0; }
+  /// Dimension n of P_A (n×n).
   Eigen::Index n() const noexcept { return qa_.rows(); }
+  /// Dimension p of P_G (p×p).
   Eigen::Index p() const noexcept { return qg_.rows(); }
   /// `min |1 − μ_i ν_j|` of the held decomposition (or of the refused one after a failure).
   Scalar min_divisor() const noexcept { return min_divisor_seen_; }

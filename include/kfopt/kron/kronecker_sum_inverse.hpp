@@ -231,13 +231,20 @@ struct KroneckerSumInverseOptions {
 template <typename Scalar_>
 class KroneckerSumInverse : public detail::KroneckerEigenInverseBase<Scalar_, KroneckerSumInverse<Scalar_>> {
  public:
+  /// Name of this class in error messages.
   static constexpr const char* kName = "kfopt::KroneckerSumInverse";
+  /// Name of apply() in error messages.
   static constexpr const char* kApply = "kfopt::KroneckerSumInverse::apply";
+  /// The implementation shared with the sibling inverse (internal).
   using Base = detail::KroneckerEigenInverseBase<Scalar_, KroneckerSumInverse<Scalar_>>;
   using Base::apply;
+  /// The scalar type (float or double).
   using Scalar = Scalar_;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// The hyperparameter struct of this class.
   using Options = KroneckerSumInverseOptions<Scalar>;
 
   /// An empty object; `info()` is `Status::NotComputed`.
@@ -300,6 +307,7 @@ class KroneckerSumInverse : public detail::KroneckerEigenInverseBase<Scalar_, Kr
 
 
 
+  /// The hyperparameters it was made with.
   const Options& options() const noexcept { return options_; }
 
   /// Generalized eigenvalues μ of `C x = μ A x` (ascending). Throws NumericalError unless
@@ -461,13 +469,20 @@ struct IdentityMinusKroneckerOptions {
 template <typename Scalar_>
 class IdentityMinusKroneckerInverse : public detail::KroneckerEigenInverseBase<Scalar_, IdentityMinusKroneckerInverse<Scalar_>> {
  public:
+  /// Name of this class in error messages.
   static constexpr const char* kName = "kfopt::IdentityMinusKroneckerInverse";
+  /// Name of apply() in error messages.
   static constexpr const char* kApply = "kfopt::IdentityMinusKroneckerInverse::apply";
+  /// The implementation shared with the sibling inverse (internal).
   using Base = detail::KroneckerEigenInverseBase<Scalar_, IdentityMinusKroneckerInverse<Scalar_>>;
   using Base::apply;
+  /// The scalar type (float or double).
   using Scalar = Scalar_;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// The hyperparameter struct of this class.
   using Options = IdentityMinusKroneckerOptions<Scalar>;
 
   /// An empty object; `info()` is `Status::NotComputed`.
@@ -532,6 +547,7 @@ class IdentityMinusKroneckerInverse : public detail::KroneckerEigenInverseBase<S
 
 
 
+  /// The hyperparameters it was made with.
   const Options& options() const noexcept { return options_; }
 
   /// Eigenvalues a of M_A as used (after clipping), ascending. Throws

@@ -40,7 +40,9 @@ struct SequenceLengths {
   std::vector<double> lengths;  ///< T_i (integer-valued, ascending)
   std::vector<double> weights;  ///< ω_i > 0, Σ ω_i = 1
 
+  /// Whether the distribution has no length.
   bool empty() const noexcept { return lengths.empty(); }
+  /// Number of distinct lengths T_i.
   std::size_t size() const noexcept { return lengths.size(); }
 
   /// `E_T[T] = Σ_i ω_i T_i`.
@@ -139,7 +141,9 @@ class SequenceLengthAverage {
     ++state_.updates;
   }
 
+  /// Whether at least one batch of lengths was recorded.
   bool has_data() const noexcept { return state_.updates > 0; }
+  /// The moving-average decay β of the length histogram.
   double decay() const noexcept { return decay_; }
 
   /// The current distribution: every length with a positive weight, weights renormalized
@@ -167,6 +171,7 @@ class SequenceLengthAverage {
   /// `E_T[T]` of the current distribution (0 before the first update).
   double mean() const { return has_data() ? distribution().mean() : 0.0; }
 
+  /// The histogram state, for inspection and checkpoints.
   const State& state() const noexcept { return state_; }
 
   /// Replaces the state (e.g. from a checkpoint). Throws InvalidInputError unless every
@@ -194,6 +199,7 @@ class SequenceLengthAverage {
     }
   }
 
+  /// Forgets every recorded length.
   void reset() { state_ = State{}; }
 
  private:

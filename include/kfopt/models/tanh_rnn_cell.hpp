@@ -36,9 +36,13 @@ namespace kfopt {
 template <typename Scalar_>
 class TanhRnnCell {
  public:
+  /// The scalar type (float or double).
   using Scalar = Scalar_;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Read-only view of a column-major block of θ as a matrix.
   using ConstMatrixMap = Eigen::Map<const Matrix>;
 
   /// State size n ≥ 1, input size m ≥ 0, output size k ≥ 1.
@@ -52,25 +56,35 @@ class TanhRnnCell {
     }
   }
 
+  /// State size n.
   Eigen::Index state_dim() const noexcept { return n_; }
+  /// Input size m.
   Eigen::Index input_dim() const noexcept { return m_; }
+  /// Output size k.
   Eigen::Index output_dim() const noexcept { return k_; }
+  /// Size of θ = (W, U, b, V, c): n² + nm + n + kn + k.
   Eigen::Index param_dim() const noexcept { return n_ * n_ + n_ * m_ + n_ + k_ * n_ + k_; }
 
   /// Offsets of the blocks in θ.
   Eigen::Index offset_W() const noexcept { return 0; }
+  /// Offset of U (n×m) in θ.
   Eigen::Index offset_U() const noexcept { return n_ * n_; }
+  /// Offset of b (n) in θ.
   Eigen::Index offset_b() const noexcept { return n_ * n_ + n_ * m_; }
+  /// Offset of V (k×n) in θ.
   Eigen::Index offset_V() const noexcept { return offset_b() + n_; }
+  /// Offset of c (k) in θ.
   Eigen::Index offset_c() const noexcept { return offset_V() + k_ * n_; }
 
   /// Read-only views of the blocks of θ (no copy).
   ConstMatrixMap W(const Eigen::Ref<const Vector>& theta) const {
     return ConstMatrixMap(theta.data() + offset_W(), n_, n_);
   }
+  /// Read-only view of U (n×m) in θ.
   ConstMatrixMap U(const Eigen::Ref<const Vector>& theta) const {
     return ConstMatrixMap(theta.data() + offset_U(), n_, m_);
   }
+  /// Read-only view of V (k×n) in θ.
   ConstMatrixMap V(const Eigen::Ref<const Vector>& theta) const {
     return ConstMatrixMap(theta.data() + offset_V(), k_, n_);
   }
