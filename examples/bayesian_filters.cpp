@@ -106,11 +106,6 @@ namespace ex = kfopt_examples;
 
 namespace {
 
-using Scalar = double;
-using Matrix = Eigen::MatrixXd;
-using Vector = Eigen::VectorXd;
-using Net = ex::Mlp<Scalar>;
-
 // ---------------------------------------------------------------------------------------------
 // Settings
 // ---------------------------------------------------------------------------------------------
@@ -133,6 +128,7 @@ const std::vector<std::string> all_optimizers{
 
 struct Settings {
   bool quick = false;
+  bool use_float = false;  ///< --float: train in single precision
   std::string out_dir = "out";
   std::string data_dir = ex::default_fashion_mnist_dir();
   std::vector<std::string> optimizers = all_optimizers;
@@ -203,6 +199,7 @@ accuracy), progress on stderr, a summary table and regime notes on stdout.
 
 Options:
   --quick               CI-sized run (< 2 min on 2 cores): 300 steps, 1000 test images
+  --float               train in single precision (default double)
   --out DIR             where classifier_filters.csv goes (default out/)
   --data DIR            folder with the Fashion-MNIST IDX .gz files
                         (default /usr/share/datasets/fashion-mnist, package dataset-fashion-mnist)
@@ -276,6 +273,7 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   show_help = cli.take_flag("--help") || cli.take_flag("-h");
   if (show_help) return s;
   s.quick = cli.take_flag("--quick");
+  s.use_float = cli.take_flag("--float");
   if (s.quick) {
     s.steps = 150;
     s.test_examples = 1000;
@@ -353,6 +351,14 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
 }
 
 std::string fmt(double x) { return ex::cell("%g", x); }
+
+/// Everything that depends on the precision (the network, the optimizers, the runs), compiled
+/// for float (--float) and double.
+template <typename Scalar>
+struct Precision {
+using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+using Net = ex::Mlp<Scalar>;
 
 // ---------------------------------------------------------------------------------------------
 // The classifier of fashion_mnist.cpp: network, mini-batch loss and gradient, Fisher pass
@@ -449,7 +455,7 @@ struct Stepper {
   std::function<long()> skipped = [] { return 0L; };
 };
 
-RunResult train(const std::string& name, unsigned seed, Classifier& problem, Net& net,
+static RunResult train(const std::string& name, unsigned seed, Classifier& problem, Net& net,
                 const Settings& settings, ex::CsvWriter& csv, Stepper& stepper) {
   const std::string label = name + settings.label_suffix;
   RunResult result;
@@ -493,7 +499,7 @@ RunResult train(const std::string& name, unsigned seed, Classifier& problem, Net
 // What the filters observe: scaled gradients and the Fisher sample e
 // ---------------------------------------------------------------------------------------------
 
-kfopt::ParameterSet<Scalar> parameter_set(Net& net) {
+static kfopt::ParameterSet<Scalar> parameter_set(Net& net) {
   kfopt::ParameterSet<Scalar> params;
   for (std::size_t l = 0; l < net.depth(); ++l) {
     auto& layer = net.layer(l);
@@ -576,7 +582,7 @@ class FilterObservation {
   ex::SquareAverage<Scalar> square_average_{0.99};
 };
 
-std::string observation_text(const Settings& s, double scale) {
+static std::string observation_text(const Settings& s, double scale) {
   return "S=" + fmt(scale) + " e=" + to_string(s.filter_fisher);
 }
 
@@ -584,7 +590,7 @@ std::string observation_text(const Settings& s, double scale) {
 // The runs
 // ---------------------------------------------------------------------------------------------
 
-RunResult run_adam_like(const std::string& name, unsigned seed, Classifier& problem,
+static RunResult run_adam_like(const std::string& name, unsigned seed, Classifier& problem,
                         const Settings& settings, ex::CsvWriter& csv) {
   Net net = Classifier::make_network(seed);
   auto params = parameter_set(net);
@@ -611,7 +617,7 @@ RunResult run_adam_like(const std::string& name, unsigned seed, Classifier& prob
   return r;
 }
 
-RunResult run_rmsprop(unsigned seed, Classifier& problem, const Settings& settings,
+static RunResult run_rmsprop(unsigned seed, Classifier& problem, const Settings& settings,
                       ex::CsvWriter& csv) {
   Net net = Classifier::make_network(seed);
   auto params = parameter_set(net);
@@ -632,7 +638,7 @@ RunResult run_rmsprop(unsigned seed, Classifier& problem, const Settings& settin
   return r;
 }
 
-RunResult run_filter_rmsprop(unsigned seed, Classifier& problem, const Settings& settings,
+static RunResult run_filter_rmsprop(unsigned seed, Classifier& problem, const Settings& settings,
                              ex::CsvWriter& csv) {
   Net net = Classifier::make_network(seed);
   auto params = parameter_set(net);
@@ -669,7 +675,7 @@ RunResult run_filter_rmsprop(unsigned seed, Classifier& problem, const Settings&
   return r;
 }
 
-RunResult run_filter_adam(bool with_sww, unsigned seed, Classifier& problem,
+static RunResult run_filter_adam(bool with_sww, unsigned seed, Classifier& problem,
                           const Settings& settings, ex::CsvWriter& csv) {
   const std::string name = with_sww ? "filter_adam_sww" : "filter_adam";
   Net net = Classifier::make_network(seed);
@@ -716,7 +722,7 @@ RunResult run_filter_adam(bool with_sww, unsigned seed, Classifier& problem,
   return r;
 }
 
-RunResult run_filter_fixed_point(unsigned seed, Classifier& problem, const Settings& settings,
+static RunResult run_filter_fixed_point(unsigned seed, Classifier& problem, const Settings& settings,
                                  ex::CsvWriter& csv) {
   Net net = Classifier::make_network(seed);
   auto params = parameter_set(net);
@@ -755,7 +761,7 @@ RunResult run_filter_fixed_point(unsigned seed, Classifier& problem, const Setti
 /// The Kronecker-factored filter through its layer interface (as K-FAC): every dense layer
 /// registered with W, dW, b, db; per step the layer inputs a and per-example output
 /// gradients δ (of sampled targets, times S/m) are recorded, then update() / predict().
-RunResult run_kronecker_filter(unsigned seed, Classifier& problem, const Settings& settings,
+static RunResult run_kronecker_filter(unsigned seed, Classifier& problem, const Settings& settings,
                                ex::CsvWriter& csv) {
   Net net = Classifier::make_network(seed);
   kfopt::KroneckerFilterOptions o = kfopt::KroneckerFilterOptions::whitening(settings.kf_lr, settings.kf_sigma2);
@@ -822,7 +828,7 @@ RunResult run_kronecker_filter(unsigned seed, Classifier& problem, const Setting
 // Driver
 // ---------------------------------------------------------------------------------------------
 
-RunResult run_one(const std::string& name, unsigned seed, Classifier& problem,
+static RunResult run_one(const std::string& name, unsigned seed, Classifier& problem,
                   const Settings& settings, ex::CsvWriter& csv) {
   if (name == "adam" || name == "adamw") return run_adam_like(name, seed, problem, settings, csv);
   if (name == "rmsprop") return run_rmsprop(seed, problem, settings, csv);
@@ -833,15 +839,16 @@ RunResult run_one(const std::string& name, unsigned seed, Classifier& problem,
   return run_kronecker_filter(seed, problem, settings, csv);
 }
 
-int run(const Settings& settings) {
+static int run(const Settings& settings) {
   const auto load_start = std::chrono::steady_clock::now();
   const auto data = ex::load_fashion_mnist<Scalar>(settings.data_dir);
   std::fprintf(stderr, "loaded Fashion-MNIST from %s in %.1f s\n", settings.data_dir.c_str(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
   std::fprintf(stderr,
-               "classifier %s: %ld steps of batch %ld, test accuracy on %ld images; the filters "
-               "observe S = %g x the mean loss, Fisher sample e: %s\n",
-               Classifier::make_network(1).shape_string().c_str(), settings.steps, settings.batch,
+               "classifier %s in %s precision: %ld steps of batch %ld, test accuracy on %ld "
+               "images; the filters observe S = %g x the mean loss, Fisher sample e: %s\n",
+               Classifier::make_network(1).shape_string().c_str(),
+               sizeof(Scalar) == 4 ? "single" : "double", settings.steps, settings.batch,
                settings.test_examples, settings.scale(), to_string(settings.filter_fisher));
   Classifier problem(data);
   ex::CsvWriter csv(settings.out_dir, "classifier_filters");
@@ -879,10 +886,14 @@ int run(const Settings& settings) {
             << "\n";
   return 0;
 }
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
   return ex::example_main("bayesian_filters", help_text, argc, argv, parse_command_line,
-                          [](const Settings& settings) { return run(settings); });
+                          [](const Settings& settings) {
+                            return settings.use_float ? Precision<float>::run(settings)
+                                                      : Precision<double>::run(settings);
+                          });
 }
