@@ -1,4 +1,4 @@
-// Catch2's main for the MPI tests: MPI is initialized around the whole session, and the job
+// Catch2's main for the MPI tests: MPI is initialized around the whole test run, and the job
 // fails (exit code != 0 on every rank) when any rank saw a failure.
 #define CATCH_CONFIG_RUNNER
 #include <mpi.h>
