@@ -15,6 +15,15 @@ install(EXPORT kfoptTargets
   NAMESPACE kfopt::
   DESTINATION ${KFOPT_CMAKE_INSTALL_DIR})
 
+# The optional MPI layer (cmake/kfoptMpi.cmake) has its own export file, which the package
+# config loads only when the `mpi` component is requested.
+if(TARGET kfopt_mpi)
+  install(TARGETS kfopt_mpi EXPORT kfoptMpiTargets)
+  install(EXPORT kfoptMpiTargets
+    NAMESPACE kfopt::
+    DESTINATION ${KFOPT_CMAKE_INSTALL_DIR})
+endif()
+
 configure_package_config_file(
   ${PROJECT_SOURCE_DIR}/cmake/kfoptConfig.cmake.in
   ${PROJECT_BINARY_DIR}/kfoptConfig.cmake
