@@ -104,6 +104,7 @@ struct TrafficCounter {
 /// Traffic of a Communicator, per Operation.
 class Traffic {
  public:
+  /// The counter of one operation.
   const TrafficCounter& operator[](Operation op) const noexcept {
     return counters_[static_cast<std::size_t>(op)];
   }
@@ -116,11 +117,13 @@ class Traffic {
     }
     return t;
   }
+  /// Counts one call of `op` that handed `bytes` bytes to MPI.
   void record(Operation op, std::uint64_t bytes) noexcept {
     auto& c = counters_[static_cast<std::size_t>(op)];
     ++c.calls;
     c.payload_bytes += bytes;
   }
+  /// Sets every counter to zero.
   void reset() noexcept { counters_ = {}; }
 
  private:
@@ -255,6 +258,7 @@ class Communicator {
 
   /// Payload counters of every operation since construction or reset_traffic().
   const Traffic& traffic() const noexcept { return traffic_; }
+  /// Sets every traffic counter to zero.
   void reset_traffic() noexcept { traffic_.reset(); }
 
   // --- one block -------------------------------------------------------------------------
@@ -265,6 +269,7 @@ class Communicator {
     reduce_block(x.derived(), false, "kfopt::mpi::Communicator::allreduce_sum");
   }
   template <typename Derived>
+  /// As above, for a temporary block expression (e.g. `M.block(0, 0, 3, 3)`).
   void allreduce_sum(Eigen::DenseBase<Derived>&& x) {
     reduce_block(x.derived(), false, "kfopt::mpi::Communicator::allreduce_sum");
   }
@@ -275,6 +280,7 @@ class Communicator {
     reduce_block(x.derived(), true, "kfopt::mpi::Communicator::allreduce_mean");
   }
   template <typename Derived>
+  /// As above, for a temporary block expression.
   void allreduce_mean(Eigen::DenseBase<Derived>&& x) {
     reduce_block(x.derived(), true, "kfopt::mpi::Communicator::allreduce_mean");
   }
@@ -286,6 +292,7 @@ class Communicator {
     broadcast_block(x.derived(), root);
   }
   template <typename Derived>
+  /// As above, for a temporary block expression.
   void broadcast(Eigen::DenseBase<Derived>&& x, int root = 0) {
     broadcast_block(x.derived(), root);
   }
@@ -300,6 +307,7 @@ class Communicator {
     reduce_symmetric(s.derived(), false, "kfopt::mpi::Communicator::allreduce_sum_symmetric");
   }
   template <typename Derived>
+  /// As above, for a temporary block expression.
   void allreduce_sum_symmetric(Eigen::DenseBase<Derived>&& s) {
     reduce_symmetric(s.derived(), false, "kfopt::mpi::Communicator::allreduce_sum_symmetric");
   }
@@ -309,6 +317,7 @@ class Communicator {
     reduce_symmetric(s.derived(), true, "kfopt::mpi::Communicator::allreduce_mean_symmetric");
   }
   template <typename Derived>
+  /// As above, for a temporary block expression.
   void allreduce_mean_symmetric(Eigen::DenseBase<Derived>&& s) {
     reduce_symmetric(s.derived(), true, "kfopt::mpi::Communicator::allreduce_mean_symmetric");
   }
@@ -321,6 +330,7 @@ class Communicator {
     broadcast_symmetric_block(s.derived(), root);
   }
   template <typename Derived>
+  /// As above, for a temporary block expression.
   void broadcast_symmetric(Eigen::DenseBase<Derived>&& s, int root = 0) {
     broadcast_symmetric_block(s.derived(), root);
   }

@@ -63,6 +63,7 @@ namespace mpi {
 template <typename Scalar>
 class DataParallelGradients {
  public:
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   /// Keeps pointers to `params` and `comm` (both must outlive this object). Every rank must
@@ -91,6 +92,7 @@ class DataParallelGradients {
   int nonfinite_ranks() const noexcept { return nonfinite_ranks_; }
   /// Σ_r w_r at the last call (P for average()).
   double total_weight() const noexcept { return total_weight_; }
+  /// The communicator the gradients are averaged over.
   const Communicator& communicator() const noexcept { return *comm_; }
 
  private:

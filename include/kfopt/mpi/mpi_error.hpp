@@ -25,6 +25,7 @@ namespace kfopt {
 /// allowed, e.g. before MPI_Init or on MPI_COMM_NULL).
 class MpiError : public std::runtime_error {
  public:
+  /// An error with its message (naming the operation and the MPI call) and MPI's error code.
   MpiError(const std::string& what, int error_code)
       : std::runtime_error(what), error_code_(error_code) {}
 
