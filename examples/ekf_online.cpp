@@ -81,8 +81,6 @@ namespace ex = kfopt_examples;
 
 namespace {
 
-using Vector = Eigen::VectorXd;
-using Matrix = Eigen::MatrixXd;
 using Clock = std::chrono::steady_clock;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -94,6 +92,7 @@ enum class Task { Regression, Drift, Recurrent };
 
 struct Settings {
   bool quick = false;
+  bool use_float = false;  ///< --float: every task in single precision
   std::string out_dir = "out";
   std::string data_dir = ex::default_fashion_mnist_dir();
   std::vector<Task> tasks{Task::Regression, Task::Drift, Task::Recurrent};
@@ -162,6 +161,7 @@ Options:
   --quick               CI-sized run (< 2 min on 2 cores): regression 4000 steps,
                         drift 10000, recurrent 3000
   --out DIR             where <task>.csv goes (default out/)
+  --float               run every task in single precision (default double)
   --data DIR            Fashion-MNIST IDX .gz files (default /usr/share/datasets/fashion-mnist,
                         Debian package dataset-fashion-mnist)
   --task T              regression | drift | recurrent | all (default all)
@@ -211,6 +211,7 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
     s.drift_steps = 10000;
     s.rec_steps = 3000;
   }
+  s.use_float = cli.take_flag("--float");
   s.out_dir = cli.take_string("--out", s.out_dir);
   s.data_dir = cli.take_string("--data", s.data_dir);
   const std::string task = cli.take_string("--task", "all");
@@ -388,8 +389,15 @@ bool is_log_step(long t, long total, long points) {
   return t == 0 || t == total || t % every == 0;
 }
 
-double max_abs_difference(const Vector& a, const Vector& b) {
-  return (a - b).cwiseAbs().maxCoeff();
+/// Everything that depends on the precision (data, models, optimizers, the three tasks),
+/// compiled for float (--float) and double.
+template <typename Scalar>
+struct Precision {
+using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+
+static double max_abs_difference(const Vector& a, const Vector& b) {
+  return static_cast<double>((a - b).cwiseAbs().maxCoeff());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -398,11 +406,11 @@ double max_abs_difference(const Vector& a, const Vector& b) {
 
 /// Pooled, standardized features with a trailing bias 1, for the chosen classes.
 struct PooledSet {
-  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> x;  ///< N×p
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> x;  ///< N×p
   std::vector<Eigen::Index> y;  ///< label index into the class subset
 };
 
-void pool_images(const ex::ImageSet<double>& set, const std::vector<int>& classes, long block,
+static void pool_images(const ex::ImageSet<Scalar>& set, const std::vector<int>& classes, long block,
                  PooledSet& out) {
   const long side = 28 / block;
   const Eigen::Index features = side * side + 1;
@@ -434,12 +442,12 @@ void pool_images(const ex::ImageSet<double>& set, const std::vector<int>& classe
 }
 
 /// Standardizes every feature but the bias with the mean and standard deviation of `train`.
-void standardize(PooledSet& train, PooledSet& test) {
+static void standardize(PooledSet& train, PooledSet& test) {
   const Eigen::Index p = train.x.cols() - 1;
   for (Eigen::Index j = 0; j < p; ++j) {
-    const double mean = train.x.col(j).mean();
-    const double var = (train.x.col(j).array() - mean).square().mean();
-    const double inv = 1.0 / std::sqrt(var + 1e-8);
+    const Scalar mean = train.x.col(j).mean();
+    const Scalar var = (train.x.col(j).array() - mean).square().mean();
+    const Scalar inv = Scalar(1) / std::sqrt(var + Scalar(1e-8));
     train.x.col(j) = (train.x.col(j).array() - mean) * inv;
     test.x.col(j) = (test.x.col(j).array() - mean) * inv;
   }
@@ -465,13 +473,13 @@ class SoftmaxRegression {
   /// Cross-entropy at logits z and ∂ℓ/∂θ = vec((softmax(z) − e_y) xᵀ).
   template <typename Row>
   double loss_gradient(const Vector& z, const Row& x, Eigen::Index y, Vector& grad) const {
-    const double m = z.maxCoeff();
-    const Eigen::ArrayXd e = (z.array() - m).exp();
-    const double sum = e.sum();
-    Eigen::VectorXd p = e.matrix() / sum;
-    p(y) -= 1.0;
+    const Scalar m = z.maxCoeff();
+    const Eigen::Array<Scalar, Eigen::Dynamic, 1> e = (z.array() - m).exp();
+    const Scalar sum = e.sum();
+    Vector p = e.matrix() / sum;
+    p(y) -= Scalar(1);
     Eigen::Map<Matrix>(grad.data(), K_, p_).noalias() = p * x;
-    return m + std::log(sum) - z(y);
+    return static_cast<double>(m + std::log(sum) - z(y));
   }
   template <typename Set>
   double accuracy(const Vector& theta, const Set& set) const {
@@ -489,9 +497,9 @@ class SoftmaxRegression {
   Eigen::Index K_, p_;
 };
 
-void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std::string>& notes) {
+static void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std::string>& notes) {
   const auto load_start = Clock::now();
-  const auto data = ex::load_fashion_mnist<double>(s.data_dir);
+  const auto data = ex::load_fashion_mnist<Scalar>(s.data_dir);
   PooledSet train, test;
   pool_images(data.train, s.classes, s.pool, train);
   pool_images(data.test, s.classes, s.pool, test);
@@ -515,28 +523,28 @@ void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std:
   std::mt19937 rng(s.seed);
   std::shuffle(order.begin(), order.end(), rng);
 
-  using Obs = kfopt::CategoricalObservation<double>;
-  const Matrix P0 = Matrix::Identity(d, d) * s.reg_prior;
-  kfopt::ExtendedKalmanFilterHyperparameters<double> ekf_hp;
+  using Obs = kfopt::CategoricalObservation<Scalar>;
+  const Matrix P0 = Matrix::Identity(d, d) * static_cast<Scalar>(s.reg_prior);
+  kfopt::ExtendedKalmanFilterHyperparameters<Scalar> ekf_hp;
   ekf_hp.fading = s.reg_fading;
   ekf_hp.form = s.form;
   kfopt::ExtendedKalmanFilter<Obs> ekf(Obs(K), P0, ekf_hp);
-  const auto twin = kfopt::natural_gradient_twin<double>(ekf_hp, P0, 1.0);
+  const auto twin = kfopt::natural_gradient_twin<Scalar>(ekf_hp, P0, Scalar(1));
   kfopt::OnlineNaturalGradient<Obs> ng(Obs(K), twin.initial_fisher, twin.hyperparameters);
 
   // All start at θ = 0 (the prior mean), the same for every optimizer.
   Vector th_ekf = Vector::Zero(d), th_ng = Vector::Zero(d), th_sgd = Vector::Zero(d),
          th_adam = Vector::Zero(d);
   Vector g_sgd = Vector::Zero(d), g_adam = Vector::Zero(d);
-  kfopt::ParameterSet<double> ps_sgd, ps_adam;
+  kfopt::ParameterSet<Scalar> ps_sgd, ps_adam;
   ps_sgd.add("W", th_sgd, g_sgd);
   ps_adam.add("W", th_adam, g_adam);
   kfopt::SgdOptions sgd_options;
   sgd_options.learning_rate = s.reg_sgd_lr;
-  kfopt::Sgd<double> sgd(ps_sgd, sgd_options);
+  kfopt::Sgd<Scalar> sgd(ps_sgd, sgd_options);
   kfopt::AdamOptions adam_options;
   adam_options.learning_rate = s.reg_adam_lr;
-  kfopt::Adam<double> adam(ps_adam, adam_options);
+  kfopt::Adam<Scalar> adam(ps_adam, adam_options);
 
   std::vector<Run> runs{Run("ekf"), Run("natural_gradient"), Run("sgd"), Run("adam")};
   Vector z(K), grad(d);
@@ -587,7 +595,7 @@ void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std:
     });
     const double diff = max_abs_difference(th_ekf, th_ng);
     worst = std::max(worst, diff);
-    worst_relative = std::max(worst_relative, diff / std::max(1e-300, th_ekf.cwiseAbs().maxCoeff()));
+    worst_relative = std::max(worst_relative, diff / std::max(1e-300, static_cast<double>(th_ekf.cwiseAbs().maxCoeff())));
     if (is_log_step(t, steps, s.points)) log_all(t);
     if (t % 50 == 0 || t == steps) {
       char status[96];
@@ -618,7 +626,7 @@ void run_regression(const Settings& s, ex::SummaryTable& table, std::vector<std:
 // Task b: tracking a drifting parameter
 // ---------------------------------------------------------------------------------------------
 
-void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::string>& notes) {
+static void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::string>& notes) {
   const Eigen::Index d = s.drift_dim;
   const long steps = s.drift_steps;
   const double sigma = s.drift_noise, sigma_w = s.drift_rate, lambda = s.drift_fading;
@@ -626,22 +634,22 @@ void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::stri
                "drift: y = x'theta*_t + %g e, x ~ N(0, I_%ld), theta*_0 ~ N(0, I), random-walk "
                "step %g per coordinate; %ld steps; fading lambda = %g; %s form\n",
                sigma, static_cast<long>(d), sigma_w, steps, lambda, kfopt::to_string(s.form));
-  using Obs = kfopt::GaussianObservation<double>;
+  using Obs = kfopt::GaussianObservation<Scalar>;
   const Obs obs(1, sigma * sigma);
   const Matrix P0 = Matrix::Identity(d, d);  // the prior of θ*_0
 
-  kfopt::ExtendedKalmanFilterHyperparameters<double> hp_static;
+  kfopt::ExtendedKalmanFilterHyperparameters<Scalar> hp_static;
   hp_static.form = s.form;
-  kfopt::ExtendedKalmanFilterHyperparameters<double> hp_fading;
+  kfopt::ExtendedKalmanFilterHyperparameters<Scalar> hp_fading;
   hp_fading.fading = lambda;
   hp_fading.form = s.form;
-  kfopt::ExtendedKalmanFilterHyperparameters<double> hp_noise;
-  hp_noise.process_noise = Matrix::Identity(d, d) * (sigma_w * sigma_w);
+  kfopt::ExtendedKalmanFilterHyperparameters<Scalar> hp_noise;
+  hp_noise.process_noise = Matrix::Identity(d, d) * static_cast<Scalar>(sigma_w * sigma_w);
   hp_noise.form = s.form == kfopt::KalmanForm::Information ? kfopt::KalmanForm::Covariance : s.form;
   kfopt::ExtendedKalmanFilter<Obs> ekf_static(obs, P0, hp_static);
   kfopt::ExtendedKalmanFilter<Obs> ekf_fading(obs, P0, hp_fading);
   kfopt::ExtendedKalmanFilter<Obs> ekf_noise(obs, P0, hp_noise);
-  const auto twin = kfopt::natural_gradient_twin<double>(hp_fading, P0, 1.0);
+  const auto twin = kfopt::natural_gradient_twin<Scalar>(hp_fading, P0, Scalar(1));
   kfopt::OnlineNaturalGradient<Obs> ng_fading(obs, twin.initial_fisher, twin.hyperparameters);
 
   std::mt19937_64 rng(s.seed + 100);
@@ -688,7 +696,7 @@ void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::stri
     filter_step(ekf_noise, theta[3], runs[3]);
     worst = std::max(worst, max_abs_difference(theta[1], theta[2]));
     // θ* moves after the observation: the next one is generated by θ*_{t+1}.
-    if (sigma_w > 0) truth += sigma_w * gaussian(d);
+    if (sigma_w > 0) truth += static_cast<Scalar>(sigma_w) * gaussian(d);
     if (is_log_step(t, steps, s.points)) log_all(t);
     if (t % 200 == 0 || t == steps) {
       char status[96];
@@ -722,9 +730,9 @@ void run_drift(const Settings& s, ex::SummaryTable& table, std::vector<std::stri
 // Task c: a tanh RNN learns the Mackey–Glass series online
 // ---------------------------------------------------------------------------------------------
 
-void run_recurrent(const Settings& s, ex::SummaryTable& table, std::vector<std::string>& notes) {
-  using Cell = kfopt::TanhRnnCell<double>;
-  using Obs = kfopt::GaussianObservation<double>;
+static void run_recurrent(const Settings& s, ex::SummaryTable& table, std::vector<std::string>& notes) {
+  using Cell = kfopt::TanhRnnCell<Scalar>;
+  using Obs = kfopt::GaussianObservation<Scalar>;
   const long steps = s.rec_steps;
   const long warmup = 100;  // test: steps run before scoring, from a zero state
   ex::MackeyGlassParameters mg;
@@ -771,25 +779,25 @@ void run_recurrent(const Settings& s, ex::SummaryTable& table, std::vector<std::
   for (Eigen::Index i = 0; i < n; ++i) theta0(cell.offset_V() + i) = normal(rng) / std::sqrt(double(n));
 
   const Obs obs(1, s.rec_noise);
-  const Matrix P0 = Matrix::Identity(d, d) * s.rec_prior;
+  const Matrix P0 = Matrix::Identity(d, d) * static_cast<Scalar>(s.rec_prior);
   const Vector s0 = Vector::Zero(n);
-  kfopt::ExtendedKalmanFilterHyperparameters<double> hp;
+  kfopt::ExtendedKalmanFilterHyperparameters<Scalar> hp;
   hp.fading = s.rec_fading;
   hp.form = kfopt::KalmanForm::Covariance;
   using Joint = kfopt::JointExtendedKalmanFilter<Cell, Obs>;
   // s_0 does not depend on θ: A_0 = 0, joint covariance [[0, 0], [0, P0]].
   Joint joint(cell, obs, s0, Joint::degenerate_covariance(Matrix::Zero(n, d), P0), hp);
-  const auto twin = kfopt::natural_gradient_twin<double>(hp, P0, 1.0);
-  kfopt::NaturalGradientRtrlHyperparameters<double> nh;
+  const auto twin = kfopt::natural_gradient_twin<Scalar>(hp, P0, Scalar(1));
+  kfopt::NaturalGradientRtrlHyperparameters<Scalar> nh;
   nh.natural_gradient = twin.hyperparameters;
   kfopt::NaturalGradientRtrl<Cell, Obs> ngr(cell, obs, s0, twin.initial_fisher, nh);
 
   Vector th_joint = theta0, th_ng = theta0, th_bptt = theta0, g_bptt = Vector::Zero(d);
-  kfopt::ParameterSet<double> ps;
+  kfopt::ParameterSet<Scalar> ps;
   ps.add("rnn", th_bptt, g_bptt);
   kfopt::AdamOptions adam_options;
   adam_options.learning_rate = s.rec_adam_lr;
-  kfopt::Adam<double> adam(ps, adam_options);
+  kfopt::Adam<Scalar> adam(ps, adam_options);
   ex::TruncatedBptt<Cell> bptt(cell);
   Matrix states(n, steps + 1);  // the BPTT run's hidden states s_0..s_T (window starts)
   states.col(0) = s0;
@@ -899,15 +907,25 @@ void run_recurrent(const Settings& s, ex::SummaryTable& table, std::vector<std::
   notes.push_back(line);
 }
 
+};  // struct Precision
+
 int run(const Settings& s) {
   ex::SummaryTable table({"task", "optimizer", "steps", "train_loss", "test_metric",
                           "mean test_metric, 2nd half", "seconds", "us/step"},
                          2);
   std::vector<std::string> notes;
+  std::fprintf(stderr, "ekf_online: %s precision\n", s.use_float ? "float (single)" : "double");
+  notes.push_back(std::string("precision: ") + (s.use_float ? "float (single)" : "double"));
   for (Task task : s.tasks) {
-    if (task == Task::Regression) run_regression(s, table, notes);
-    if (task == Task::Drift) run_drift(s, table, notes);
-    if (task == Task::Recurrent) run_recurrent(s, table, notes);
+    if (s.use_float) {
+      if (task == Task::Regression) Precision<float>::run_regression(s, table, notes);
+      if (task == Task::Drift) Precision<float>::run_drift(s, table, notes);
+      if (task == Task::Recurrent) Precision<float>::run_recurrent(s, table, notes);
+    } else {
+      if (task == Task::Regression) Precision<double>::run_regression(s, table, notes);
+      if (task == Task::Drift) Precision<double>::run_drift(s, table, notes);
+      if (task == Task::Recurrent) Precision<double>::run_recurrent(s, table, notes);
+    }
   }
   ex::print_summary(std::cout, table, notes);
   std::cout << "* train_loss: mean over the last logging window; seconds: CPU time of the "

@@ -409,3 +409,146 @@ TEMPLATE_TEST_CASE("KroneckerFilter: phases, bad input and float agree with doub
   CHECK(relative_error(stale, ref) <= 1e-2);
   CHECK(mine.allFinite());
 }
+
+namespace {
+
+// The previous per-example data update of KroneckerFilter, kept as the reference for the
+// batched one: k calls of observe() (rank-1 projections, eq. 24 / 32) in order.
+template <typename Scalar>
+kfopt::Status observe_one_by_one(kfopt::KroneckerFactoredCovariance<Scalar>& c, const Mat<Scalar>& a,
+                                 const Mat<Scalar>& g) {
+  Vec<Scalar> x = Vec<Scalar>::Ones(c.input_size());
+  for (Eigen::Index r = 0; r < a.rows(); ++r) {
+    x.head(a.cols()) = a.row(r).transpose();
+    const Vec<Scalar> d = g.row(r).transpose();
+    const kfopt::Status s = c.observe(x, d);
+    if (s != kfopt::Status::Success) return s;
+  }
+  return kfopt::Status::Success;
+}
+
+// Relu-like inputs: nonnegative with a large common mean, so that the observations of a
+// batch nearly share a direction (the updates then shrink that direction of Σx many times).
+Mat<double> relu_inputs(Rng& rng, Eigen::Index k, Eigen::Index in) {
+  return (rng.normal<double>(k, in).array() + 0.7).cwiseMax(0.0).matrix();
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("KroneckerFactoredCovariance: observe_batch equals one observe() per example",
+                   "[optim][kronecker_filter]", double, float) {
+  using Scalar = TestType;
+  const double tol = std::is_same<Scalar, float>::value ? 2e-4 : 1e-12;
+  Rng rng(53);
+  const int in = 40, out = 9, k = 150;  // three chunks of observe_batch (64, 64, 22)
+  for (const bool bias : {true, false}) {
+    const int n = in + (bias ? 1 : 0);
+    kfopt::KroneckerFactoredCovariance<Scalar> batched(n, out, Scalar(0.3)), reference(n, out, Scalar(0.3));
+    double worst = 0;
+    for (int t = 0; t < 40; ++t) {
+      Mat<Scalar> a = (0.3 * relu_inputs(rng, k, in)).template cast<Scalar>();
+      Mat<Scalar> g = (2.0 * rng.normal<double>(k, out)).template cast<Scalar>();
+      g.row(5).setZero();  // a zero δ is no observation
+      if (!bias) a.row(70).setZero();
+      REQUIRE(batched.observe_batch(a, g, bias) == kfopt::Status::Success);
+      REQUIRE(observe_one_by_one(reference, a, g) == kfopt::Status::Success);
+      worst = std::max({worst, relative_error(batched.input_factor(), reference.input_factor()),
+                        relative_error(batched.output_factor(), reference.output_factor())});
+      REQUIRE(batched.drift(Scalar(0.999), Scalar(0.01)) == kfopt::Status::Success);
+      REQUIRE(reference.drift(Scalar(0.999), Scalar(0.01)) == kfopt::Status::Success);
+      batched.balance();
+      reference.balance();
+    }
+    INFO("bias " << bias << ": largest relative difference of a factor over 40 batches " << worst);
+    CHECK(worst <= tol);
+    CHECK(batched.input_factor() == batched.input_factor().transpose());
+  }
+  // Exact projection: the batch is the per-example loop.
+  kfopt::KroneckerFactoredCovariance<Scalar> e1(4, 3, Scalar(1), kfopt::KroneckerProjectionMethod::Exact),
+      e2(4, 3, Scalar(1), kfopt::KroneckerProjectionMethod::Exact);
+  const Mat<Scalar> a = (0.3 * rng.normal<double>(6, 3)).template cast<Scalar>();
+  const Mat<Scalar> g = (0.3 * rng.normal<double>(6, 3)).template cast<Scalar>();
+  REQUIRE(e1.observe_batch(a, g, true) == kfopt::Status::Success);
+  REQUIRE(observe_one_by_one(e2, a, g) == kfopt::Status::Success);
+  CHECK(e1.input_factor() == e2.input_factor());
+  CHECK(e1.output_factor() == e2.output_factor());
+  // Shapes and overflow.
+  CHECK_THROWS_AS(e1.observe_batch(Mat<Scalar>(6, 4), g, true), kfopt::ShapeError);
+  CHECK_THROWS_AS(e1.observe_batch(a, Mat<Scalar>(5, 3), true), kfopt::ShapeError);
+  kfopt::KroneckerFactoredCovariance<Scalar> big(3, 2, Scalar(1));
+  const Mat<Scalar> huge = Mat<Scalar>::Constant(2, 3, std::numeric_limits<Scalar>::max() / Scalar(4));
+  CHECK(big.observe_batch(huge, Mat<Scalar>::Ones(2, 2)) == kfopt::Status::NumericalIssue);
+  CHECK(big.input_factor() == Mat<Scalar>::Identity(3, 3));
+}
+
+TEST_CASE("KroneckerFilter: 300 steps equal the per-example reference filter to 1e-12",
+          "[optim][kronecker_filter]") {
+  // Two layers (with and without bias), k = 100 examples per step (two chunks), drift with
+  // the traces refreshed every 3 predictions, parameter-dependent gradients. The reference
+  // is the filter's previous step written with the covariance's public per-example API:
+  // observe() per example, multiply(), drift(), balance().
+  using Cov = kfopt::KroneckerFactoredCovariance<double>;
+  const int in1 = 30, out1 = 12, out2 = 5, k = 100, steps = 300;
+  const double eta = 2e-3, sigma2 = 1.0;
+  Rng rng(61);
+  Mat<double> W1 = 0.1 * rng.normal<double>(out1, in1), dW1(out1, in1);
+  Vec<double> b1 = Vec<double>::Zero(out1), db1(out1);
+  Mat<double> W2 = 0.1 * rng.normal<double>(out2, out1), dW2(out2, out1);
+  kfopt::KroneckerFilterOptions o = kfopt::KroneckerFilterOptions::whitening(eta, sigma2);
+  o.initial_variance = 1e-3;
+  o.trace_period = 3;
+  kfopt::KroneckerFilter<double> filter(o);
+  const auto id1 = filter.add_dense_layer("fc1", W1, dW1, b1, db1);
+  const auto id2 = filter.add_dense_layer("fc2", W2, dW2);
+  // Reference state.
+  Mat<double> R1 = W1, R2 = W2;
+  Vec<double> c1 = b1;
+  Cov cov1(in1 + 1, out1, 1e-3), cov2(out1, out2, 1e-3);
+  const double keep = 1.0 - eta * eta / (2.0 * sigma2);
+  double worst = 0;
+  for (int t = 0; t < steps; ++t) {
+    const Mat<double> a1 = relu_inputs(rng, k, in1);
+    const Mat<double> g1 = 30.0 * rng.normal<double>(k, out1), g2 = 30.0 * rng.normal<double>(k, out2);
+    const Mat<double> a2 = relu_inputs(rng, k, out1);
+    const Mat<double> noise1 = rng.normal<double>(out1, in1), noise2 = rng.normal<double>(out2, out1);
+    const Vec<double> noise_b = rng.normal<double>(out1, 1);
+    // Gradients of the mean loss, depending on the parameters (so differences propagate).
+    dW1 = 0.01 * noise1 + 0.05 * W1;
+    db1 = 0.01 * noise_b + 0.05 * b1;
+    dW2 = 0.01 * noise2 + 0.05 * W2;
+    REQUIRE(filter.record_statistics(id1, a1, g1) == kfopt::Status::Success);
+    REQUIRE(filter.record_statistics(id2, a2, g2) == kfopt::Status::Success);
+    REQUIRE(filter.step() == kfopt::Status::Success);
+    // The reference step: update (observe per example, mean step), then predict.
+    {
+      REQUIRE(observe_one_by_one(cov1, a1, g1) == kfopt::Status::Success);
+      REQUIRE(observe_one_by_one(cov2, a2, g2) == kfopt::Status::Success);
+      Mat<double> G1(out1, in1 + 1), D1, D2;
+      G1 << -k * (0.01 * noise1 + 0.05 * R1), -k * (0.01 * noise_b + 0.05 * c1);
+      const Mat<double> G2 = -k * (0.01 * noise2 + 0.05 * R2);
+      cov1.multiply(G1, D1);
+      cov2.multiply(G2, D2);
+      R1 += D1.leftCols(in1);
+      c1 += D1.col(in1);
+      R2 += D2;
+      cov1.balance();
+      cov2.balance();
+      const bool refresh = t % 3 == 0;
+      REQUIRE(cov1.drift(keep, eta, refresh) == kfopt::Status::Success);
+      REQUIRE(cov2.drift(keep, eta, refresh) == kfopt::Status::Success);
+      cov1.balance();
+      cov2.balance();
+      R1 *= keep;
+      c1 *= keep;
+      R2 *= keep;
+    }
+    worst = std::max({worst, relative_error(W1, R1), relative_error(b1, c1), relative_error(W2, R2),
+                      relative_error(filter.covariance(id1).input_factor(), cov1.input_factor()),
+                      relative_error(filter.covariance(id1).output_factor(), cov1.output_factor()),
+                      relative_error(filter.covariance(id2).input_factor(), cov2.input_factor()),
+                      relative_error(filter.covariance(id2).output_factor(), cov2.output_factor())});
+  }
+  INFO("largest relative difference over " << steps << " steps: " << worst);
+  CHECK(worst <= 1e-12);
+  CHECK(filter.state().clamped_variances == 0);
+}

@@ -36,8 +36,9 @@
 /// `update()` makes them μ_post, `predict()` moves them to μ_prior(t+1) where the next
 /// gradient belongs; `step()` = update() then predict().
 ///
-/// **Cost per step and layer** (FirstOrder): k rank-1 projections, 2k(N² + M²) flops; the
-/// mean step 2MN(M + N); the drift's inverse traces, one Cholesky factorization and a
+/// **Cost per step and layer** (FirstOrder): k rank-1 projections, applied in chunks of up to
+/// 64 examples as matrix products (KroneckerFactoredCovariance::observe_batch), about
+/// 3k(N² + M²) flops; the mean step 2MN(M + N); the drift's inverse traces, one Cholesky factorization and a
 /// triangular solve per factor, about (N³ + M³)/2 flops every `trace_period` steps. Exact:
 /// about 3.7(N³ + M³) flops per example and per drift. Statistics are copied into per-layer
 /// buffers (k × (in + out)); no heap allocation once the batch size has been seen (apart
@@ -221,10 +222,9 @@ class KroneckerFilter {
     }
     bool ok = true;
     for (auto& l : layers_) {
-      for (Eigen::Index r = 0; r < l.recorded && ok; ++r) {
-        l.x.head(l.in) = l.a_stats.row(r).transpose();
-        l.delta = l.g_stats.row(r).transpose();
-        ok = l.cov.observe(l.x, l.delta) == Status::Success;
+      if (l.recorded > 0) {
+        ok = l.cov.observe_batch(l.a_stats.topRows(l.recorded), l.g_stats.topRows(l.recorded),
+                                 l.bias_index >= 0) == Status::Success;
       }
       if (!ok) break;
       const Eigen::Index k = l.recorded > 0 ? l.recorded : l.last_batch;
