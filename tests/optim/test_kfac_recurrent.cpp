@@ -126,3 +126,82 @@ TEST_CASE("K-FAC recurrent layers: wrong statistics entry points and exact dampi
   CHECK(kfac.state().skipped_statistics == 1);
   CHECK_FALSE(kfac.recurrent_block(rid).has_statistics());
 }
+
+TEST_CASE("K-FAC mixed dense + recurrent layers: each layer moves as in a model of that layer alone",
+          "[optim][kfac][recurrent]") {
+  // Without KL clipping the layers of one Kfac are independent: over several steps (momentum,
+  // spectra refreshed every second step, adaptive damping's quadratic model) a model with a
+  // recurrent Option-2 layer and a dense layer must move each layer exactly as two optimizers
+  // holding one layer each, its quadratic model must be their sum, the dense layer's first
+  // step must be the dense damped inverse, and a copy must continue as the original.
+  Rng rng(64);
+  const int in = 3, out = 2, m = 4, t_max = 4, k = 6;
+  kfopt::KfacOptions o = recurrent_options();
+  o.learning_rate = 0.5;
+  o.momentum = 0.5;
+  o.inverse_period = 2;
+  o.decay = 0.9;
+  o.adaptive_damping = true;
+  Mat<double> W = rng.normal<double>(out, in), dW = rng.normal<double>(out, in);
+  Vec<double> b = rng.normal<double>(out, 1), db = rng.normal<double>(out, 1);
+  Mat<double> V = rng.normal<double>(2, out), dV = rng.normal<double>(2, out);
+  Mat<double> W1 = W, V1 = V;
+  Vec<double> b1 = b;
+  kfopt::Kfac<double> mixed(o), recurrent(o), dense(o);
+  const auto rid = mixed.add_recurrent_layer("rnn", W, dW, b, db, {kfopt::RecurrentApproximation::Option2});
+  const auto did = mixed.add_dense_layer("readout", V, dV);
+  recurrent.add_recurrent_layer("rnn", W1, dW, b1, db, {kfopt::RecurrentApproximation::Option2});
+  dense.add_dense_layer("readout", V1, dV);
+  Eigen::VectorXi lengths(m);
+  lengths << 4, 2, 3, 4;
+  Mat<double> V_first;
+  for (int step = 0; step < 4; ++step) {
+    const Mat<double> a = rng.normal<double>(t_max * m, in), g = rng.normal<double>(t_max * m, out);
+    const Mat<double> ad = rng.normal<double>(k, out), gd = rng.normal<double>(k, 2);
+    REQUIRE(mixed.record_sequence_statistics(rid, a, g, lengths) == kfopt::Status::Success);
+    REQUIRE(mixed.record_statistics(did, ad, gd) == kfopt::Status::Success);
+    REQUIRE(recurrent.record_sequence_statistics(0, a, g, lengths) == kfopt::Status::Success);
+    REQUIRE(dense.record_statistics(0, ad, gd) == kfopt::Status::Success);
+    const Mat<double> V_before = V;
+    REQUIRE(mixed.step() == kfopt::Status::Success);
+    REQUIRE(recurrent.step() == kfopt::Status::Success);
+    REQUIRE(dense.step() == kfopt::Status::Success);
+    if (step == 0) {
+      // (G + δ_G I)⁻¹ ∇V (A + δ_A I)⁻¹ from the batch's factors (one batch: the bias-corrected
+      // averages are the batch estimates), π-damping.
+      const Mat<double> A = ad.transpose() * ad / k, G = gd.transpose() * gd / k;
+      const double pi = std::sqrt((A.trace() / out) / (G.trace() / 2));
+      const double root = std::sqrt(o.damping);
+      const Mat<double> Ai = (A + pi * root * Mat<double>::Identity(out, out)).inverse();
+      const Mat<double> Gi = (G + root / pi * Mat<double>::Identity(2, 2)).inverse();
+      const Mat<double> expected = V_before - o.learning_rate * Gi * dV * Ai;
+      CHECK(relative_error(dense_vec(V), dense_vec(expected)) <= 1e-10);
+      V_first = V;
+    }
+    CHECK(relative_error(stacked(W, b), stacked(W1, b1)) <= 1e-12);
+    CHECK(relative_error(dense_vec(V), dense_vec(V1)) <= 1e-12);
+    const double model = mixed.state().pending_model_change;
+    const double parts = recurrent.state().pending_model_change + dense.state().pending_model_change;
+    CHECK(model < 0.0);
+    CHECK(std::abs(model - parts) <= 1e-10 * std::abs(parts));
+  }
+  CHECK(mixed.state().inverse_refreshes == 2);
+
+  // A copy holds its own blocks and continues exactly as the original.
+  kfopt::Kfac<double> copy(mixed);
+  CHECK(copy.num_layers() == 2);
+  CHECK(copy.block(did).input_factor() == mixed.block(did).input_factor());
+  CHECK(&copy.block(did) != &mixed.block(did));
+  CHECK(copy.recurrent_block(rid).a0() == mixed.recurrent_block(rid).a0());
+  const Mat<double> W_now = W, V_now = V;
+  const Vec<double> b_now = b;
+  REQUIRE(mixed.step() == kfopt::Status::Success);
+  const Mat<double> W_orig = W, V_orig = V;
+  const Vec<double> b_orig = b;
+  W = W_now;
+  V = V_now;
+  b = b_now;  // the copy updates the same registered storage
+  REQUIRE(copy.step() == kfopt::Status::Success);
+  CHECK(relative_error(stacked(W, b), stacked(W_orig, b_orig)) <= 1e-14);
+  CHECK(relative_error(dense_vec(V), dense_vec(V_orig)) <= 1e-14);
+}

@@ -102,21 +102,7 @@ class KroneckerBlock {
   /// `g` (k × out; from model-sampled targets for the true Fisher). Both or neither: a
   /// non-finite entry in either returns NonFiniteInput with both factors unchanged. Shape
   /// mismatches throw ShapeError naming the layer and both shapes.
-  Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g) {
-    const std::string op = "kfopt::KroneckerBlock::update_statistics (layer '" + name_ + "')";
-    if (a.cols() != in_ || g.cols() != out_ || a.rows() != g.rows() || a.rows() == 0) {
-      throw ShapeError(op + ": a is " + detail::shape_of(a) + " and g is " + detail::shape_of(g) +
-                       " but the layer needs k×" + std::to_string(in_) + " and k×" +
-                       std::to_string(out_) + " with the same k > 0");
-    }
-    if (!a.allFinite() || !g.allFinite()) {
-      ++skipped_statistics_;
-      return Status::NonFiniteInput;
-    }
-    a_.update(a);  // both finite: neither can fail now
-    g_.update(g);
-    return Status::Success;
-  }
+  Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g);
 
   /// Whether any statistics have been taken.
   bool has_statistics() const noexcept { return a_.state().updates > 0; }
@@ -125,21 +111,7 @@ class KroneckerBlock {
 
   /// Recomputes both factors' spectra from the current averages (the amortized
   /// preprocessing). On failure the previous spectra stay in use.
-  Status refresh() {
-    if (!has_statistics()) return Status::NotComputed;
-    if (options_.inverse_method == InverseMethod::Cholesky) {
-      a_snapshot_ = a_.value();  // O(n²): the factors the inverses will be formed from
-      g_snapshot_ = g_.value();
-      has_snapshot_ = true;
-      ++spectra_version_;
-      return Status::Success;
-    }
-    const Status sa = a_spectrum_.compute(a_.value());
-    if (sa != Status::Success) return sa;
-    const Status sg = g_spectrum_.compute(g_.value());
-    ++spectra_version_;  // A's spectrum may have changed even if G's failed
-    return sg;
-  }
+  Status refresh();
   bool has_inverse() const noexcept {
     if (options_.inverse_method == InverseMethod::Cholesky) return has_snapshot_;
     return a_spectrum_.has_result() && g_spectrum_.has_result();
@@ -149,51 +121,11 @@ class KroneckerBlock {
   /// NumericalIssue (out untouched) when the damped block is singular.
   template <typename DerivedZ>
   [[nodiscard]] Status apply_inverse(const Eigen::MatrixBase<DerivedZ>& Z,
-                                     const BlockDamping<Scalar>& damping, Matrix& out) {
-    require_operand("kfopt::KroneckerBlock::apply_inverse", Z);
-    if (!has_inverse()) return Status::NotComputed;
-    const bool cholesky = options_.inverse_method == InverseMethod::Cholesky;
-    if (damping.style == DampingStyle::Exact) {
-      if (cholesky) {
-        throw InvalidInputError("kfopt::KroneckerBlock::apply_inverse (layer '" + name_ +
-                                "'): exact damping needs InverseMethod::Eigendecomposition");
-      }
-      return kronecker_damped_inverse(a_spectrum_, g_spectrum_, damping.lambda, Z, out, work_);
-    }
-    const Scalar trace_a = cholesky ? factor_trace(a_snapshot_) : a_spectrum_.trace();
-    const Scalar trace_g = cholesky ? factor_trace(g_snapshot_) : g_spectrum_.trace();
-    const FactoredDamping<Scalar> d = factored_tikhonov_damping(
-        trace_a, cols(), trace_g, rows(), damping.lambda, damping.floor);
-    // Explicit damped inverses, rebuilt only when the factors (refresh) or the shifts change;
-    // each step then costs two products.
-    if (inverse_version_ != spectra_version_ || cached_a_shift_ != d.a_shift ||
-        cached_g_shift_ != d.g_shift) {
-      const Status s =
-          cholesky ? cholesky_inverses(d) : spectral_inverses(d);
-      if (s != Status::Success) return s;
-      inverse_version_ = spectra_version_;
-      cached_a_shift_ = d.a_shift;
-      cached_g_shift_ = d.g_shift;
-    }
-    if (g_inverse_.cols() == 1 && rows() != 1) {
-      work_ = g_inverse_.col(0).asDiagonal() * Z;
-    } else {
-      work_.noalias() = g_inverse_ * Z;
-    }
-    if (a_inverse_.cols() == 1 && cols() != 1) {
-      out = work_ * a_inverse_.col(0).asDiagonal();
-    } else {
-      out.noalias() = work_ * a_inverse_;
-    }
-    return Status::Success;
-  }
+                                     const BlockDamping<Scalar>& damping, Matrix& out);
 
   /// `out = (A ⊗ G) Z = G Z Aᵀ` with the current (undamped) factor averages.
   template <typename DerivedZ>
-  void multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
-    require_operand("kfopt::KroneckerBlock::multiply", Z);
-    kronecker_factor_multiply(a_.value(), g_.value(), Z, out, work_);
-  }
+  void multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out);
 
   /// Current factor averages: A (dimension² or dimension×1 if diagonal) and G.
   const Matrix& input_factor() const noexcept { return a_.value(); }
@@ -202,11 +134,7 @@ class KroneckerBlock {
   const FactorSpectrum<Scalar>& gradient_spectrum() const noexcept { return g_spectrum_; }
 
   /// The dense `A ⊗ G` (diagonal factors expanded), for tests and small problems.
-  Matrix to_dense() const {
-    const Matrix A = expand(a_.value());
-    const Matrix G = expand(g_.value());
-    return kronecker_product(A, G);
-  }
+  Matrix to_dense() const;
 
  private:
   static Scalar factor_trace(const Matrix& f) {
@@ -293,5 +221,108 @@ class KroneckerBlock {
   Scalar cached_a_shift_ = Scalar(-1), cached_g_shift_ = Scalar(-1);
   std::int64_t skipped_statistics_ = 0;
 };
+
+template <typename Scalar>
+Status KroneckerBlock<Scalar>::update_statistics(const Eigen::Ref<const Matrix>& a,
+                                                 const Eigen::Ref<const Matrix>& g) {
+  const std::string op = "kfopt::KroneckerBlock::update_statistics (layer '" + name_ + "')";
+  if (a.cols() != in_ || g.cols() != out_ || a.rows() != g.rows() || a.rows() == 0) {
+    throw ShapeError(op + ": a is " + detail::shape_of(a) + " and g is " + detail::shape_of(g) +
+                     " but the layer needs k×" + std::to_string(in_) + " and k×" +
+                     std::to_string(out_) + " with the same k > 0");
+  }
+  if (!a.allFinite() || !g.allFinite()) {
+    ++skipped_statistics_;
+    return Status::NonFiniteInput;
+  }
+  a_.update(a);  // both finite: neither can fail now
+  g_.update(g);
+  return Status::Success;
+}
+
+template <typename Scalar>
+Status KroneckerBlock<Scalar>::refresh() {
+  if (!has_statistics()) return Status::NotComputed;
+  if (options_.inverse_method == InverseMethod::Cholesky) {
+    a_snapshot_ = a_.value();  // O(n²): the factors the inverses will be formed from
+    g_snapshot_ = g_.value();
+    has_snapshot_ = true;
+    ++spectra_version_;
+    return Status::Success;
+  }
+  const Status sa = a_spectrum_.compute(a_.value());
+  if (sa != Status::Success) return sa;
+  const Status sg = g_spectrum_.compute(g_.value());
+  ++spectra_version_;  // A's spectrum may have changed even if G's failed
+  return sg;
+}
+
+template <typename Scalar>
+template <typename DerivedZ>
+Status KroneckerBlock<Scalar>::apply_inverse(const Eigen::MatrixBase<DerivedZ>& Z,
+                                             const BlockDamping<Scalar>& damping, Matrix& out) {
+  require_operand("kfopt::KroneckerBlock::apply_inverse", Z);
+  if (!has_inverse()) return Status::NotComputed;
+  const bool cholesky = options_.inverse_method == InverseMethod::Cholesky;
+  if (damping.style == DampingStyle::Exact) {
+    if (cholesky) {
+      throw InvalidInputError("kfopt::KroneckerBlock::apply_inverse (layer '" + name_ +
+                              "'): exact damping needs InverseMethod::Eigendecomposition");
+    }
+    return kronecker_damped_inverse(a_spectrum_, g_spectrum_, damping.lambda, Z, out, work_);
+  }
+  const Scalar trace_a = cholesky ? factor_trace(a_snapshot_) : a_spectrum_.trace();
+  const Scalar trace_g = cholesky ? factor_trace(g_snapshot_) : g_spectrum_.trace();
+  const FactoredDamping<Scalar> d = factored_tikhonov_damping(
+      trace_a, cols(), trace_g, rows(), damping.lambda, damping.floor);
+  // Explicit damped inverses, rebuilt only when the factors (refresh) or the shifts change;
+  // each step then costs two products.
+  if (inverse_version_ != spectra_version_ || cached_a_shift_ != d.a_shift ||
+      cached_g_shift_ != d.g_shift) {
+    const Status s =
+        cholesky ? cholesky_inverses(d) : spectral_inverses(d);
+    if (s != Status::Success) return s;
+    inverse_version_ = spectra_version_;
+    cached_a_shift_ = d.a_shift;
+    cached_g_shift_ = d.g_shift;
+  }
+  if (g_inverse_.cols() == 1 && rows() != 1) {
+    work_ = g_inverse_.col(0).asDiagonal() * Z;
+  } else {
+    work_.noalias() = g_inverse_ * Z;
+  }
+  if (a_inverse_.cols() == 1 && cols() != 1) {
+    out = work_ * a_inverse_.col(0).asDiagonal();
+  } else {
+    out.noalias() = work_ * a_inverse_;
+  }
+  return Status::Success;
+}
+
+template <typename Scalar>
+template <typename DerivedZ>
+void KroneckerBlock<Scalar>::multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
+  require_operand("kfopt::KroneckerBlock::multiply", Z);
+  kronecker_factor_multiply(a_.value(), g_.value(), Z, out, work_);
+}
+
+template <typename Scalar>
+typename KroneckerBlock<Scalar>::Matrix KroneckerBlock<Scalar>::to_dense() const {
+  const Matrix A = expand(a_.value());
+  const Matrix G = expand(g_.value());
+  return kronecker_product(A, G);
+}
+
+#ifdef KFOPT_COMPILED
+// Compiled once in kfopt_compiled (src/kfac_instantiations.hpp).
+extern template class KroneckerBlock<float>;
+extern template Status KroneckerBlock<float>::apply_inverse<Eigen::MatrixXf>(
+    const Eigen::MatrixBase<Eigen::MatrixXf>&, const BlockDamping<float>&, Eigen::MatrixXf&);
+extern template void KroneckerBlock<float>::multiply<Eigen::MatrixXf>(const Eigen::MatrixBase<Eigen::MatrixXf>&, Eigen::MatrixXf&);
+extern template class KroneckerBlock<double>;
+extern template Status KroneckerBlock<double>::apply_inverse<Eigen::MatrixXd>(
+    const Eigen::MatrixBase<Eigen::MatrixXd>&, const BlockDamping<double>&, Eigen::MatrixXd&);
+extern template void KroneckerBlock<double>::multiply<Eigen::MatrixXd>(const Eigen::MatrixBase<Eigen::MatrixXd>&, Eigen::MatrixXd&);
+#endif
 
 }  // namespace kfopt

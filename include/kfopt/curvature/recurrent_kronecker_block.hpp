@@ -214,61 +214,17 @@ class RecurrentKroneckerBlock {
   /// anything changes; returns NonFiniteInput (counted, nothing changes) for NaN/Inf in a
   /// real step of a or g.
   Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
-                           const Eigen::Ref<const Eigen::VectorXi>& lengths) {
-    const std::string op = operation("update_statistics");
-    const Eigen::Index m = lengths.size();
-    const Eigen::Index t_max = check_batch(op, a, g, m);
-    for (Eigen::Index i = 0; i < m; ++i) {
-      if (lengths(i) < 0 || lengths(i) > t_max) {
-        throw InvalidInputError(op + ": length of sequence " + std::to_string(i) + " is " +
-                                std::to_string(lengths(i)) + " but the batch (" +
-                                detail::shape_of(a) + " for " + std::to_string(m) +
-                                " sequences) holds " + std::to_string(t_max) + " steps");
-      }
-    }
-    batch_lengths_ = lengths;
-    return take(op, a, g, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); },
-                [&] {
-                  a_.update(a, lengths);
-                  g_.update(g, lengths);
-                });
-  }
+                           const Eigen::Ref<const Eigen::VectorXi>& lengths);
 
   /// Takes m = mask.cols() sequences with a T_max × m mask of real steps (true = real).
   /// A sequence's length (for the length distribution) is its number of real steps; A1,
   /// G1 pair only consecutive real steps. Errors as the lengths overload.
   Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
-                           const Eigen::Ref<const Mask>& mask) {
-    const std::string op = operation("update_statistics");
-    const Eigen::Index m = mask.cols();
-    const Eigen::Index t_max = check_batch(op, a, g, m);
-    if (mask.rows() != t_max) {
-      throw ShapeError(op + ": mask is " + detail::shape_of(mask) + " but the sequences (" +
-                       detail::shape_of(a) + ") need " + detail::shape_string(t_max, m));
-    }
-    batch_lengths_.resize(m);
-    for (Eigen::Index i = 0; i < m; ++i) {
-      batch_lengths_(i) = static_cast<int>(mask.col(i).count());
-    }
-    return take(op, a, g, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); },
-                [&] {
-                  a_.update(a, mask);
-                  g_.update(g, mask);
-                });
-  }
+                           const Eigen::Ref<const Mask>& mask);
 
   /// Takes `num_sequences` sequences that all have T_max = rows / num_sequences steps.
   Status update_statistics_full(const Eigen::Ref<const Matrix>& a,
-                                const Eigen::Ref<const Matrix>& g, Eigen::Index num_sequences) {
-    const std::string op = operation("update_statistics_full");
-    const Eigen::Index t_max = check_batch(op, a, g, num_sequences);
-    batch_lengths_.setConstant(num_sequences, static_cast<int>(t_max));
-    return take(op, a, g, num_sequences, t_max, [](Eigen::Index, Eigen::Index) { return true; },
-                [&] {
-                  a_.update_full(a, num_sequences);
-                  g_.update_full(g, num_sequences);
-                });
-  }
+                                const Eigen::Ref<const Matrix>& g, Eigen::Index num_sequences);
 
   /// Whether any statistics have been taken.
   bool has_statistics() const noexcept { return a_.state().updates > 0; }
@@ -295,34 +251,7 @@ class RecurrentKroneckerBlock {
   /// averages, an invalid length histogram, or update counts that disagree on whether any
   /// data was taken; nothing changes then. The refreshed inverse stays as it was until the
   /// next refresh().
-  void set_state(const State& state) {
-    const std::string op = operation("set_state");
-    const Eigen::Index n = cols(), p = rows();
-    detail::require_shape(op.c_str(), "a.average0", state.a.average0, n, n);
-    detail::require_shape(op.c_str(), "a.average1", state.a.average1, n, n);
-    detail::require_shape(op.c_str(), "g.average0", state.g.average0, p, p);
-    detail::require_shape(op.c_str(), "g.average1", state.g.average1, p, p);
-    detail::require_symmetric(op.c_str(), "a.average0", state.a.average0);
-    detail::require_finite(op.c_str(), "a.average1", state.a.average1);
-    detail::require_symmetric(op.c_str(), "g.average0", state.g.average0);
-    detail::require_finite(op.c_str(), "g.average1", state.g.average1);
-    SequenceLengthAverage::check_state(op.c_str(), state.lengths);
-    const bool a_data = state.a.updates > 0, g_data = state.g.updates > 0,
-               l_data = state.lengths.updates > 0;
-    if (a_data != g_data || a_data != l_data) {
-      throw InvalidInputError(op + ": update counts disagree (a " +
-                              std::to_string(state.a.updates) + ", g " +
-                              std::to_string(state.g.updates) + ", lengths " +
-                              std::to_string(state.lengths.updates) + ")");
-    }
-    if (l_data && !(lengths_distribution_mean(state.lengths) > 0.0)) {
-      throw InvalidInputError(op + ": the length histogram has no sequence of length >= 1");
-    }
-    a_.set_state(state.a);
-    g_.set_state(state.g);
-    lengths_.set_state(state.lengths);
-    skipped_statistics_ = state.skipped_statistics;
-  }
+  void set_state(const State& state);
 
   /// Forgets all statistics (the refreshed inverse stays until the next refresh()).
   void reset() {
@@ -340,26 +269,7 @@ class RecurrentKroneckerBlock {
   /// G1 and the length distribution (`E_T[T]`), all at once or not at all (on failure the
   /// previous snapshot stays in use). Returns NotComputed without statistics. The
   /// damping-dependent part of C.3 runs at the first apply_inverse (or prepare) after it.
-  Status refresh() {
-    if (!has_statistics()) return Status::NotComputed;
-    SequenceLengths lengths = lengths_.distribution(options_.length_cutoff);
-    const double mean = lengths.mean();
-    if (!(mean > 0.0) || !std::isfinite(mean)) return Status::NumericalIssue;
-    Status s = a0_stage_.compute(a_.a0()).info();
-    if (s != Status::Success) return s;
-    s = g0_stage_.compute(g_.a0()).info();
-    if (s != Status::Success) return s;
-    std::swap(a0_spectrum_, a0_stage_);
-    std::swap(g0_spectrum_, g0_stage_);
-    snap_a0_ = a_.a0();
-    snap_a1_ = a_.a1();
-    snap_g0_ = g_.a0();
-    snap_g1_ = g_.a1();
-    snap_lengths_ = std::move(lengths);
-    snap_mean_ = static_cast<Scalar>(mean);
-    ++version_;
-    return Status::Success;
-  }
+  Status refresh();
 
   /// Whether a refresh has succeeded (apply_inverse and multiply can run).
   bool has_inverse() const noexcept { return version_ > 0; }
@@ -374,16 +284,7 @@ class RecurrentKroneckerBlock {
   /// NotComputed before a refresh, NumericalIssue for a singular damped V0 or a refused
   /// divisor (the previous preparation stays). Throws InvalidInputError for negative or
   /// non-finite λ or floor, or Exact damping with Option 1/2.
-  Status prepare(const BlockDamping<Scalar>& damping) {
-    check_damping(operation("prepare"), damping);
-    if (!has_inverse()) return Status::NotComputed;
-    if (matches(inverse_, Mode::Inverse, damping)) return Status::Success;
-    const Status s = build(stage_, Mode::Inverse, damping);
-    if (s != Status::Success) return s;
-    std::swap(inverse_, stage_);
-    ++preparations_;
-    return Status::Success;
-  }
+  Status prepare(const BlockDamping<Scalar>& damping);
 
   /// `out = F̂_λ⁻¹ Z` for Z rows() × cols() (`[∇W ∇b]`), F̂_λ the chosen approximation with
   /// V0 damped as described in the file comment. Returns NotComputed before a refresh,
@@ -392,17 +293,7 @@ class RecurrentKroneckerBlock {
   /// bad damping. `out` must not alias Z.
   template <typename DerivedZ>
   [[nodiscard]] Status apply_inverse(const Eigen::MatrixBase<DerivedZ>& Z,
-                                     const BlockDamping<Scalar>& damping, Matrix& out) {
-    const std::string op = operation("apply_inverse");
-    require_operand(op, Z);
-    check_damping(op, damping);
-    if (!has_inverse()) return Status::NotComputed;
-    if (!Z.allFinite()) return Status::NonFiniteInput;
-    const Status s = prepare(damping);
-    if (s != Status::Success) return s;
-    run(inverse_, Z, out, work_);
-    return Status::Success;
-  }
+                                     const BlockDamping<Scalar>& damping, Matrix& out);
 
   /// `out = F̂ Z` with the *undamped* approximate Fisher of the last refresh (for the
   /// quadratic model of adaptive damping, which adds its own λ‖δ‖²). A singular V0 is
@@ -413,19 +304,7 @@ class RecurrentKroneckerBlock {
   /// Unlike KroneckerBlock::multiply (current averages) this uses the refreshed snapshot,
   /// the only statistics the Option 1/2 preprocessing exists for.
   template <typename DerivedZ>
-  [[nodiscard]] Status multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
-    require_operand(operation("multiply"), Z);
-    if (!has_inverse()) return Status::NotComputed;
-    if (!Z.allFinite()) return Status::NonFiniteInput;
-    const BlockDamping<Scalar> none{DampingStyle::Factored, Scalar(0), Scalar(0)};
-    if (!matches(forward_, Mode::Forward, none)) {
-      const Status s = build(stage_, Mode::Forward, none);
-      if (s != Status::Success) return s;
-      std::swap(forward_, stage_);
-    }
-    run(forward_, Z, out, work_);
-    return Status::Success;
-  }
+  [[nodiscard]] Status multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out);
 
   /// The dense undamped F̂ of the last refresh (what multiply applies), cols()·rows()
   /// square in `vec([∇W ∇b])` order. For tests and small problems; throws NumericalError
@@ -435,26 +314,7 @@ class RecurrentKroneckerBlock {
   }
 
   /// The dense damped F̂_λ whose inverse apply_inverse applies.
-  Matrix to_dense(const BlockDamping<Scalar>& damping) const {
-    const std::string op = operation("to_dense");
-    check_damping(op, damping);
-    if (!has_inverse()) throw NumericalError(op + ": refresh() has not succeeded");
-    Prepared p;
-    const Status s = build(p, Mode::Forward, damping);
-    if (s != Status::Success) {
-      throw NumericalError(op + ": preparation failed (" + std::string(to_string(s)) + ")");
-    }
-    const Eigen::Index r = rows(), c = cols(), n = r * c;
-    Matrix dense(n, n), unit = Matrix::Zero(r, c), column;
-    Workspace w;
-    for (Eigen::Index k = 0; k < n; ++k) {
-      unit(k % r, k / r) = Scalar(1);
-      run(p, unit, column, w);
-      dense.col(k) = Eigen::Map<const Vector>(column.data(), n);
-      unit(k % r, k / r) = Scalar(0);
-    }
-    return dense;
-  }
+  Matrix to_dense(const BlockDamping<Scalar>& damping) const;
 
   /// Eigenvalues (Option 1) or singular values (Option 2) of Ψ̂_A, Ψ̂_G clipped to ρ by
   /// the last preparation of apply_inverse (0 for Independent).
@@ -905,5 +765,193 @@ class RecurrentKroneckerBlock {
   Workspace work_;
   mutable PrepareWorkspace prep_;  // build's intermediates (not shared between threads)
 };
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::update_statistics(const Eigen::Ref<const Matrix>& a,
+                                                    const Eigen::Ref<const Matrix>& g,
+                                                    const Eigen::Ref<const Eigen::VectorXi>& lengths) {
+  const std::string op = operation("update_statistics");
+  const Eigen::Index m = lengths.size();
+  const Eigen::Index t_max = check_batch(op, a, g, m);
+  for (Eigen::Index i = 0; i < m; ++i) {
+    if (lengths(i) < 0 || lengths(i) > t_max) {
+      throw InvalidInputError(op + ": length of sequence " + std::to_string(i) + " is " +
+                              std::to_string(lengths(i)) + " but the batch (" +
+                              detail::shape_of(a) + " for " + std::to_string(m) +
+                              " sequences) holds " + std::to_string(t_max) + " steps");
+    }
+  }
+  batch_lengths_ = lengths;
+  return take(op, a, g, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); },
+              [&] {
+                a_.update(a, lengths);
+                g_.update(g, lengths);
+              });
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::update_statistics(const Eigen::Ref<const Matrix>& a,
+                                                    const Eigen::Ref<const Matrix>& g,
+                                                    const Eigen::Ref<const Mask>& mask) {
+  const std::string op = operation("update_statistics");
+  const Eigen::Index m = mask.cols();
+  const Eigen::Index t_max = check_batch(op, a, g, m);
+  if (mask.rows() != t_max) {
+    throw ShapeError(op + ": mask is " + detail::shape_of(mask) + " but the sequences (" +
+                     detail::shape_of(a) + ") need " + detail::shape_string(t_max, m));
+  }
+  batch_lengths_.resize(m);
+  for (Eigen::Index i = 0; i < m; ++i) {
+    batch_lengths_(i) = static_cast<int>(mask.col(i).count());
+  }
+  return take(op, a, g, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); },
+              [&] {
+                a_.update(a, mask);
+                g_.update(g, mask);
+              });
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::update_statistics_full(const Eigen::Ref<const Matrix>& a,
+                                                         const Eigen::Ref<const Matrix>& g,
+                                                         Eigen::Index num_sequences) {
+  const std::string op = operation("update_statistics_full");
+  const Eigen::Index t_max = check_batch(op, a, g, num_sequences);
+  batch_lengths_.setConstant(num_sequences, static_cast<int>(t_max));
+  return take(op, a, g, num_sequences, t_max, [](Eigen::Index, Eigen::Index) { return true; },
+              [&] {
+                a_.update_full(a, num_sequences);
+                g_.update_full(g, num_sequences);
+              });
+}
+
+template <typename Scalar>
+void RecurrentKroneckerBlock<Scalar>::set_state(const State& state) {
+  const std::string op = operation("set_state");
+  const Eigen::Index n = cols(), p = rows();
+  detail::require_shape(op.c_str(), "a.average0", state.a.average0, n, n);
+  detail::require_shape(op.c_str(), "a.average1", state.a.average1, n, n);
+  detail::require_shape(op.c_str(), "g.average0", state.g.average0, p, p);
+  detail::require_shape(op.c_str(), "g.average1", state.g.average1, p, p);
+  detail::require_symmetric(op.c_str(), "a.average0", state.a.average0);
+  detail::require_finite(op.c_str(), "a.average1", state.a.average1);
+  detail::require_symmetric(op.c_str(), "g.average0", state.g.average0);
+  detail::require_finite(op.c_str(), "g.average1", state.g.average1);
+  SequenceLengthAverage::check_state(op.c_str(), state.lengths);
+  const bool a_data = state.a.updates > 0, g_data = state.g.updates > 0,
+             l_data = state.lengths.updates > 0;
+  if (a_data != g_data || a_data != l_data) {
+    throw InvalidInputError(op + ": update counts disagree (a " +
+                            std::to_string(state.a.updates) + ", g " +
+                            std::to_string(state.g.updates) + ", lengths " +
+                            std::to_string(state.lengths.updates) + ")");
+  }
+  if (l_data && !(lengths_distribution_mean(state.lengths) > 0.0)) {
+    throw InvalidInputError(op + ": the length histogram has no sequence of length >= 1");
+  }
+  a_.set_state(state.a);
+  g_.set_state(state.g);
+  lengths_.set_state(state.lengths);
+  skipped_statistics_ = state.skipped_statistics;
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::refresh() {
+  if (!has_statistics()) return Status::NotComputed;
+  SequenceLengths lengths = lengths_.distribution(options_.length_cutoff);
+  const double mean = lengths.mean();
+  if (!(mean > 0.0) || !std::isfinite(mean)) return Status::NumericalIssue;
+  Status s = a0_stage_.compute(a_.a0()).info();
+  if (s != Status::Success) return s;
+  s = g0_stage_.compute(g_.a0()).info();
+  if (s != Status::Success) return s;
+  std::swap(a0_spectrum_, a0_stage_);
+  std::swap(g0_spectrum_, g0_stage_);
+  snap_a0_ = a_.a0();
+  snap_a1_ = a_.a1();
+  snap_g0_ = g_.a0();
+  snap_g1_ = g_.a1();
+  snap_lengths_ = std::move(lengths);
+  snap_mean_ = static_cast<Scalar>(mean);
+  ++version_;
+  return Status::Success;
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::prepare(const BlockDamping<Scalar>& damping) {
+  check_damping(operation("prepare"), damping);
+  if (!has_inverse()) return Status::NotComputed;
+  if (matches(inverse_, Mode::Inverse, damping)) return Status::Success;
+  const Status s = build(stage_, Mode::Inverse, damping);
+  if (s != Status::Success) return s;
+  std::swap(inverse_, stage_);
+  ++preparations_;
+  return Status::Success;
+}
+
+template <typename Scalar>
+template <typename DerivedZ>
+Status RecurrentKroneckerBlock<Scalar>::apply_inverse(const Eigen::MatrixBase<DerivedZ>& Z,
+                                                const BlockDamping<Scalar>& damping, Matrix& out) {
+  const std::string op = operation("apply_inverse");
+  require_operand(op, Z);
+  check_damping(op, damping);
+  if (!has_inverse()) return Status::NotComputed;
+  if (!Z.allFinite()) return Status::NonFiniteInput;
+  const Status s = prepare(damping);
+  if (s != Status::Success) return s;
+  run(inverse_, Z, out, work_);
+  return Status::Success;
+}
+
+template <typename Scalar>
+template <typename DerivedZ>
+Status RecurrentKroneckerBlock<Scalar>::multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
+  require_operand(operation("multiply"), Z);
+  if (!has_inverse()) return Status::NotComputed;
+  if (!Z.allFinite()) return Status::NonFiniteInput;
+  const BlockDamping<Scalar> none{DampingStyle::Factored, Scalar(0), Scalar(0)};
+  if (!matches(forward_, Mode::Forward, none)) {
+    const Status s = build(stage_, Mode::Forward, none);
+    if (s != Status::Success) return s;
+    std::swap(forward_, stage_);
+  }
+  run(forward_, Z, out, work_);
+  return Status::Success;
+}
+
+template <typename Scalar>
+typename RecurrentKroneckerBlock<Scalar>::Matrix RecurrentKroneckerBlock<Scalar>::to_dense(const BlockDamping<Scalar>& damping) const {
+  const std::string op = operation("to_dense");
+  check_damping(op, damping);
+  if (!has_inverse()) throw NumericalError(op + ": refresh() has not succeeded");
+  Prepared p;
+  const Status s = build(p, Mode::Forward, damping);
+  if (s != Status::Success) {
+    throw NumericalError(op + ": preparation failed (" + std::string(to_string(s)) + ")");
+  }
+  const Eigen::Index r = rows(), c = cols(), n = r * c;
+  Matrix dense(n, n), unit = Matrix::Zero(r, c), column;
+  Workspace w;
+  for (Eigen::Index k = 0; k < n; ++k) {
+    unit(k % r, k / r) = Scalar(1);
+    run(p, unit, column, w);
+    dense.col(k) = Eigen::Map<const Vector>(column.data(), n);
+    unit(k % r, k / r) = Scalar(0);
+  }
+  return dense;
+}
+
+#ifdef KFOPT_COMPILED
+// Compiled once in kfopt_compiled (src/kfac_instantiations.hpp).
+extern template class RecurrentKroneckerBlock<float>;
+extern template Status RecurrentKroneckerBlock<float>::apply_inverse<Eigen::MatrixXf>(
+    const Eigen::MatrixBase<Eigen::MatrixXf>&, const BlockDamping<float>&, Eigen::MatrixXf&);
+extern template Status RecurrentKroneckerBlock<float>::multiply<Eigen::MatrixXf>(const Eigen::MatrixBase<Eigen::MatrixXf>&, Eigen::MatrixXf&);
+extern template class RecurrentKroneckerBlock<double>;
+extern template Status RecurrentKroneckerBlock<double>::apply_inverse<Eigen::MatrixXd>(
+    const Eigen::MatrixBase<Eigen::MatrixXd>&, const BlockDamping<double>&, Eigen::MatrixXd&);
+extern template Status RecurrentKroneckerBlock<double>::multiply<Eigen::MatrixXd>(const Eigen::MatrixBase<Eigen::MatrixXd>&, Eigen::MatrixXd&);
+#endif
 
 }  // namespace kfopt

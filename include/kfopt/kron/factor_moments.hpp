@@ -186,60 +186,7 @@ class FactorMovingAverage {
   /// Takes one batch, rows are samples (k × input_dim). Returns Status::NonFiniteInput and
   /// leaves the state unchanged (counting the skip) when the batch holds NaN or Inf.
   /// Throws ShapeError for a wrong column count or an empty batch.
-  Status update(const Eigen::Ref<const Matrix>& batch) {
-    constexpr const char* op = "kfopt::FactorMovingAverage::update";
-    if (batch.cols() != input_dim_) {
-      throw ShapeError(std::string(op) + ": batch is " + detail::shape_of(batch) +
-                       " but the factor needs rows of length " + std::to_string(input_dim_));
-    }
-    if (batch.rows() == 0) {
-      throw ShapeError(std::string(op) + ": batch is empty (" + detail::shape_of(batch) + ")");
-    }
-    if (!detail::all_finite(batch)) {
-      ++state_.skipped_nonfinite;
-      return Status::NonFiniteInput;
-    }
-    const double inv_k_d = 1.0 / static_cast<double>(batch.rows());
-    const Scalar inv_k = static_cast<Scalar>(inv_k_d);
-    const Eigen::Index n = input_dim_;
-    // average ← keep·average + blend·(batch estimate), keep = 1 − blend.
-    const double blend = state_.weight.next_blend(options_.decay);
-    if (options_.diagonal) {
-      // E[a_i²] per coordinate: one pass, no n×n work.
-      batch_.resize(dimension(), 1);
-      batch_.col(0).head(n) = batch.colwise().squaredNorm().transpose() * inv_k;
-      if (options_.homogeneous) batch_(n, 0) = Scalar(1);
-      detail::blend_into(state_.average, batch_, blend);
-    } else {
-      // The average is s·R (lower triangles; see the class comment). New value:
-      // keep·s·R + (blend/k)·XᵀX = s'·(R + (blend/(k s'))·XᵀX) with s' = keep·s, or, once s'
-      // is small (or on the first batch, keep = 0), R ← s'·R + (blend/k)·XᵀX with s = 1.
-      const double next_scale = scale_ * (1.0 - blend);
-      const bool lazy = next_scale >= kMinScale;
-      const Scalar keep_raw = lazy ? Scalar(1) : static_cast<Scalar>(next_scale);
-      const double weight_raw = lazy ? blend / next_scale : blend;
-      const Scalar gram_scale = static_cast<Scalar>(weight_raw * inv_k_d);
-      // The Gram block blended in place (no n×n temporary, see detail::blend_gram_lower).
-      detail::blend_gram_lower<Scalar, Backend>(state_.average.topLeftCorner(n, n), batch,
-                                                keep_raw, gram_scale);
-      if (options_.homogeneous) {
-        // [[XᵀX, Xᵀ1], [1ᵀX, k]] / k without copying X: the border (row n, in the lower
-        // triangle) is the batch mean.
-        auto border = state_.average.row(n).head(n);
-        if (keep_raw == Scalar(0)) border.setZero();
-        if (keep_raw != Scalar(1)) border *= keep_raw;
-        border += gram_scale * batch.colwise().sum();
-        Scalar& corner = state_.average(n, n);
-        corner = (keep_raw == Scalar(0) ? Scalar(0) : keep_raw * corner) +
-                 static_cast<Scalar>(weight_raw);
-      }
-      scale_ = lazy ? next_scale : 1.0;
-      pending_ = true;
-    }
-    state_.weight.advance(options_.decay);
-    ++state_.updates;
-    return Status::Success;
-  }
+  Status update(const Eigen::Ref<const Matrix>& batch);
 
   /// The bias-corrected average (zero before the first batch): dimension × dimension, or
   /// dimension × 1 (the diagonal) with `options.diagonal`. The first call after an update
@@ -354,36 +301,10 @@ class TemporalFactorMovingAverage {
   /// real step holds NaN or Inf; throws ShapeError / InvalidInputError for inconsistent
   /// shapes or lengths.
   Status update(const Eigen::Ref<const Matrix>& sequences,
-                const Eigen::Ref<const Eigen::VectorXi>& lengths) {
-    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
-    const Eigen::Index m = lengths.size();
-    check_layout(op, sequences, m);
-    const Eigen::Index t_max = sequences.rows() / m;
-    for (Eigen::Index i = 0; i < m; ++i) {
-      if (lengths(i) < 0 || lengths(i) > t_max) {
-        throw InvalidInputError(std::string(op) + ": length of sequence " + std::to_string(i) +
-                                " is " + std::to_string(lengths(i)) + " but the batch (" +
-                                detail::shape_of(sequences) + " for " + std::to_string(m) +
-                                " sequences) holds " + std::to_string(t_max) + " steps");
-      }
-    }
-    return take(op, sequences, m, t_max,
-                [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); });
-  }
+                const Eigen::Ref<const Eigen::VectorXi>& lengths);
 
   /// Takes m sequences with a T_max × m mask of real steps (any pattern).
-  Status update(const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Mask>& mask) {
-    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
-    const Eigen::Index m = mask.cols();
-    check_layout(op, sequences, m);
-    if (mask.rows() * m != sequences.rows()) {
-      throw ShapeError(std::string(op) + ": mask is " + detail::shape_of(mask) +
-                       " but the sequences (" + detail::shape_of(sequences) + ") need " +
-                       detail::shape_string(sequences.rows() / m, m));
-    }
-    return take(op, sequences, m, mask.rows(),
-                [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); });
-  }
+  Status update(const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Mask>& mask);
 
   /// Takes m sequences that all have T_max = rows / m real steps.
   Status update_full(const Eigen::Ref<const Matrix>& sequences, Eigen::Index num_sequences) {
@@ -508,5 +429,103 @@ class TemporalFactorMovingAverage {
   State state_;
   Matrix scratch_;  // zero-filled copy of the real steps (masked or homogeneous input)
 };
+
+template <typename Scalar, DecompositionBackend Backend>
+Status FactorMovingAverage<Scalar, Backend>::update(const Eigen::Ref<const Matrix>& batch) {
+  constexpr const char* op = "kfopt::FactorMovingAverage::update";
+  if (batch.cols() != input_dim_) {
+    throw ShapeError(std::string(op) + ": batch is " + detail::shape_of(batch) +
+                     " but the factor needs rows of length " + std::to_string(input_dim_));
+  }
+  if (batch.rows() == 0) {
+    throw ShapeError(std::string(op) + ": batch is empty (" + detail::shape_of(batch) + ")");
+  }
+  if (!detail::all_finite(batch)) {
+    ++state_.skipped_nonfinite;
+    return Status::NonFiniteInput;
+  }
+  const double inv_k_d = 1.0 / static_cast<double>(batch.rows());
+  const Scalar inv_k = static_cast<Scalar>(inv_k_d);
+  const Eigen::Index n = input_dim_;
+  // average ← keep·average + blend·(batch estimate), keep = 1 − blend.
+  const double blend = state_.weight.next_blend(options_.decay);
+  if (options_.diagonal) {
+    // E[a_i²] per coordinate: one pass, no n×n work.
+    batch_.resize(dimension(), 1);
+    batch_.col(0).head(n) = batch.colwise().squaredNorm().transpose() * inv_k;
+    if (options_.homogeneous) batch_(n, 0) = Scalar(1);
+    detail::blend_into(state_.average, batch_, blend);
+  } else {
+    // The average is s·R (lower triangles; see the class comment). New value:
+    // keep·s·R + (blend/k)·XᵀX = s'·(R + (blend/(k s'))·XᵀX) with s' = keep·s, or, once s'
+    // is small (or on the first batch, keep = 0), R ← s'·R + (blend/k)·XᵀX with s = 1.
+    const double next_scale = scale_ * (1.0 - blend);
+    const bool lazy = next_scale >= kMinScale;
+    const Scalar keep_raw = lazy ? Scalar(1) : static_cast<Scalar>(next_scale);
+    const double weight_raw = lazy ? blend / next_scale : blend;
+    const Scalar gram_scale = static_cast<Scalar>(weight_raw * inv_k_d);
+    // The Gram block blended in place (no n×n temporary, see detail::blend_gram_lower).
+    detail::blend_gram_lower<Scalar, Backend>(state_.average.topLeftCorner(n, n), batch,
+                                              keep_raw, gram_scale);
+    if (options_.homogeneous) {
+      // [[XᵀX, Xᵀ1], [1ᵀX, k]] / k without copying X: the border (row n, in the lower
+      // triangle) is the batch mean.
+      auto border = state_.average.row(n).head(n);
+      if (keep_raw == Scalar(0)) border.setZero();
+      if (keep_raw != Scalar(1)) border *= keep_raw;
+      border += gram_scale * batch.colwise().sum();
+      Scalar& corner = state_.average(n, n);
+      corner = (keep_raw == Scalar(0) ? Scalar(0) : keep_raw * corner) +
+               static_cast<Scalar>(weight_raw);
+    }
+    scale_ = lazy ? next_scale : 1.0;
+    pending_ = true;
+  }
+  state_.weight.advance(options_.decay);
+  ++state_.updates;
+  return Status::Success;
+}
+
+template <typename Scalar, DecompositionBackend Backend>
+Status TemporalFactorMovingAverage<Scalar, Backend>::update(
+    const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Eigen::VectorXi>& lengths) {
+  constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
+  const Eigen::Index m = lengths.size();
+  check_layout(op, sequences, m);
+  const Eigen::Index t_max = sequences.rows() / m;
+  for (Eigen::Index i = 0; i < m; ++i) {
+    if (lengths(i) < 0 || lengths(i) > t_max) {
+      throw InvalidInputError(std::string(op) + ": length of sequence " + std::to_string(i) +
+                              " is " + std::to_string(lengths(i)) + " but the batch (" +
+                              detail::shape_of(sequences) + " for " + std::to_string(m) +
+                              " sequences) holds " + std::to_string(t_max) + " steps");
+    }
+  }
+  return take(op, sequences, m, t_max,
+              [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); });
+}
+
+template <typename Scalar, DecompositionBackend Backend>
+Status TemporalFactorMovingAverage<Scalar, Backend>::update(
+    const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Mask>& mask) {
+  constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
+  const Eigen::Index m = mask.cols();
+  check_layout(op, sequences, m);
+  if (mask.rows() * m != sequences.rows()) {
+    throw ShapeError(std::string(op) + ": mask is " + detail::shape_of(mask) +
+                     " but the sequences (" + detail::shape_of(sequences) + ") need " +
+                     detail::shape_string(sequences.rows() / m, m));
+  }
+  return take(op, sequences, m, mask.rows(),
+              [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); });
+}
+
+#ifdef KFOPT_COMPILED
+// Compiled once in kfopt_compiled (src/kfac_instantiations.hpp).
+extern template class FactorMovingAverage<float>;
+extern template class FactorMovingAverage<double>;
+extern template class TemporalFactorMovingAverage<float>;
+extern template class TemporalFactorMovingAverage<double>;
+#endif
 
 }  // namespace kfopt

@@ -39,25 +39,7 @@ class FactorSpectrum {
   /// Decomposes a factor: a symmetric n×n matrix (Dense) or an n×1 column of diagonal
   /// entries (Diagonal). Wrong shapes or a non-symmetric dense factor throw; a non-finite
   /// factor returns NonFiniteInput and keeps the previous spectrum.
-  Status compute(const Eigen::Ref<const Matrix>& factor) {
-    constexpr const char* op = "kfopt::FactorSpectrum::compute";
-    if (structure_ == FactorStructure::Dense) {
-      if (n_ != 0) detail::require_shape(op, "factor", factor, n_, n_);
-      const Status s = cache_.compute(factor).info();
-      if (s == Status::Success) n_ = factor.rows();
-      return s;
-    }
-    if (factor.cols() != 1 || (n_ != 0 && factor.rows() != n_)) {
-      throw ShapeError(std::string(op) + ": a diagonal factor is given as its diagonal, a " +
-                       detail::shape_string(n_ != 0 ? n_ : factor.rows(), 1) +
-                       " column, got " + detail::shape_of(factor));
-    }
-    if (!factor.allFinite()) return Status::NonFiniteInput;
-    diagonal_ = factor.col(0).cwiseMax(Scalar(0));
-    n_ = factor.rows();
-    has_result_ = true;
-    return Status::Success;
-  }
+  Status compute(const Eigen::Ref<const Matrix>& factor);
 
   /// Dense or Diagonal, as constructed.
   FactorStructure structure() const noexcept { return structure_; }
@@ -157,5 +139,32 @@ void spectral_kronecker_apply(const FactorSpectrum<Scalar>& a, const FactorSpect
     out.swap(work);
   }
 }
+
+template <typename Scalar>
+Status FactorSpectrum<Scalar>::compute(const Eigen::Ref<const Matrix>& factor) {
+  constexpr const char* op = "kfopt::FactorSpectrum::compute";
+  if (structure_ == FactorStructure::Dense) {
+    if (n_ != 0) detail::require_shape(op, "factor", factor, n_, n_);
+    const Status s = cache_.compute(factor).info();
+    if (s == Status::Success) n_ = factor.rows();
+    return s;
+  }
+  if (factor.cols() != 1 || (n_ != 0 && factor.rows() != n_)) {
+    throw ShapeError(std::string(op) + ": a diagonal factor is given as its diagonal, a " +
+                     detail::shape_string(n_ != 0 ? n_ : factor.rows(), 1) +
+                     " column, got " + detail::shape_of(factor));
+  }
+  if (!factor.allFinite()) return Status::NonFiniteInput;
+  diagonal_ = factor.col(0).cwiseMax(Scalar(0));
+  n_ = factor.rows();
+  has_result_ = true;
+  return Status::Success;
+}
+
+#ifdef KFOPT_COMPILED
+// Compiled once in kfopt_compiled (src/kfac_instantiations.hpp).
+extern template class FactorSpectrum<float>;
+extern template class FactorSpectrum<double>;
+#endif
 
 }  // namespace kfopt

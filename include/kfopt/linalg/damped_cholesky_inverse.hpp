@@ -279,30 +279,7 @@ class DampedCholeskyInverse {
 
   /// Factorizes `A + damping·I`. Throws ShapeError / InvalidInputError for a non-square or
   /// non-symmetric A, or a negative damping.
-  DampedCholeskyInverse& compute(const Eigen::Ref<const Matrix>& A, Scalar damping) {
-    constexpr const char* op = "kfopt::DampedCholeskyInverse::compute";
-    detail::require_nonnegative(op, "damping", damping);
-    // Factorize into the spare slot so that a failure keeps the current factorization. The
-    // checks and the copy of A's lower triangle (all the factorization reads) share one pass.
-    Matrix& candidate = factor_[1 - active_];
-    if (A.rows() == A.cols()) candidate.resize(A.rows(), A.rows());
-    const Status input = detail::check_symmetric_factor_tiled(op, "A", A, &candidate);
-    if (input != Status::Success) {
-      last_status_ = input;
-      return *this;
-    }
-    candidate.diagonal().array() += damping;
-    if (!factorize(candidate)) {
-      last_status_ = Status::NumericalIssue;
-      return *this;
-    }
-    active_ = 1 - active_;
-    damping_ = damping;
-    inverse_valid_ = false;
-    has_result_ = true;
-    last_status_ = Status::Success;
-    return *this;
-  }
+  DampedCholeskyInverse& compute(const Eigen::Ref<const Matrix>& A, Scalar damping);
 
   /// Status of the last `compute()`.
   Status info() const noexcept { return last_status_; }
@@ -395,5 +372,38 @@ class DampedCholeskyInverse {
   mutable bool inverse_valid_ = false;
   bool has_result_ = false;
 };
+
+template <typename Scalar, DecompositionBackend Backend>
+DampedCholeskyInverse<Scalar, Backend>& DampedCholeskyInverse<Scalar, Backend>::compute(
+    const Eigen::Ref<const Matrix>& A, Scalar damping) {
+  constexpr const char* op = "kfopt::DampedCholeskyInverse::compute";
+  detail::require_nonnegative(op, "damping", damping);
+  // Factorize into the spare slot so that a failure keeps the current factorization. The
+  // checks and the copy of A's lower triangle (all the factorization reads) share one pass.
+  Matrix& candidate = factor_[1 - active_];
+  if (A.rows() == A.cols()) candidate.resize(A.rows(), A.rows());
+  const Status input = detail::check_symmetric_factor_tiled(op, "A", A, &candidate);
+  if (input != Status::Success) {
+    last_status_ = input;
+    return *this;
+  }
+  candidate.diagonal().array() += damping;
+  if (!factorize(candidate)) {
+    last_status_ = Status::NumericalIssue;
+    return *this;
+  }
+  active_ = 1 - active_;
+  damping_ = damping;
+  inverse_valid_ = false;
+  has_result_ = true;
+  last_status_ = Status::Success;
+  return *this;
+}
+
+#ifdef KFOPT_COMPILED
+// Compiled once in kfopt_compiled (src/kfac_instantiations.hpp).
+extern template class DampedCholeskyInverse<float>;
+extern template class DampedCholeskyInverse<double>;
+#endif
 
 }  // namespace kfopt

@@ -169,30 +169,7 @@ class SymmetricEigenCache {
   /// matrix is checked for symmetry). Throws ShapeError if A is not square and
   /// InvalidInputError if it is not symmetric; a non-finite A sets
   /// `info() == Status::NonFiniteInput` and keeps the previous decomposition.
-  SymmetricEigenCache& compute(const Eigen::Ref<const Matrix>& A) {
-    constexpr const char* op = "kfopt::SymmetricEigenCache::compute";
-    const Status input = detail::check_symmetric_factor_tiled(op, "A", A);
-    if (input != Status::Success) {
-      last_status_ = input;
-      return *this;
-    }
-    if (!solver_.compute(A)) {
-      last_status_ = Status::NumericalIssue;
-      return *this;
-    }
-    solver_.take(eigenvalues_, eigenvectors_);
-    clipped_ = 0;
-    min_raw_eigenvalue_ = eigenvalues_.size() > 0 ? eigenvalues_.minCoeff() : Scalar(0);
-    for (Eigen::Index i = 0; i < eigenvalues_.size(); ++i) {
-      if (eigenvalues_(i) < Scalar(0)) {
-        eigenvalues_(i) = Scalar(0);
-        ++clipped_;
-      }
-    }
-    last_status_ = Status::Success;
-    has_result_ = true;
-    return *this;
-  }
+  SymmetricEigenCache& compute(const Eigen::Ref<const Matrix>& A);
 
   /// Status of the last `compute()`. `Success` means the cached decomposition is of the
   /// last matrix given; otherwise it is of the last matrix that succeeded (if any).
@@ -343,5 +320,38 @@ class SymmetricEigenCache {
   Status last_status_ = Status::NotComputed;
   bool has_result_ = false;
 };
+
+template <typename Scalar, DecompositionBackend Backend>
+SymmetricEigenCache<Scalar, Backend>& SymmetricEigenCache<Scalar, Backend>::compute(
+    const Eigen::Ref<const Matrix>& A) {
+  constexpr const char* op = "kfopt::SymmetricEigenCache::compute";
+  const Status input = detail::check_symmetric_factor_tiled(op, "A", A);
+  if (input != Status::Success) {
+    last_status_ = input;
+    return *this;
+  }
+  if (!solver_.compute(A)) {
+    last_status_ = Status::NumericalIssue;
+    return *this;
+  }
+  solver_.take(eigenvalues_, eigenvectors_);
+  clipped_ = 0;
+  min_raw_eigenvalue_ = eigenvalues_.size() > 0 ? eigenvalues_.minCoeff() : Scalar(0);
+  for (Eigen::Index i = 0; i < eigenvalues_.size(); ++i) {
+    if (eigenvalues_(i) < Scalar(0)) {
+      eigenvalues_(i) = Scalar(0);
+      ++clipped_;
+    }
+  }
+  last_status_ = Status::Success;
+  has_result_ = true;
+  return *this;
+}
+
+#ifdef KFOPT_COMPILED
+// Compiled once in kfopt_compiled (src/kfac_instantiations.hpp).
+extern template class SymmetricEigenCache<float>;
+extern template class SymmetricEigenCache<double>;
+#endif
 
 }  // namespace kfopt

@@ -98,66 +98,7 @@ class SymmetricEigensolver {
 
   /// Decomposes the symmetric matrix whose lower triangle is A's. Throws ShapeError if A is
   /// not square.
-  SymmetricEigensolver& compute(const Eigen::Ref<const Matrix>& A) {
-    if (A.rows() != A.cols()) {
-      throw ShapeError("kfopt::SymmetricEigensolver::compute: A is " +
-                       std::to_string(A.rows()) + "x" + std::to_string(A.cols()) +
-                       " but must be square");
-    }
-    const Index n = A.rows();
-    allocate(n);
-    info_ = Status::NotComputed;
-    rotations_ = 0;
-    sweeps_ = 0;
-    if (n == 0) {
-      info_ = Status::Success;
-      return *this;
-    }
-    // Copy the lower triangle, checking finiteness and the largest magnitude on the way.
-    auto a = Aw();
-    Scalar amax = Scalar(0);
-    bool finite = true;
-    for (Index j = 0; j < n; ++j) {
-      for (Index i = j; i < n; ++i) {
-        const Scalar v = A(i, j);
-        finite = finite && std::isfinite(v);
-        amax = std::max(amax, std::abs(v));
-        a(i, j) = v;
-      }
-    }
-    if (!finite) {
-      info_ = Status::NonFiniteInput;
-      return *this;
-    }
-    if (amax == Scalar(0)) {
-      values_.setZero();
-      vectors_.setIdentity();
-      info_ = Status::Success;
-      return *this;
-    }
-    // Exact power-of-two scaling to max |a_ij| in [1/2, 1).
-    int exponent = 0;
-    std::frexp(amax, &exponent);
-    for (Index j = 0; j < n; ++j) {
-      for (Index i = j; i < n; ++i) a(i, j) = std::ldexp(a(i, j), -exponent);
-    }
-    if (n == 1) {
-      values_(0) = A(0, 0);
-      vectors_(0, 0) = Scalar(1);
-      info_ = Status::Success;
-      return *this;
-    }
-    tridiagonalize(n);
-    form_q(n);
-    if (!solve_tridiagonal(n)) {
-      info_ = Status::NoConvergence;
-      return *this;
-    }
-    sort_and_unscale(n, exponent);
-    // Finite entries can still have eigenvalues beyond the largest finite number.
-    info_ = values_.allFinite() ? Status::Success : Status::NumericalIssue;
-    return *this;
-  }
+  SymmetricEigensolver& compute(const Eigen::Ref<const Matrix>& A);
 
   Status info() const noexcept { return info_; }
   Index size() const noexcept { return values_.size(); }
@@ -640,5 +581,77 @@ class SymmetricEigensolver {
   Index sweeps_ = 0;
   Status info_ = Status::NotComputed;
 };
+
+// Defined out of the class (not inline): with KFOPT_COMPILED the float and double
+// instantiations come from kfopt_compiled and a user's translation unit compiles none of
+// the reduction, QR and back-transformation code.
+template <typename Scalar, int PanelSize>
+SymmetricEigensolver<Scalar, PanelSize>& SymmetricEigensolver<Scalar, PanelSize>::compute(
+    const Eigen::Ref<const Matrix>& A) {
+  if (A.rows() != A.cols()) {
+    throw ShapeError("kfopt::SymmetricEigensolver::compute: A is " +
+                     std::to_string(A.rows()) + "x" + std::to_string(A.cols()) +
+                     " but must be square");
+  }
+  const Index n = A.rows();
+  allocate(n);
+  info_ = Status::NotComputed;
+  rotations_ = 0;
+  sweeps_ = 0;
+  if (n == 0) {
+    info_ = Status::Success;
+    return *this;
+  }
+  // Copy the lower triangle, checking finiteness and the largest magnitude on the way.
+  auto a = Aw();
+  Scalar amax = Scalar(0);
+  bool finite = true;
+  for (Index j = 0; j < n; ++j) {
+    for (Index i = j; i < n; ++i) {
+      const Scalar v = A(i, j);
+      finite = finite && std::isfinite(v);
+      amax = std::max(amax, std::abs(v));
+      a(i, j) = v;
+    }
+  }
+  if (!finite) {
+    info_ = Status::NonFiniteInput;
+    return *this;
+  }
+  if (amax == Scalar(0)) {
+    values_.setZero();
+    vectors_.setIdentity();
+    info_ = Status::Success;
+    return *this;
+  }
+  // Exact power-of-two scaling to max |a_ij| in [1/2, 1).
+  int exponent = 0;
+  std::frexp(amax, &exponent);
+  for (Index j = 0; j < n; ++j) {
+    for (Index i = j; i < n; ++i) a(i, j) = std::ldexp(a(i, j), -exponent);
+  }
+  if (n == 1) {
+    values_(0) = A(0, 0);
+    vectors_(0, 0) = Scalar(1);
+    info_ = Status::Success;
+    return *this;
+  }
+  tridiagonalize(n);
+  form_q(n);
+  if (!solve_tridiagonal(n)) {
+    info_ = Status::NoConvergence;
+    return *this;
+  }
+  sort_and_unscale(n, exponent);
+  // Finite entries can still have eigenvalues beyond the largest finite number.
+  info_ = values_.allFinite() ? Status::Success : Status::NumericalIssue;
+  return *this;
+}
+
+#ifdef KFOPT_COMPILED
+// Compiled once in kfopt_compiled (src/kfac_instantiations.hpp).
+extern template class SymmetricEigensolver<float>;
+extern template class SymmetricEigensolver<double>;
+#endif
 
 }  // namespace kfopt

@@ -31,18 +31,27 @@
 /// Cost per step: per layer, four products (2·out·in·(out+in) flops) for the inverse, plus
 /// a rank-k statistics update when asked, plus one eigendecomposition per dense factor every
 /// `inverse_period` steps. No allocation after the first step.
+///
+/// Compile cost: the layers' blocks sit behind a virtual per-layer interface
+/// (kfac_layer_block.hpp), so a program that registers only dense layers does not compile
+/// the recurrent block; the member functions that instantiate the blocks are defined out of
+/// the class, so that with the compiled library (CMake target kfopt::kfopt_compiled, which
+/// defines KFOPT_COMPILED) Kfac<float> and Kfac<double> are not instantiated in the user's
+/// translation unit at all (bench/compile_cost.sh).
 
 #include <cmath>
 #include <deque>
 #include <limits>
 #include <string>
 
+#include <memory>
+
 #include "kfopt/core/parameter_block.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/curvature/kronecker_block.hpp"
 #include "kfopt/curvature/recurrent_kronecker_block.hpp"
-
-#include <variant>
+#include "kfopt/optim/kfac/kfac_layer_block.hpp"
+#include "kfopt/optim/kfac/kfac_recurrent_layer_block.hpp"
 
 namespace kfopt {
 
@@ -151,6 +160,14 @@ class Kfac {
     state_.damping = options_.damping;
   }
 
+  /// Copies the layers' blocks (the registered storage is shared, as before: the copy
+  /// updates the same parameters).
+  Kfac(const Kfac& other);
+  Kfac& operator=(const Kfac& other);
+  Kfac(Kfac&&) = default;
+  Kfac& operator=(Kfac&&) = default;
+  ~Kfac() = default;
+
   /// Registers a dense layer `s = W a + b`: W out×in, b out, and their gradients of the same
   /// shapes, all in caller storage. Returns the layer id for record_statistics.
   std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector& b,
@@ -192,13 +209,13 @@ class Kfac {
   std::size_t num_layers() const noexcept { return layers_.size(); }
   /// The Fisher block of a dense layer (InvalidInputError for a recurrent one).
   const KroneckerBlock<Scalar>& block(std::size_t id) const {
-    const auto* b = std::get_if<KroneckerBlock<Scalar>>(&layers_.at(id).block);
+    const KroneckerBlock<Scalar>* b = layers_.at(id).block->dense();
     if (b == nullptr) throw InvalidInputError("kfopt::Kfac::block: layer " + std::to_string(id) + " is recurrent");
     return *b;
   }
   /// The Fisher block of a recurrent layer (InvalidInputError for a dense one).
   const RecurrentKroneckerBlock<Scalar>& recurrent_block(std::size_t id) const {
-    const auto* b = std::get_if<RecurrentKroneckerBlock<Scalar>>(&layers_.at(id).block);
+    const RecurrentKroneckerBlock<Scalar>* b = layers_.at(id).block->recurrent();
     if (b == nullptr) throw InvalidInputError("kfopt::Kfac::recurrent_block: layer " + std::to_string(id) + " is dense");
     return *b;
   }
@@ -212,101 +229,25 @@ class Kfac {
   /// gradients `g` (k × out; model-sampled targets for the true Fisher). NaN/Inf → the
   /// batch is refused (NonFiniteInput), counted, both factors unchanged.
   Status record_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
-                           const Eigen::Ref<const Matrix>& g) {
-    auto* block = std::get_if<KroneckerBlock<Scalar>>(&layer_at("kfopt::Kfac::record_statistics", id).block);
-    if (block == nullptr) {
-      throw InvalidInputError("kfopt::Kfac::record_statistics: layer " + std::to_string(id) +
-                              " is recurrent; use record_sequence_statistics");
-    }
-    return counted(block->update_statistics(a, g));
-  }
+                           const Eigen::Ref<const Matrix>& g);
 
   /// Records a batch of m sequences for a recurrent layer, time-major (row t·m + i is step t
   /// of sequence i): inputs `a` (T_max·m × in), per-step pre-activation gradients `g`
   /// (T_max·m × out; model-sampled targets for the true Fisher), real steps t < lengths(i).
   Status record_sequence_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
                                     const Eigen::Ref<const Matrix>& g,
-                                    const Eigen::Ref<const Eigen::VectorXi>& lengths) {
-    return counted(recurrent_at("kfopt::Kfac::record_sequence_statistics", id).update_statistics(a, g, lengths));
-  }
+                                    const Eigen::Ref<const Eigen::VectorXi>& lengths);
 
   /// As above with a T_max × m mask of real steps.
   Status record_sequence_statistics(
       std::size_t id, const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
-      const Eigen::Ref<const Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>>& mask) {
-    return counted(recurrent_at("kfopt::Kfac::record_sequence_statistics", id).update_statistics(a, g, mask));
-  }
+      const Eigen::Ref<const Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>>& mask);
 
   /// One K-FAC step from the gradients in the registered storage. All or nothing: a
   /// non-finite gradient (NonFiniteInput) or a singular damped block (NumericalIssue)
   /// leaves every parameter and all optimizer state unchanged. Throws InvalidInputError if
   /// a layer has never received statistics.
-  Status step() {
-    if (layers_.empty()) throw InvalidInputError("kfopt::Kfac::step: no layer registered");
-    for (const auto& layer : layers_) {
-      if (!visit(layer, [](const auto& b) { return b.has_statistics(); })) {
-        throw InvalidInputError("kfopt::Kfac::step: layer '" + layer.name +
-                                "' has no statistics yet; call record_statistics before the first step");
-      }
-    }
-    const Status guard = detail::guard_gradients(params_, state_.counters);
-    if (guard != Status::Success) return guard;
-
-    // Refresh the spectra on schedule (and for any layer that never had one).
-    const bool due = state_.counters.steps % options_.inverse_period == 0;
-    for (auto& layer : layers_) {
-      if (due || !visit(layer, [](const auto& b) { return b.has_inverse(); })) {
-        const Status s = visit(layer, [](auto& b) { return b.refresh(); });
-        if (s != Status::Success && !visit(layer, [](const auto& b) { return b.has_inverse(); })) {
-          return s;  // keep stale spectra otherwise
-        }
-      }
-    }
-    if (due) ++state_.inverse_refreshes;
-
-    // Preconditioned gradients into per-layer buffers; nothing is written before all succeed.
-    const Scalar wd = static_cast<Scalar>(options_.weight_decay);
-    BlockDamping<Scalar> damping{options_.damping_style, static_cast<Scalar>(state_.damping),
-                                 static_cast<Scalar>(options_.min_damping)};
-    double inner = 0.0;  // Σ ⟨Δ, Z⟩
-    for (auto& layer : layers_) {
-      gather(layer, wd);
-      const Status s = visit(layer, [&](auto& b) {
-        return b.apply_inverse(layer.gradient, damping, layer.direction);
-      });
-      if (s != Status::Success) {
-        ++state_.singular_skips;
-        return s;
-      }
-      inner += static_cast<double>(layer.direction.cwiseProduct(layer.gradient).sum());
-    }
-    const double lr = options_.learning_rate;
-    double nu = 1.0;
-    if (options_.kl_clip > 0.0 && inner > 0.0 && std::isfinite(inner)) {
-      nu = std::min(1.0, std::sqrt(options_.kl_clip / (lr * lr * inner)));
-    }
-
-    // Momentum, the quadratic model of the step (adaptive damping), and the update.
-    const Scalar mu = static_cast<Scalar>(options_.momentum);
-    double model_change = 0.0;
-    for (auto& layer : layers_) {
-      layer.momentum = mu * layer.momentum + static_cast<Scalar>(nu) * layer.direction;
-      if (options_.adaptive_damping) {
-        // δ = −η m; M(δ) − M(0) = ⟨Z, δ⟩ + ½ ⟨δ, F̂δ⟩ + ½ λ ‖δ‖².
-        layer.direction = static_cast<Scalar>(-lr) * layer.momentum;
-        multiply(layer);
-        model_change += static_cast<double>(layer.gradient.cwiseProduct(layer.direction).sum()) +
-                        0.5 * static_cast<double>(
-                                  layer.direction.cwiseProduct(layer.curvature_product).sum()) +
-                        0.5 * state_.damping * static_cast<double>(layer.direction.squaredNorm());
-      }
-      scatter(layer, static_cast<Scalar>(lr));
-    }
-    state_.pending_model_change = model_change;
-    state_.last_clip_scale = nu;
-    ++state_.counters.steps;
-    return Status::Success;
-  }
+  Status step();
 
   /// Reports the mini-batch loss before and after the last step (same batch) for adaptive
   /// damping; returns the reduction ratio ρ (NaN if it could not be formed). A no-op unless
@@ -346,11 +287,11 @@ class Kfac {
   }
 
  private:
-  using Block = std::variant<KroneckerBlock<Scalar>, RecurrentKroneckerBlock<Scalar>>;
+  using Block = detail::KfacLayerBlock<Scalar>;
 
   struct Layer {
     std::string name;
-    Block block;
+    std::unique_ptr<Block> block;
     std::size_t weight_index;          // into params_
     std::ptrdiff_t bias_index;         // into params_, or −1
     Matrix gradient;                   // Z = [∇W ∇b] (+ weight decay)
@@ -359,18 +300,10 @@ class Kfac {
     Matrix curvature_product;          // F̂ δ
   };
 
-  template <typename Layer_, typename F>
-  static auto visit(Layer_& layer, F&& f) {
-    return std::visit(std::forward<F>(f), layer.block);
-  }
-
   // F̂ δ into curvature_product (the recurrent block reports a Status; a failure there
   // only weakens the damping model, so it counts as a zero curvature term).
-  void multiply(Layer& layer) {
-    if (auto* dense = std::get_if<KroneckerBlock<Scalar>>(&layer.block)) {
-      dense->multiply(layer.direction, layer.curvature_product);
-    } else if (std::get<RecurrentKroneckerBlock<Scalar>>(layer.block)
-                   .multiply(layer.direction, layer.curvature_product) != Status::Success) {
+  static void multiply(Layer& layer) {
+    if (layer.block->multiply(layer.direction, layer.curvature_product) != Status::Success) {
       layer.curvature_product.setZero(layer.direction.rows(), layer.direction.cols());
     }
   }
@@ -381,7 +314,7 @@ class Kfac {
   }
 
   RecurrentKroneckerBlock<Scalar>& recurrent_at(const char* op, std::size_t id) {
-    auto* block = std::get_if<RecurrentKroneckerBlock<Scalar>>(&layer_at(op, id).block);
+    RecurrentKroneckerBlock<Scalar>* block = layer_at(op, id).block->recurrent();
     if (block == nullptr) {
       throw InvalidInputError(std::string(op) + ": layer " + std::to_string(id) +
                               " is dense; use record_statistics");
@@ -390,57 +323,11 @@ class Kfac {
   }
 
   std::size_t add_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
-                        const Vector* db, DenseLayerOptions layer_options) {
-    KroneckerBlockOptions bo;
-    bo.bias = b != nullptr;
-    bo.input_factor = layer_options.input_factor;
-    bo.gradient_factor = layer_options.gradient_factor;
-    bo.decay = options_.decay;
-    bo.inverse_method = options_.inverse_method;
-    return register_layer("kfopt::Kfac::add_dense_layer", name, W, dW, b, db,
-                          KroneckerBlock<Scalar>(name, W.cols(), W.rows(), bo));
-  }
-
+                        const Vector* db, DenseLayerOptions layer_options);
   std::size_t add_recurrent(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
-                            const Vector* db, RecurrentLayerOptions layer_options) {
-    RecurrentKroneckerBlockOptions<Scalar> ro;
-    ro.approximation = layer_options.approximation;
-    ro.bias = b != nullptr;
-    ro.decay = options_.decay;
-    RecurrentKroneckerBlock<Scalar> block(name, W.cols(), W.rows(), ro);
-    if (!block.supports(options_.damping_style)) {
-      throw InvalidInputError("kfopt::Kfac::add_recurrent_layer (layer '" + name +
-                              "'): exact damping is defined only for the Independent approximation");
-    }
-    return register_layer("kfopt::Kfac::add_recurrent_layer", name, W, dW, b, db, std::move(block));
-  }
-
+                            const Vector* db, RecurrentLayerOptions layer_options);
   std::size_t register_layer(const char* op, const std::string& name, Matrix& W, const Matrix& dW,
-                             Vector* b, const Vector* db, Block block) {
-    for (const auto& l : layers_) {
-      if (l.name == name) {
-        throw InvalidInputError(std::string(op) + ": a layer named '" + name +
-                                "' is already registered");
-      }
-    }
-    // Register the storage first (it validates the shapes), then the block.
-    const std::size_t wi = params_.size();
-    params_.add(name + ".weight", W, dW);
-    std::ptrdiff_t bi = -1;
-    if (b != nullptr) {
-      bi = static_cast<std::ptrdiff_t>(params_.size());
-      params_.add(name + ".bias", *b, *db);
-    }
-    layers_.push_back(Layer{name, std::move(block), wi, bi, Matrix(), Matrix(), Matrix(), Matrix()});
-    Layer& l = layers_.back();
-    const Eigen::Index rows = visit(l, [](const auto& bl) { return bl.rows(); });
-    const Eigen::Index cols = visit(l, [](const auto& bl) { return bl.cols(); });
-    l.gradient.setZero(rows, cols);
-    l.direction.setZero(rows, cols);
-    l.momentum.setZero(rows, cols);
-    l.curvature_product.setZero(rows, cols);
-    return layers_.size() - 1;
-  }
+                             Vector* b, const Vector* db, std::unique_ptr<Block> block);
 
   Layer& layer_at(const char* op, std::size_t id) {
     if (id >= layers_.size()) {
@@ -450,31 +337,217 @@ class Kfac {
     return layers_[id];
   }
 
-  // Z = [∇W ∇b] + wd [W b].
-  void gather(Layer& layer, Scalar wd) {
-    const auto& wb = params_[layer.weight_index];
-    const Eigen::Index in = wb.cols();
-    layer.gradient.leftCols(in) = wb.gradient() + wd * wb.value();
-    if (layer.bias_index >= 0) {
-      const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
-      layer.gradient.col(in) = bb.gradient().col(0) + wd * bb.value().col(0);
-    }
-  }
-
-  // [W b] ← [W b] − η m.
-  void scatter(Layer& layer, Scalar lr) {
-    auto& wb = params_[layer.weight_index];
-    const Eigen::Index in = wb.cols();
-    wb.value() -= lr * layer.momentum.leftCols(in);
-    if (layer.bias_index >= 0) {
-      params_[static_cast<std::size_t>(layer.bias_index)].value().col(0) -= lr * layer.momentum.col(in);
-    }
-  }
+  void gather(Layer& layer, Scalar wd);
+  void scatter(Layer& layer, Scalar lr);
 
   KfacOptions options_;
   State state_;
   ParameterSet<Scalar> params_;
   std::deque<Layer> layers_;
 };
+
+// ---------------------------------------------------------------------------------------
+// Out-of-class members: the ones that instantiate the blocks (with KFOPT_COMPILED they are
+// compiled once into kfopt_compiled for float and double, see the end of the file).
+// ---------------------------------------------------------------------------------------
+
+template <typename Scalar>
+Kfac<Scalar>::Kfac(const Kfac& other)
+    : options_(other.options_), state_(other.state_), params_(other.params_) {
+  for (const Layer& l : other.layers_) {
+    layers_.push_back(Layer{l.name, l.block->clone(), l.weight_index, l.bias_index, l.gradient,
+                            l.direction, l.momentum, l.curvature_product});
+  }
+}
+
+template <typename Scalar>
+Kfac<Scalar>& Kfac<Scalar>::operator=(const Kfac& other) {
+  if (this != &other) {
+    Kfac copy(other);
+    *this = std::move(copy);
+  }
+  return *this;
+}
+
+template <typename Scalar>
+Status Kfac<Scalar>::record_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                                       const Eigen::Ref<const Matrix>& g) {
+  KroneckerBlock<Scalar>* block = layer_at("kfopt::Kfac::record_statistics", id).block->dense();
+  if (block == nullptr) {
+    throw InvalidInputError("kfopt::Kfac::record_statistics: layer " + std::to_string(id) +
+                            " is recurrent; use record_sequence_statistics");
+  }
+  return counted(block->update_statistics(a, g));
+}
+
+template <typename Scalar>
+Status Kfac<Scalar>::record_sequence_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                                                const Eigen::Ref<const Matrix>& g,
+                                                const Eigen::Ref<const Eigen::VectorXi>& lengths) {
+  return counted(recurrent_at("kfopt::Kfac::record_sequence_statistics", id).update_statistics(a, g, lengths));
+}
+
+template <typename Scalar>
+Status Kfac<Scalar>::record_sequence_statistics(
+    std::size_t id, const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
+    const Eigen::Ref<const Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>>& mask) {
+  return counted(recurrent_at("kfopt::Kfac::record_sequence_statistics", id).update_statistics(a, g, mask));
+}
+
+template <typename Scalar>
+Status Kfac<Scalar>::step() {
+  if (layers_.empty()) throw InvalidInputError("kfopt::Kfac::step: no layer registered");
+  for (const auto& layer : layers_) {
+    if (!layer.block->has_statistics()) {
+      throw InvalidInputError("kfopt::Kfac::step: layer '" + layer.name +
+                              "' has no statistics yet; call record_statistics before the first step");
+    }
+  }
+  const Status guard = detail::guard_gradients(params_, state_.counters);
+  if (guard != Status::Success) return guard;
+
+  // Refresh the spectra on schedule (and for any layer that never had one).
+  const bool due = state_.counters.steps % options_.inverse_period == 0;
+  for (auto& layer : layers_) {
+    if (due || !layer.block->has_inverse()) {
+      const Status s = layer.block->refresh();
+      if (s != Status::Success && !layer.block->has_inverse()) {
+        return s;  // keep stale spectra otherwise
+      }
+    }
+  }
+  if (due) ++state_.inverse_refreshes;
+
+  // Preconditioned gradients into per-layer buffers; nothing is written before all succeed.
+  const Scalar wd = static_cast<Scalar>(options_.weight_decay);
+  BlockDamping<Scalar> damping{options_.damping_style, static_cast<Scalar>(state_.damping),
+                               static_cast<Scalar>(options_.min_damping)};
+  double inner = 0.0;  // Σ ⟨Δ, Z⟩
+  for (auto& layer : layers_) {
+    gather(layer, wd);
+    const Status s = layer.block->apply_inverse(layer.gradient, damping, layer.direction);
+    if (s != Status::Success) {
+      ++state_.singular_skips;
+      return s;
+    }
+    inner += static_cast<double>(layer.direction.cwiseProduct(layer.gradient).sum());
+  }
+  const double lr = options_.learning_rate;
+  double nu = 1.0;
+  if (options_.kl_clip > 0.0 && inner > 0.0 && std::isfinite(inner)) {
+    nu = std::min(1.0, std::sqrt(options_.kl_clip / (lr * lr * inner)));
+  }
+
+  // Momentum, the quadratic model of the step (adaptive damping), and the update.
+  const Scalar mu = static_cast<Scalar>(options_.momentum);
+  double model_change = 0.0;
+  for (auto& layer : layers_) {
+    layer.momentum = mu * layer.momentum + static_cast<Scalar>(nu) * layer.direction;
+    if (options_.adaptive_damping) {
+      // δ = −η m; M(δ) − M(0) = ⟨Z, δ⟩ + ½ ⟨δ, F̂δ⟩ + ½ λ ‖δ‖².
+      layer.direction = static_cast<Scalar>(-lr) * layer.momentum;
+      multiply(layer);
+      model_change += static_cast<double>(layer.gradient.cwiseProduct(layer.direction).sum()) +
+                      0.5 * static_cast<double>(
+                                layer.direction.cwiseProduct(layer.curvature_product).sum()) +
+                      0.5 * state_.damping * static_cast<double>(layer.direction.squaredNorm());
+    }
+    scatter(layer, static_cast<Scalar>(lr));
+  }
+  state_.pending_model_change = model_change;
+  state_.last_clip_scale = nu;
+  ++state_.counters.steps;
+  return Status::Success;
+}
+
+template <typename Scalar>
+std::size_t Kfac<Scalar>::add_layer(const std::string& name, Matrix& W, const Matrix& dW,
+                                    Vector* b, const Vector* db,
+                                    DenseLayerOptions layer_options) {
+  KroneckerBlockOptions bo;
+  bo.bias = b != nullptr;
+  bo.input_factor = layer_options.input_factor;
+  bo.gradient_factor = layer_options.gradient_factor;
+  bo.decay = options_.decay;
+  bo.inverse_method = options_.inverse_method;
+  return register_layer("kfopt::Kfac::add_dense_layer", name, W, dW, b, db,
+                        std::make_unique<detail::KfacDenseLayerBlock<Scalar>>(
+                            KroneckerBlock<Scalar>(name, W.cols(), W.rows(), bo)));
+}
+
+template <typename Scalar>
+std::size_t Kfac<Scalar>::add_recurrent(const std::string& name, Matrix& W, const Matrix& dW,
+                                        Vector* b, const Vector* db,
+                                        RecurrentLayerOptions layer_options) {
+  RecurrentKroneckerBlockOptions<Scalar> ro;
+  ro.approximation = layer_options.approximation;
+  ro.bias = b != nullptr;
+  ro.decay = options_.decay;
+  RecurrentKroneckerBlock<Scalar> block(name, W.cols(), W.rows(), ro);
+  if (!block.supports(options_.damping_style)) {
+    throw InvalidInputError("kfopt::Kfac::add_recurrent_layer (layer '" + name +
+                            "'): exact damping is defined only for the Independent approximation");
+  }
+  return register_layer("kfopt::Kfac::add_recurrent_layer", name, W, dW, b, db,
+                        std::make_unique<detail::KfacRecurrentLayerBlock<Scalar>>(std::move(block)));
+}
+
+template <typename Scalar>
+std::size_t Kfac<Scalar>::register_layer(const char* op, const std::string& name, Matrix& W,
+                                         const Matrix& dW, Vector* b, const Vector* db,
+                                         std::unique_ptr<Block> block) {
+  for (const auto& l : layers_) {
+    if (l.name == name) {
+      throw InvalidInputError(std::string(op) + ": a layer named '" + name +
+                              "' is already registered");
+    }
+  }
+  // Register the storage first (it validates the shapes), then the block.
+  const std::size_t wi = params_.size();
+  params_.add(name + ".weight", W, dW);
+  std::ptrdiff_t bi = -1;
+  if (b != nullptr) {
+    bi = static_cast<std::ptrdiff_t>(params_.size());
+    params_.add(name + ".bias", *b, *db);
+  }
+  const Eigen::Index rows = block->rows();
+  const Eigen::Index cols = block->cols();
+  layers_.push_back(Layer{name, std::move(block), wi, bi, Matrix(), Matrix(), Matrix(), Matrix()});
+  Layer& l = layers_.back();
+  l.gradient.setZero(rows, cols);
+  l.direction.setZero(rows, cols);
+  l.momentum.setZero(rows, cols);
+  l.curvature_product.setZero(rows, cols);
+  return layers_.size() - 1;
+}
+
+// Z = [∇W ∇b] + wd [W b].
+template <typename Scalar>
+void Kfac<Scalar>::gather(Layer& layer, Scalar wd) {
+  const auto& wb = params_[layer.weight_index];
+  const Eigen::Index in = wb.cols();
+  layer.gradient.leftCols(in) = wb.gradient() + wd * wb.value();
+  if (layer.bias_index >= 0) {
+    const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
+    layer.gradient.col(in) = bb.gradient().col(0) + wd * bb.value().col(0);
+  }
+}
+
+// [W b] ← [W b] − η m.
+template <typename Scalar>
+void Kfac<Scalar>::scatter(Layer& layer, Scalar lr) {
+  auto& wb = params_[layer.weight_index];
+  const Eigen::Index in = wb.cols();
+  wb.value() -= lr * layer.momentum.leftCols(in);
+  if (layer.bias_index >= 0) {
+    params_[static_cast<std::size_t>(layer.bias_index)].value().col(0) -= lr * layer.momentum.col(in);
+  }
+}
+
+#ifdef KFOPT_COMPILED
+// Compiled once in kfopt_compiled (src/); users of kfopt::kfopt_compiled do not instantiate them.
+extern template class Kfac<float>;
+extern template class Kfac<double>;
+#endif
 
 }  // namespace kfopt

@@ -1,0 +1,3 @@
+// double instantiations of kfopt_compiled (see kfac_instantiations.hpp).
+#define KFOPT_COMPILED_SCALAR double
+#include "kfac_instantiations.hpp"
