@@ -86,7 +86,7 @@ TEMPLATE_TEST_CASE("soak: FilterAdam with periodic bad batches stays finite and 
   o.momentum_rate = 0.1;
   o.prior_variance = 10.0;
   kfopt::FilterAdam<S> opt(params, o);
-  long injected = 0, refused = 0, accepted_bad = 0;
+  long injected = 0, nonfinite_injected = 0, refused = 0, accepted_bad = 0;
   double first_loss = 0, last_loss = 0;
   Mat X(in, batch), E(out, batch);
   for (long t = 0; t < steps; ++t) {
@@ -100,6 +100,7 @@ TEMPLATE_TEST_CASE("soak: FilterAdam with periodic bad batches stays finite and 
     const int kind = bad_kind(t);
     if (kind != 0) {
       ++injected;
+      if (kind == 1 || kind == 2 || kind == 5) ++nonfinite_injected;
       inject<S>(kind, kind % 2 ? dW : db);
     }
     const kfopt::Status s = opt.step();
@@ -120,7 +121,7 @@ TEMPLATE_TEST_CASE("soak: FilterAdam with periodic bad batches stays finite and 
             << accepted_bad << " accepted finite, loss " << first_loss << " -> " << last_loss
             << "\n";
   CHECK(opt.state().counters.skipped_nonfinite == refused);
-  CHECK(refused >= injected * 3 / 5);  // NaN/Inf batches (3 of the 5 kinds) always refused
+  CHECK(refused >= nonfinite_injected);  // NaN/Inf batches are always refused
   CHECK(last_loss < 0.05 * first_loss);
 }
 
@@ -167,6 +168,6 @@ TEMPLATE_TEST_CASE("soak: the extended Kalman filter with periodic bad observati
             << steps << " steps, " << injected << " bad observations, " << refused
             << " refused, |theta - truth| = " << (theta - truth).norm() << "\n";
   CHECK(ekf.state().skipped == refused);
-  CHECK(refused >= injected * 3 / 5);
+  CHECK(refused == injected);  // every corrupted Jacobian is refused (NaN/Inf, or overflow)
   CHECK((theta - truth).norm() < S(0.1) * truth.norm());
 }

@@ -197,9 +197,10 @@ class KroneckerFilter {
   /// Data update (eq. 23–24 projected, and eq. 6) from the recorded statistics and the
   /// gradients in storage (evaluated at μ_prior). Parameters become μ_post. All or nothing:
   /// a non-finite gradient or parameter (NonFiniteInput) or an overflowing result (new
-  /// factors or parameters not finite: NumericalIssue) leaves every parameter and factor
-  /// unchanged; the statistics recorded for the refused step are dropped (they belong to
-  /// that batch), so the next batch starts clean. Throws
+  /// factors or parameters not finite, e.g. one activation at 1e300: NumericalIssue) leaves
+  /// every parameter and factor unchanged. After NonFiniteInput the recorded statistics stay
+  /// queued (retry with a finite gradient); after NumericalIssue they are dropped, so the
+  /// batch that overflowed does not block every later step. Throws
   /// InvalidInputError in the Posterior phase, with no layer, or (LossReduction::Mean) for a
   /// layer that has never received statistics.
   Status update() {
@@ -215,11 +216,10 @@ class KroneckerFilter {
         }
       }
     }
+    // A non-finite gradient or parameter: the recorded statistics are fine and stay queued
+    // for a retry with a finite gradient.
     const Status guard = detail::begin_step(op, params_, state_.counters);
-    if (guard != Status::Success) {
-      clear_statistics();  // the refused step's batch is not kept for the next one
-      return guard;
-    }
+    if (guard != Status::Success) return guard;
 
     for (auto& l : layers_) {
       l.backup_x = l.cov.input_factor();
@@ -249,7 +249,7 @@ class KroneckerFilter {
       for (auto& l : layers_) l.cov.set_factors(l.backup_x, l.backup_d);
       ++state_.numerical_failures;
       collect_counters();
-      clear_statistics();  // the refused step's batch is not kept for the next one
+      clear_statistics();  // the batch that overflowed is not kept for the next step
       return Status::NumericalIssue;
     }
     for (auto& l : layers_) {
