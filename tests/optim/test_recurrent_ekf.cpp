@@ -363,7 +363,7 @@ TEST_CASE("recurrent filters: bad input leaves θ, state, tangent and covariance
   kfopt::Rtrl<Cell> rtrl(cell, Vec<double>::Zero(n));
   Vec<double> z(1);
   Mat<double> H(1, d);
-  CHECK_THROWS_AS(rtrl.output(theta, scalar(0.1), z, H), kfopt::NumericalError);  // nothing propagated
+  CHECK_THROWS_AS(rtrl.output(theta, scalar(0.1), z, H), kfopt::InvalidInputError);  // nothing propagated
 }
 
 TEST_CASE("recurrent filters: advance without a target, checkpoint and restore",

@@ -8,7 +8,8 @@
 ///    operation, the operand and the shapes.
 /// 2. Bad hyperparameters: `HyperparameterError` (a `std::invalid_argument`), thrown by
 ///    `validate()` at construction, naming the field, its value and the valid range.
-/// 3. Numerical trouble at run time (a non-finite statistic, a singular factor):
+/// 3. Numerical trouble at run time (a non-finite statistic, a singular factor, a finite
+///    input whose result overflows):
 ///    a `Status` value returned to the caller, and a counter in the state. Never a NaN
 ///    that leaks silently. `NumericalError` (a `std::runtime_error`) is thrown only where
 ///    no status can be returned (e.g. an accessor asked for a result that does not exist).
@@ -50,6 +51,8 @@ enum class Status {
   NonFiniteInput,  ///< the input held NaN or Inf; the state was left unchanged
   NumericalIssue,  ///< the computation failed (e.g. a factor is not positive definite)
   NoConvergence,   ///< an iteration stopped at its limit before reaching its tolerance
+  Overflow,        ///< finite input, but the result (new parameters or state) would not be
+                   ///< finite; nothing was written
 };
 
 /// Human-readable name of a status, for logs and error messages.
@@ -60,6 +63,7 @@ inline const char* to_string(Status status) noexcept {
     case Status::NonFiniteInput: return "non-finite input";
     case Status::NumericalIssue: return "numerical issue";
     case Status::NoConvergence: return "no convergence";
+    case Status::Overflow: return "overflow";
   }
   return "unknown status";
 }

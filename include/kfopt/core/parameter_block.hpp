@@ -8,10 +8,12 @@
 /// its gradient. A ParameterSet is an ordered list of blocks. Optimizers read the gradients
 /// and write the parameters in place.
 ///
-/// Lifetime: the registered storage must outlive the registration. Blocks registered from an
-/// `Eigen::Matrix` keep a pointer to the matrix object (not to its buffer), so a matrix the
-/// caller resizes is detected (ShapeError naming the block) instead of read out of bounds.
-/// Blocks registered from raw pointers or Maps trust the caller.
+/// Lifetime: the registered objects must outlive the registration. Blocks registered from an
+/// `Eigen::Matrix` or an `Eigen::Vector` keep a pointer to the object (not to its buffer), so
+/// a reassigned object (`db = compute_db();` swaps buffers) is followed and a resized one is
+/// detected (ShapeError naming the operation and the block) instead of read out of bounds.
+/// Blocks registered from raw pointers (or a Map's data) trust the caller: that buffer must
+/// stay alive and in place for as long as the optimizer uses it.
 
 #include <Eigen/Core>
 #include <deque>
@@ -24,24 +26,47 @@
 namespace kfopt {
 
 /// A named view of one parameter tensor and its gradient, both in caller storage.
+///
+/// Three registration kinds, each seen the same way by every optimizer:
+/// - an `Eigen::Matrix` (dynamic, column-major) and its gradient: both kept by **object**
+///   address, so `W = compute_W();` (Eigen's move assignment swaps buffers and frees the old
+///   one) or `dW.resize(...)` is seen at the next access: the new buffer is used, and a new
+///   shape throws ShapeError naming the operation and the block;
+/// - an `Eigen::Matrix<Scalar, Dynamic, 1>` (a bias vector) and its gradient: also kept by
+///   object address (seen as an n×1 block), for the same reason;
+/// - raw column-major storage (a pointer, e.g. `Map::data()`, plus a shape): kept by buffer
+///   address. The caller owns that buffer and must keep it alive and in place for the
+///   optimizer's lifetime (an `Eigen::Map` is such a view; so is any buffer of its own).
 template <typename Scalar>
 class ParameterBlock {
  public:
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
   using Map = Eigen::Map<Matrix>;
   using ConstMap = Eigen::Map<const Matrix>;
 
-  /// View of a matrix parameter and its gradient (same shape, both kept by address).
+  /// View of a matrix parameter and its gradient (same shape, both kept by object address).
   ParameterBlock(std::string name, Matrix& value, const Matrix& gradient)
       : name_(std::move(name)),
-        value_owner_(&value),
-        gradient_owner_(&gradient),
+        value_matrix_(&value),
+        gradient_matrix_(&gradient),
         rows_(value.rows()),
         cols_(value.cols()) {
     check_same_shape(gradient.rows(), gradient.cols());
   }
 
-  /// View of raw column-major storage: `value` and `gradient` each hold rows·cols scalars.
+  /// View of a vector parameter (an n×1 block) and its gradient, both kept by object address.
+  ParameterBlock(std::string name, Vector& value, const Vector& gradient)
+      : name_(std::move(name)),
+        value_vector_(&value),
+        gradient_vector_(&gradient),
+        rows_(value.size()),
+        cols_(1) {
+    check_same_shape(gradient.size(), 1);
+  }
+
+  /// View of raw column-major storage: `value` and `gradient` each hold rows·cols scalars,
+  /// owned by the caller and valid for the optimizer's lifetime.
   ParameterBlock(std::string name, Scalar* value, const Scalar* gradient, Eigen::Index rows,
                  Eigen::Index cols)
       : name_(std::move(name)), value_ptr_(value), gradient_ptr_(gradient), rows_(rows),
@@ -58,28 +83,44 @@ class ParameterBlock {
   Eigen::Index cols() const noexcept { return cols_; }
   Eigen::Index size() const noexcept { return rows_ * cols_; }
 
-  /// The parameters, writable, in the caller's storage.
-  Map value() const { return Map(value_data(), rows_, cols_); }
-  /// The gradient, read-only, in the caller's storage.
-  ConstMap gradient() const { return ConstMap(gradient_data(), rows_, cols_); }
+  /// The parameters, writable, in the caller's storage (checked as by check_storage).
+  Map value() const { return Map(value_data("kfopt::ParameterBlock::value"), rows_, cols_); }
+  /// The gradient, read-only, in the caller's storage (checked as by check_storage).
+  ConstMap gradient() const {
+    return ConstMap(gradient_data("kfopt::ParameterBlock::gradient"), rows_, cols_);
+  }
 
-  /// Throws ShapeError if a registered matrix was resized since registration.
-  void check_storage() const {
-    if (value_owner_ != nullptr &&
-        (value_owner_->rows() != rows_ || value_owner_->cols() != cols_)) {
-      throw ShapeError("kfopt::ParameterBlock: parameter '" + name_ + "' was registered as " +
-                       detail::shape_string(rows_, cols_) + " but is now " +
-                       detail::shape_of(*value_owner_));
+  /// Throws ShapeError, naming `operation` (e.g. "kfopt::Adam::step") and the block, if a
+  /// registered matrix or vector or its gradient no longer has the registered shape.
+  void check_storage(const char* operation = "kfopt::ParameterBlock") const {
+    const Eigen::Index vr = value_rows(), vc = value_cols();
+    if (vr != rows_ || vc != cols_) {
+      throw ShapeError(std::string(operation) + ": parameter '" + name_ +
+                       "' was registered as " + detail::shape_string(rows_, cols_) +
+                       " but is now " + detail::shape_string(vr, vc));
     }
-    if (gradient_owner_ != nullptr &&
-        (gradient_owner_->rows() != rows_ || gradient_owner_->cols() != cols_)) {
-      throw ShapeError("kfopt::ParameterBlock: gradient of '" + name_ + "' is " +
-                       detail::shape_of(*gradient_owner_) + " but the parameter is " +
+    const Eigen::Index gr = gradient_rows(), gc = gradient_cols();
+    if (gr != rows_ || gc != cols_) {
+      throw ShapeError(std::string(operation) + ": gradient of '" + name_ + "' is " +
+                       detail::shape_string(gr, gc) + " but the parameter is " +
                        detail::shape_string(rows_, cols_));
     }
   }
 
  private:
+  Eigen::Index value_rows() const noexcept {
+    return value_matrix_ ? value_matrix_->rows() : value_vector_ ? value_vector_->size() : rows_;
+  }
+  Eigen::Index value_cols() const noexcept {
+    return value_matrix_ ? value_matrix_->cols() : value_vector_ ? 1 : cols_;
+  }
+  Eigen::Index gradient_rows() const noexcept {
+    return gradient_matrix_ ? gradient_matrix_->rows()
+                            : gradient_vector_ ? gradient_vector_->size() : rows_;
+  }
+  Eigen::Index gradient_cols() const noexcept {
+    return gradient_matrix_ ? gradient_matrix_->cols() : gradient_vector_ ? 1 : cols_;
+  }
   void check_same_shape(Eigen::Index grad_rows, Eigen::Index grad_cols) const {
     if (grad_rows != rows_ || grad_cols != cols_) {
       throw ShapeError("kfopt::ParameterBlock: gradient of '" + name_ + "' is " +
@@ -91,18 +132,21 @@ class ParameterBlock {
                        detail::shape_string(rows_, cols_) + ")");
     }
   }
-  Scalar* value_data() const {
-    check_storage();
-    return value_owner_ != nullptr ? value_owner_->data() : value_ptr_;
+  Scalar* value_data(const char* operation) const {
+    check_storage(operation);
+    return value_matrix_ ? value_matrix_->data() : value_vector_ ? value_vector_->data() : value_ptr_;
   }
-  const Scalar* gradient_data() const {
-    check_storage();
-    return gradient_owner_ != nullptr ? gradient_owner_->data() : gradient_ptr_;
+  const Scalar* gradient_data(const char* operation) const {
+    check_storage(operation);
+    return gradient_matrix_ ? gradient_matrix_->data()
+                            : gradient_vector_ ? gradient_vector_->data() : gradient_ptr_;
   }
 
   std::string name_;
-  Matrix* value_owner_ = nullptr;
-  const Matrix* gradient_owner_ = nullptr;
+  Matrix* value_matrix_ = nullptr;
+  const Matrix* gradient_matrix_ = nullptr;
+  Vector* value_vector_ = nullptr;
+  const Vector* gradient_vector_ = nullptr;
   Scalar* value_ptr_ = nullptr;
   const Scalar* gradient_ptr_ = nullptr;
   Eigen::Index rows_ = 0;
@@ -127,7 +171,8 @@ class ParameterSet {
     return blocks_.back();
   }
 
-  /// Registers a vector parameter (seen as an n×1 block).
+  /// Registers a vector parameter (seen as an n×1 block), kept by object address like a
+  /// matrix: reassigning the vector or its gradient (`db = compute_db();`) is seen.
   Block& add(std::string name, Vector& value, const Vector& gradient) {
     require_unique(name);
     if (value.size() != gradient.size() || value.size() == 0) {
@@ -135,11 +180,12 @@ class ParameterSet {
                        std::to_string(gradient.size()) + " entries but the parameter has " +
                        std::to_string(value.size()));
     }
-    blocks_.emplace_back(std::move(name), value.data(), gradient.data(), value.size(), 1);
+    blocks_.emplace_back(std::move(name), value, gradient);
     return blocks_.back();
   }
 
-  /// Registers raw column-major storage of rows·cols scalars each.
+  /// Registers raw column-major storage of rows·cols scalars each (e.g. an `Eigen::Map`'s
+  /// `data()`): the caller owns both buffers and keeps them alive and in place.
   Block& add(std::string name, Scalar* value, const Scalar* gradient, Eigen::Index rows,
              Eigen::Index cols) {
     require_unique(name);

@@ -239,20 +239,23 @@ inline void require_filter_phase(const char* operation, FilterPhase phase, Filte
 
 /// The per-element source of `e` for one step: the raw gradient, the centered gradient
 /// (`e = ∇ − ĝ`, then `ĝ ← ĝ + (∇ − ĝ)/w_t` with `w_t = β w_{t−1} + 1`, the bias-corrected
-/// β-weighted mean of the gradients seen so far), or a caller-supplied buffer.
+/// β-weighted mean of the gradients seen so far), or a caller-supplied buffer. The new ĝ is
+/// written to a scratch buffer, committed by the optimizer only when the whole step is finite.
 template <typename Scalar>
 struct FisherSample {
   FisherEstimate kind = FisherEstimate::Gradient;
   Scalar inverse_weight = Scalar(1);  ///< 1/w_t (Centered)
+  double next_weight = 0.0;           ///< w_t, committed with the step (Centered)
 
-  /// `e` for element k of a block with gradient `grad`; `average` is that block's ĝ
-  /// (Centered; updated in place), `supplied` the caller's e (Supplied).
-  Scalar operator()(Eigen::Index k, Scalar grad, Scalar* average, const Scalar* supplied) const {
+  /// `e` for element k of a block with gradient `grad`; `average` is that block's ĝ and
+  /// `next_average` receives the updated ĝ (Centered), `supplied` the caller's e (Supplied).
+  Scalar operator()(Eigen::Index k, Scalar grad, const Scalar* average, Scalar* next_average,
+                    const Scalar* supplied) const {
     switch (kind) {
       case FisherEstimate::Gradient: return grad;
       case FisherEstimate::Centered: {
         const Scalar e = grad - average[k];
-        average[k] += e * inverse_weight;
+        next_average[k] = average[k] + e * inverse_weight;
         return e;
       }
       case FisherEstimate::Supplied: return supplied[k];
@@ -285,40 +288,53 @@ inline void require_fisher_call(const char* operation, FisherEstimate kind, bool
 
 /// The start of every element-wise filter's data update (filter RMSProp, filter Adam, the
 /// fixed-point form): the call must match the Fisher estimate (InvalidInputError), the
-/// gradients and a supplied `e` must be finite (else NonFiniteInput, counted in `counters`,
-/// nothing written), and for FisherEstimate::Centered the averaging weight advances,
-/// `w_t = β w_{t−1} + 1` (β = `centering_decay`). On Success `sample` is the step's source of e.
+/// storage must keep its shapes (ShapeError naming `operation`), the gradients, the current
+/// parameters and a supplied `e` must be finite (else NonFiniteInput, counted in `counters`,
+/// nothing written). On Success `sample` is the step's source of e; for
+/// FisherEstimate::Centered `sample.next_weight = β w_{t−1} + 1` (β = `centering_decay`),
+/// which the optimizer commits with the rest of the step.
 template <typename Scalar>
 Status begin_data_update(const char* operation, FisherEstimate kind, double centering_decay,
                          const BlockBuffers<Scalar>* supplied, const ParameterSet<Scalar>& params,
-                         StepCounters& counters, double& centering_weight,
+                         StepCounters& counters, double centering_weight,
                          FisherSample<Scalar>& sample) {
   require_fisher_call(operation, kind, supplied != nullptr);
-  const Status guard = guard_gradients(params, counters);
+  const Status guard = begin_step(operation, params, counters);
   if (guard != Status::Success) return guard;
   if (supplied != nullptr && !check_supplied_fisher(operation, *supplied, params)) {
-    ++counters.skipped_nonfinite;
-    return Status::NonFiniteInput;
+    return refuse(counters, Status::NonFiniteInput);
   }
-  sample = FisherSample<Scalar>{kind, Scalar(1)};
+  sample = FisherSample<Scalar>{kind, Scalar(1), centering_weight};
   if (kind == FisherEstimate::Centered) {
-    centering_weight = centering_decay * centering_weight + 1.0;
-    sample.inverse_weight = static_cast<Scalar>(1.0 / centering_weight);
+    sample.next_weight = centering_decay * centering_weight + 1.0;
+    sample.inverse_weight = static_cast<Scalar>(1.0 / sample.next_weight);
   }
   return Status::Success;
 }
 
+/// Throws InvalidInputError naming the operation unless a restored centering weight is
+/// finite and in [0, 1/(1 − β)] (w_t = β w_{t−1} + 1 never leaves that range).
+inline void require_centering_weight(const char* operation, double weight, double decay) {
+  if (!(std::isfinite(weight) && weight >= 0.0 && weight <= 1.0 / (1.0 - decay) * (1.0 + 1e-12))) {
+    throw InvalidInputError(std::string(operation) + ": centering_weight = " +
+                            std::to_string(weight) + " is outside [0, 1/(1 - centering_decay)]");
+  }
+}
+
+/// Throws InvalidInputError naming the operation unless `phase` is a FilterPhase value.
+inline void require_phase_value(const char* operation, FilterPhase phase) {
+  if (phase != FilterPhase::Prior && phase != FilterPhase::Posterior) {
+    throw InvalidInputError(std::string(operation) + ": phase holds no FilterPhase value");
+  }
+}
+
 /// Throws InvalidInputError unless every entry of every buffer is finite and >= 0 (a
-/// variance restored by set_state).
+/// variance restored by set_state); ShapeError unless shaped like the blocks.
 template <typename Scalar>
 void require_nonnegative_buffers(const char* operation, const char* what,
-                                 const BlockBuffers<Scalar>& buffers) {
-  for (const auto& b : buffers) {
-    if (!b.allFinite() || (b.size() > 0 && !(b.minCoeff() >= Scalar(0)))) {
-      throw InvalidInputError(std::string(operation) + ": " + what +
-                              " must be finite and >= 0");
-    }
-  }
+                                 const BlockBuffers<Scalar>& buffers,
+                                 const ParameterSet<Scalar>& params) {
+  require_state_buffers(operation, what, buffers, params, BufferRange::NonNegative);
 }
 
 }  // namespace detail

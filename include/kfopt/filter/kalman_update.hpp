@@ -50,6 +50,7 @@
 #include "kfopt/linalg/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/scalar_traits.hpp"
+#include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/linalg/tiled_product.hpp"
@@ -104,6 +105,20 @@ class KalmanUpdater {
     return run("kfopt::KalmanUpdater::update_covariance", cov, Gt, g, inflation, &Q);
   }
 
+  /// As `update_covariance`, for a caller that will add `increment()` to its own mean
+  /// (an optimizer's θ in user storage): the update is also refused (Status::Overflow,
+  /// nothing written) when `mean + P⁺ g` would not be finite, so that covariance and mean
+  /// commit together or not at all. `Q` may be null (no process noise).
+  Status update_covariance_for(const Eigen::Ref<const Vector>& mean,
+                               BeliefCovariance<Scalar>& cov, const Eigen::Ref<const Matrix>& Gt,
+                               const Eigen::Ref<const Vector>& g, Scalar inflation,
+                               const Eigen::Ref<const Matrix>* Q = nullptr) {
+    const char* op = "kfopt::KalmanUpdater::update_covariance";
+    detail::require_shape(op, "mean", mean, cov.dim(), 1);
+    if (!detail::all_finite(mean)) return info_ = Status::NonFiniteInput;
+    return run(op, cov, Gt, g, inflation, Q, &mean);
+  }
+
   /// Full update of a belief: covariance as in `update_covariance`, then mean += P⁺ g.
   Status update(Eigen::Ref<Vector> mean, BeliefCovariance<Scalar>& cov,
                 const Eigen::Ref<const Matrix>& Gt, const Eigen::Ref<const Vector>& g,
@@ -111,7 +126,8 @@ class KalmanUpdater {
     const char* op = "kfopt::KalmanUpdater::update";
     detail::require_shape(op, "mean", mean, cov.dim(), 1);
     if (!mean.allFinite()) return info_ = Status::NonFiniteInput;
-    const Status status = run(op, cov, Gt, g, inflation, nullptr);
+    const Eigen::Ref<const Vector> current(mean);
+    const Status status = run(op, cov, Gt, g, inflation, nullptr, &current);
     if (status == Status::Success) mean += delta_;
     return status;
   }
@@ -162,7 +178,8 @@ class KalmanUpdater {
     r_llt_.matrixL().solveInPlace(ew_);  // C⁻¹ e
     resize_vector(g_, d);
     g_.noalias() = gt_ * ew_;
-    const Status status = run(op, cov, gt_, g_, Scalar(1), nullptr);
+    const Eigen::Ref<const Vector> current(mean);
+    const Status status = run(op, cov, gt_, g_, Scalar(1), nullptr, &current);
     if (status == Status::Success) mean += delta_;
     return status;
   }
@@ -186,8 +203,24 @@ class KalmanUpdater {
     return std::isfinite(static_cast<double>(value)) && value >= -tol * scale;
   }
 
+  /// Whether the caller's mean (if any) stays finite after adding delta_ (checked before
+  /// every commit).
+  bool mean_stays_finite() const {
+    return mean_ == nullptr || detail::all_finite(*mean_ + delta_);
+  }
+
   Status run(const char* op, BeliefCovariance<Scalar>& cov, const Eigen::Ref<const Matrix>& Gt,
-             const Eigen::Ref<const Vector>& g, Scalar c, const Eigen::Ref<const Matrix>* Q) {
+             const Eigen::Ref<const Vector>& g, Scalar c, const Eigen::Ref<const Matrix>* Q,
+             const Eigen::Ref<const Vector>* mean = nullptr) {
+    mean_ = mean;
+    const Status status = run_forms(op, cov, Gt, g, c, Q);
+    mean_ = nullptr;
+    return status;
+  }
+
+  Status run_forms(const char* op, BeliefCovariance<Scalar>& cov,
+                   const Eigen::Ref<const Matrix>& Gt, const Eigen::Ref<const Vector>& g,
+                   Scalar c, const Eigen::Ref<const Matrix>* Q) {
     const Eigen::Index d = cov.dim();
     const Eigen::Index r = Gt.cols();
     detail::require_shape(op, "G transposed", Gt, d, r);
@@ -295,6 +328,7 @@ class KalmanUpdater {
       }
     }
     if (!delta_.allFinite()) return Status::NumericalIssue;
+    if (!mean_stays_finite()) return Status::Overflow;
     // Commit.
     if (c != Scalar(1)) P *= c;
     if (Q != nullptr) P += *Q;
@@ -338,6 +372,7 @@ class KalmanUpdater {
       if (!variance_ok(M_(i, i), std::abs(prior))) return Status::NumericalIssue;
     }
     if (!M_.allFinite()) return Status::NumericalIssue;
+    if (!mean_stays_finite()) return Status::Overflow;
     P.swap(M_);
     return Status::Success;
   }
@@ -361,11 +396,13 @@ class KalmanUpdater {
     Lw_.template triangularView<Eigen::Lower>().solveInPlace(delta_);
     Lw_.template triangularView<Eigen::Lower>().transpose().solveInPlace(delta_);
     if (!delta_.allFinite()) return Status::NumericalIssue;
+    if (!mean_stays_finite()) return Status::Overflow;
     L.swap(Lw_);
     return Status::Success;
   }
 
   Status info_ = Status::NotComputed;
+  const Eigen::Ref<const Vector>* mean_ = nullptr;  // checked before a commit, during run()
   Vector delta_, pg_, u_, wr_, ew_, g_;
   Matrix U_, W_, S_, K_, M_, MG_, Lw_, whitened_, gt_;
   detail::InitializedLlt<Matrix> s_llt_, r_llt_;

@@ -10,10 +10,13 @@
 /// Fisher rows and the score before the Kalman update. Everything else lives here once.
 
 #include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
 #include <string>
 #include <utility>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
@@ -96,16 +99,53 @@ Status record_skipped_step(State& state, Status status) {
   return status;
 }
 
-/// Checks a belief restored from a checkpoint: d×d storage in the optimizer's form.
-/// ShapeError / InvalidInputError naming `op` and `name`.
+/// Checks a belief restored from a checkpoint: d×d storage in the optimizer's form, finite;
+/// in the covariance forms symmetric with a non-negative diagonal and positive
+/// semi-definite (one O(d³) factorization); in the information form lower triangular with
+/// a positive diagonal. ShapeError / InvalidInputError naming `op`, `name` and what is wrong.
 template <typename Scalar>
 void require_restorable_belief(const char* op, const char* name,
                                const BeliefCovariance<Scalar>& belief, Eigen::Index d,
                                KalmanForm form) {
+  const std::string what = std::string(op) + ": " + name;
   require_shape(op, name, belief.storage(), d, d);
   if (belief.form() != form) {
     throw InvalidInputError(std::string(op) + ": state is in " + to_string(belief.form()) +
                             " form but the optimizer uses " + to_string(form));
+  }
+  const auto& S = belief.storage();
+  if (!all_finite(S)) throw InvalidInputError(what + " holds NaN or Inf");
+  for (Eigen::Index i = 0; i < d; ++i) {
+    const bool ok = belief.stores_covariance() ? S(i, i) >= Scalar(0) : S(i, i) > Scalar(0);
+    if (!ok) {
+      throw InvalidInputError(what + " has diagonal entry (" + std::to_string(i) + ", " +
+                              std::to_string(i) + ") = " + std::to_string(static_cast<double>(S(i, i))) +
+                              (belief.stores_covariance() ? " < 0 (a negative variance)"
+                                                          : " <= 0 (the Cholesky factor of the "
+                                                            "precision needs a positive diagonal)"));
+    }
+  }
+  if (belief.stores_covariance()) {
+    if (!is_symmetric(S)) throw InvalidInputError(what + " is not symmetric");
+    if (!is_positive_semidefinite(S)) {
+      throw InvalidInputError(what + " is not positive semi-definite");
+    }
+  } else if (!(S.template triangularView<Eigen::StrictlyUpper>().toDenseMatrix().array() ==
+               Scalar(0)).all()) {
+    throw InvalidInputError(what + " (the information form's Cholesky factor) is not lower "
+                            "triangular");
+  }
+}
+
+/// Throws InvalidInputError naming `op` unless the restored step counters are >= 0 and the
+/// last loss is finite.
+template <typename Scalar>
+void require_restorable_counters(const char* op, std::int64_t step, std::int64_t skipped,
+                                 Scalar last_loss) {
+  require_counter(op, "step", step);
+  require_counter(op, "skipped", skipped);
+  if (!std::isfinite(static_cast<double>(last_loss))) {
+    throw InvalidInputError(std::string(op) + ": last_loss is not finite");
   }
 }
 

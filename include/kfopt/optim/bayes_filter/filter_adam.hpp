@@ -54,6 +54,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
@@ -168,8 +169,9 @@ class FilterAdam {
   }
 
   /// Data update (eq. 7, 6) from the gradients in storage (evaluated at μ_prior);
-  /// FisherEstimate::Gradient or Centered. Parameters become μ_post. Non-finite gradient →
-  /// NonFiniteInput, counted, nothing written. Throws InvalidInputError in the Posterior
+  /// FisherEstimate::Gradient or Centered. Parameters become μ_post. All or nothing
+  /// (core/step_guard.hpp): non-finite gradient or parameter → NonFiniteInput, a result that
+  /// would not be finite → Overflow; both counted, nothing written. Throws InvalidInputError in the Posterior
   /// phase or with FisherEstimate::Supplied.
   Status update() { return update_impl("kfopt::FilterAdam::update", nullptr); }
 
@@ -179,25 +181,44 @@ class FilterAdam {
   }
 
   /// Prediction (eq. 3 with eq. 16): parameters move to μ_prior(t+1) = keep_w μ_w + η μ_p,
-  /// momentum decays, Σ ← FΣFᵀ + Q. Throws InvalidInputError in the Prior phase.
+  /// momentum decays, Σ ← FΣFᵀ + Q. Throws InvalidInputError in the Prior phase. All or
+  /// nothing: parameters made non-finite since the update (NonFiniteInput) or a result that
+  /// would not be finite (Overflow) write nothing; the phase stays Posterior.
   Status predict() {
-    detail::require_filter_phase("kfopt::FilterAdam::predict", state_.phase, FilterPhase::Posterior);
-    for (const auto& block : *params_) block.check_storage();
-    for (std::size_t i = 0; i < params_->size(); ++i) {
-      auto p = (*params_)[i].value();
-      Scalar* w = p.data();
-      Scalar* m = state_.momentum[i].data();
-      Scalar* ww = state_.weight_variance[i].data();
-      Scalar* wp = state_.cross_covariance[i].data();
-      Scalar* pp = state_.momentum_variance[i].data();
-      for (Eigen::Index k = 0; k < p.size(); ++k) {
+    constexpr const char* op = "kfopt::FilterAdam::predict";
+    usable_.require(op);
+    detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
+    for (const auto& block : *params_) block.check_storage(op);
+    shape_scratch();
+    std::int64_t clamped = 0;
+    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto&, const auto& p, auto& pn) {
+      const Scalar* m = state_.momentum[i].data() + o;
+      const Scalar* ww = state_.weight_variance[i].data() + o;
+      const Scalar* wp = state_.cross_covariance[i].data() + o;
+      const Scalar* pp = state_.momentum_variance[i].data() + o;
+      Scalar* mn = next_momentum_[i].data() + o;
+      Scalar* wwn = next_ww_[i].data() + o;
+      Scalar* wpn = next_wp_[i].data() + o;
+      Scalar* ppn = next_pp_[i].data() + o;
+      for (Eigen::Index k = 0; k < n; ++k) {
         WeightMomentumCovariance<Scalar> c{ww[k], wp[k], pp[k]};
-        if (momentum_filter_predict(drift_, w[k], m[k], c)) ++state_.clamped_variances;
-        ww[k] = c.ww;
-        wp[k] = c.wp;
-        pp[k] = c.pp;
+        Scalar w = p[k];
+        mn[k] = m[k];
+        if (momentum_filter_predict(drift_, w, mn[k], c)) ++clamped;
+        pn[k] = w;
+        wwn[k] = c.ww;
+        wpn[k] = c.wp;
+        ppn[k] = c.pp;
       }
+      return next_finite(i, o, n);
+    });
+    if (!ok) {
+      bool params_finite = true;
+      for (const auto& block : *params_) params_finite = params_finite && detail::all_finite(block.value());
+      return detail::refuse(state_.counters, params_finite ? Status::Overflow : Status::NonFiniteInput);
     }
+    commit(clamped);
     state_.phase = FilterPhase::Prior;
     return Status::Success;
   }
@@ -217,6 +238,7 @@ class FilterAdam {
   const FilterAdamOptions& options() const noexcept { return options_; }
   /// Changes η (drift coupling and decay); validated like the options.
   void set_learning_rate(double eta) {
+    usable_.require("kfopt::FilterAdam::set_learning_rate");
     FilterAdamOptions o = options_;
     o.learning_rate = eta;
     o.validate();
@@ -224,25 +246,40 @@ class FilterAdam {
     drift_ = make_drift(options_);
   }
   const State& state() const noexcept { return state_; }
-  /// Restores a state. Throws ShapeError for buffers that do not match the blocks,
-  /// InvalidInputError for negative/non-finite variances.
+  /// Restores a state, all or nothing. Throws ShapeError for buffers that do not match the
+  /// blocks, InvalidInputError (naming the entry) for non-finite entries, negative variances,
+  /// a 2×2 covariance that is not positive semi-definite (Σ_wp² > Σ_ww Σ_pp beyond
+  /// rounding), a centering weight outside [0, 1/(1 − β)], a negative counter or an invalid
+  /// phase.
   void set_state(const State& s) {
     constexpr const char* op = "kfopt::FilterAdam::set_state";
-    detail::require_buffers_like(op, "momentum", s.momentum, *params_);
-    detail::require_buffers_like(op, "weight_variance", s.weight_variance, *params_);
-    detail::require_buffers_like(op, "cross_covariance", s.cross_covariance, *params_);
-    detail::require_buffers_like(op, "momentum_variance", s.momentum_variance, *params_);
-    detail::require_nonnegative_buffers(op, "weight_variance", s.weight_variance);
-    detail::require_nonnegative_buffers(op, "momentum_variance", s.momentum_variance);
-    for (const auto& b : s.cross_covariance) {
-      if (!b.allFinite()) throw InvalidInputError(std::string(op) + ": cross_covariance holds NaN or Inf");
-    }
-    for (const auto& b : s.momentum) {
-      if (!b.allFinite()) throw InvalidInputError(std::string(op) + ": momentum holds NaN or Inf");
+    usable_.require(op);
+    using detail::BufferRange;
+    detail::require_state_buffers(op, "momentum", s.momentum, *params_, BufferRange::Finite);
+    detail::require_nonnegative_buffers(op, "weight_variance", s.weight_variance, *params_);
+    detail::require_state_buffers(op, "cross_covariance", s.cross_covariance, *params_,
+                                  BufferRange::Finite);
+    detail::require_nonnegative_buffers(op, "momentum_variance", s.momentum_variance, *params_);
+    const Scalar tol = Scalar(16) * ScalarTraits<Scalar>::epsilon();
+    for (std::size_t i = 0; i < params_->size(); ++i) {
+      const auto ww = s.weight_variance[i].array();
+      const auto wp = s.cross_covariance[i].array();
+      const auto pp = s.momentum_variance[i].array();
+      if (!(wp.square() <= ww * pp * (Scalar(1) + tol) + std::numeric_limits<Scalar>::min()).all()) {
+        throw InvalidInputError(std::string(op) + ": the covariance of block '" +
+                                (*params_)[i].name() +
+                                "' is not positive semi-definite (cross_covariance^2 > "
+                                "weight_variance * momentum_variance)");
+      }
     }
     if (options_.fisher == FisherEstimate::Centered) {
-      detail::require_buffers_like(op, "gradient_average", s.gradient_average, *params_);
+      detail::require_state_buffers(op, "gradient_average", s.gradient_average, *params_,
+                                    BufferRange::Finite);
     }
+    detail::require_centering_weight(op, s.centering_weight, options_.centering_decay);
+    detail::require_phase_value(op, s.phase);
+    detail::require_counters(op, s.counters);
+    detail::require_counter(op, "clamped_variances", s.clamped_variances);
     state_ = s;
   }
 
@@ -252,7 +289,25 @@ class FilterAdam {
                                        o.prior_variance);
   }
 
+  void shape_scratch() {
+    for (auto* b : {&next_momentum_, &next_ww_, &next_wp_, &next_pp_}) {
+      detail::shape_buffers_like(*b, *params_);
+    }
+  }
+  bool next_finite(std::size_t i, Eigen::Index o, Eigen::Index n) const {
+    return detail::all_finite(detail::tile(next_momentum_[i], o, n), detail::tile(next_ww_[i], o, n),
+                              detail::tile(next_wp_[i], o, n), detail::tile(next_pp_[i], o, n));
+  }
+  void commit(std::int64_t clamped) {
+    detail::swap_buffers(state_.momentum, next_momentum_);
+    detail::swap_buffers(state_.weight_variance, next_ww_);
+    detail::swap_buffers(state_.cross_covariance, next_wp_);
+    detail::swap_buffers(state_.momentum_variance, next_pp_);
+    state_.clamped_variances += clamped;
+  }
+
   Status update_impl(const char* op, const BlockBuffers<Scalar>* e) {
+    usable_.require(op);
     detail::require_filter_phase(op, state_.phase, FilterPhase::Prior);
     detail::FisherSample<Scalar> sample;
     const Status begun =
@@ -260,28 +315,41 @@ class FilterAdam {
                                   state_.counters, state_.centering_weight, sample);
     if (begun != Status::Success) return begun;
     const bool direct = options_.form == FilterAdamForm::Combined;
-    for (std::size_t i = 0; i < params_->size(); ++i) {
-      auto p = (*params_)[i].value();
-      const auto grad = (*params_)[i].gradient();
-      Scalar* w = p.data();
+    const bool centered = options_.fisher == FisherEstimate::Centered;
+    shape_scratch();
+    if (centered) detail::shape_buffers_like(next_average_, *params_);
+    std::int64_t clamped = 0;
+    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn) {
       const Scalar* gd = grad.data();
-      Scalar* m = state_.momentum[i].data();
-      Scalar* ww = state_.weight_variance[i].data();
-      Scalar* wp = state_.cross_covariance[i].data();
-      Scalar* pp = state_.momentum_variance[i].data();
-      Scalar* avg = options_.fisher == FisherEstimate::Centered ? state_.gradient_average[i].data() : nullptr;
-      const Scalar* sup = e != nullptr ? (*e)[i].data() : nullptr;
-      for (Eigen::Index k = 0; k < p.size(); ++k) {
+      const Scalar* m = state_.momentum[i].data() + o;
+      const Scalar* ww = state_.weight_variance[i].data() + o;
+      const Scalar* wp = state_.cross_covariance[i].data() + o;
+      const Scalar* pp = state_.momentum_variance[i].data() + o;
+      Scalar* mn = next_momentum_[i].data() + o;
+      Scalar* wwn = next_ww_[i].data() + o;
+      Scalar* wpn = next_wp_[i].data() + o;
+      Scalar* ppn = next_pp_[i].data() + o;
+      const Scalar* avg = centered ? state_.gradient_average[i].data() + o : nullptr;
+      Scalar* avg_next = centered ? next_average_[i].data() + o : nullptr;
+      const Scalar* sup = e != nullptr ? (*e)[i].data() + o : nullptr;
+      for (Eigen::Index k = 0; k < n; ++k) {
         WeightMomentumCovariance<Scalar> c{ww[k], wp[k], pp[k]};
-        if (momentum_filter_update(c, sample(k, gd[k], avg, sup))) ++state_.clamped_variances;
-        ww[k] = c.ww;
-        wp[k] = c.wp;
-        pp[k] = c.pp;
+        if (momentum_filter_update(c, sample(k, gd[k], avg, avg_next, sup))) ++clamped;
+        wwn[k] = c.ww;
+        wpn[k] = c.wp;
+        ppn[k] = c.pp;
         // μ_post = μ_prior + Σ_post (g, 0), g = −∇ (eq. 6).
-        if (direct) w[k] -= c.ww * gd[k];
-        m[k] -= c.wp * gd[k];
+        pn[k] = direct ? p[k] - c.ww * gd[k] : p[k];
+        mn[k] = m[k] - c.wp * gd[k];
       }
-    }
+      return next_finite(i, o, n) &&
+             (!centered || detail::all_finite(detail::tile(next_average_[i], o, n)));
+    });
+    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    commit(clamped);
+    if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
+    state_.centering_weight = sample.next_weight;
     ++state_.counters.steps;
     state_.phase = FilterPhase::Posterior;
     return Status::Success;
@@ -291,6 +359,10 @@ class FilterAdam {
   FilterAdamOptions options_;
   MomentumDrift<Scalar> drift_;
   State state_;
+  // Scratch of the guarded update and predict.
+  BlockBuffers<Scalar> next_momentum_, next_ww_, next_wp_, next_pp_, next_average_;
+  detail::GuardedUpdate<Scalar> guarded_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

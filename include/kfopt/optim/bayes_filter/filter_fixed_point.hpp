@@ -102,34 +102,45 @@ class FilterFixedPoint {
     }
   }
 
-  /// One step (FisherEstimate::Gradient or Centered). NaN/Inf in a gradient → NonFiniteInput,
-  /// counted, nothing written. Throws InvalidInputError with FisherEstimate::Supplied.
+  /// One step (FisherEstimate::Gradient or Centered), all or nothing (core/step_guard.hpp):
+  /// NaN/Inf in a gradient or parameter → NonFiniteInput, a result that would not be finite
+  /// → Overflow; both counted, nothing written. Throws InvalidInputError with FisherEstimate::Supplied.
   Status step() { return step_impl(nullptr); }
   /// One step with a caller-supplied e (FisherEstimate::Supplied).
   Status step(const BlockBuffers<Scalar>& e) { return step_impl(&e); }
 
   const FilterFixedPointOptions& options() const noexcept { return options_; }
+  /// Changes η; validated like the options (HyperparameterError, nothing changed).
   void set_learning_rate(double eta) {
+    usable_.require("kfopt::FilterFixedPoint::set_learning_rate");
     FilterFixedPointOptions o = options_;
     o.learning_rate = eta;
     o.validate();
     options_ = o;
   }
   const State& state() const noexcept { return state_; }
+  /// Restores a state, all or nothing: throws ShapeError or InvalidInputError (naming the
+  /// entry) for a non-finite moment, a negative second moment, a centering weight outside
+  /// [0, 1/(1 − β)] or a negative counter.
   void set_state(const State& s) {
     constexpr const char* op = "kfopt::FilterFixedPoint::set_state";
-    detail::require_buffers_like(op, "first_moment", s.first_moment, *params_);
-    detail::require_buffers_like(op, "second_moment", s.second_moment, *params_);
-    detail::require_nonnegative_buffers(op, "second_moment", s.second_moment);
+    usable_.require(op);
+    using detail::BufferRange;
+    detail::require_state_buffers(op, "first_moment", s.first_moment, *params_, BufferRange::Finite);
+    detail::require_nonnegative_buffers(op, "second_moment", s.second_moment, *params_);
     if (options_.fisher == FisherEstimate::Centered) {
-      detail::require_buffers_like(op, "gradient_average", s.gradient_average, *params_);
+      detail::require_state_buffers(op, "gradient_average", s.gradient_average, *params_,
+                                    BufferRange::Finite);
     }
+    detail::require_centering_weight(op, s.centering_weight, options_.centering_decay);
+    detail::require_counters(op, s.counters);
     state_ = s;
   }
 
  private:
   Status step_impl(const BlockBuffers<Scalar>* e) {
     constexpr const char* op = "kfopt::FilterFixedPoint::step";
+    usable_.require(op);
     detail::FisherSample<Scalar> sample;
     const Status begun =
         detail::begin_data_update(op, options_.fisher, options_.centering_decay, e, *params_,
@@ -144,23 +155,35 @@ class FilterFixedPoint {
     const Scalar eta = static_cast<Scalar>(options_.learning_rate);
     const Scalar keep = static_cast<Scalar>(
         1.0 - options_.learning_rate * options_.learning_rate / (2.0 * options_.prior_variance));
-    for (std::size_t i = 0; i < params_->size(); ++i) {
-      auto p = (*params_)[i].value();
-      const auto grad = (*params_)[i].gradient();
-      Scalar* w = p.data();
+    const bool centered = options_.fisher == FisherEstimate::Centered;
+    detail::shape_buffers_like(next_first_, *params_);
+    detail::shape_buffers_like(next_second_, *params_);
+    if (centered) detail::shape_buffers_like(next_average_, *params_);
+    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& w, auto& wn) {
       const Scalar* gd = grad.data();
-      Scalar* m = state_.first_moment[i].data();
-      Scalar* v = state_.second_moment[i].data();
-      Scalar* avg = options_.fisher == FisherEstimate::Centered ? state_.gradient_average[i].data() : nullptr;
-      const Scalar* sup = e != nullptr ? (*e)[i].data() : nullptr;
-      for (Eigen::Index k = 0; k < p.size(); ++k) {
-        const Scalar ek = sample(k, gd[k], avg, sup);
-        m[k] = b1 * m[k] + (Scalar(1) - b1) * gd[k];
-        v[k] = b2 * v[k] + (Scalar(1) - b2) * ek * ek;
-        const Scalar s2 = fixed_point_posterior_variance(sigma2, eta, v[k] * bc2);
-        w[k] = keep * w[k] - s2 * (m[k] * bc1);
+      const Scalar* m = state_.first_moment[i].data() + o;
+      const Scalar* v = state_.second_moment[i].data() + o;
+      Scalar* mn = next_first_[i].data() + o;
+      Scalar* vn = next_second_[i].data() + o;
+      const Scalar* avg = centered ? state_.gradient_average[i].data() + o : nullptr;
+      Scalar* avg_next = centered ? next_average_[i].data() + o : nullptr;
+      const Scalar* sup = e != nullptr ? (*e)[i].data() + o : nullptr;
+      for (Eigen::Index k = 0; k < n; ++k) {
+        const Scalar ek = sample(k, gd[k], avg, avg_next, sup);
+        mn[k] = b1 * m[k] + (Scalar(1) - b1) * gd[k];
+        vn[k] = b2 * v[k] + (Scalar(1) - b2) * ek * ek;
+        const Scalar s2 = fixed_point_posterior_variance(sigma2, eta, vn[k] * bc2);
+        wn[k] = keep * w[k] - s2 * (mn[k] * bc1);
       }
-    }
+      return detail::all_finite(detail::tile(next_first_[i], o, n), detail::tile(next_second_[i], o, n)) &&
+             (!centered || detail::all_finite(detail::tile(next_average_[i], o, n)));
+    });
+    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    detail::swap_buffers(state_.first_moment, next_first_);
+    detail::swap_buffers(state_.second_moment, next_second_);
+    if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
+    state_.centering_weight = sample.next_weight;
     ++state_.counters.steps;
     return Status::Success;
   }
@@ -168,6 +191,9 @@ class FilterFixedPoint {
   ParameterSet<Scalar>* params_;
   FilterFixedPointOptions options_;
   State state_;
+  BlockBuffers<Scalar> next_first_, next_second_, next_average_;  // guarded-step scratch
+  detail::GuardedUpdate<Scalar> guarded_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

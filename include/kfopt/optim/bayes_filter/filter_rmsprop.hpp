@@ -120,9 +120,10 @@ class FilterRmsProp {
   }
 
   /// Data update (eq. 10, 12) from the gradients in storage, evaluated at μ_prior; for
-  /// FisherEstimate::Gradient or Centered. The parameters become μ_post. A non-finite
-  /// gradient anywhere skips the update (Status::NonFiniteInput, counted) and writes
-  /// nothing. Throws InvalidInputError in the Posterior phase or with FisherEstimate::Supplied.
+  /// FisherEstimate::Gradient or Centered. The parameters become μ_post. All or nothing
+  /// (core/step_guard.hpp): a non-finite gradient or parameter anywhere refuses the update
+  /// (Status::NonFiniteInput), a result that would not be finite refuses it
+  /// (Status::Overflow); both are counted and write nothing. Throws InvalidInputError in the Posterior phase or with FisherEstimate::Supplied.
   Status update() { return update_impl("kfopt::FilterRmsProp::update", nullptr); }
 
   /// Data update with a caller-supplied Fisher sample e (one buffer per block, shaped like
@@ -133,17 +134,25 @@ class FilterRmsProp {
 
   /// Prediction (eq. 9, 11): the parameters move to μ_prior(t+1) = (1 − η²/(2σ²)) μ_post
   /// and the variances to (1 − η²/(2σ²))² σ²_post + η². Throws InvalidInputError in the
-  /// Prior phase. Never fails numerically.
+  /// Prior phase. All or nothing: if the caller's parameters were made non-finite since the
+  /// update (NonFiniteInput) or a result would not be finite (Overflow), nothing is written
+  /// and the phase stays Posterior.
   Status predict() {
-    detail::require_filter_phase("kfopt::FilterRmsProp::predict", state_.phase, FilterPhase::Posterior);
-    for (const auto& block : *params_) block.check_storage();
-    for (std::size_t i = 0; i < params_->size(); ++i) {
-      auto p = (*params_)[i].value();
-      auto& v = state_.variance[i];
-      Scalar* pd = p.data();
-      Scalar* vd = v.data();
-      for (Eigen::Index k = 0; k < v.size(); ++k) scalar_filter_predict(drift_, pd[k], vd[k]);
-    }
+    constexpr const char* op = "kfopt::FilterRmsProp::predict";
+    usable_.require(op);
+    detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
+    for (const auto& block : *params_) block.check_storage(op);
+    detail::shape_buffers_like(next_variance_, *params_);
+    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto&, const auto& p, auto& pn) {
+      auto vn = detail::tile(next_variance_[i], o, n);
+      pn = p;
+      vn = detail::tile(state_.variance[i], o, n);
+      for (Eigen::Index k = 0; k < n; ++k) scalar_filter_predict(drift_, pn[k], vn[k]);
+      return detail::all_finite(vn);
+    });
+    if (!ok) return detail::refuse(state_.counters, params_finite() ? Status::Overflow : Status::NonFiniteInput);
+    detail::swap_buffers(state_.variance, next_variance_);
     state_.phase = FilterPhase::Prior;
     return Status::Success;
   }
@@ -168,6 +177,7 @@ class FilterRmsProp {
   const FilterRmsPropOptions& options() const noexcept { return options_; }
   /// Changes η (and with it the drift and decay); validated like the options.
   void set_learning_rate(double eta) {
+    usable_.require("kfopt::FilterRmsProp::set_learning_rate");
     FilterRmsPropOptions o = options_;
     o.learning_rate = eta;
     o.validate();
@@ -175,45 +185,71 @@ class FilterRmsProp {
     drift_ = ScalarDrift<Scalar>::from(options_.learning_rate, options_.prior_variance);
   }
   const State& state() const noexcept { return state_; }
-  /// Restores a state (e.g. a checkpoint). Throws ShapeError if the buffers do not match the
-  /// blocks, InvalidInputError for a negative or non-finite variance.
+  /// Restores a state (e.g. a checkpoint), all or nothing. Throws ShapeError if the
+  /// buffers do not match the blocks, InvalidInputError (naming the entry) for a negative
+  /// or non-finite variance, a non-finite gradient average, a centering weight outside
+  /// [0, 1/(1 − β)], a negative counter or an invalid phase.
   void set_state(const State& s) {
     constexpr const char* op = "kfopt::FilterRmsProp::set_state";
-    detail::require_buffers_like(op, "variance", s.variance, *params_);
-    detail::require_nonnegative_buffers(op, "variance", s.variance);
+    usable_.require(op);
+    detail::require_nonnegative_buffers(op, "variance", s.variance, *params_);
     if (options_.fisher == FisherEstimate::Centered) {
-      detail::require_buffers_like(op, "gradient_average", s.gradient_average, *params_);
+      detail::require_state_buffers(op, "gradient_average", s.gradient_average, *params_,
+                                    detail::BufferRange::Finite);
     }
+    detail::require_centering_weight(op, s.centering_weight, options_.centering_decay);
+    detail::require_phase_value(op, s.phase);
+    detail::require_counters(op, s.counters);
+    detail::require_counter(op, "clamped_variances", s.clamped_variances);
     state_ = s;
   }
 
  private:
+  bool params_finite() const {
+    for (const auto& block : *params_) {
+      if (!detail::all_finite(block.value())) return false;
+    }
+    return true;
+  }
+
   Status update_impl(const char* op, const BlockBuffers<Scalar>* e) {
+    usable_.require(op);
     detail::require_filter_phase(op, state_.phase, FilterPhase::Prior);
     detail::FisherSample<Scalar> sample;
     const Status begun =
         detail::begin_data_update(op, options_.fisher, options_.centering_decay, e, *params_,
                                   state_.counters, state_.centering_weight, sample);
     if (begun != Status::Success) return begun;
-    for (std::size_t i = 0; i < params_->size(); ++i) {
-      auto p = (*params_)[i].value();
-      const auto grad = (*params_)[i].gradient();
-      Scalar* pd = p.data();
+    const bool centered = options_.fisher == FisherEstimate::Centered;
+    detail::shape_buffers_like(next_variance_, *params_);
+    if (centered) detail::shape_buffers_like(next_average_, *params_);
+    std::int64_t clamped = 0;
+    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn) {
       const Scalar* gd = grad.data();
-      Scalar* vd = state_.variance[i].data();
-      Scalar* avg = options_.fisher == FisherEstimate::Centered ? state_.gradient_average[i].data() : nullptr;
-      const Scalar* sup = e != nullptr ? (*e)[i].data() : nullptr;
-      for (Eigen::Index k = 0; k < p.size(); ++k) {
-        const Scalar ek = sample(k, gd[k], avg, sup);
+      const Scalar* vd = state_.variance[i].data() + o;
+      Scalar* vn = next_variance_[i].data() + o;
+      const Scalar* avg = centered ? state_.gradient_average[i].data() + o : nullptr;
+      Scalar* avg_next = centered ? next_average_[i].data() + o : nullptr;
+      const Scalar* sup = e != nullptr ? (*e)[i].data() + o : nullptr;
+      for (Eigen::Index k = 0; k < n; ++k) {
+        const Scalar ek = sample(k, gd[k], avg, avg_next, sup);
         Scalar v = scalar_filter_posterior_variance(vd[k], ek);
         if (!(v >= Scalar(0))) {  // cannot happen for finite input; guarded all the same
           v = Scalar(0);
-          ++state_.clamped_variances;
+          ++clamped;
         }
-        vd[k] = v;
-        pd[k] -= v * gd[k];  // μ_post = μ_prior + σ²_post g, g = −∇ (eq. 10)
+        vn[k] = v;
+        pn[k] = p[k] - v * gd[k];  // μ_post = μ_prior + σ²_post g, g = −∇ (eq. 10)
       }
-    }
+      return detail::all_finite(detail::tile(next_variance_[i], o, n)) &&
+             (!centered || detail::all_finite(detail::tile(next_average_[i], o, n)));
+    });
+    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    detail::swap_buffers(state_.variance, next_variance_);
+    if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
+    state_.centering_weight = sample.next_weight;
+    state_.clamped_variances += clamped;
     ++state_.counters.steps;
     state_.phase = FilterPhase::Posterior;
     return Status::Success;
@@ -223,6 +259,9 @@ class FilterRmsProp {
   FilterRmsPropOptions options_;
   ScalarDrift<Scalar> drift_;
   State state_;
+  BlockBuffers<Scalar> next_variance_, next_average_;  // guarded-step scratch
+  detail::GuardedUpdate<Scalar> guarded_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

@@ -44,6 +44,7 @@
 /// buffers (k × (in + out)); no heap allocation once the batch size has been seen (apart
 /// from Eigen's blocking buffers of large products, on the stack below 128 KB).
 
+#include <Eigen/Cholesky>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -196,8 +197,11 @@ class KroneckerFilter {
 
   /// Data update (eq. 23–24 projected, and eq. 6) from the recorded statistics and the
   /// gradients in storage (evaluated at μ_prior). Parameters become μ_post. All or nothing:
-  /// a non-finite gradient (NonFiniteInput) or an overflowing result (NumericalIssue)
-  /// leaves every parameter, factor and recorded statistic unchanged. Throws
+  /// a non-finite gradient or parameter (NonFiniteInput) or an overflowing result (new
+  /// factors or parameters not finite, e.g. one activation at 1e300: NumericalIssue) leaves
+  /// every parameter and factor unchanged. After NonFiniteInput the recorded statistics stay
+  /// queued (retry with a finite gradient); after NumericalIssue they are dropped, so the
+  /// batch that overflowed does not block every later step. Throws
   /// InvalidInputError in the Posterior phase, with no layer, or (LossReduction::Mean) for a
   /// layer that has never received statistics.
   Status update() {
@@ -213,7 +217,9 @@ class KroneckerFilter {
         }
       }
     }
-    const Status guard = detail::guard_gradients(params_, state_.counters);
+    // A non-finite gradient or parameter: the recorded statistics are fine and stay queued
+    // for a retry with a finite gradient.
+    const Status guard = detail::begin_step(op, params_, state_.counters);
     if (guard != Status::Success) return guard;
 
     for (auto& l : layers_) {
@@ -231,18 +237,23 @@ class KroneckerFilter {
       const Scalar c = options_.loss_reduction == LossReduction::Mean ? Scalar(k) : Scalar(1);
       gather(l, -c);
       l.cov.multiply(l.gradient, l.direction);
-      ok = l.direction.allFinite() && l.cov.input_factor().allFinite() &&
-           l.cov.output_factor().allFinite();
+      // The new [W b] (scratch; committed below only if every layer's is finite).
+      l.direction.leftCols(l.in) += params_[l.weight_index].value();
+      if (l.bias_index >= 0) {
+        l.direction.col(l.in) += params_[static_cast<std::size_t>(l.bias_index)].value().col(0);
+      }
+      ok = detail::all_finite(l.direction, l.cov.input_factor(), l.cov.output_factor());
       if (!ok) break;
     }
     if (!ok) {
       for (auto& l : layers_) l.cov.set_factors(l.backup_x, l.backup_d);
       ++state_.numerical_failures;
       collect_counters();
+      clear_statistics();  // the batch that overflowed is not kept for the next step
       return Status::NumericalIssue;
     }
     for (auto& l : layers_) {
-      scatter_add(l);
+      scatter(l);
       if (l.recorded > 0) l.last_batch = l.recorded;
       l.recorded = 0;
       l.cov.balance();
@@ -257,8 +268,9 @@ class KroneckerFilter {
   /// projected. Throws InvalidInputError in the Prior phase. Never fails numerically (an
   /// exact projection that fails falls back to eq. 32, counted).
   Status predict() {
-    detail::require_filter_phase("kfopt::KroneckerFilter::predict", state_.phase, FilterPhase::Posterior);
-    for (const auto& block : params_) block.check_storage();
+    constexpr const char* op = "kfopt::KroneckerFilter::predict";
+    detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
+    for (const auto& block : params_) block.check_storage(op);
     const Scalar keep = static_cast<Scalar>(
         1.0 - options_.learning_rate * options_.learning_rate / (2.0 * options_.prior_variance));
     const Scalar eta = static_cast<Scalar>(options_.learning_rate);
@@ -290,10 +302,17 @@ class KroneckerFilter {
     o.validate();
     options_ = o;
   }
-  /// Restores a layer's factors (checkpoints). Throws like KroneckerFactoredCovariance::set_factors.
+  /// Restores a layer's factors (checkpoints), all or nothing. Throws ShapeError for wrong
+  /// shapes and InvalidInputError for a factor that is not finite, not symmetric or not
+  /// positive definite (a singular factor, e.g. zero, would make every later step
+  /// non-finite), naming the layer and the factor.
   void set_covariance(std::size_t id, const Eigen::Ref<const Matrix>& input_factor,
                       const Eigen::Ref<const Matrix>& output_factor) {
-    layer_at("kfopt::KroneckerFilter::set_covariance", id).cov.set_factors(input_factor, output_factor);
+    constexpr const char* op = "kfopt::KroneckerFilter::set_covariance";
+    Layer& l = layer_at(op, id);
+    require_positive_definite(op, l.name, "input factor", input_factor, l.cov.input_factor().rows());
+    require_positive_definite(op, l.name, "output factor", output_factor, l.cov.output_factor().rows());
+    l.cov.set_factors(input_factor, output_factor);
   }
 
  private:
@@ -338,6 +357,22 @@ class KroneckerFilter {
     return layers_.size() - 1;
   }
 
+  static void require_positive_definite(const char* op, const std::string& layer,
+                                        const char* which, const Eigen::Ref<const Matrix>& f,
+                                        Eigen::Index n) {
+    const std::string where = std::string(op) + " (layer '" + layer + "')";
+    detail::require_shape(where.c_str(), which, f, n, n);
+    detail::require_symmetric(where.c_str(), which, f);
+    Eigen::LLT<Matrix> llt(f);
+    const auto d = llt.matrixLLT().diagonal();
+    if (llt.info() != Eigen::Success || !(d.minCoeff() > Scalar(0)) ||
+        !ScalarTraits<Scalar>::invertible_spectrum(d.minCoeff() * d.minCoeff(),
+                                                   d.maxCoeff() * d.maxCoeff())) {
+      throw InvalidInputError(where + ": " + which + " (" + detail::shape_of(f) +
+                              ") is not positive definite (singular or indefinite)");
+    }
+  }
+
   Layer& layer_at(const char* op, std::size_t id) {
     if (id >= layers_.size()) {
       throw InvalidInputError(std::string(op) + ": no layer with id " + std::to_string(id) +
@@ -355,11 +390,11 @@ class KroneckerFilter {
     }
   }
 
-  // [W b] += Σδ G Σx.
-  void scatter_add(Layer& l) {
-    params_[l.weight_index].value() += l.direction.leftCols(l.in);
+  // [W b] ← the new values computed in `direction` ([W b] + Σδ G Σx).
+  void scatter(Layer& l) {
+    params_[l.weight_index].value() = l.direction.leftCols(l.in);
     if (l.bias_index >= 0) {
-      params_[static_cast<std::size_t>(l.bias_index)].value().col(0) += l.direction.col(l.in);
+      params_[static_cast<std::size_t>(l.bias_index)].value().col(0) = l.direction.col(l.in);
     }
   }
 

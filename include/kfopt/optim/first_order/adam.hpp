@@ -32,7 +32,8 @@ struct AdamOptions {
   double beta2 = 0.999;
   /// ε > 0 added to the bias-corrected root of v. Default 1e-8.
   double epsilon = 1e-8;
-  /// Weight decay wd ≥ 0: L2 in the gradient (Adam) or decoupled (AdamW). Default 0.
+  /// Weight decay wd ≥ 0, finite: L2 in the gradient (Adam) or decoupled (AdamW, where
+  /// η·wd < 1 is required: the decay factor 1 − η·wd must stay positive). Default 0.
   double weight_decay = 0.0;
   /// Decoupled weight decay (AdamW) instead of L2 in the gradient. Default off.
   bool decoupled_weight_decay = false;
@@ -50,11 +51,20 @@ struct AdamOptions {
 
   void validate() const {
     constexpr const char* a = "kfopt::AdamOptions";
-    detail::require_hyperparameter(learning_rate > 0.0, a, "learning_rate", learning_rate, "(0, inf)");
+    detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
+                                   "learning_rate", learning_rate, "(0, inf), finite");
     detail::require_hyperparameter(beta1 >= 0.0 && beta1 < 1.0, a, "beta1", beta1, "[0, 1)");
     detail::require_hyperparameter(beta2 >= 0.0 && beta2 < 1.0, a, "beta2", beta2, "[0, 1)");
-    detail::require_hyperparameter(epsilon > 0.0, a, "epsilon", epsilon, "(0, inf)");
-    detail::require_hyperparameter(weight_decay >= 0.0, a, "weight_decay", weight_decay, "[0, inf)");
+    detail::require_hyperparameter(epsilon > 0.0 && std::isfinite(epsilon), a, "epsilon",
+                                   epsilon, "(0, inf), finite");
+    detail::require_hyperparameter(weight_decay >= 0.0 && std::isfinite(weight_decay), a,
+                                   "weight_decay", weight_decay, "[0, inf), finite");
+    // Decoupled decay multiplies the parameters by 1 − η·wd each step: a factor <= 0 flips
+    // or zeroes them, so η·wd < 1 is required.
+    detail::require_hyperparameter(!decoupled_weight_decay || learning_rate * weight_decay < 1.0,
+                                   a, "weight_decay", weight_decay,
+                                   "[0, 1/learning_rate) with decoupled weight decay "
+                                   "(learning_rate * weight_decay < 1)");
   }
 };
 
@@ -77,10 +87,16 @@ class Adam {
     if (options_.amsgrad) state_.max_second_moment = detail::zero_buffers_like(params);
   }
 
-  /// One step from the gradients in the registered storage; a non-finite gradient anywhere
-  /// skips the whole step (Status::NonFiniteInput) and writes nothing.
+  /// One step from the gradients in the registered storage, all or nothing
+  /// (core/step_guard.hpp): a non-finite gradient or current parameter anywhere refuses the
+  /// step (Status::NonFiniteInput), a result that would not be finite (e.g. v = g² overflowing
+  /// for g = 1e20 in float) refuses it (Status::Overflow); both are counted and write
+  /// nothing. Throws ShapeError if a registered object changed shape, InvalidInputError on
+  /// a moved-from optimizer.
   Status step() {
-    const Status guard = detail::guard_gradients(*params_, state_.counters);
+    constexpr const char* op = "kfopt::Adam::step";
+    usable_.require(op);
+    const Status guard = detail::begin_step(op, *params_, state_.counters);
     if (guard != Status::Success) return guard;
     const double t = static_cast<double>(state_.counters.steps + 1);
     const Scalar b1 = static_cast<Scalar>(options_.beta1);
@@ -92,43 +108,76 @@ class Adam {
         static_cast<Scalar>(options_.learning_rate / (1.0 - std::pow(options_.beta1, t)));
     const Scalar inv_sqrt_bc2 =
         static_cast<Scalar>(1.0 / std::sqrt(1.0 - std::pow(options_.beta2, t)));
-    for (std::size_t i = 0; i < params_->size(); ++i) {
-      auto p = (*params_)[i].value();
-      const auto grad = (*params_)[i].gradient();
-      auto& m = state_.first_moment[i];
-      auto& v = state_.second_moment[i];
-      if (options_.decoupled_weight_decay) {
-        p *= Scalar(1) - lr * wd;
-        m = b1 * m + (Scalar(1) - b1) * grad;
-        v = b2 * v + (Scalar(1) - b2) * grad.cwiseAbs2();
+    detail::shape_buffers_like(next_first_, *params_);
+    detail::shape_buffers_like(next_second_, *params_);
+    if (options_.amsgrad) detail::shape_buffers_like(next_max_, *params_);
+    const bool decoupled = options_.decoupled_weight_decay;
+    const bool amsgrad = options_.amsgrad;
+    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn) {
+      const auto m = detail::tile(state_.first_moment[i], o, n);
+      const auto v = detail::tile(state_.second_moment[i], o, n);
+      auto mn = detail::tile(next_first_[i], o, n);
+      auto vn = detail::tile(next_second_[i], o, n);
+      if (decoupled) {
+        pn = p * (Scalar(1) - lr * wd);
+        mn = b1 * m + (Scalar(1) - b1) * grad;
+        vn = b2 * v + (Scalar(1) - b2) * grad.square();
       } else {
-        m = b1 * m + (Scalar(1) - b1) * (grad + wd * p);
-        v = b2 * v + (Scalar(1) - b2) * (grad + wd * p).cwiseAbs2();
+        pn = p;
+        mn = b1 * m + (Scalar(1) - b1) * (grad + wd * p);
+        vn = b2 * v + (Scalar(1) - b2) * (grad + wd * p).square();
       }
-      const auto& vhat = options_.amsgrad ? (state_.max_second_moment[i] =
-                                                 state_.max_second_moment[i].cwiseMax(v))
-                                          : v;
-      p.array() -= step_size * m.array() / (vhat.array().sqrt() * inv_sqrt_bc2 + eps);
-    }
+      if (amsgrad) {
+        auto vmax = detail::tile(next_max_[i], o, n);
+        vmax = detail::tile(state_.max_second_moment[i], o, n).max(vn);
+        pn -= step_size * mn / (vmax.sqrt() * inv_sqrt_bc2 + eps);
+        return detail::all_finite(mn, vn, vmax);
+      }
+      pn -= step_size * mn / (vn.sqrt() * inv_sqrt_bc2 + eps);
+      return detail::all_finite(mn, vn);
+    });
+    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    detail::swap_buffers(state_.first_moment, next_first_);
+    detail::swap_buffers(state_.second_moment, next_second_);
+    if (amsgrad) detail::swap_buffers(state_.max_second_moment, next_max_);
     ++state_.counters.steps;
     return Status::Success;
   }
 
   const AdamOptions& options() const noexcept { return options_; }
+  /// Changes η (schedules); validated like the options (HyperparameterError, nothing changed).
   void set_learning_rate(double lr) {
+    usable_.require("kfopt::Adam::set_learning_rate");
     AdamOptions o = options_;
     o.learning_rate = lr;
     o.validate();
     options_ = o;
   }
   const State& state() const noexcept { return state_; }
+  /// Restores a state, all or nothing: throws ShapeError (buffers not shaped like the
+  /// blocks) or InvalidInputError (a non-finite moment, a negative second moment, a
+  /// running maximum below the second moment, a negative counter), naming the entry,
+  /// before anything changes.
   void set_state(const State& s) {
     constexpr const char* op = "kfopt::Adam::set_state";
-    detail::require_buffers_like(op, "first_moment", s.first_moment, *params_);
-    detail::require_buffers_like(op, "second_moment", s.second_moment, *params_);
+    usable_.require(op);
+    using detail::BufferRange;
+    detail::require_state_buffers(op, "first_moment", s.first_moment, *params_, BufferRange::Finite);
+    detail::require_state_buffers(op, "second_moment", s.second_moment, *params_,
+                                  BufferRange::NonNegative);
     if (options_.amsgrad) {
-      detail::require_buffers_like(op, "max_second_moment", s.max_second_moment, *params_);
+      detail::require_state_buffers(op, "max_second_moment", s.max_second_moment, *params_,
+                                    BufferRange::NonNegative);
+      for (std::size_t i = 0; i < params_->size(); ++i) {
+        if (!(s.max_second_moment[i].array() >= s.second_moment[i].array()).all()) {
+          throw InvalidInputError(std::string(op) + ": max_second_moment of block '" +
+                                  (*params_)[i].name() +
+                                  "' is below second_moment (it is their running maximum)");
+        }
+      }
     }
+    detail::require_counters(op, s.counters);
     state_ = s;
   }
 
@@ -136,6 +185,9 @@ class Adam {
   ParameterSet<Scalar>* params_;
   AdamOptions options_;
   State state_;
+  BlockBuffers<Scalar> next_first_, next_second_, next_max_;  // guarded-step scratch
+  detail::GuardedUpdate<Scalar> guarded_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

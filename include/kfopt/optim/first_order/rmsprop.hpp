@@ -16,6 +16,8 @@
 /// ≥ 0, and rounding must not turn it into a NaN (PyTorch would produce one there).
 /// Cost per step: a few passes over the parameters, no allocation.
 
+#include <cmath>
+
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 
@@ -38,10 +40,13 @@ struct RmsPropOptions {
 
   void validate() const {
     constexpr const char* a = "kfopt::RmsPropOptions";
-    detail::require_hyperparameter(learning_rate > 0.0, a, "learning_rate", learning_rate, "(0, inf)");
+    detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
+                                   "learning_rate", learning_rate, "(0, inf), finite");
     detail::require_hyperparameter(alpha >= 0.0 && alpha < 1.0, a, "alpha", alpha, "[0, 1)");
-    detail::require_hyperparameter(epsilon > 0.0, a, "epsilon", epsilon, "(0, inf)");
-    detail::require_hyperparameter(weight_decay >= 0.0, a, "weight_decay", weight_decay, "[0, inf)");
+    detail::require_hyperparameter(epsilon > 0.0 && std::isfinite(epsilon), a, "epsilon",
+                                   epsilon, "(0, inf), finite");
+    detail::require_hyperparameter(weight_decay >= 0.0 && std::isfinite(weight_decay), a,
+                                   "weight_decay", weight_decay, "[0, inf), finite");
     detail::require_hyperparameter(momentum >= 0.0 && momentum < 1.0, a, "momentum", momentum, "[0, 1)");
   }
 };
@@ -63,59 +68,88 @@ class RmsProp {
     state_.square_average = detail::zero_buffers_like(params);
     if (options_.centered) state_.gradient_average = detail::zero_buffers_like(params);
     if (options_.momentum > 0.0) state_.momentum = detail::zero_buffers_like(params);
-    scratch_ = detail::zero_buffers_like(params);
   }
 
-  /// One step; a non-finite gradient anywhere skips the whole step and writes nothing.
+  /// One step, all or nothing (core/step_guard.hpp): a non-finite gradient or current
+  /// parameter refuses it (Status::NonFiniteInput), a result that would not be finite
+  /// refuses it (Status::Overflow); both are counted and write nothing.
   Status step() {
-    const Status guard = detail::guard_gradients(*params_, state_.counters);
+    constexpr const char* op = "kfopt::RmsProp::step";
+    usable_.require(op);
+    const Status guard = detail::begin_step(op, *params_, state_.counters);
     if (guard != Status::Success) return guard;
     const Scalar a = static_cast<Scalar>(options_.alpha);
     const Scalar lr = static_cast<Scalar>(options_.learning_rate);
     const Scalar wd = static_cast<Scalar>(options_.weight_decay);
     const Scalar eps = static_cast<Scalar>(options_.epsilon);
     const Scalar mu = static_cast<Scalar>(options_.momentum);
-    for (std::size_t i = 0; i < params_->size(); ++i) {
-      auto p = (*params_)[i].value();
-      auto& g = scratch_[i];
-      g = (*params_)[i].gradient() + wd * p;
-      auto& v = state_.square_average[i];
-      v = a * v + (Scalar(1) - a) * g.cwiseAbs2();
+    const bool has_momentum = options_.momentum > 0.0;
+    detail::shape_buffers_like(next_square_, *params_);
+    if (options_.centered) detail::shape_buffers_like(next_average_, *params_);
+    if (has_momentum) detail::shape_buffers_like(next_momentum_, *params_);
+    if (work_.size() != detail::GuardedUpdate<Scalar>::kTile) work_.resize(detail::GuardedUpdate<Scalar>::kTile);
+    const bool centered = options_.centered;
+    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn) {
+      auto g = work_.head(n);
+      g = grad + wd * p;
+      auto vn = detail::tile(next_square_[i], o, n);
+      vn = a * detail::tile(state_.square_average[i], o, n) + (Scalar(1) - a) * g.square();
+      bool finite = true;
       // g ← g / r, in place (r as defined above).
-      if (options_.centered) {
-        auto& gbar = state_.gradient_average[i];
-        gbar = a * gbar + (Scalar(1) - a) * g;
-        g.array() /= (v.array() - gbar.array().square()).cwiseMax(Scalar(0)).sqrt() + eps;
+      if (centered) {
+        auto gbar = detail::tile(next_average_[i], o, n);
+        gbar = a * detail::tile(state_.gradient_average[i], o, n) + (Scalar(1) - a) * g;
+        g /= (vn - gbar.square()).cwiseMax(Scalar(0)).sqrt() + eps;
+        finite = detail::all_finite(gbar);
       } else {
-        g.array() /= v.array().sqrt() + eps;
+        g /= vn.sqrt() + eps;
       }
-      if (options_.momentum > 0.0) {
-        auto& b = state_.momentum[i];
-        b = mu * b + g;
-        p -= lr * b;
+      if (has_momentum) {
+        auto b = detail::tile(next_momentum_[i], o, n);
+        b = mu * detail::tile(state_.momentum[i], o, n) + g;
+        pn = p - lr * b;
+        finite = finite && detail::all_finite(b);
       } else {
-        p -= lr * g;
+        pn = p - lr * g;
       }
-    }
+      return finite && detail::all_finite(vn);
+    });
+    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    detail::swap_buffers(state_.square_average, next_square_);
+    if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
+    if (has_momentum) detail::swap_buffers(state_.momentum, next_momentum_);
     ++state_.counters.steps;
     return Status::Success;
   }
 
   const RmsPropOptions& options() const noexcept { return options_; }
+  /// Changes η (schedules); validated like the options (HyperparameterError, nothing changed).
   void set_learning_rate(double lr) {
+    usable_.require("kfopt::RmsProp::set_learning_rate");
     RmsPropOptions o = options_;
     o.learning_rate = lr;
     o.validate();
     options_ = o;
   }
   const State& state() const noexcept { return state_; }
+  /// Restores a state, all or nothing: throws ShapeError or InvalidInputError (a
+  /// non-finite entry, a negative square average, a negative counter), naming the entry,
+  /// before anything changes.
   void set_state(const State& s) {
     constexpr const char* op = "kfopt::RmsProp::set_state";
-    detail::require_buffers_like(op, "square_average", s.square_average, *params_);
+    usable_.require(op);
+    using detail::BufferRange;
+    detail::require_state_buffers(op, "square_average", s.square_average, *params_,
+                                  BufferRange::NonNegative);
     if (options_.centered) {
-      detail::require_buffers_like(op, "gradient_average", s.gradient_average, *params_);
+      detail::require_state_buffers(op, "gradient_average", s.gradient_average, *params_,
+                                    BufferRange::Finite);
     }
-    if (options_.momentum > 0.0) detail::require_buffers_like(op, "momentum", s.momentum, *params_);
+    if (options_.momentum > 0.0) {
+      detail::require_state_buffers(op, "momentum", s.momentum, *params_, BufferRange::Finite);
+    }
+    detail::require_counters(op, s.counters);
     state_ = s;
   }
 
@@ -123,7 +157,10 @@ class RmsProp {
   ParameterSet<Scalar>* params_;
   RmsPropOptions options_;
   State state_;
-  BlockBuffers<Scalar> scratch_;  // g, then g / r
+  BlockBuffers<Scalar> next_square_, next_average_, next_momentum_;  // guarded-step scratch
+  Eigen::Array<Scalar, Eigen::Dynamic, 1> work_;  // one tile of g, then g / r
+  detail::GuardedUpdate<Scalar> guarded_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

@@ -13,6 +13,8 @@
 ///
 /// Cost per step: a few passes over the parameters, no allocation.
 
+#include <cmath>
+
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 
@@ -33,10 +35,12 @@ struct SgdOptions {
 
   void validate() const {
     constexpr const char* a = "kfopt::SgdOptions";
-    detail::require_hyperparameter(learning_rate > 0.0, a, "learning_rate", learning_rate, "(0, inf)");
+    detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
+                                   "learning_rate", learning_rate, "(0, inf), finite");
     detail::require_hyperparameter(momentum >= 0.0 && momentum < 1.0, a, "momentum", momentum, "[0, 1)");
     detail::require_hyperparameter(dampening >= 0.0 && dampening <= 1.0, a, "dampening", dampening, "[0, 1]");
-    detail::require_hyperparameter(weight_decay >= 0.0, a, "weight_decay", weight_decay, "[0, inf)");
+    detail::require_hyperparameter(weight_decay >= 0.0 && std::isfinite(weight_decay), a,
+                                   "weight_decay", weight_decay, "[0, inf), finite");
     detail::require_hyperparameter(!nesterov || (momentum > 0.0 && dampening == 0.0), a,
                                    "nesterov", nesterov, "momentum > 0 and dampening = 0");
   }
@@ -57,35 +61,45 @@ class Sgd {
     state_.momentum = detail::zero_buffers_like(params);
   }
 
-  /// One step from the gradients currently in the registered storage. A non-finite gradient
-  /// anywhere skips the whole step (Status::NonFiniteInput): nothing is written.
+  /// One step from the gradients currently in the registered storage, all or nothing
+  /// (core/step_guard.hpp): a non-finite gradient or current parameter anywhere refuses the
+  /// step (Status::NonFiniteInput), a result that would not be finite refuses it
+  /// (Status::Overflow); both are counted and write nothing. Throws ShapeError if a
+  /// registered object changed shape, InvalidInputError on a moved-from optimizer.
   Status step() {
-    const Status guard = detail::guard_gradients(*params_, state_.counters);
+    constexpr const char* op = "kfopt::Sgd::step";
+    usable_.require(op);
+    const Status guard = detail::begin_step(op, *params_, state_.counters);
     if (guard != Status::Success) return guard;
     const Scalar lr = static_cast<Scalar>(options_.learning_rate);
     const Scalar mu = static_cast<Scalar>(options_.momentum);
     const Scalar wd = static_cast<Scalar>(options_.weight_decay);
     const Scalar keep = Scalar(1) - static_cast<Scalar>(options_.dampening);
     const bool first = state_.counters.steps == 0;
-    for (std::size_t i = 0; i < params_->size(); ++i) {
-      auto p = (*params_)[i].value();
-      const auto grad = (*params_)[i].gradient();
-      auto& b = state_.momentum[i];
-      if (options_.momentum == 0.0) {
-        p -= lr * (grad + wd * p);
-        continue;
+    const bool has_momentum = options_.momentum != 0.0;
+    if (has_momentum) detail::shape_buffers_like(next_momentum_, *params_);
+    const bool nesterov = options_.nesterov;
+    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn) {
+      if (!has_momentum) {
+        pn = p - lr * (grad + wd * p);
+        return true;
       }
+      auto bn = detail::tile(next_momentum_[i], o, n);
       if (first) {
-        b = grad + wd * p;
+        bn = grad + wd * p;
       } else {
-        b = mu * b + keep * (grad + wd * p);
+        bn = mu * detail::tile(state_.momentum[i], o, n) + keep * (grad + wd * p);
       }
-      if (options_.nesterov) {
-        p -= lr * (grad + wd * p + mu * b);
+      if (nesterov) {
+        pn = p - lr * (grad + wd * p + mu * bn);
       } else {
-        p -= lr * b;
+        pn = p - lr * bn;
       }
-    }
+      return detail::all_finite(bn);
+    });
+    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    if (has_momentum) detail::swap_buffers(state_.momentum, next_momentum_);
     ++state_.counters.steps;
     return Status::Success;
   }
@@ -93,14 +107,21 @@ class Sgd {
   const SgdOptions& options() const noexcept { return options_; }
   /// Changes the learning rate (schedules); validated like the constructor's.
   void set_learning_rate(double lr) {
+    usable_.require("kfopt::Sgd::set_learning_rate");
     SgdOptions o = options_;
     o.learning_rate = lr;
     o.validate();
     options_ = o;
   }
   const State& state() const noexcept { return state_; }
+  /// Restores a state, all or nothing: throws ShapeError (buffers not shaped like the
+  /// blocks) or InvalidInputError (a non-finite momentum entry, a negative counter), naming
+  /// the entry, before anything changes.
   void set_state(const State& s) {
-    detail::require_buffers_like("kfopt::Sgd::set_state", "momentum", s.momentum, *params_);
+    constexpr const char* op = "kfopt::Sgd::set_state";
+    usable_.require(op);
+    detail::require_state_buffers(op, "momentum", s.momentum, *params_, detail::BufferRange::Finite);
+    detail::require_counters(op, s.counters);
     state_ = s;
   }
 
@@ -108,6 +129,9 @@ class Sgd {
   ParameterSet<Scalar>* params_;
   SgdOptions options_;
   State state_;
+  BlockBuffers<Scalar> next_momentum_;  // scratch of the guarded step
+  detail::GuardedUpdate<Scalar> guarded_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

@@ -80,8 +80,11 @@ struct ExtendedKalmanFilterHyperparameters {
       detail::require_hyperparameter(process_noise.rows() == process_noise.cols(), alg,
                                      "process_noise", detail::shape_of(process_noise),
                                      "square d×d matrices");
-      detail::require_hyperparameter(process_noise.allFinite() && detail::is_symmetric(process_noise),
-                                     alg, "process_noise", "(non-symmetric or non-finite)",
+      detail::require_hyperparameter(process_noise.allFinite(), alg, "process_noise",
+                                     "(holds NaN or Inf)",
+                                     "finite symmetric positive semi-definite matrices");
+      detail::require_hyperparameter(detail::is_symmetric(process_noise), alg, "process_noise",
+                                     "(not symmetric)",
                                      "symmetric positive semi-definite matrices");
       const bool psd = detail::is_positive_semidefinite(process_noise);
       detail::require_hyperparameter(psd, alg, "process_noise", "(indefinite)",
@@ -159,6 +162,7 @@ class ExtendedKalmanFilter {
   Status step(Eigen::Ref<Vector> theta, const Eigen::Ref<const Vector>& output,
               const Eigen::Ref<const Matrix>& jacobian, const Target& y) {
     const char* op = "kfopt::ExtendedKalmanFilter::step";
+    usable_.require(op);
     io_.require_shapes(op, theta, output, jacobian);
     const std::int64_t t = state_.step + 1;
     const Scalar lambda = hp_.fading_at(t);
@@ -167,12 +171,14 @@ class ExtendedKalmanFilter {
     if (status != Status::Success) return detail::record_skipped_step(state_, status);
     const LinearizedObservation<Scalar>& lin = io_.linearization();
     const Scalar inflation = Scalar(1) / (Scalar(1) - lambda);
+    // All or nothing: the updater refuses (Overflow) unless θ + increment is finite too.
     if (hp_.process_noise.size() > 0) {
-      status = io_.updater().update_covariance(state_.covariance, lin.factor_t, lin.score,
-                                               inflation, hp_.process_noise);
+      const Eigen::Ref<const Matrix> Q(hp_.process_noise);
+      status = io_.updater().update_covariance_for(theta, state_.covariance, lin.factor_t,
+                                                   lin.score, inflation, &Q);
     } else {
-      status = io_.updater().update_covariance(state_.covariance, lin.factor_t, lin.score,
-                                               inflation);
+      status = io_.updater().update_covariance_for(theta, state_.covariance, lin.factor_t,
+                                                   lin.score, inflation);
     }
     if (status != Status::Success) return detail::record_skipped_step(state_, status);
     theta += io_.updater().increment();
@@ -188,12 +194,14 @@ class ExtendedKalmanFilter {
   /// preallocated storage. Same contract as the other overload.
   template <typename Predictor>
   Status step(Eigen::Ref<Vector> theta, Predictor&& predictor, const Target& y) {
+    usable_.require("kfopt::ExtendedKalmanFilter::step");
     io_.predict("kfopt::ExtendedKalmanFilter::step", theta, std::forward<Predictor>(predictor));
     return step(theta, io_.output(), io_.jacobian(), y);
   }
 
   /// Restarts from prior covariance P_0 (counters cleared).
   void reset(const Eigen::Ref<const Matrix>& initial_covariance) {
+    usable_.require("kfopt::ExtendedKalmanFilter::reset");
     detail::require_shape("kfopt::ExtendedKalmanFilter::reset", "initial_covariance",
                           initial_covariance, dim(), dim());
     State fresh;
@@ -202,10 +210,16 @@ class ExtendedKalmanFilter {
   }
 
   const State& state() const noexcept { return state_; }
-  /// Restores a state (checkpoint). Throws ShapeError / InvalidInputError on a mismatch.
+  /// Restores a state (checkpoint), all or nothing. Throws ShapeError / InvalidInputError
+  /// naming the entry: a covariance of the wrong shape or form, with NaN/Inf, a negative
+  /// variance, not symmetric or not positive semi-definite (information form: not a lower
+  /// Cholesky factor with a positive diagonal); a negative step or skip count; a non-finite
+  /// last loss. Cost O(d³) (one factorization).
   void set_state(State state) {
-    detail::require_restorable_belief("kfopt::ExtendedKalmanFilter::set_state", "covariance",
-                                      state.covariance, dim(), hp_.form);
+    const char* op = "kfopt::ExtendedKalmanFilter::set_state";
+    usable_.require(op);
+    detail::require_restorable_belief(op, "covariance", state.covariance, dim(), hp_.form);
+    detail::require_restorable_counters(op, state.step, state.skipped, state.last_loss);
     state_ = std::move(state);
   }
 
@@ -227,6 +241,7 @@ class ExtendedKalmanFilter {
   detail::ObservationStep<Model> io_;  // model, linearization, updater, predictor storage
   Hyperparameters hp_;
   State state_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

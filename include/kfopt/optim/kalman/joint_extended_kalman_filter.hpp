@@ -33,6 +33,7 @@
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
 #include "kfopt/filter/observation_model.hpp"
+#include "kfopt/filter/observation_step.hpp"
 #include "kfopt/linalg/tiled_product.hpp"
 #include "kfopt/optim/kalman/extended_kalman_filter.hpp"
 
@@ -120,6 +121,7 @@ class JointExtendedKalmanFilter {
   void reset(const Eigen::Ref<const Vector>& initial_state,
              const Eigen::Ref<const Matrix>& initial_covariance) {
     const char* op = "kfopt::JointExtendedKalmanFilter::reset";
+    usable_.require(op);
     detail::require_shape(op, "initial_state", initial_state, n_, 1);
     detail::require_finite(op, "initial_state", initial_state);
     detail::require_shape(op, "initial_covariance", initial_covariance, D_, D_);
@@ -136,6 +138,7 @@ class JointExtendedKalmanFilter {
   /// counted). Shape, target and schedule errors throw before any change.
   Status step(Eigen::Ref<Vector> theta, const Eigen::Ref<const Vector>& u, const Target& y) {
     const char* op = "kfopt::JointExtendedKalmanFilter::step";
+    usable_.require(op);
     detail::require_shape(op, "theta", theta, d_, 1);
     detail::require_shape(op, "input u", u, rnn_.input_dim(), 1);
     const std::int64_t t = state_.step + 1;
@@ -158,8 +161,11 @@ class JointExtendedKalmanFilter {
       status = updater_.update_covariance(predicted_, lin_.factor_t, lin_.score, inflation);
     }
     if (status != Status::Success) return skip(status);
-    // Commit.
     const Vector& delta = updater_.increment();
+    if (!detail::all_finite(s_pred_ + delta.head(n_), theta + delta.tail(d_))) {
+      return skip(Status::Overflow);
+    }
+    // Commit.
     state_.hidden = s_pred_ + delta.head(n_);
     theta += delta.tail(d_);
     state_.covariance.storage().swap(predicted_.storage());
@@ -172,6 +178,7 @@ class JointExtendedKalmanFilter {
   /// Predict only (no target): s ← f(s, θ, u), 𝒫 ← F 𝒫 Fᵀ (+ Q), no fading. θ unchanged.
   Status advance(const Eigen::Ref<const Vector>& theta, const Eigen::Ref<const Vector>& u) {
     const char* op = "kfopt::JointExtendedKalmanFilter::advance";
+    usable_.require(op);
     detail::require_shape(op, "theta", theta, d_, 1);
     detail::require_shape(op, "input u", u, rnn_.input_dim(), 1);
     const Status status = predict(theta, u);
@@ -180,6 +187,7 @@ class JointExtendedKalmanFilter {
       predicted_.storage() += hp_.process_noise;
       detail::symmetrize(predicted_.storage());
     }
+    if (!detail::all_finite(predicted_.storage())) return skip(Status::Overflow);
     state_.hidden = s_pred_;
     state_.covariance.storage().swap(predicted_.storage());
     state_.last_status = Status::Success;
@@ -187,16 +195,17 @@ class JointExtendedKalmanFilter {
   }
 
   const State& state() const noexcept { return state_; }
-  /// Restores a state (checkpoint); throws on a shape or form mismatch.
+  /// Restores a state (checkpoint), all or nothing: throws ShapeError / InvalidInputError
+  /// naming the entry for a wrong shape or form, NaN/Inf in the hidden state or the
+  /// covariance, a covariance that is not symmetric positive semi-definite, a negative
+  /// counter or a non-finite last loss. Cost O((n+d)³).
   void set_state(State state) {
     const char* op = "kfopt::JointExtendedKalmanFilter::set_state";
+    usable_.require(op);
     detail::require_shape(op, "hidden", state.hidden, n_, 1);
-    detail::require_shape(op, "covariance", state.covariance.storage(), D_, D_);
-    if (state.covariance.form() != hp_.form) {
-      throw InvalidInputError(std::string(op) + ": state is in " +
-                              to_string(state.covariance.form()) + " form but the filter uses " +
-                              to_string(hp_.form));
-    }
+    detail::require_finite(op, "hidden", state.hidden);
+    detail::require_restorable_belief(op, "covariance", state.covariance, D_, hp_.form);
+    detail::require_restorable_counters(op, state.step, state.skipped, state.last_loss);
     state_ = std::move(state);
   }
 
@@ -259,6 +268,7 @@ class JointExtendedKalmanFilter {
   LinearizedObservation<Scalar> lin_;
   Vector s_pred_, z_;
   Matrix Fs_, Ftheta_, T_, Hs_, Htheta_, Hjoint_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

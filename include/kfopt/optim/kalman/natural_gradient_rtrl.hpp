@@ -97,6 +97,7 @@ class NaturalGradientRtrl {
   /// Success, or NonFiniteInput / NumericalIssue with everything unchanged (skipped
   /// counted). Shape, target and schedule errors throw before any change.
   Status step(Eigen::Ref<Vector> theta, const Eigen::Ref<const Vector>& u, const Target& y) {
+    usable_.require("kfopt::NaturalGradientRtrl::step");
     Status status = rtrl_.propagate(theta, u);
     if (status == Status::Success) status = rtrl_.output(theta, u, z_, H_);
     if (status == Status::Success) status = ng_.step(theta, z_, H_, y);
@@ -105,9 +106,9 @@ class NaturalGradientRtrl {
       last_status_ = status;
       return status;
     }
-    if (hp_.correct_state) {
-      rtrl_.commit(ng_.last_increment());
-    } else {
+    // δθ is finite (the natural-gradient step checked θ + δθ); the corrected state can only
+    // fail to be finite for a tangent of ~1e300: then the uncorrected state is kept.
+    if (!hp_.correct_state || rtrl_.commit(ng_.last_increment()) != Status::Success) {
       rtrl_.commit();
     }
     last_status_ = Status::Success;
@@ -116,6 +117,7 @@ class NaturalGradientRtrl {
 
   /// Moves the hidden state and tangent along input u_t without a target (θ, J unchanged).
   Status advance(const Eigen::Ref<const Vector>& theta, const Eigen::Ref<const Vector>& u) {
+    usable_.require("kfopt::NaturalGradientRtrl::advance");
     const Status status = rtrl_.advance(theta, u);
     if (status != Status::Success) ++skipped_;
     last_status_ = status;
@@ -131,8 +133,15 @@ class NaturalGradientRtrl {
     s.last_status = last_status_;
     return s;
   }
-  /// Restores a state; throws on a shape or form mismatch.
+  /// Restores a state, all or nothing: every part is checked (as Rtrl::set_state and
+  /// OnlineNaturalGradient::set_state do, and `skipped` >= 0) before any is restored;
+  /// throws ShapeError / InvalidInputError naming the entry.
   void set_state(State state) {
+    const char* op = "kfopt::NaturalGradientRtrl::set_state";
+    usable_.require(op);
+    rtrl_.check_state(state.recurrent);
+    ng_.check_state(state.natural_gradient);
+    detail::require_counter(op, "skipped", state.skipped);
     rtrl_.set_state(std::move(state.recurrent));
     ng_.set_state(std::move(state.natural_gradient));
     skipped_ = state.skipped;
@@ -157,6 +166,7 @@ class NaturalGradientRtrl {
   Status last_status_ = Status::NotComputed;
   Vector z_;
   Matrix H_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

@@ -163,6 +163,7 @@ class OnlineNaturalGradient {
   Status step(Eigen::Ref<Vector> theta, const Eigen::Ref<const Vector>& output,
               const Eigen::Ref<const Matrix>& jacobian, const Target& y) {
     const char* op = "kfopt::OnlineNaturalGradient::step";
+    usable_.require(op);
     io_.require_shapes(op, theta, output, jacobian);
     const std::int64_t t = state_.step + 1;
     const Scalar eta = hp_.step_size_at(t);
@@ -175,8 +176,9 @@ class OnlineNaturalGradient {
     const LinearizedObservation<Scalar>& lin = io_.linearization();
     factor_ = lin.factor_t * std::sqrt(gamma);
     score_ = lin.score * eta;
-    status = io_.updater().update_covariance(state_.fisher, factor_, score_,
-                                             Scalar(1) / (Scalar(1) - gamma));
+    // All or nothing: the updater refuses (Overflow) unless θ + increment is finite too.
+    status = io_.updater().update_covariance_for(theta, state_.fisher, factor_, score_,
+                                                 Scalar(1) / (Scalar(1) - gamma));
     if (status != Status::Success) return detail::record_skipped_step(state_, status);
     theta += io_.updater().increment();
     state_.step = t;
@@ -192,12 +194,14 @@ class OnlineNaturalGradient {
   ///            Eigen::Ref<Matrix> jacobian)`.
   template <typename Predictor>
   Status step(Eigen::Ref<Vector> theta, Predictor&& predictor, const Target& y) {
+    usable_.require("kfopt::OnlineNaturalGradient::step");
     io_.predict("kfopt::OnlineNaturalGradient::step", theta, std::forward<Predictor>(predictor));
     return step(theta, io_.output(), io_.jacobian(), y);
   }
 
   /// Restarts from the Fisher initialization J_0 (counters cleared).
   void reset(const Eigen::Ref<const Matrix>& initial_fisher) {
+    usable_.require("kfopt::OnlineNaturalGradient::reset");
     detail::require_shape("kfopt::OnlineNaturalGradient::reset", "initial_fisher",
                           initial_fisher, dim(), dim());
     State fresh;
@@ -206,11 +210,30 @@ class OnlineNaturalGradient {
   }
 
   const State& state() const noexcept { return state_; }
-  /// Restores a state (checkpoint). Throws ShapeError / InvalidInputError on a mismatch.
+  /// Restores a state (checkpoint), all or nothing: throws ShapeError / InvalidInputError
+  /// naming the entry, as ExtendedKalmanFilter::set_state does for its covariance (here J_t⁻¹
+  /// or the Cholesky factor of J_t), and for a non-finite or negative last step size or
+  /// Fisher rate. Cost O(d³).
   void set_state(State state) {
-    detail::require_restorable_belief("kfopt::OnlineNaturalGradient::set_state", "fisher",
-                                      state.fisher, dim(), hp_.form);
+    check_state(state);
     state_ = std::move(state);
+  }
+
+  /// The checks of set_state without restoring (for composite optimizers that restore
+  /// several parts all or nothing).
+  void check_state(const State& state) const {
+    const char* op = "kfopt::OnlineNaturalGradient::set_state";
+    usable_.require(op);
+    detail::require_restorable_belief(op, "fisher", state.fisher, dim(), hp_.form);
+    detail::require_restorable_counters(op, state.step, state.skipped, state.last_loss);
+    if (!(std::isfinite(static_cast<double>(state.last_step_size)) &&
+          state.last_step_size >= Scalar(0) &&
+          std::isfinite(static_cast<double>(state.last_fisher_rate)) &&
+          state.last_fisher_rate >= Scalar(0) && state.last_fisher_rate < Scalar(1))) {
+      throw InvalidInputError(std::string(op) +
+                              ": last_step_size must be finite and >= 0, last_fisher_rate in "
+                              "[0, 1)");
+    }
   }
 
   const Hyperparameters& hyperparameters() const noexcept { return hp_; }
@@ -233,6 +256,7 @@ class OnlineNaturalGradient {
   State state_;
   Matrix factor_;  // √γ_t Gᵀ
   Vector score_;   // η_t (−∇ℓ)
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt

@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/linalg/tiled_product.hpp"
 
@@ -51,6 +52,7 @@ class Rtrl {
         k_(model_.output_dim()) {
     reset(initial_state, initial_tangent);
     s_new_.resize(n_);
+    corrected_.resize(n_);
     A_new_.resize(n_, d_);
     Fs_.resize(n_, n_);
     Ftheta_.resize(n_, d_);
@@ -62,6 +64,7 @@ class Rtrl {
   void reset(const Eigen::Ref<const Vector>& initial_state,
              const Eigen::Ref<const Matrix>& initial_tangent = Matrix()) {
     const char* op = "kfopt::Rtrl::reset";
+    usable_.require(op);
     detail::require_shape(op, "initial_state", initial_state, n_, 1);
     detail::require_finite(op, "initial_state", initial_state);
     State fresh;
@@ -82,6 +85,7 @@ class Rtrl {
   /// finite. Throws ShapeError on shapes. Cost O(n² d).
   Status propagate(const Eigen::Ref<const Vector>& theta, const Eigen::Ref<const Vector>& u) {
     const char* op = "kfopt::Rtrl::propagate";
+    usable_.require(op);
     detail::require_shape(op, "theta", theta, d_, 1);
     detail::require_shape(op, "input u", u, model_.input_dim(), 1);
     pending_ = false;
@@ -98,7 +102,7 @@ class Rtrl {
   }
 
   /// At the candidate state: z_t = h(s_t, θ, u_t) (k) and H_t = ∂h/∂s A_t + ∂h/∂θ (k×d).
-  /// NumericalIssue if not finite. Throws NumericalError if no candidate is pending.
+  /// NumericalIssue if not finite. Throws InvalidInputError if no candidate is pending.
   Status output(const Eigen::Ref<const Vector>& theta, const Eigen::Ref<const Vector>& u,
                 Eigen::Ref<Vector> z, Eigen::Ref<Matrix> H) {
     const char* op = "kfopt::Rtrl::output";
@@ -118,13 +122,22 @@ class Rtrl {
   }
 
   /// Keeps the candidate with the state corrected along the tangent, s_t ← s_t + A_t δθ
-  /// (the joint-filter state update after a parameter change δθ). O(n d).
-  void commit(const Eigen::Ref<const Vector>& delta_theta) {
+  /// (the joint-filter state update after a parameter change δθ). O(n d). Returns
+  /// NonFiniteInput for NaN/Inf in δθ and Overflow if the corrected state would not be
+  /// finite: then nothing changes and the candidate stays pending (commit it with or
+  /// without another correction). Throws ShapeError for a wrong size, InvalidInputError
+  /// when no candidate is pending.
+  Status commit(const Eigen::Ref<const Vector>& delta_theta) {
     const char* op = "kfopt::Rtrl::commit";
     require_pending(op);
     detail::require_shape(op, "delta_theta", delta_theta, d_, 1);
-    s_new_.noalias() += A_new_ * delta_theta;
+    if (!detail::all_finite(delta_theta)) return Status::NonFiniteInput;
+    corrected_.noalias() = A_new_ * delta_theta;
+    corrected_ += s_new_;
+    if (!detail::all_finite(corrected_)) return Status::Overflow;
+    s_new_.swap(corrected_);
     finish();
+    return Status::Success;
   }
 
   /// propagate + commit (no observation: e.g. a missing target, or a warm-up input).
@@ -135,12 +148,21 @@ class Rtrl {
   }
 
   const State& state() const noexcept { return state_; }
-  /// Restores a state (checkpoint); throws ShapeError on a mismatch.
+  /// Restores a state (checkpoint), all or nothing; throws ShapeError on a shape mismatch,
+  /// InvalidInputError for NaN/Inf in the hidden state or the tangent.
   void set_state(State state) {
-    detail::require_shape("kfopt::Rtrl::set_state", "hidden", state.hidden, n_, 1);
-    detail::require_shape("kfopt::Rtrl::set_state", "tangent", state.tangent, n_, d_);
+    check_state(state);
     state_ = std::move(state);
     pending_ = false;
+  }
+  /// The checks of set_state without restoring.
+  void check_state(const State& state) const {
+    const char* op = "kfopt::Rtrl::set_state";
+    usable_.require(op);
+    detail::require_shape(op, "hidden", state.hidden, n_, 1);
+    detail::require_shape(op, "tangent", state.tangent, n_, d_);
+    detail::require_finite(op, "hidden", state.hidden);
+    detail::require_finite(op, "tangent", state.tangent);
   }
   const Vector& hidden() const noexcept { return state_.hidden; }
   const Matrix& tangent() const noexcept { return state_.tangent; }
@@ -150,8 +172,11 @@ class Rtrl {
 
  private:
   void require_pending(const char* op) const {
+    usable_.require(op);
     if (!pending_) {
-      throw NumericalError(std::string(op) + ": no propagated state (call propagate first)");
+      throw InvalidInputError(std::string(op) +
+                              ": no propagated state (call propagate first, and check that it "
+                              "returned Success)");
     }
   }
   void finish() {
@@ -164,8 +189,9 @@ class Rtrl {
   Eigen::Index n_, d_, k_;
   State state_;
   bool pending_ = false;
-  Vector s_new_;
+  Vector s_new_, corrected_;
   Matrix A_new_, Fs_, Ftheta_, Hs_, Htheta_;
+  detail::MoveSentinel usable_;
 };
 
 }  // namespace kfopt
