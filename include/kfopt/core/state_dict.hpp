@@ -249,6 +249,46 @@ class StateDict {
     return insert(name, std::move(e));
   }
 
+  /// Adds the state of a standard random engine (std::mt19937, std::mt19937_64, ...) as an
+  /// int64 vector (its textual state, each word stored bit for bit), e.g. the data-order RNG
+  /// of a training loop.
+  template <typename Engine>
+  StateEntry& set_random_engine(const std::string& name, const Engine& engine) {
+    std::ostringstream os;
+    os << engine;
+    std::istringstream is(os.str());
+    std::vector<std::int64_t> words;
+    unsigned long long w = 0;
+    while (is >> w) {
+      std::int64_t v;
+      std::memcpy(&v, &w, sizeof v);
+      words.push_back(v);
+    }
+    return set_array(name, Eigen::Map<const Eigen::Matrix<std::int64_t, Eigen::Dynamic, 1>>(
+                               words.data(), static_cast<Eigen::Index>(words.size())),
+                     1);
+  }
+  /// Restores a random engine saved by set_random_engine; throws InvalidInputError (and leaves
+  /// `engine` unchanged) if the entry does not hold a state of this engine type.
+  template <typename Engine>
+  void random_engine(const std::string& name, Engine& engine) const {
+    const StateEntry& e = entry(name);
+    std::ostringstream os;
+    for (std::int64_t i = 0; i < e.size(); ++i) {
+      unsigned long long w;
+      std::memcpy(&w, e.data<std::int64_t>() + i, sizeof w);
+      os << (i ? " " : "") << w;
+    }
+    std::istringstream is(os.str());
+    Engine restored;
+    is >> restored;
+    if (is.fail() || e.rank() != 1) {
+      throw InvalidInputError("kfopt::StateDict::random_engine: entry '" + name + "' (" +
+                              e.describe() + ") is not the state of this random engine");
+    }
+    engine = restored;
+  }
+
   bool contains(const std::string& name) const { return entries_.count(name) != 0; }
   const std::map<std::string, StateEntry>& entries() const noexcept { return entries_; }
 

@@ -31,9 +31,10 @@
 ///                                    1-element dataset with the attribute kfopt_scalar = 1.
 ///
 /// Integrity: every dataset is chunked with HDF5's Fletcher32 checksum filter (a dataset
-/// without it is refused), and the file uses the HDF5 1.8+ object formats, whose metadata
-/// (superblock, object headers with the attributes, B-trees) carry checksums as well; a
-/// flipped byte in data or metadata is reported as an error, not loaded.
+/// without it is refused), and the file uses the HDF5 1.10 object formats, whose metadata
+/// (superblock, object headers with the attributes, chunk indexes) carry checksums as well;
+/// a flipped byte in data or metadata is reported as an error, not loaded. Reading the file
+/// needs HDF5 1.10 or newer (h5py built on it, h5dump of hdf5-tools 1.10+).
 ///
 /// Atomic writes: `save_checkpoint` writes `<path>.tmp.<pid>` in the same directory, closes
 /// it, fsyncs it, renames it over `<path>` and fsyncs the directory. A crash during a save
@@ -591,8 +592,9 @@ inline void save_checkpoint(const std::string& path, const Checkpoint& checkpoin
     {
       detail::Hdf5Id fapl(c.check(H5Pcreate(H5P_FILE_ACCESS), "", "cannot create a property list"),
                           H5Pclose);
-      // HDF5 1.8+ object formats: checksummed superblock, object headers and indexes.
-      c.check_status(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST), "",
+      // HDF5 1.10 object formats: checksummed superblock, object headers and chunk indexes
+      // (the 1.8 format indexes chunks with version-1 B-trees, which carry no checksum).
+      c.check_status(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_LATEST), "",
                      "cannot select the file format");
       detail::Hdf5Id file(c.check(H5Fcreate(temp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
                                   "", ("cannot create the temporary file '" + temp + "'").c_str()),
