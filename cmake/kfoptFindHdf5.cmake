@@ -2,7 +2,7 @@
 # Used by kfopt's own build (cmake/kfoptCheckpoint.cmake) and by the installed package config
 # when the `checkpoint` component is requested. pkg-config's `hdf5` module first (Debian's
 # libhdf5-dev ships it; it needs no enabled C language), then CMake's FindHDF5 when the
-# project has C enabled.
+# project has C enabled, then the header and library by name (Debian's serial layout).
 if(NOT TARGET kfopt::hdf5)
   find_package(PkgConfig QUIET)
   if(PkgConfig_FOUND)
@@ -23,5 +23,15 @@ if(NOT TARGET kfopt::hdf5)
       endif()
     endif()
     unset(_kfopt_languages)
+  endif()
+  if(NOT TARGET kfopt::hdf5)
+    find_path(KFOPT_HDF5_INCLUDE_DIR hdf5.h PATH_SUFFIXES hdf5/serial hdf5)
+    find_library(KFOPT_HDF5_LIBRARY NAMES hdf5_serial hdf5 PATH_SUFFIXES hdf5/serial)
+    if(KFOPT_HDF5_INCLUDE_DIR AND KFOPT_HDF5_LIBRARY)
+      add_library(kfopt::hdf5 INTERFACE IMPORTED)
+      target_include_directories(kfopt::hdf5 SYSTEM INTERFACE ${KFOPT_HDF5_INCLUDE_DIR})
+      target_link_libraries(kfopt::hdf5 INTERFACE ${KFOPT_HDF5_LIBRARY})
+      set(KFOPT_HDF5_VERSION "(${KFOPT_HDF5_LIBRARY})")
+    endif()
   endif()
 endif()
