@@ -23,6 +23,16 @@ if(TARGET kfopt_mpi)
     NAMESPACE kfopt::
     DESTINATION ${KFOPT_CMAKE_INSTALL_DIR})
 endif()
+# The optional checkpoint target (cmake/kfoptCheckpoint.cmake) in its own export set, so
+# that only find_package(kfopt COMPONENTS checkpoint) looks for HDF5.
+if(TARGET kfopt_checkpoint)
+  install(TARGETS kfopt_checkpoint EXPORT kfoptCheckpointTargets)
+  install(EXPORT kfoptCheckpointTargets
+    NAMESPACE kfopt::
+    DESTINATION ${KFOPT_CMAKE_INSTALL_DIR})
+  install(FILES ${PROJECT_SOURCE_DIR}/cmake/kfoptFindHdf5.cmake
+    DESTINATION ${KFOPT_CMAKE_INSTALL_DIR})
+endif()
 
 configure_package_config_file(
   ${PROJECT_SOURCE_DIR}/cmake/kfoptConfig.cmake.in

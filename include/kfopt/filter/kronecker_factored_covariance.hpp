@@ -306,6 +306,27 @@ class KroneckerFactoredCovariance {
   /// Exact projections that failed and were replaced by the first-order update.
   std::int64_t fallbacks() const noexcept { return fallbacks_; }
 
+  /// What a later drift() or balance() reads besides the factors (the cached traces of the
+  /// inverses, used by a drift that does not refresh them) and the counters: with the
+  /// factors, the complete state (for checkpoints).
+  struct Cache {
+    double trace_inv_x = 0.0;
+    double trace_inv_d = 0.0;
+    bool has_traces = false;
+    std::int64_t clamped = 0;
+    std::int64_t fallbacks = 0;
+  };
+  Cache cache() const noexcept {
+    return {trace_inv_x_, trace_inv_d_, has_traces_, clamped_, fallbacks_};
+  }
+  void set_cache(const Cache& c) noexcept {
+    trace_inv_x_ = c.trace_inv_x;
+    trace_inv_d_ = c.trace_inv_d;
+    has_traces_ = c.has_traces;
+    clamped_ = c.clamped;
+    fallbacks_ = c.fallbacks;
+  }
+
  private:
   // Tr(S⁻¹) = Σ_i ‖L⁻¹ e_i‖² with S = L Lᵀ; L⁻¹ e_i vanishes above row i, so only the
   // trailing block is solved: N³/6 flops after the N³/3 of the factorization, no heap.

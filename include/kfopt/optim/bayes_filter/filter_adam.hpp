@@ -56,6 +56,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/elementwise_filter.hpp"
@@ -281,6 +282,49 @@ class FilterAdam {
     detail::require_counters(op, s.counters);
     detail::require_counter(op, "clamped_variances", s.clamped_variances);
     state_ = s;
+  }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::FilterAdam":
+  /// "<block>/momentum", "<block>/weight_variance", "<block>/cross_covariance",
+  /// "<block>/momentum_variance" (and "<block>/gradient_average" with the centered Fisher) per
+  /// parameter block, "centering_weight", "phase", "clamped_variances", "steps",
+  /// "skipped_nonfinite". Hyperparameters: FilterAdamOptions's fields;
+  /// the learning rate is restored on load, the others must match.
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::FilterAdam", state_, options_);
+  }
+  /// Restores a state_dict() of an identically built FilterAdam; all-or-nothing (nothing changes
+  /// when it throws). See core/state_dict.hpp for what is checked.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    FilterAdamOptions o = options_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::FilterAdam::load_state_dict", dict, load, s, o);
+    o.validate();
+    set_state(s);
+    set_learning_rate(o.learning_rate);
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, FilterAdamOptions& o) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    io.hyperparameter("learning_rate", o.learning_rate, HyperparameterKind::Restored);
+    io.hyperparameter("momentum_rate", o.momentum_rate, kC);
+    io.hyperparameter("weight_noise", o.weight_noise, kC);
+    io.hyperparameter("prior_variance", o.prior_variance, kC);
+    io.hyperparameter("initial_weight_variance", o.initial_weight_variance, kC);
+    io.hyperparameter("form", o.form);
+    io.hyperparameter("fisher", o.fisher);
+    io.hyperparameter("centering_decay", o.centering_decay, kC);
+    io.buffers(*params_, "momentum", s.momentum);
+    io.buffers(*params_, "weight_variance", s.weight_variance, EntryConstraint::Nonnegative);
+    io.buffers(*params_, "cross_covariance", s.cross_covariance);
+    io.buffers(*params_, "momentum_variance", s.momentum_variance, EntryConstraint::Nonnegative);
+    io.buffers(*params_, "gradient_average", s.gradient_average);
+    io.real("centering_weight", s.centering_weight);
+    io.enumeration("phase", s.phase, 2);
+    io.integer("clamped_variances", s.clamped_variances);
+    io.counters(s.counters);
   }
 
  private:

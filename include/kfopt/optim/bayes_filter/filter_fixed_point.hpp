@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/elementwise_filter.hpp"
@@ -135,6 +136,42 @@ class FilterFixedPoint {
     detail::require_centering_weight(op, s.centering_weight, options_.centering_decay);
     detail::require_counters(op, s.counters);
     state_ = s;
+  }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::FilterFixedPoint":
+  /// "<block>/first_moment", "<block>/second_moment" (and "<block>/gradient_average"
+  /// with the centered Fisher) per parameter block, "centering_weight", "steps",
+  /// "skipped_nonfinite". Hyperparameters: FilterFixedPointOptions's fields;
+  /// the learning rate is restored on load, the others must match.
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::FilterFixedPoint", state_, options_);
+  }
+  /// Restores a state_dict() of an identically built FilterFixedPoint; all-or-nothing (nothing changes
+  /// when it throws). See core/state_dict.hpp for what is checked.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    FilterFixedPointOptions o = options_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::FilterFixedPoint::load_state_dict", dict, load, s, o);
+    o.validate();
+    set_state(s);
+    set_learning_rate(o.learning_rate);
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, FilterFixedPointOptions& o) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    io.hyperparameter("learning_rate", o.learning_rate, HyperparameterKind::Restored);
+    io.hyperparameter("prior_variance", o.prior_variance, kC);
+    io.hyperparameter("beta1", o.beta1, kC);
+    io.hyperparameter("beta2", o.beta2, kC);
+    io.hyperparameter("fisher", o.fisher);
+    io.hyperparameter("centering_decay", o.centering_decay, kC);
+    io.buffers(*params_, "first_moment", s.first_moment);
+    io.buffers(*params_, "second_moment", s.second_moment, EntryConstraint::Nonnegative);
+    io.buffers(*params_, "gradient_average", s.gradient_average);
+    io.real("centering_weight", s.centering_weight);
+    io.counters(s.counters);
   }
 
  private:

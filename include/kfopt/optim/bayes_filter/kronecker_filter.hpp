@@ -52,6 +52,7 @@
 #include <string>
 
 #include "kfopt/core/parameter_block.hpp"
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/filter/elementwise_filter.hpp"
 #include "kfopt/filter/kronecker_factored_covariance.hpp"
@@ -313,6 +314,100 @@ class KroneckerFilter {
     require_positive_definite(op, l.name, "input factor", input_factor, l.cov.input_factor().rows());
     require_positive_definite(op, l.name, "output factor", output_factor, l.cov.output_factor().rows());
     l.cov.set_factors(input_factor, output_factor);
+  }
+
+
+  /// One layer's part of the state dict: the factors, their cache and counters, the size of
+  /// the last batch, and statistics recorded for an update not yet taken.
+  struct LayerState {
+    Matrix input_factor, output_factor;
+    typename KroneckerFactoredCovariance<Scalar>::Cache cache;
+    std::int64_t last_batch = 0;
+    Matrix recorded_inputs, recorded_gradients;
+  };
+  /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::KroneckerFilter":
+  /// per layer "<layer>/input_factor" (Σx), "<layer>/output_factor" (Σδ),
+  /// "<layer>/trace_inv_input", "<layer>/trace_inv_output", "<layer>/has_traces",
+  /// "<layer>/clamped", "<layer>/fallbacks", "<layer>/last_batch", "<layer>/recorded_inputs"
+  /// and "<layer>/recorded_gradients" (k×in and k×out, k = examples recorded since the last
+  /// update); the counters "steps", "skipped_nonfinite", "phase", "predictions",
+  /// "skipped_statistics", "numerical_failures", "clamped_variances",
+  /// "projection_fallbacks". Hyperparameters: KroneckerFilterOptions's fields; the learning
+  /// rate is restored on load, the others must match. The weights are the model's.
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::KroneckerFilter", state_, options_,
+                                            layer_states());
+  }
+  /// Restores a state_dict() of a filter with the same layers and options; all-or-nothing.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    constexpr const char* op = "kfopt::KroneckerFilter::load_state_dict";
+    State s = state_;
+    KroneckerFilterOptions o = options_;
+    std::vector<LayerState> ls = layer_states();
+    detail::read_state_dict<Scalar>(*this, op, dict, load, s, o, ls);
+    o.validate();
+    for (std::size_t i = 0; i < ls.size(); ++i) {
+      if (ls[i].recorded_inputs.rows() != ls[i].recorded_gradients.rows()) {
+        throw ShapeError(std::string(op) + ": layer '" + layers_[i].name + "' has " +
+                         std::to_string(ls[i].recorded_inputs.rows()) + " recorded inputs but " +
+                         std::to_string(ls[i].recorded_gradients.rows()) + " recorded gradients");
+      }
+    }
+    for (std::size_t i = 0; i < ls.size(); ++i) {  // checked above: cannot throw
+      Layer& l = layers_[i];
+      l.cov.set_factors(ls[i].input_factor, ls[i].output_factor);
+      l.cov.set_cache(ls[i].cache);
+      l.last_batch = static_cast<Eigen::Index>(ls[i].last_batch);
+      l.recorded = ls[i].recorded_inputs.rows();
+      l.a_stats = std::move(ls[i].recorded_inputs);
+      l.g_stats = std::move(ls[i].recorded_gradients);
+    }
+    state_ = s;
+    options_ = o;
+  }
+  /// The layers' part of the state, as state_dict() stores it.
+  std::vector<LayerState> layer_states() const {
+    std::vector<LayerState> out;
+    for (const auto& l : layers_) {
+      out.push_back(LayerState{l.cov.input_factor(), l.cov.output_factor(), l.cov.cache(),
+                               static_cast<std::int64_t>(l.last_batch), l.a_stats.topRows(l.recorded),
+                               l.g_stats.topRows(l.recorded)});
+    }
+    return out;
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, KroneckerFilterOptions& o, std::vector<LayerState>& ls) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    std::int64_t trace_period = o.trace_period;
+    io.hyperparameter("learning_rate", o.learning_rate, HyperparameterKind::Restored);
+    io.hyperparameter("prior_variance", o.prior_variance, kC);
+    io.hyperparameter("initial_variance", o.initial_variance, kC);
+    io.hyperparameter("projection", o.projection);
+    io.hyperparameter("loss_reduction", o.loss_reduction);
+    io.hyperparameter("trace_period", trace_period, kC);
+    io.counters(s.counters);
+    io.enumeration("phase", s.phase, 2);
+    io.integer("predictions", s.predictions);
+    io.integer("skipped_statistics", s.skipped_statistics);
+    io.integer("numerical_failures", s.numerical_failures);
+    io.integer("clamped_variances", s.clamped_variances);
+    io.integer("projection_fallbacks", s.projection_fallbacks);
+    for (std::size_t i = 0; i < ls.size(); ++i) {
+      LayerState& l = ls[i];
+      io.enter(layers_[i].name);
+      io.array("input_factor", l.input_factor, EntryConstraint::SymmetricPsd);
+      io.array("output_factor", l.output_factor, EntryConstraint::SymmetricPsd);
+      io.real("trace_inv_input", l.cache.trace_inv_x);
+      io.real("trace_inv_output", l.cache.trace_inv_d);
+      io.boolean("has_traces", l.cache.has_traces);
+      io.integer("clamped", l.cache.clamped);
+      io.integer("fallbacks", l.cache.fallbacks);
+      io.integer("last_batch", l.last_batch);
+      io.array("recorded_inputs", l.recorded_inputs, EntryConstraint::Finite, true);
+      io.array("recorded_gradients", l.recorded_gradients, EntryConstraint::Finite, true);
+      io.leave();
+    }
   }
 
  private:

@@ -17,6 +17,7 @@
 
 #include <cmath>
 
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 
@@ -179,6 +180,41 @@ class Adam {
     }
     detail::require_counters(op, s.counters);
     state_ = s;
+  }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::Adam":
+  /// "<block>/first_moment", "<block>/second_moment" (and "<block>/max_second_moment" with
+  /// amsgrad) per parameter block, "steps", "skipped_nonfinite". Hyperparameters: AdamOptions's fields;
+  /// the learning rate is restored on load, the others must match.
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::Adam", state_, options_);
+  }
+  /// Restores a state_dict() of an identically built Adam; all-or-nothing (nothing changes
+  /// when it throws). See core/state_dict.hpp for what is checked.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    AdamOptions o = options_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::Adam::load_state_dict", dict, load, s, o);
+    o.validate();
+    set_state(s);
+    set_learning_rate(o.learning_rate);
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, AdamOptions& o) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    io.hyperparameter("learning_rate", o.learning_rate, HyperparameterKind::Restored);
+    io.hyperparameter("beta1", o.beta1, kC);
+    io.hyperparameter("beta2", o.beta2, kC);
+    io.hyperparameter("epsilon", o.epsilon, kC);
+    io.hyperparameter("weight_decay", o.weight_decay, kC);
+    io.hyperparameter("decoupled_weight_decay", o.decoupled_weight_decay);
+    io.hyperparameter("amsgrad", o.amsgrad);
+    io.buffers(*params_, "first_moment", s.first_moment);
+    io.buffers(*params_, "second_moment", s.second_moment, EntryConstraint::Nonnegative);
+    io.buffers(*params_, "max_second_moment", s.max_second_moment, EntryConstraint::Nonnegative);
+    io.counters(s.counters);
   }
 
  private:

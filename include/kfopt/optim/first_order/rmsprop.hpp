@@ -18,6 +18,7 @@
 
 #include <cmath>
 
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 
@@ -151,6 +152,40 @@ class RmsProp {
     }
     detail::require_counters(op, s.counters);
     state_ = s;
+  }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::RmsProp":
+  /// "<block>/square_average" (and "<block>/gradient_average" when centered,
+  /// "<block>/momentum" with momentum > 0) per parameter block, "steps", "skipped_nonfinite". Hyperparameters: RmsPropOptions's fields;
+  /// the learning rate is restored on load, the others must match.
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::RmsProp", state_, options_);
+  }
+  /// Restores a state_dict() of an identically built RmsProp; all-or-nothing (nothing changes
+  /// when it throws). See core/state_dict.hpp for what is checked.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    RmsPropOptions o = options_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::RmsProp::load_state_dict", dict, load, s, o);
+    o.validate();
+    set_state(s);
+    set_learning_rate(o.learning_rate);
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, RmsPropOptions& o) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    io.hyperparameter("learning_rate", o.learning_rate, HyperparameterKind::Restored);
+    io.hyperparameter("alpha", o.alpha, kC);
+    io.hyperparameter("epsilon", o.epsilon, kC);
+    io.hyperparameter("weight_decay", o.weight_decay, kC);
+    io.hyperparameter("momentum", o.momentum, kC);
+    io.hyperparameter("centered", o.centered);
+    io.buffers(*params_, "square_average", s.square_average, EntryConstraint::Nonnegative);
+    io.buffers(*params_, "gradient_average", s.gradient_average);
+    io.buffers(*params_, "momentum", s.momentum);
+    io.counters(s.counters);
   }
 
  private:

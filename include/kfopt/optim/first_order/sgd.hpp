@@ -15,6 +15,7 @@
 
 #include <cmath>
 
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
 
@@ -123,6 +124,36 @@ class Sgd {
     detail::require_state_buffers(op, "momentum", s.momentum, *params_, detail::BufferRange::Finite);
     detail::require_counters(op, s.counters);
     state_ = s;
+  }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::Sgd":
+  /// "<block>/momentum" per parameter block, "steps", "skipped_nonfinite". Hyperparameters: SgdOptions's fields;
+  /// the learning rate is restored on load, the others must match.
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::Sgd", state_, options_);
+  }
+  /// Restores a state_dict() of an identically built Sgd; all-or-nothing (nothing changes
+  /// when it throws). See core/state_dict.hpp for what is checked.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    SgdOptions o = options_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::Sgd::load_state_dict", dict, load, s, o);
+    o.validate();
+    set_state(s);
+    set_learning_rate(o.learning_rate);
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, SgdOptions& o) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    io.hyperparameter("learning_rate", o.learning_rate, HyperparameterKind::Restored);
+    io.hyperparameter("momentum", o.momentum, kC);
+    io.hyperparameter("dampening", o.dampening, kC);
+    io.hyperparameter("weight_decay", o.weight_decay, kC);
+    io.hyperparameter("nesterov", o.nesterov);
+    io.buffers(*params_, "momentum", s.momentum);
+    io.counters(s.counters);
   }
 
  private:

@@ -33,6 +33,7 @@
 #include <utility>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
@@ -235,6 +236,42 @@ class ExtendedKalmanFilter {
   /// The last linearized observation (Gᵀ, score, loss).
   const LinearizedObservation<Scalar>& last_linearization() const noexcept {
     return io_.linearization();
+  }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type
+  /// "kfopt::ExtendedKalmanFilter": "covariance" (P, or the Cholesky factor of P⁻¹ in the
+  /// information form), "step", "skipped", "last_status", "last_loss". Hyperparameters: fading
+  /// (continuous), whether a fading schedule and process noise (its size) are set, the form
+  /// (structural); the schedule and the noise matrix themselves are the constructed ones.
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::ExtendedKalmanFilter", state_, hp_);
+  }
+  /// Restores a state_dict() of an identically built filter; all-or-nothing.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    Hyperparameters h = hp_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::ExtendedKalmanFilter::load_state_dict", dict,
+                                    load, s, h);
+    set_state(std::move(s));
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, Hyperparameters& h) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    bool schedule = static_cast<bool>(h.fading_schedule);
+    std::int64_t noise = h.process_noise.rows();
+    io.hyperparameter("fading", h.fading, kC);
+    io.hyperparameter("fading_schedule", schedule);
+    io.hyperparameter("process_noise_dim", noise);
+    io.hyperparameter("form", h.form);
+    io.array("covariance", s.covariance.storage(),
+             h.form == KalmanForm::Information ? EntryConstraint::CholeskyFactor
+                                               : EntryConstraint::SymmetricPsd);
+    io.integer("step", s.step);
+    io.integer("skipped", s.skipped);
+    io.enumeration("last_status", s.last_status, 5);
+    io.real("last_loss", s.last_loss);
   }
 
  private:

@@ -29,6 +29,7 @@
 #include <utility>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
@@ -219,6 +220,40 @@ class JointExtendedKalmanFilter {
   const Vector& last_increment() const noexcept { return updater_.increment(); }
   Eigen::Index state_dim() const noexcept { return n_; }
   Eigen::Index param_dim() const noexcept { return d_; }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type
+  /// "kfopt::JointExtendedKalmanFilter": "hidden" (s_t), "covariance" (the joint 𝒫 over
+  /// (s, θ), positive semi-definite), "step", "skipped", "last_status", "last_loss";
+  /// hyperparameters as ExtendedKalmanFilter's.
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::JointExtendedKalmanFilter", state_, hp_);
+  }
+  /// Restores a state_dict() of an identically built filter; all-or-nothing.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    Hyperparameters h = hp_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::JointExtendedKalmanFilter::load_state_dict",
+                                    dict, load, s, h);
+    set_state(std::move(s));
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, Hyperparameters& h) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    bool schedule = static_cast<bool>(h.fading_schedule);
+    std::int64_t noise = h.process_noise.rows();
+    io.hyperparameter("fading", h.fading, kC);
+    io.hyperparameter("fading_schedule", schedule);
+    io.hyperparameter("process_noise_dim", noise);
+    io.hyperparameter("form", h.form);
+    io.array("hidden", s.hidden);
+    io.array("covariance", s.covariance.storage(), EntryConstraint::SymmetricPsd);
+    io.integer("step", s.step);
+    io.integer("skipped", s.skipped);
+    io.enumeration("last_status", s.last_status, 5);
+    io.real("last_loss", s.last_loss);
+  }
 
  private:
   Status skip(Status status) {

@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/optim/kalman/online_natural_gradient.hpp"
 #include "kfopt/optim/kalman/rtrl.hpp"
@@ -157,6 +158,36 @@ class NaturalGradientRtrl {
   const Vector& last_output() const noexcept { return z_; }
   const Matrix& last_jacobian() const noexcept { return H_; }
   std::int64_t skipped() const noexcept { return skipped_; }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type
+  /// "kfopt::NaturalGradientRtrl": Rtrl's entries under "recurrent/", OnlineNaturalGradient's
+  /// under "natural_gradient/" (its hyperparameters as "natural_gradient.<name>"), "skipped",
+  /// "last_status"; hyperparameter correct_state (structural).
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::NaturalGradientRtrl", state(), hp_);
+  }
+  /// Restores a state_dict() of an identically built optimizer; all-or-nothing.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state();
+    Hyperparameters h = hp_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::NaturalGradientRtrl::load_state_dict", dict,
+                                    load, s, h);
+    set_state(std::move(s));
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, Hyperparameters& h) const {
+    io.hyperparameter("correct_state", h.correct_state);
+    io.enter("recurrent");
+    rtrl_.state_fields(io, s.recurrent);
+    io.leave();
+    io.enter("natural_gradient");
+    ng_.state_fields(io, s.natural_gradient, h.natural_gradient);
+    io.leave();
+    io.integer("skipped", s.skipped);
+    io.enumeration("last_status", s.last_status, 5);
+  }
 
  private:
   Hyperparameters hp_;

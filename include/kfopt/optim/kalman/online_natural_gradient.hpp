@@ -31,6 +31,7 @@
 #include <utility>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/filter/gaussian_belief.hpp"
 #include "kfopt/filter/kalman_update.hpp"
@@ -248,6 +249,47 @@ class OnlineNaturalGradient {
   /// The last linearized observation (unscaled Gᵀ, score = −∇ℓ, loss).
   const LinearizedObservation<Scalar>& last_linearization() const noexcept {
     return io_.linearization();
+  }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type
+  /// "kfopt::OnlineNaturalGradient": "fisher" (J⁻¹, or the Cholesky factor of J in the
+  /// information form), "step", "skipped", "last_status", "last_loss", "last_step_size",
+  /// "last_fisher_rate". Hyperparameters: step_size and fisher_rate (continuous), whether
+  /// schedules are set, fisher_rate_is_step_size, the Fisher kind and the form (structural).
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::OnlineNaturalGradient", state_, hp_);
+  }
+  /// Restores a state_dict() of an identically built optimizer; all-or-nothing.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    Hyperparameters h = hp_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::OnlineNaturalGradient::load_state_dict", dict,
+                                    load, s, h);
+    set_state(std::move(s));
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, Hyperparameters& h) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    bool eta_schedule = static_cast<bool>(h.step_size_schedule);
+    bool gamma_schedule = static_cast<bool>(h.fisher_rate_schedule);
+    io.hyperparameter("step_size", h.step_size, kC);
+    io.hyperparameter("step_size_schedule", eta_schedule);
+    io.hyperparameter("fisher_rate_is_step_size", h.fisher_rate_is_step_size);
+    io.hyperparameter("fisher_rate", h.fisher_rate, kC);
+    io.hyperparameter("fisher_rate_schedule", gamma_schedule);
+    io.hyperparameter("fisher", h.fisher);
+    io.hyperparameter("form", h.form);
+    io.array("fisher", s.fisher.storage(),
+             h.form == KalmanForm::Information ? EntryConstraint::CholeskyFactor
+                                               : EntryConstraint::SymmetricPsd);
+    io.integer("step", s.step);
+    io.integer("skipped", s.skipped);
+    io.enumeration("last_status", s.last_status, 5);
+    io.real("last_loss", s.last_loss);
+    io.real("last_step_size", s.last_step_size);
+    io.real("last_fisher_rate", s.last_fisher_rate);
   }
 
  private:

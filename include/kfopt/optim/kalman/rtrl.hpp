@@ -21,6 +21,7 @@
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/step_guard.hpp"
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/linalg/tiled_product.hpp"
 
@@ -169,6 +170,26 @@ class Rtrl {
   const Vector& pending_hidden() const noexcept { return s_new_; }
   const Matrix& pending_tangent() const noexcept { return A_new_; }
   const RecurrentModel& model() const noexcept { return model_; }
+
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::Rtrl": "hidden"
+  /// (s_t) and "tangent" (A_t). A propagated step not yet committed is not part of it (a
+  /// checkpoint is taken between steps).
+  StateDict state_dict() const {
+    return detail::write_state_dict<Scalar>(*this, "kfopt::Rtrl", state_);
+  }
+  /// Restores a state_dict() of an identically built Rtrl; all-or-nothing.
+  void load_state_dict(const StateDict& dict, const LoadOptions& load = {}) {
+    State s = state_;
+    detail::read_state_dict<Scalar>(*this, "kfopt::Rtrl::load_state_dict", dict, load, s);
+    set_state(std::move(s));
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s) const {
+    io.array("hidden", s.hidden);
+    io.array("tangent", s.tangent);
+  }
 
  private:
   void require_pending(const char* op) const {
