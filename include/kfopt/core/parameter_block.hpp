@@ -40,9 +40,13 @@ namespace kfopt {
 template <typename Scalar>
 class ParameterBlock {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Writable column-major view of caller storage.
   using Map = Eigen::Map<Matrix>;
+  /// Read-only column-major view of caller storage.
   using ConstMap = Eigen::Map<const Matrix>;
 
   /// View of a matrix parameter and its gradient (same shape, both kept by object address).
@@ -160,8 +164,11 @@ class ParameterBlock {
 template <typename Scalar>
 class ParameterSet {
  public:
+  /// One registered parameter block.
   using Block = ParameterBlock<Scalar>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = typename Block::Matrix;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   /// Registers a matrix parameter and its gradient. Names must be unique.

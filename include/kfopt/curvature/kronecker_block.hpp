@@ -77,6 +77,7 @@ struct KroneckerBlockOptions {
 template <typename Scalar>
 class KroneckerBlock {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
   KroneckerBlock(std::string name, Eigen::Index in, Eigen::Index out,

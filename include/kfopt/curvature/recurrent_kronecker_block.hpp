@@ -160,9 +160,12 @@ struct RecurrentKroneckerBlockOptions {
 template <typename Scalar>
 class RecurrentKroneckerBlock {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
   using Mask = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>;
+  /// The hyperparameter struct of this class.
   using Options = RecurrentKroneckerBlockOptions<Scalar>;
   using FactorAverage = TemporalFactorMovingAverage<Scalar>;
 

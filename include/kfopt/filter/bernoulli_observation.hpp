@@ -43,8 +43,11 @@ Scalar softplus(Scalar x) {
 template <typename Scalar_, ObservationLink Link_ = ObservationLink::Canonical>
 class BernoulliObservation {
  public:
+  /// The scalar type (float or double).
   using Scalar = Scalar_;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Target = Scalar;  ///< 0 or 1
   static constexpr ObservationLink link = Link_;

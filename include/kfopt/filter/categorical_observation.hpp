@@ -29,8 +29,11 @@ namespace kfopt {
 template <typename Scalar_>
 class CategoricalObservation {
  public:
+  /// The scalar type (float or double).
   using Scalar = Scalar_;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Target = Eigen::Index;  ///< class index in [0, K)
   static constexpr ObservationLink link = ObservationLink::Canonical;

@@ -110,7 +110,9 @@ bool is_positive_semidefinite(const Eigen::MatrixBase<Derived>& M) {
 template <typename Scalar>
 class BeliefCovariance {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   BeliefCovariance() = default;
@@ -284,7 +286,9 @@ class BeliefCovariance {
 /// A Gaussian belief N(mean, P): a mean vector and a `BeliefCovariance`.
 template <typename Scalar>
 struct GaussianBelief {
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   Vector mean;                           ///< m (d)

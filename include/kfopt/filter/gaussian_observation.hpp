@@ -25,8 +25,11 @@ namespace kfopt {
 template <typename Scalar_>
 class GaussianObservation {
  public:
+  /// The scalar type (float or double).
   using Scalar = Scalar_;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Target = Eigen::Ref<const Vector>;  ///< y (k)
   static constexpr ObservationLink link = ObservationLink::Mean;

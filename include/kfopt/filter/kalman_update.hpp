@@ -64,7 +64,9 @@ namespace kfopt {
 template <typename Scalar>
 class KalmanUpdater {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   KalmanUpdater() = default;

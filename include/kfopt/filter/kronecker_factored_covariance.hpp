@@ -97,7 +97,9 @@ inline FirstOrderProjectionCoefficients first_order_projection_coefficients(doub
 template <typename Scalar>
 class KroneckerFactoredCovariance {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   KroneckerFactoredCovariance() = default;

@@ -78,7 +78,9 @@ enum class FisherKind {
 /// natural-gradient step needs. Used as a reusable workspace (no allocation once sized).
 template <typename Scalar>
 struct LinearizedObservation {
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   Matrix factor_t;   ///< Gᵀ (d×r), stored transposed: the observation's Fisher is F = Gᵀ G

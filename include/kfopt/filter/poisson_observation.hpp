@@ -23,8 +23,11 @@ namespace kfopt {
 template <typename Scalar_, ObservationLink Link_ = ObservationLink::Canonical>
 class PoissonObservation {
  public:
+  /// The scalar type (float or double).
   using Scalar = Scalar_;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Target = Scalar;  ///< a count: a finite non-negative integer value
   static constexpr ObservationLink link = Link_;

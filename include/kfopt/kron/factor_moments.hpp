@@ -160,6 +160,7 @@ class FactorMovingAverage {
   static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
 
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
   /// Everything the average carries between batches (inspect, reset or checkpoint it).
@@ -270,6 +271,7 @@ class TemporalFactorMovingAverage {
   static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
 
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Mask = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>;
 

@@ -267,6 +267,7 @@ class DampedCholeskyInverse {
   static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
 
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
   DampedCholeskyInverse() = default;

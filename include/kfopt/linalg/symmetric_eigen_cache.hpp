@@ -151,7 +151,9 @@ class SymmetricEigenCache {
   static_assert((detail::require_backend_supported<Scalar, Backend>(), true), "");
 
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   SymmetricEigenCache() = default;

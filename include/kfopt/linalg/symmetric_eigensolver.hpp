@@ -75,8 +75,11 @@ class SymmetricEigensolver {
   static_assert(std::is_floating_point<Scalar>::value, "SymmetricEigensolver: real scalars only");
 
  public:
+  /// Eigen index type.
   using Index = Eigen::Index;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   /// Columns per panel of the blocked reduction and reflectors per WY block.

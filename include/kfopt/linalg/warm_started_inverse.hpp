@@ -117,7 +117,9 @@ struct WarmStartOptions {
 template <typename Scalar>
 class WarmStartedDampedInverse {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// The hyperparameter struct of this class.
   using Options = WarmStartOptions<Scalar>;
 
   /// Everything carried between refreshes (inspect, restore or checkpoint it).

@@ -45,6 +45,7 @@ namespace kfopt {
 /// Hyperparameters of ExtendedKalmanFilter (and of JointExtendedKalmanFilter).
 template <typename Scalar>
 struct ExtendedKalmanFilterHyperparameters {
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
   /// Fading memory λ: the predict inflates the covariance, P_{t|t−1} = P_{t−1|t−1}/(1−λ_t),
@@ -125,11 +126,17 @@ struct ExtendedKalmanFilterState {
 template <typename Model>
 class ExtendedKalmanFilter {
  public:
+  /// The scalar type (float or double).
   using Scalar = typename Model::Scalar;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// The observation type of the model.
   using Target = typename Model::Target;
+  /// The hyperparameter struct of this class.
   using Hyperparameters = ExtendedKalmanFilterHyperparameters<Scalar>;
+  /// The state struct of this class.
   using State = ExtendedKalmanFilterState<Scalar>;
 
   /// \param model               the observation model (held by value)

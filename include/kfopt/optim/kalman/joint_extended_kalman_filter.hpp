@@ -57,11 +57,17 @@ struct JointExtendedKalmanFilterState {
 template <typename RecurrentModel, typename ObservationModel>
 class JointExtendedKalmanFilter {
  public:
+  /// The scalar type (float or double).
   using Scalar = typename RecurrentModel::Scalar;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// The observation type of the model.
   using Target = typename ObservationModel::Target;
+  /// The hyperparameter struct of this class.
   using Hyperparameters = ExtendedKalmanFilterHyperparameters<Scalar>;
+  /// The state struct of this class.
   using State = JointExtendedKalmanFilterState<Scalar>;
 
   /// The degenerate joint covariance [[A P Aᵀ, A P], [P Aᵀ, P]] of a state s = s(θ) with

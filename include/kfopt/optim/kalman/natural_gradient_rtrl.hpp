@@ -62,11 +62,17 @@ struct NaturalGradientRtrlState {
 template <typename RecurrentModel, typename ObservationModel>
 class NaturalGradientRtrl {
  public:
+  /// The scalar type (float or double).
   using Scalar = typename RecurrentModel::Scalar;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// The observation type of the model.
   using Target = typename ObservationModel::Target;
+  /// The hyperparameter struct of this class.
   using Hyperparameters = NaturalGradientRtrlHyperparameters<Scalar>;
+  /// The state struct of this class.
   using State = NaturalGradientRtrlState<Scalar>;
 
   /// \param initial_state    s_0 (n)

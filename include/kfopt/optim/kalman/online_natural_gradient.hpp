@@ -132,11 +132,17 @@ struct OnlineNaturalGradientState {
 template <typename Model>
 class OnlineNaturalGradient {
  public:
+  /// The scalar type (float or double).
   using Scalar = typename Model::Scalar;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// The observation type of the model.
   using Target = typename Model::Target;
+  /// The hyperparameter struct of this class.
   using Hyperparameters = OnlineNaturalGradientHyperparameters<Scalar>;
+  /// The state struct of this class.
   using State = OnlineNaturalGradientState<Scalar>;
 
   /// \param model           the observation model (held by value)

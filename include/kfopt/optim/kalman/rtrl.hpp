@@ -38,9 +38,13 @@ struct RtrlState {
 template <typename RecurrentModel>
 class Rtrl {
  public:
+  /// The scalar type (float or double).
   using Scalar = typename RecurrentModel::Scalar;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// The state struct of this class.
   using State = RtrlState<Scalar>;
 
   /// \param initial_state    s_0 (n), finite

@@ -139,7 +139,9 @@ struct RecurrentLayerOptions {
 template <typename Scalar>
 class Kfac {
  public:
+  /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   /// What the optimizer carries between steps besides the layers' factors.
