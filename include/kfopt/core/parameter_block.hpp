@@ -82,9 +82,13 @@ class ParameterBlock {
     }
   }
 
+  /// The block's name.
   const std::string& name() const noexcept { return name_; }
+  /// Rows of the block.
   Eigen::Index rows() const noexcept { return rows_; }
+  /// Columns of the block.
   Eigen::Index cols() const noexcept { return cols_; }
+  /// Number of entries: rows · cols.
   Eigen::Index size() const noexcept { return rows_ * cols_; }
 
   /// The parameters, writable, in the caller's storage (checked as by check_storage).
@@ -200,13 +204,21 @@ class ParameterSet {
     return blocks_.back();
   }
 
+  /// Number of registered blocks.
   std::size_t size() const noexcept { return blocks_.size(); }
+  /// Whether no block is registered.
   bool empty() const noexcept { return blocks_.empty(); }
+  /// The i-th registered block.
   Block& operator[](std::size_t i) { return blocks_[i]; }
+  /// As above, read-only.
   const Block& operator[](std::size_t i) const { return blocks_[i]; }
+  /// Iterator to the first block.
   auto begin() noexcept { return blocks_.begin(); }
+  /// Iterator past the last block.
   auto end() noexcept { return blocks_.end(); }
+  /// As above, read-only.
   auto begin() const noexcept { return blocks_.begin(); }
+  /// As above, read-only.
   auto end() const noexcept { return blocks_.end(); }
 
   /// Total number of scalars over all blocks.

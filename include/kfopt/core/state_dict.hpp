@@ -98,17 +98,23 @@ enum class EntryConstraint {
 /// One named array or scalar of a state dict. Data are stored column-major, as raw bytes of
 /// the entry's scalar type, so float and double values round-trip bit for bit.
 struct StateEntry {
+  /// The scalar type of the values.
   ScalarType type = ScalarType::Float64;
   std::vector<std::int64_t> shape;   ///< {} scalar, {n} vector, {rows, cols} matrix
   std::vector<unsigned char> bytes;  ///< size() · size_of(type) bytes, column-major
+  /// The values a loader accepts.
   EntryConstraint constraint = EntryConstraint::Finite;
   std::int64_t min_value = std::numeric_limits<std::int64_t>::min();  ///< int64 entries
   std::int64_t max_value = std::numeric_limits<std::int64_t>::max();  ///< int64 entries
   bool variable_rows = false;  ///< a loader accepts any number of rows (columns must match)
 
+  /// Number of dimensions: 0 scalar, 1 vector, 2 matrix.
   int rank() const noexcept { return static_cast<int>(shape.size()); }
+  /// Rows (1 for a scalar).
   std::int64_t rows() const noexcept { return shape.empty() ? 1 : shape[0]; }
+  /// Columns (1 for a scalar or vector).
   std::int64_t cols() const noexcept { return shape.size() < 2 ? 1 : shape[1]; }
+  /// Number of values: rows · cols.
   std::int64_t size() const noexcept { return rows() * cols(); }
 
   /// The values as T (which must be the entry's type).
@@ -118,6 +124,7 @@ struct StateEntry {
     return reinterpret_cast<const T*>(bytes.data());
   }
   template <typename T>
+  /// As above, writable.
   T* data() {
     check_type<T>();
     return reinterpret_cast<T*>(bytes.data());
@@ -151,11 +158,15 @@ enum class HyperparameterKind {
 /// A hyperparameter value: reals as double, integers, booleans and enumerations as int64.
 using HyperparameterValue = std::variant<double, std::int64_t, std::string>;
 
+/// A hyperparameter recorded in a state dict: its value and how a loader treats it.
 struct Hyperparameter {
+  /// The recorded value.
   HyperparameterValue value;
+  /// How a loader compares it with the constructed optimizer's.
   HyperparameterKind kind = HyperparameterKind::Structural;
 };
 
+/// The value as text: reals with 17 significant digits, strings in double quotes.
 inline std::string to_string(const HyperparameterValue& v) {
   std::ostringstream os;
   os.precision(17);
@@ -181,11 +192,15 @@ struct LoadOptions {
 class StateDict {
  public:
   StateDict() = default;
+  /// An empty dict of type `type` whose values use `scalar_type`.
   StateDict(std::string type, ScalarType scalar_type)
       : type_(std::move(type)), scalar_type_(scalar_type) {}
 
+  /// Type name of the described object (e.g. "kfopt::Adam").
   const std::string& type() const noexcept { return type_; }
+  /// Scalar type of the described object.
   ScalarType scalar_type() const noexcept { return scalar_type_; }
+  /// Sets the type name and scalar type.
   void set_type(std::string type, ScalarType scalar_type) {
     type_ = std::move(type);
     scalar_type_ = scalar_type;
@@ -289,7 +304,9 @@ class StateDict {
     engine = restored;
   }
 
+  /// Whether an entry named `name` exists.
   bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+  /// All entries, by name.
   const std::map<std::string, StateEntry>& entries() const noexcept { return entries_; }
 
   /// The entry of this name; throws InvalidInputError naming the dict and the entry.
@@ -321,14 +338,17 @@ class StateDict {
     return *e.data<T>();
   }
 
+  /// Records hyperparameter `name` with its value and kind.
   void set_hyperparameter(const std::string& name, HyperparameterValue value,
                           HyperparameterKind kind = HyperparameterKind::Structural) {
     require_valid_component("kfopt::StateDict::set_hyperparameter", name, name);
     hyperparameters_[name] = Hyperparameter{std::move(value), kind};
   }
+  /// All recorded hyperparameters, by name.
   const std::map<std::string, Hyperparameter>& hyperparameters() const noexcept {
     return hyperparameters_;
   }
+  /// Hyperparameter `name`; throws InvalidInputError if it is not recorded.
   const Hyperparameter& hyperparameter(const std::string& name) const {
     const auto it = hyperparameters_.find(name);
     if (it == hyperparameters_.end()) {
@@ -356,6 +376,7 @@ class StateDict {
     }
     return true;
   }
+  /// Whether two dicts differ.
   friend bool operator!=(const StateDict& a, const StateDict& b) { return !(a == b); }
 
   /// Bitwise equality of two hyperparameter values (so that -0.0 ≠ 0.0, like the file).

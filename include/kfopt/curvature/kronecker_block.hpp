@@ -59,6 +59,7 @@ enum class InverseMethod {
 /// The damping applied to a block's inverse.
 template <typename Scalar>
 struct BlockDamping {
+  /// Factored `(A + π√λ I) ⊗ (G + (√λ/π) I)` or exact `A ⊗ G + λ I`.
   DampingStyle style = DampingStyle::Factored;
   Scalar lambda = Scalar(1e-3);  ///< Tikhonov damping λ ≥ 0
   Scalar floor = Scalar(0);      ///< smallest factored shift (Factored only)
@@ -80,6 +81,7 @@ class KroneckerBlock {
   /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
 
+  /// A block named `name` for a layer with `in` inputs and `out` outputs.
   KroneckerBlock(std::string name, Eigen::Index in, Eigen::Index out,
                  KroneckerBlockOptions options = {})
       : name_(std::move(name)),
@@ -91,12 +93,17 @@ class KroneckerBlock {
         a_spectrum_(in + (options.bias ? 1 : 0), options.input_factor),
         g_spectrum_(out, options.gradient_factor) {}
 
+  /// The layer's name (used in error messages).
   const std::string& name() const noexcept { return name_; }
+  /// Number of layer inputs (without the bias).
   Eigen::Index input_size() const noexcept { return in_; }
+  /// Number of layer outputs.
   Eigen::Index output_size() const noexcept { return out_; }
+  /// Whether the layer has a bias (an extra input column).
   bool has_bias() const noexcept { return options_.bias; }
   /// Columns of the gradient matrix the block acts on: in (+1 with a bias).
   Eigen::Index cols() const noexcept { return a_.dimension(); }
+  /// Rows of the gradient matrix the block acts on: out.
   Eigen::Index rows() const noexcept { return out_; }
 
   /// Takes one batch of layer inputs `a` (k × in) and per-example pre-activation gradients
@@ -113,6 +120,7 @@ class KroneckerBlock {
   /// Recomputes both factors' spectra from the current averages (the amortized
   /// preprocessing). On failure the previous spectra stay in use.
   Status refresh();
+  /// Whether an inverse is available (a refresh has succeeded).
   bool has_inverse() const noexcept {
     if (options_.inverse_method == InverseMethod::Cholesky) return has_snapshot_;
     return a_spectrum_.has_result() && g_spectrum_.has_result();
@@ -130,8 +138,11 @@ class KroneckerBlock {
 
   /// Current factor averages: A (dimension² or dimension×1 if diagonal) and G.
   const Matrix& input_factor() const noexcept { return a_.value(); }
+  /// Current average of the gradient factor G (out × out).
   const Matrix& gradient_factor() const noexcept { return g_.value(); }
+  /// Eigendecomposition of the input factor A from the last refresh.
   const FactorSpectrum<Scalar>& input_spectrum() const noexcept { return a_spectrum_; }
+  /// Eigendecomposition of the gradient factor G from the last refresh.
   const FactorSpectrum<Scalar>& gradient_spectrum() const noexcept { return g_spectrum_; }
 
   /// The dense `A ⊗ G` (diagonal factors expanded), for tests and small problems.

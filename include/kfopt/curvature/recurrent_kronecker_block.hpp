@@ -164,9 +164,11 @@ class RecurrentKroneckerBlock {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// Dense dynamic-size boolean matrix.
   using Mask = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>;
   /// The hyperparameter struct of this class.
   using Options = RecurrentKroneckerBlockOptions<Scalar>;
+  /// The temporal moving average used for both factors.
   using FactorAverage = TemporalFactorMovingAverage<Scalar>;
 
   /// Everything the statistics carry between batches (inspect, reset or checkpoint it).
@@ -189,14 +191,21 @@ class RecurrentKroneckerBlock {
         g_(out, {options.decay, false, false}),
         lengths_(options.decay) {}
 
+  /// The layer's name (used in error messages).
   const std::string& name() const noexcept { return name_; }
+  /// Number of layer inputs (without the bias).
   Eigen::Index input_size() const noexcept { return in_; }
+  /// Number of layer outputs.
   Eigen::Index output_size() const noexcept { return out_; }
+  /// Whether the layer has a bias (an extra input column).
   bool has_bias() const noexcept { return options_.bias; }
   /// Columns of the gradient matrix `[∇W ∇b]` the block acts on: in (+1 with a bias).
   Eigen::Index cols() const noexcept { return a_.dimension(); }
+  /// Rows of the gradient matrix the block acts on: out.
   Eigen::Index rows() const noexcept { return out_; }
+  /// The options in use.
   const Options& options() const noexcept { return options_; }
+  /// The temporal approximation in use.
   RecurrentApproximation approximation() const noexcept { return options_.approximation; }
   /// Switches the approximation; the next apply prepares again from the current refresh.
   void set_approximation(RecurrentApproximation a) noexcept { options_.approximation = a; }
@@ -236,15 +245,20 @@ class RecurrentKroneckerBlock {
 
   /// Current averages: A0, A1 (cols() square; A1 = E[a_{t+1} a_tᵀ], not symmetric), G0, G1.
   const Matrix& a0() const noexcept { return a_.a0(); }
+  /// See a0().
   const Matrix& a1() const noexcept { return a_.a1(); }
+  /// See a0().
   const Matrix& g0() const noexcept { return g_.a0(); }
+  /// See a0().
   const Matrix& g1() const noexcept { return g_.a1(); }
   /// Current length distribution `(T_i, ω_i)` (with the options' cutoff) and `E_T[T]`.
   SequenceLengths length_distribution() const {
     return lengths_.distribution(options_.length_cutoff);
   }
+  /// See length_distribution() (0 before any statistics).
   double mean_length() const { return has_statistics() ? length_distribution().mean() : 0.0; }
 
+  /// A copy of the statistics' state.
   State state() const {
     return State{a_.state(), g_.state(), lengths_.state(), skipped_statistics_};
   }
@@ -280,6 +294,7 @@ class RecurrentKroneckerBlock {
   std::int64_t refreshes() const noexcept { return version_; }
   /// The length distribution and `E_T[T]` of the last refresh (what the inverse uses).
   const SequenceLengths& refreshed_lengths() const noexcept { return snap_lengths_; }
+  /// See refreshed_lengths().
   Scalar refreshed_mean_length() const noexcept { return snap_mean_; }
 
   /// Runs the damping-dependent preprocessing of C.3 for `damping` now (apply_inverse
@@ -326,6 +341,7 @@ class RecurrentKroneckerBlock {
   std::int64_t preparations() const noexcept { return preparations_; }
   /// The shifts δ_A, δ_G of the last preparation (see the damping convention).
   Scalar input_shift() const noexcept { return inverse_.a_shift; }
+  /// See input_shift().
   Scalar gradient_shift() const noexcept { return inverse_.g_shift; }
 
  private:

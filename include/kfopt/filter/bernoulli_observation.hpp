@@ -50,9 +50,12 @@ class BernoulliObservation {
   /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Target = Scalar;  ///< 0 or 1
+  /// Whether z is the natural parameter (logit) or the mean.
   static constexpr ObservationLink link = Link_;
 
+  /// Size k of the model output z: 1.
   Eigen::Index output_dim() const noexcept { return 1; }
+  /// Rows of the Fisher square root B: 1.
   Eigen::Index factor_rows() const noexcept { return 1; }
 
   /// NonFiniteInput for NaN/Inf; InvalidInputError unless y is exactly 0 or 1.
@@ -66,6 +69,7 @@ class BernoulliObservation {
     return Status::Success;
   }
 
+  /// Writes T(y) = y into `T` (1×1).
   void sufficient_statistic(const Target& y, Eigen::Ref<Vector> T) const {
     detail::require_shape("kfopt::BernoulliObservation::sufficient_statistic", "T", T, 1, 1);
     T(0) = y;

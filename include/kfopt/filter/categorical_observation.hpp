@@ -36,6 +36,7 @@ class CategoricalObservation {
   /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Target = Eigen::Index;  ///< class index in [0, K)
+  /// z is the natural parameter (the softmax logits).
   static constexpr ObservationLink link = ObservationLink::Canonical;
 
   /// K ≥ 2 classes (InvalidInputError otherwise).
@@ -47,8 +48,11 @@ class CategoricalObservation {
     }
   }
 
+  /// Number of classes.
   Eigen::Index classes() const noexcept { return classes_; }
+  /// Size k of the model output z (the logits): the number of classes.
   Eigen::Index output_dim() const noexcept { return classes_; }
+  /// Rows of the Fisher square root B: the number of classes.
   Eigen::Index factor_rows() const noexcept { return classes_; }
 
   /// InvalidInputError unless 0 ≤ y < K.
@@ -61,6 +65,7 @@ class CategoricalObservation {
     return Status::Success;
   }
 
+  /// Writes the one-hot vector of class `y` into `T` (classes × 1).
   void sufficient_statistic(const Target& y, Eigen::Ref<Vector> T) const {
     detail::require_shape("kfopt::CategoricalObservation::sufficient_statistic", "T", T,
                           classes_, 1);

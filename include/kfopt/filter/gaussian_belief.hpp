@@ -303,6 +303,7 @@ struct GaussianBelief {
     detail::require_finite("kfopt::GaussianBelief", "mean", m);
   }
 
+  /// Dimension of the belief (size of the mean).
   Eigen::Index dim() const noexcept { return mean.size(); }
 };
 

@@ -32,6 +32,7 @@ class GaussianObservation {
   /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Target = Eigen::Ref<const Vector>;  ///< y (k)
+  /// z is the mean ŷ itself.
   static constexpr ObservationLink link = ObservationLink::Mean;
 
   /// Σ k×k symmetric positive definite (InvalidInputError otherwise).
@@ -50,9 +51,13 @@ class GaussianObservation {
     set_covariance(Matrix::Identity(k, k) * variance);
   }
 
+  /// Size k of the model output z (the mean).
   Eigen::Index output_dim() const noexcept { return covariance_.rows(); }
+  /// Rows of the Fisher square root B: k.
   Eigen::Index factor_rows() const noexcept { return covariance_.rows(); }
+  /// Observation noise covariance (k×k).
   const Matrix& covariance() const noexcept { return covariance_; }
+  /// Its inverse, the observation precision (k×k).
   const Matrix& precision() const noexcept { return precision_; }
 
   /// ShapeError unless y has k entries; NonFiniteInput for NaN/Inf.
@@ -61,6 +66,7 @@ class GaussianObservation {
     return y.allFinite() ? Status::Success : Status::NonFiniteInput;
   }
 
+  /// Writes T(y) = y into `T` (k).
   void sufficient_statistic(const Target& y, Eigen::Ref<Vector> T) const { T = y; }
 
   /// ŷ = μ = z.

@@ -133,6 +133,7 @@ class KroneckerFactoredCovariance {
 
   Eigen::Index input_size() const noexcept { return sx_.rows(); }   ///< N
   Eigen::Index output_size() const noexcept { return sd_.rows(); }  ///< M
+  /// The projection method in use.
   KroneckerProjectionMethod method() const noexcept { return method_; }
   const Matrix& input_factor() const noexcept { return sx_; }   ///< Σx (N×N, SPD)
   const Matrix& output_factor() const noexcept { return sd_; }  ///< Σδ (M×M, SPD)
@@ -312,15 +313,22 @@ class KroneckerFactoredCovariance {
   /// inverses, used by a drift that does not refresh them) and the counters: with the
   /// factors, the complete state (for checkpoints).
   struct Cache {
+    /// Cached trace of the inverse input factor.
     double trace_inv_x = 0.0;
+    /// Cached trace of the inverse output factor.
     double trace_inv_d = 0.0;
+    /// Whether the cached traces are valid.
     bool has_traces = false;
+    /// Count reported by clamped().
     std::int64_t clamped = 0;
+    /// Count reported by fallbacks().
     std::int64_t fallbacks = 0;
   };
+  /// The cached traces and counters (for checkpoints).
   Cache cache() const noexcept {
     return {trace_inv_x_, trace_inv_d_, has_traces_, clamped_, fallbacks_};
   }
+  /// Restores what cache() returned.
   void set_cache(const Cache& c) noexcept {
     trace_inv_x_ = c.trace_inv_x;
     trace_inv_d_ = c.trace_inv_d;

@@ -30,9 +30,12 @@ class PoissonObservation {
   /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Target = Scalar;  ///< a count: a finite non-negative integer value
+  /// Whether z is the natural parameter (log-rate) or the mean.
   static constexpr ObservationLink link = Link_;
 
+  /// Size k of the model output z: 1.
   Eigen::Index output_dim() const noexcept { return 1; }
+  /// Rows of the Fisher square root B: 1.
   Eigen::Index factor_rows() const noexcept { return 1; }
 
   /// NonFiniteInput for NaN/Inf; InvalidInputError unless y is a non-negative integer.
@@ -46,6 +49,7 @@ class PoissonObservation {
     return Status::Success;
   }
 
+  /// Writes T(y) = y into `T` (1×1).
   void sufficient_statistic(const Target& y, Eigen::Ref<Vector> T) const {
     detail::require_shape("kfopt::PoissonObservation::sufficient_statistic", "T", T, 1, 1);
     T(0) = y;

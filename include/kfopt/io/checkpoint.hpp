@@ -86,6 +86,7 @@ class Checkpoint {
     }
     dicts_[name] = std::move(dict);
   }
+  /// Whether a state dict named `name` is stored.
   bool contains(const std::string& name) const { return dicts_.count(name) != 0; }
   /// The dict of this name; CheckpointError naming the file when there is none.
   const StateDict& get(const std::string& name) const {
@@ -95,9 +96,11 @@ class Checkpoint {
     }
     return it->second;
   }
+  /// All stored state dicts, by name.
   const std::map<std::string, StateDict>& dicts() const noexcept { return dicts_; }
   /// The file this checkpoint was read from (empty if built in memory).
   const std::string& path() const noexcept { return path_; }
+  /// Sets the file path reported by path().
   void set_path(std::string path) { path_ = std::move(path); }
 
   /// `target.load_state_dict(get(name), options)` for an optimizer, with errors rethrown as

@@ -196,10 +196,13 @@ class FactorMovingAverage {
     finish();
     return state_.average;
   }
+  /// Whether only the diagonal of the factor is kept.
   bool diagonal() const noexcept { return options_.diagonal; }
   /// The factor's size: input_dim, plus 1 when homogeneous.
   Eigen::Index dimension() const noexcept { return input_dim_ + (options_.homogeneous ? 1 : 0); }
+  /// Size of the inputs (without the homogeneous coordinate).
   Eigen::Index input_dimension() const noexcept { return input_dim_; }
+  /// The options in use.
   const FactorAverageOptions& options() const noexcept { return options_; }
   /// Everything the average carries (the average finished as in value()).
   const State& state() const noexcept {
@@ -273,17 +276,22 @@ class TemporalFactorMovingAverage {
  public:
   /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size boolean matrix.
   using Mask = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>;
 
+  /// Everything the two averages carry between batches (inspect, reset or checkpoint it).
   struct State {
     Matrix average0;                    ///< bias-corrected average of A0
     Matrix average1;                    ///< bias-corrected average of A1 (not symmetric)
     detail::AverageWeight weight;       ///< shared by both averages
+    /// Batches taken.
     std::int64_t updates = 0;
+    /// Batches refused because they held NaN or Inf.
     std::int64_t skipped_nonfinite = 0;
     double last_mean_length = 0.0;      ///< E[T] of the last batch taken
   };
 
+  /// Averages for inputs of size `input_dim`; throws HyperparameterError for bad options.
   TemporalFactorMovingAverage(Eigen::Index input_dim, FactorAverageOptions options = {})
       : options_(options), input_dim_(input_dim) {
     options_.validate();
@@ -316,11 +324,17 @@ class TemporalFactorMovingAverage {
                 [](Eigen::Index, Eigen::Index) { return true; });
   }
 
+  /// Current bias-corrected average A0 (dimension() square).
   const Matrix& a0() const noexcept { return state_.average0; }
+  /// Current bias-corrected average A1 (dimension() square, not symmetric).
   const Matrix& a1() const noexcept { return state_.average1; }
+  /// The factor's size: input_dim, plus 1 when homogeneous.
   Eigen::Index dimension() const noexcept { return input_dim_ + (options_.homogeneous ? 1 : 0); }
+  /// The options in use.
   const FactorAverageOptions& options() const noexcept { return options_; }
+  /// The averages and counters.
   const State& state() const noexcept { return state_; }
+  /// Restores a state; throws ShapeError or InvalidInputError if it does not fit.
   void set_state(const State& state) {
     constexpr const char* op = "kfopt::TemporalFactorMovingAverage::set_state";
     detail::require_shape(op, "average0", state.average0, dimension(), dimension());
@@ -331,6 +345,7 @@ class TemporalFactorMovingAverage {
     }
     state_ = state;
   }
+  /// Forgets all statistics (zero averages, no updates).
   void reset() {
     state_ = State{};
     state_.average0.setZero(dimension(), dimension());

@@ -284,7 +284,9 @@ class DampedCholeskyInverse {
 
   /// Status of the last `compute()`.
   Status info() const noexcept { return last_status_; }
+  /// Whether a factorization has succeeded.
   bool has_result() const noexcept { return has_result_; }
+  /// The damping of the last successful `compute()`.
   Scalar damping() const noexcept { return damping_; }
 
   /// `out = (A + λI)⁻¹ X` (X n×k) by two triangular solves.

@@ -180,6 +180,7 @@ class SymmetricEigenCache {
   /// Whether any decomposition is cached (the last successful one).
   bool has_result() const noexcept { return has_result_; }
 
+  /// Size n of the decomposed matrix.
   Eigen::Index size() const noexcept { return eigenvalues_.size(); }
 
   /// Eigenvalues in ascending order, clipped at 0.

@@ -103,7 +103,9 @@ class SymmetricEigensolver {
   /// not square.
   SymmetricEigensolver& compute(const Eigen::Ref<const Matrix>& A);
 
+  /// Status of the last compute().
   Status info() const noexcept { return info_; }
+  /// Size n of the decomposed matrix.
   Index size() const noexcept { return values_.size(); }
 
   /// Eigenvalues in ascending order (valid when info() == Success).
@@ -113,6 +115,7 @@ class SymmetricEigensolver {
   /// Mutable access for callers that swap the results out (the solver reallocates as
   /// needed on the next compute).
   Vector& eigenvalues_storage() noexcept { return values_; }
+  /// As above, for the eigenvectors.
   Matrix& eigenvectors_storage() noexcept { return vectors_; }
 
   /// Number of Givens rotations the last compute applied (for tests and tuning).

@@ -203,6 +203,7 @@ class WarmStartedDampedInverse {
   /// Status of the last compute(): Success (by either path), NonFiniteInput or
   /// NumericalIssue (the previous inverse is kept).
   Status info() const noexcept { return last_status_; }
+  /// Whether an inverse is available.
   bool has_result() const noexcept { return state_.has_inverse; }
 
   /// The inverse of the last successful refresh. Throws NumericalError if there is none.
@@ -213,6 +214,7 @@ class WarmStartedDampedInverse {
     }
     return state_.inverse;
   }
+  /// The damping of the last successful refresh.
   Scalar damping() const noexcept { return state_.damping; }
 
   /// `out = X G` for the cached inverse X and G n×k (a preconditioned gradient), followed by
@@ -263,7 +265,9 @@ class WarmStartedDampedInverse {
   /// estimated. For an accepted iteration it is at most `tolerance`.
   Scalar last_residual() const noexcept { return last_residual_; }
 
+  /// The options in use.
   const Options& options() const noexcept { return options_; }
+  /// The inverse, its damping and counters.
   const State& state() const noexcept { return state_; }
   /// Replaces the state (e.g. from a checkpoint). Throws ShapeError for a non-square inverse
   /// and InvalidInputError for a non-finite inverse or a negative or non-finite damping; the

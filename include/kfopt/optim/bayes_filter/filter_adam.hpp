@@ -135,6 +135,7 @@ struct FilterAdamOptions {
 template <typename Scalar>
 class FilterAdam {
  public:
+  /// Everything FilterAdam carries between steps (inspect, reset or checkpoint it).
   struct State {
     BlockBuffers<Scalar> momentum;        ///< μ_p per parameter
     BlockBuffers<Scalar> weight_variance; ///< Σ_ww (prior or posterior, see phase)
@@ -142,6 +143,7 @@ class FilterAdam {
     BlockBuffers<Scalar> momentum_variance; ///< Σ_pp
     BlockBuffers<Scalar> gradient_average;  ///< ĝ (FisherEstimate::Centered only)
     double centering_weight = 0.0;          ///< w_t of ĝ's bias correction
+    /// Whether the parameters hold the prior or the posterior mean.
     FilterPhase phase = FilterPhase::Prior;
     StepCounters counters;                  ///< updates taken / refused for NaN/Inf
     /// 2×2 covariances that rounding pushed outside the PSD cone and that were clamped back
@@ -235,7 +237,9 @@ class FilterAdam {
     return s == Status::Success ? predict() : s;
   }
 
+  /// Whether the parameters hold the prior or the posterior mean.
   FilterPhase phase() const noexcept { return state_.phase; }
+  /// The hyperparameters in use.
   const FilterAdamOptions& options() const noexcept { return options_; }
   /// Changes η (drift coupling and decay); validated like the options.
   void set_learning_rate(double eta) {
@@ -246,6 +250,7 @@ class FilterAdam {
     options_ = o;
     drift_ = make_drift(options_);
   }
+  /// The filter state (moments, covariances, phase and counters).
   const State& state() const noexcept { return state_; }
   /// Restores a state, all or nothing. Throws ShapeError for buffers that do not match the
   /// blocks, InvalidInputError (naming the entry) for non-finite entries, negative variances,

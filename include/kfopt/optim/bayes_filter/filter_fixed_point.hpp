@@ -85,14 +85,17 @@ struct FilterFixedPointOptions {
 template <typename Scalar>
 class FilterFixedPoint {
  public:
+  /// Everything FilterFixedPoint carries between steps (inspect, reset or checkpoint it).
   struct State {
     BlockBuffers<Scalar> first_moment;      ///< m
     BlockBuffers<Scalar> second_moment;     ///< v (of e²)
     BlockBuffers<Scalar> gradient_average;  ///< ĝ (FisherEstimate::Centered only)
     double centering_weight = 0.0;          ///< w_t of ĝ's bias correction
+    /// Steps taken and steps refused for NaN/Inf.
     StepCounters counters;
   };
 
+  /// Filters the blocks of `params` (which must outlive this object) with `options`.
   FilterFixedPoint(ParameterSet<Scalar>& params, FilterFixedPointOptions options = {})
       : params_(&params), options_(options) {
     options_.validate();
@@ -110,6 +113,7 @@ class FilterFixedPoint {
   /// One step with a caller-supplied e (FisherEstimate::Supplied).
   Status step(const BlockBuffers<Scalar>& e) { return step_impl(&e); }
 
+  /// The hyperparameters in use.
   const FilterFixedPointOptions& options() const noexcept { return options_; }
   /// Changes η; validated like the options (HyperparameterError, nothing changed).
   void set_learning_rate(double eta) {
@@ -119,6 +123,7 @@ class FilterFixedPoint {
     o.validate();
     options_ = o;
   }
+  /// The filter state.
   const State& state() const noexcept { return state_; }
   /// Restores a state, all or nothing: throws ShapeError or InvalidInputError (naming the
   /// entry) for a non-finite moment, a negative second moment, a centering weight outside

@@ -90,6 +90,7 @@ struct FilterRmsPropOptions {
 template <typename Scalar>
 class FilterRmsProp {
  public:
+  /// Everything FilterRmsProp carries between steps (inspect, reset or checkpoint it).
   struct State {
     /// σ²_prior(t) per parameter in the Prior phase, σ²_post(t) in the Posterior phase.
     BlockBuffers<Scalar> variance;
@@ -173,8 +174,10 @@ class FilterRmsProp {
 
   /// The posterior (Posterior phase) or prior (Prior phase) variance of each parameter.
   const BlockBuffers<Scalar>& variance() const noexcept { return state_.variance; }
+  /// Whether the parameters hold the prior or the posterior mean.
   FilterPhase phase() const noexcept { return state_.phase; }
 
+  /// The hyperparameters in use.
   const FilterRmsPropOptions& options() const noexcept { return options_; }
   /// Changes η (and with it the drift and decay); validated like the options.
   void set_learning_rate(double eta) {
@@ -185,6 +188,7 @@ class FilterRmsProp {
     options_ = o;
     drift_ = ScalarDrift<Scalar>::from(options_.learning_rate, options_.prior_variance);
   }
+  /// The filter state.
   const State& state() const noexcept { return state_; }
   /// Restores a state (e.g. a checkpoint), all or nothing. Throws ShapeError if the
   /// buffers do not match the blocks, InvalidInputError (naming the entry) for a negative

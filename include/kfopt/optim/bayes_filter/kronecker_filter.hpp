@@ -126,8 +126,10 @@ class KroneckerFilter {
   /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
+  /// Everything KroneckerFilter carries between steps, besides the layers' own state.
   struct State {
     StepCounters counters;                 ///< updates taken / refused for NaN/Inf gradients
+    /// Whether the parameters hold the prior or the posterior mean.
     FilterPhase phase = FilterPhase::Prior;
     std::int64_t predictions = 0;          ///< predict() calls (schedules the trace refresh)
     std::int64_t skipped_statistics = 0;   ///< statistics batches refused for NaN/Inf
@@ -136,6 +138,7 @@ class KroneckerFilter {
     std::int64_t projection_fallbacks = 0; ///< exact projections replaced by eq. 32 (all layers)
   };
 
+  /// A filter with no layers yet; throws HyperparameterError for bad options.
   explicit KroneckerFilter(KroneckerFilterOptions options = {}) : options_(options) {
     options_.validate();
   }
@@ -159,6 +162,7 @@ class KroneckerFilter {
     return add_layer(name, W, dW, nullptr, nullptr);
   }
 
+  /// Number of registered layers.
   std::size_t num_layers() const noexcept { return layers_.size(); }
   /// The covariance Σx ⊗ Σδ of a layer (prior or posterior, see phase()).
   const KroneckerFactoredCovariance<Scalar>& covariance(std::size_t id) const {
@@ -295,8 +299,11 @@ class KroneckerFilter {
     return s == Status::Success ? predict() : s;
   }
 
+  /// Whether the parameters hold the prior or the posterior mean.
   FilterPhase phase() const noexcept { return state_.phase; }
+  /// The hyperparameters in use.
   const KroneckerFilterOptions& options() const noexcept { return options_; }
+  /// The filter state (phase and counters).
   const State& state() const noexcept { return state_; }
   /// Changes η (drift and decay); validated like the options.
   void set_learning_rate(double eta) {
@@ -322,9 +329,13 @@ class KroneckerFilter {
   /// One layer's part of the state dict: the factors, their cache and counters, the size of
   /// the last batch, and statistics recorded for an update not yet taken.
   struct LayerState {
+    /// The input and output covariance factors.
     Matrix input_factor, output_factor;
+    /// The covariance's cached traces and counters.
     typename KroneckerFactoredCovariance<Scalar>::Cache cache;
+    /// Size of the last batch.
     std::int64_t last_batch = 0;
+    /// Inputs and gradients recorded for an update not yet taken.
     Matrix recorded_inputs, recorded_gradients;
   };
   /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::KroneckerFilter":

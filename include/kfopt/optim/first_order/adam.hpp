@@ -50,6 +50,7 @@ struct AdamOptions {
     return o;
   }
 
+  /// Throws HyperparameterError if a field is out of its range.
   void validate() const {
     constexpr const char* a = "kfopt::AdamOptions";
     detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
@@ -73,13 +74,16 @@ struct AdamOptions {
 template <typename Scalar>
 class Adam {
  public:
+  /// Everything Adam carries between steps (inspect, reset or checkpoint it).
   struct State {
     BlockBuffers<Scalar> first_moment;   ///< m
     BlockBuffers<Scalar> second_moment;  ///< v
     BlockBuffers<Scalar> max_second_moment;  ///< max of v over steps (amsgrad only)
+    /// Steps taken and steps refused for NaN/Inf.
     StepCounters counters;
   };
 
+  /// Optimizes the blocks of `params` (which must outlive this object) with `options`.
   Adam(ParameterSet<Scalar>& params, AdamOptions options = {})
       : params_(&params), options_(options) {
     options_.validate();
@@ -146,6 +150,7 @@ class Adam {
     return Status::Success;
   }
 
+  /// The hyperparameters in use.
   const AdamOptions& options() const noexcept { return options_; }
   /// Changes η (schedules); validated like the options (HyperparameterError, nothing changed).
   void set_learning_rate(double lr) {
@@ -155,6 +160,7 @@ class Adam {
     o.validate();
     options_ = o;
   }
+  /// The moments and step counters.
   const State& state() const noexcept { return state_; }
   /// Restores a state, all or nothing: throws ShapeError (buffers not shaped like the
   /// blocks) or InvalidInputError (a non-finite moment, a negative second moment, a

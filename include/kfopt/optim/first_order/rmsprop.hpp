@@ -39,6 +39,7 @@ struct RmsPropOptions {
   /// Normalize by the estimated variance instead of the second moment. Default off.
   bool centered = false;
 
+  /// Throws HyperparameterError if a field is out of its range.
   void validate() const {
     constexpr const char* a = "kfopt::RmsPropOptions";
     detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
@@ -56,13 +57,16 @@ struct RmsPropOptions {
 template <typename Scalar>
 class RmsProp {
  public:
+  /// Everything RmsProp carries between steps (inspect, reset or checkpoint it).
   struct State {
     BlockBuffers<Scalar> square_average;    ///< v
     BlockBuffers<Scalar> gradient_average;  ///< ḡ (centered only)
     BlockBuffers<Scalar> momentum;          ///< b (momentum > 0 only)
+    /// Steps taken and steps refused for NaN/Inf.
     StepCounters counters;
   };
 
+  /// Optimizes the blocks of `params` (which must outlive this object) with `options`.
   RmsProp(ParameterSet<Scalar>& params, RmsPropOptions options = {})
       : params_(&params), options_(options) {
     options_.validate();
@@ -124,6 +128,7 @@ class RmsProp {
     return Status::Success;
   }
 
+  /// The hyperparameters in use.
   const RmsPropOptions& options() const noexcept { return options_; }
   /// Changes η (schedules); validated like the options (HyperparameterError, nothing changed).
   void set_learning_rate(double lr) {
@@ -133,6 +138,7 @@ class RmsProp {
     o.validate();
     options_ = o;
   }
+  /// The averages and step counters.
   const State& state() const noexcept { return state_; }
   /// Restores a state, all or nothing: throws ShapeError or InvalidInputError (a
   /// non-finite entry, a negative square average, a negative counter), naming the entry,

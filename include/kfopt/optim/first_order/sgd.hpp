@@ -34,6 +34,7 @@ struct SgdOptions {
   /// Nesterov momentum (needs μ > 0 and τ = 0, as in PyTorch). Default off.
   bool nesterov = false;
 
+  /// Throws HyperparameterError if a field is out of its range.
   void validate() const {
     constexpr const char* a = "kfopt::SgdOptions";
     detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
@@ -51,11 +52,14 @@ struct SgdOptions {
 template <typename Scalar>
 class Sgd {
  public:
+  /// Everything Sgd carries between steps (inspect, reset or checkpoint it).
   struct State {
     BlockBuffers<Scalar> momentum;  ///< b, one buffer per block
+    /// Steps taken and steps refused for NaN/Inf.
     StepCounters counters;
   };
 
+  /// Optimizes the blocks of `params` (which must outlive this object) with `options`.
   Sgd(ParameterSet<Scalar>& params, SgdOptions options = {})
       : params_(&params), options_(options) {
     options_.validate();
@@ -105,6 +109,7 @@ class Sgd {
     return Status::Success;
   }
 
+  /// The hyperparameters in use.
   const SgdOptions& options() const noexcept { return options_; }
   /// Changes the learning rate (schedules); validated like the constructor's.
   void set_learning_rate(double lr) {
@@ -114,6 +119,7 @@ class Sgd {
     o.validate();
     options_ = o;
   }
+  /// The momentum buffers and step counters.
   const State& state() const noexcept { return state_; }
   /// Restores a state, all or nothing: throws ShapeError (buffers not shaped like the
   /// blocks) or InvalidInputError (a non-finite momentum entry, a negative counter), naming

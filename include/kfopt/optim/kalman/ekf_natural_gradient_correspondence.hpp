@@ -51,6 +51,7 @@ class FadingMemoryStepSizes {
                                    "kfopt::FadingMemoryStepSizes", "eta0", eta0, "(0, inf)");
   }
 
+  /// The step size η_t of step `t`.
   Scalar operator()(std::int64_t t) {
     if (t < t_) {
       t_ = 0;
@@ -91,14 +92,18 @@ Scalar fading_from_step_sizes(Scalar eta_previous, Scalar eta) {
 /// Natural-gradient hyperparameters and Fisher initialization J_0 = η_0 P_0⁻¹.
 template <typename Scalar>
 struct NaturalGradientTwin {
+  /// The natural-gradient hyperparameters.
   OnlineNaturalGradientHyperparameters<Scalar> hyperparameters;
+  /// Fisher initialization J_0 (d×d).
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> initial_fisher;
 };
 
 /// EKF hyperparameters and prior covariance P_0 = η_0 J_0⁻¹.
 template <typename Scalar>
 struct ExtendedKalmanFilterTwin {
+  /// The EKF hyperparameters.
   ExtendedKalmanFilterHyperparameters<Scalar> hyperparameters;
+  /// Prior covariance P_0 (d×d).
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> initial_covariance;
 };
 

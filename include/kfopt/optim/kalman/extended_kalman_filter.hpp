@@ -217,6 +217,7 @@ class ExtendedKalmanFilter {
     state_ = std::move(fresh);
   }
 
+  /// The filter state (covariance and counters).
   const State& state() const noexcept { return state_; }
   /// Restores a state (checkpoint), all or nothing. Throws ShapeError / InvalidInputError
   /// naming the entry: a covariance of the wrong shape or form, with NaN/Inf, a negative
@@ -231,8 +232,11 @@ class ExtendedKalmanFilter {
     state_ = std::move(state);
   }
 
+  /// The hyperparameters in use.
   const Hyperparameters& hyperparameters() const noexcept { return hp_; }
+  /// The observation model.
   const Model& model() const noexcept { return io_.model(); }
+  /// Number d of parameters.
   Eigen::Index dim() const noexcept { return io_.dim(); }
   /// Dense P_{t|t} (O(d³) in the information form).
   Matrix covariance() const { return state_.covariance.covariance(); }

@@ -47,6 +47,7 @@ struct JointExtendedKalmanFilterState {
   BeliefCovariance<Scalar> covariance;              ///< 𝒫_{t|t} over (s, θ), (n+d)×(n+d)
   std::int64_t step = 0;                            ///< observations accepted
   std::int64_t skipped = 0;                         ///< steps rejected
+  /// Status of the last step.
   Status last_status = Status::NotComputed;
   Scalar last_loss = Scalar(0);                     ///< loss of the last accepted step
 };
@@ -201,6 +202,7 @@ class JointExtendedKalmanFilter {
     return Status::Success;
   }
 
+  /// The filter state (hidden state, joint covariance and counters).
   const State& state() const noexcept { return state_; }
   /// Restores a state (checkpoint), all or nothing: throws ShapeError / InvalidInputError
   /// naming the entry for a wrong shape or form, NaN/Inf in the hidden state or the
@@ -216,7 +218,9 @@ class JointExtendedKalmanFilter {
     state_ = std::move(state);
   }
 
+  /// The hyperparameters in use.
   const Hyperparameters& hyperparameters() const noexcept { return hp_; }
+  /// The filtered hidden state s_{t|t} (n).
   const Vector& hidden() const noexcept { return state_.hidden; }
   /// 𝒫_{t|t} over (s, θ) (n+d)×(n+d): blocks [[ss, sθ], [θs, θθ]].
   const Matrix& covariance() const noexcept { return state_.covariance.storage(); }
@@ -224,7 +228,9 @@ class JointExtendedKalmanFilter {
   Matrix parameter_covariance() const { return covariance().bottomRightCorner(d_, d_); }
   /// (s, θ) increment of the last accepted step.
   const Vector& last_increment() const noexcept { return updater_.increment(); }
+  /// Size n of the hidden state.
   Eigen::Index state_dim() const noexcept { return n_; }
+  /// Number d of parameters.
   Eigen::Index param_dim() const noexcept { return d_; }
 
 

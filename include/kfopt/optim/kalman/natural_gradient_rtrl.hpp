@@ -45,6 +45,7 @@ struct NaturalGradientRtrlHyperparameters {
   /// equivalence); false gives plain RTRL with a natural-gradient step.
   bool correct_state = true;
 
+  /// Throws HyperparameterError if a field is out of its range.
   void validate() const { natural_gradient.validate(); }
 };
 
@@ -54,6 +55,7 @@ struct NaturalGradientRtrlState {
   RtrlState<Scalar> recurrent;                         ///< s_t and A_t
   OnlineNaturalGradientState<Scalar> natural_gradient; ///< J_t and its counters
   std::int64_t skipped = 0;                            ///< steps rejected (any cause)
+  /// Status of the last step.
   Status last_status = Status::NotComputed;
 };
 
@@ -155,14 +157,21 @@ class NaturalGradientRtrl {
     last_status_ = state.last_status;
   }
 
+  /// The hyperparameters in use.
   const Hyperparameters& hyperparameters() const noexcept { return hp_; }
+  /// The current hidden state s_t (n).
   const Vector& hidden() const noexcept { return rtrl_.hidden(); }
+  /// The current tangent A_t = ∂s_t/∂θ (n×d).
   const Matrix& tangent() const noexcept { return rtrl_.tangent(); }
+  /// The RTRL part.
   const Rtrl<RecurrentModel>& rtrl() const noexcept { return rtrl_; }
+  /// The natural-gradient part.
   const OnlineNaturalGradient<ObservationModel>& natural_gradient() const noexcept { return ng_; }
   /// Output z_t of the last step (at s_{t|t−1}, θ_{t−1}) and its RTRL Jacobian H_t.
   const Vector& last_output() const noexcept { return z_; }
+  /// The Jacobian of the last step.
   const Matrix& last_jacobian() const noexcept { return H_; }
+  /// Steps rejected (any cause).
   std::int64_t skipped() const noexcept { return skipped_; }
 
 

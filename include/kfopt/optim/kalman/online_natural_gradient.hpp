@@ -216,6 +216,7 @@ class OnlineNaturalGradient {
     state_ = std::move(fresh);
   }
 
+  /// The state (Fisher estimate and counters).
   const State& state() const noexcept { return state_; }
   /// Restores a state (checkpoint), all or nothing: throws ShapeError / InvalidInputError
   /// naming the entry, as ExtendedKalmanFilter::set_state does for its covariance (here J_t⁻¹
@@ -243,8 +244,11 @@ class OnlineNaturalGradient {
     }
   }
 
+  /// The hyperparameters in use.
   const Hyperparameters& hyperparameters() const noexcept { return hp_; }
+  /// The observation model.
   const Model& model() const noexcept { return io_.model(); }
+  /// Number d of parameters.
   Eigen::Index dim() const noexcept { return io_.dim(); }
   /// Dense J_t (O(d³): an inversion in the covariance forms, L Lᵀ in the information form).
   Matrix fisher() const { return state_.fisher.precision(); }

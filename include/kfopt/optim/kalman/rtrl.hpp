@@ -152,6 +152,7 @@ class Rtrl {
     return status;
   }
 
+  /// The hidden state and tangent.
   const State& state() const noexcept { return state_; }
   /// Restores a state (checkpoint), all or nothing; throws ShapeError on a shape mismatch,
   /// InvalidInputError for NaN/Inf in the hidden state or the tangent.
@@ -169,10 +170,15 @@ class Rtrl {
     detail::require_finite(op, "hidden", state.hidden);
     detail::require_finite(op, "tangent", state.tangent);
   }
+  /// The current hidden state s_t (n).
   const Vector& hidden() const noexcept { return state_.hidden; }
+  /// The current tangent A_t = ∂s_t/∂θ (n×d).
   const Matrix& tangent() const noexcept { return state_.tangent; }
+  /// The candidate s_t of the last propagate(), not yet committed (n).
   const Vector& pending_hidden() const noexcept { return s_new_; }
+  /// The candidate A_t of the last propagate(), not yet committed (n×d).
   const Matrix& pending_tangent() const noexcept { return A_new_; }
+  /// The recurrent model.
   const RecurrentModel& model() const noexcept { return model_; }
 
 

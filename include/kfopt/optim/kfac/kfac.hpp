@@ -94,6 +94,7 @@ struct KfacOptions {
   /// Default 5.
   int damping_adaptation_period = 5;
 
+  /// Throws HyperparameterError if a field is out of its range.
   void validate() const {
     constexpr const char* a = "kfopt::KfacOptions";
     detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
@@ -157,6 +158,7 @@ class Kfac {
     std::int64_t loss_reports = 0;        ///< report_loss calls that formed a ratio
   };
 
+  /// An optimizer with no layers yet; throws HyperparameterError for bad options.
   explicit Kfac(KfacOptions options = {}) : options_(options) {
     options_.validate();
     state_.damping = options_.damping;
@@ -165,8 +167,11 @@ class Kfac {
   /// Copies the layers' blocks (the registered storage is shared, as before: the copy
   /// updates the same parameters).
   Kfac(const Kfac& other);
+  /// As above, by assignment.
   Kfac& operator=(const Kfac& other);
+  /// Moves the layers and state.
   Kfac(Kfac&&) = default;
+  /// As above, by assignment.
   Kfac& operator=(Kfac&&) = default;
   ~Kfac() = default;
 
@@ -208,6 +213,7 @@ class Kfac {
     return add_recurrent(name, W, dW, nullptr, nullptr, layer);
   }
 
+  /// Number of registered layers.
   std::size_t num_layers() const noexcept { return layers_.size(); }
   /// The Fisher block of a dense layer (InvalidInputError for a recurrent one).
   const KroneckerBlock<Scalar>& block(std::size_t id) const {
@@ -270,8 +276,11 @@ class Kfac {
     return rho;
   }
 
+  /// The hyperparameters in use.
   const KfacOptions& options() const noexcept { return options_; }
+  /// The optimizer state (damping, counters and diagnostics of the last step).
   const State& state() const noexcept { return state_; }
+  /// The current damping λ.
   double damping() const noexcept { return state_.damping; }
   /// Sets λ directly (e.g. a schedule); must be within [min_damping, max_damping].
   void set_damping(double lambda) {
@@ -281,6 +290,7 @@ class Kfac {
                                    "[min_damping, max_damping], > 0");
     state_.damping = lambda;
   }
+  /// Sets the learning rate; throws HyperparameterError if it is out of range.
   void set_learning_rate(double lr) {
     KfacOptions o = options_;
     o.learning_rate = lr;
