@@ -337,6 +337,10 @@ class KroneckerFilter {
     std::int64_t last_batch = 0;
     /// Inputs and gradients recorded for an update not yet taken.
     Matrix recorded_inputs, recorded_gradients;
+    /// \var output_factor
+    /// See input_factor.
+    /// \var recorded_gradients
+    /// See recorded_inputs.
   };
   /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::KroneckerFilter":
   /// per layer "<layer>/input_factor" (Σx), "<layer>/output_factor" (Σδ),

@@ -88,9 +88,12 @@ class JointExtendedKalmanFilter {
     return out;
   }
 
+  /// \param recurrent           the recurrent model (held by value)
+  /// \param observation         the observation model (held by value)
   /// \param initial_state       s_0 (n)
   /// \param initial_covariance  𝒫_0 ((n+d)×(n+d), symmetric positive semi-definite — the
   ///                            degenerate form is singular)
+  /// \param hyperparameters     validated here (HyperparameterError)
   JointExtendedKalmanFilter(RecurrentModel recurrent, ObservationModel observation,
                             const Eigen::Ref<const Vector>& initial_state,
                             const Eigen::Ref<const Matrix>& initial_covariance,

@@ -77,9 +77,12 @@ class NaturalGradientRtrl {
   /// The state struct of this class.
   using State = NaturalGradientRtrlState<Scalar>;
 
+  /// \param recurrent        the recurrent model (held by value)
+  /// \param observation      the observation model (held by value)
   /// \param initial_state    s_0 (n)
   /// \param initial_fisher   J_0 (d×d SPD)
   /// \param initial_tangent  A_0 (n×d); empty means zero
+  /// \param hyperparameters  validated here (HyperparameterError)
   /// Throws ShapeError if the recurrent model's output size differs from the observation
   /// model's, InvalidInputError / HyperparameterError as the parts do.
   NaturalGradientRtrl(RecurrentModel recurrent, ObservationModel observation,

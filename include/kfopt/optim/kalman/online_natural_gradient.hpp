@@ -148,6 +148,7 @@ class OnlineNaturalGradient {
   /// \param model           the observation model (held by value)
   /// \param initial_fisher  J_0 (d×d symmetric positive definite): the Fisher
   ///                        initialization, i.e. the prior precision up to η_0
+  /// \param hyperparameters validated here (HyperparameterError)
   /// Throws InvalidInputError if J_0 is not SPD, HyperparameterError for bad
   /// hyperparameters. Cost O(d³) once.
   OnlineNaturalGradient(Model model, const Eigen::Ref<const Matrix>& initial_fisher,

@@ -47,6 +47,7 @@ class Rtrl {
   /// The state struct of this class.
   using State = RtrlState<Scalar>;
 
+  /// \param model            the recurrent model (held by value)
   /// \param initial_state    s_0 (n), finite
   /// \param initial_tangent  A_0 (n×d); empty means zero (s_0 does not depend on θ)
   Rtrl(RecurrentModel model, const Eigen::Ref<const Vector>& initial_state,
