@@ -67,8 +67,8 @@ inline WorkAssignment assign_greedy(const std::vector<double>& costs, int ranks)
   }
   for (std::size_t i = 0; i < costs.size(); ++i) {
     if (!std::isfinite(costs[i]) || costs[i] < 0.0) {
-      throw InvalidInputError(std::string(op) + ": cost of task " + std::to_string(i) +
-                              " is " + std::to_string(costs[i]) + ", must be finite and >= 0");
+      throw InvalidInputError(std::string(op) + ": costs[" + std::to_string(i) + "]" +
+                              " = " + std::to_string(costs[i]) + ", must be finite and >= 0");
     }
   }
   std::vector<std::size_t> order(costs.size());
