@@ -10,7 +10,10 @@
 //   - afterwards, a step on good input succeeds and stays finite (normal training).
 // It prints a summary (trials, refused, errors, accepted, silent non-finite) per optimizer.
 //
-// Adding an optimizer (K-FAC's blocks, for instance) is one Fixture subclass — what to step,
+// K-FAC runs as two fixtures per configuration, one per operation that can refuse:
+// record_statistics (bad a or g) and step (bad gradients or storage, on good statistics).
+//
+// Adding an optimizer is one Fixture subclass — what to step,
 // where inputs can be injected, how to snapshot its state, which restores and
 // hyperparameters to corrupt — and one line in `registry()`.
 #include <catch2/catch.hpp>
@@ -27,6 +30,7 @@
 #include <kfopt/optim/kalman/joint_extended_kalman_filter.hpp>
 #include <kfopt/optim/kalman/natural_gradient_rtrl.hpp>
 #include <kfopt/optim/kalman/online_natural_gradient.hpp>
+#include <kfopt/optim/kfac/kfac.hpp>
 
 #include <cstring>
 #include <functional>
@@ -379,6 +383,185 @@ std::unique_ptr<Fixture> ngrtrl_fixture(kfopt::KalmanForm form) {
       Opt(cell, Gauss<Scalar>(1, Scalar(0.1)), Vec<Scalar>::Zero(2), Mat<Scalar>::Identity(d, d), hp), d));
 }
 
+// ---------------------------------------------------------------- K-FAC
+
+// What a K-FAC fixture exercises: the statistics update or the step.
+enum class KfacPart { Statistics, Step };
+
+// One dense layer (W 2×3, b 2) or one recurrent layer (mixed lengths), K-FAC with momentum,
+// weight decay and KL clipping. Statistics: step() records a batch (sites a, g). Step:
+// good_inputs() records good statistics, step() takes the step (sites: gradients, storage).
+// The inverse period is long, so a trial never refreshes the spectra.
+template <typename Scalar>
+class KfacFixture : public Fixture {
+ public:
+  KfacFixture(KfacPart part, kfopt::KfacOptions o, bool recurrent, bool bias,
+              kfopt::DenseLayerOptions dense = {}, kfopt::RecurrentLayerOptions rec = {})
+      : part_(part), recurrent_(recurrent), kfac_(tuned(o)) {
+    if (recurrent_) {
+      id_ = bias ? kfac_.add_recurrent_layer("rnn", W_, dW_, b_, db_, rec)
+                 : kfac_.add_recurrent_layer("rnn", W_, dW_, rec);
+    } else {
+      id_ = bias ? kfac_.add_dense_layer("fc", W_, dW_, b_, db_, dense)
+                 : kfac_.add_dense_layer("fc", W_, dW_, dense);
+    }
+    bias_ = bias;
+  }
+  void good_inputs() override {
+    dW_ = Mat<Scalar>::Constant(2, 3, Scalar(0.02));
+    dW_(1, 2) = Scalar(-0.05);
+    db_ = Vec<Scalar>::Constant(2, Scalar(-0.01));
+    a_ = Mat<Scalar>::Constant(6, 3, Scalar(0.5));
+    a_(1, 1) = Scalar(-0.25);
+    a_(4, 0) = Scalar(0.75);
+    g_ = Mat<Scalar>::Constant(6, 2, Scalar(0.1));
+    g_(2, 0) = Scalar(0.3);
+    g_(5, 1) = Scalar(-0.2);
+    if (part_ == KfacPart::Step) record();
+  }
+  kfopt::Status step() override { return part_ == KfacPart::Statistics ? record() : kfac_.step(); }
+  std::vector<Site> sites() override {
+    if (part_ == KfacPart::Statistics) return {site("statistics a", a_), site("statistics g", g_)};
+    std::vector<Site> out{site("gradient W", dW_), site("storage W", W_)};
+    if (bias_) {
+      out.push_back(site("gradient b", db_));
+      out.push_back(site("storage b", b_));
+    }
+    return out;
+  }
+  std::string snapshot() override { return bytes().str(); }
+  bool finite() override { return bytes().finite(); }
+  std::vector<Misuse> misuses() override {
+    std::vector<Misuse> out;
+    for (double lr : {inf(), nan(), -1.0}) {
+      out.push_back({"set_learning_rate(" + std::to_string(lr) + ")", [this, lr] { kfac_.set_learning_rate(lr); }});
+    }
+    for (double d : {inf(), nan(), 0.0, 1e9}) {
+      out.push_back({"set_damping(" + std::to_string(d) + ")", [this, d] { kfac_.set_damping(d); }});
+    }
+    out.push_back({"statistics of the wrong width", [this] {
+                     if (recurrent_) {
+                       kfac_.record_sequence_statistics(id_, Mat<Scalar>::Ones(6, 4), g_, lengths());
+                     } else {
+                       kfac_.record_statistics(id_, Mat<Scalar>::Ones(6, 4), g_);
+                     }
+                   }});
+    out.push_back({"zero-size statistics batch", [this] {
+                     if (recurrent_) {
+                       kfac_.record_sequence_statistics(id_, Mat<Scalar>(0, 3), Mat<Scalar>(0, 2), Eigen::VectorXi(0));
+                     } else {
+                       kfac_.record_statistics(id_, Mat<Scalar>(0, 3), Mat<Scalar>(0, 2));
+                     }
+                   }});
+    out.push_back({"unknown layer id", [this] { kfac_.record_statistics(9, a_, g_); }});
+    out.push_back({"gradient resized", [this] {
+                     Mat<Scalar> saved = dW_;
+                     dW_.resize(1, 1);
+                     try {
+                       kfac_.step();
+                     } catch (...) {
+                       dW_ = saved;
+                       throw;
+                     }
+                     dW_ = saved;
+                   }});
+    if (recurrent_) {
+      out.push_back({"every step masked", [this] {
+                       kfac_.record_sequence_statistics(id_, a_, g_, Eigen::VectorXi::Zero(3));
+                     }});
+      out.push_back({"a length beyond the batch", [this] {
+                       Eigen::VectorXi l = lengths();
+                       l(1) = 5;
+                       kfac_.record_sequence_statistics(id_, a_, g_, l);
+                     }});
+    }
+    out.push_back({"zero-size layer", [] {
+                     Mat<Scalar> W(0, 3), dW(0, 3);
+                     kfopt::Kfac<Scalar> k;
+                     k.add_dense_layer("empty", W, dW);
+                   }});
+    return out;
+  }
+
+ private:
+  static kfopt::KfacOptions tuned(kfopt::KfacOptions o) {
+    o.inverse_period = 1000;
+    return o;
+  }
+  // Three sequences of two steps, time-major (row t·3 + i); lengths 2, 1, 2.
+  static Eigen::VectorXi lengths() { return (Eigen::VectorXi(3) << 2, 1, 2).finished(); }
+  kfopt::Status record() {
+    if (recurrent_) return kfac_.record_sequence_statistics(id_, a_, g_, lengths());
+    return kfac_.record_statistics(id_, a_, g_);
+  }
+  Bytes bytes() {
+    Bytes s;
+    s.add(W_).add(b_);
+    if (recurrent_) {
+      const auto& blk = kfac_.recurrent_block(id_);
+      s.add(blk.a0()).add(blk.a1()).add(blk.g0()).add(blk.g1());
+    } else {
+      s.add(kfac_.block(id_).input_factor()).add(kfac_.block(id_).gradient_factor());
+    }
+    s.add(kfac_.state().counters.steps).add_real(kfac_.state().damping);
+    return s;
+  }
+
+  KfacPart part_;
+  bool recurrent_;
+  bool bias_ = true;
+  Mat<Scalar> W_ = Mat<Scalar>::Constant(2, 3, Scalar(0.1));
+  Mat<Scalar> dW_ = Mat<Scalar>::Zero(2, 3);
+  Vec<Scalar> b_ = Vec<Scalar>::Zero(2);
+  Vec<Scalar> db_ = Vec<Scalar>::Zero(2);
+  Mat<Scalar> a_, g_;
+  kfopt::Kfac<Scalar> kfac_;
+  std::size_t id_ = 0;
+};
+
+template <typename Scalar>
+void add_kfac_entries(std::vector<Entry>& r) {
+  kfopt::KfacOptions base;
+  base.learning_rate = 0.1;
+  base.weight_decay = 1e-3;
+  base.kl_clip = 1e-2;
+  kfopt::KfacOptions chol = base;
+  chol.inverse_method = kfopt::InverseMethod::Cholesky;
+  kfopt::KfacOptions exact = base;
+  exact.damping_style = kfopt::DampingStyle::Exact;
+  kfopt::DenseLayerOptions diagonal;
+  diagonal.input_factor = kfopt::FactorStructure::Diagonal;
+  diagonal.gradient_factor = kfopt::FactorStructure::Diagonal;
+  kfopt::RecurrentLayerOptions independent, option1, option2;
+  independent.approximation = kfopt::RecurrentApproximation::Independent;
+  option1.approximation = kfopt::RecurrentApproximation::Option1;
+  option2.approximation = kfopt::RecurrentApproximation::Option2;
+  struct Config {
+    std::string name;
+    kfopt::KfacOptions o;
+    bool recurrent, bias;
+    kfopt::DenseLayerOptions dense;
+    kfopt::RecurrentLayerOptions rec;
+  };
+  const std::vector<Config> configs = {
+      {"Kfac(dense)", base, false, true, {}, {}},
+      {"Kfac(dense, Cholesky)", chol, false, true, {}, {}},
+      {"Kfac(dense, exact damping)", exact, false, true, {}, {}},
+      {"Kfac(diagonal factors, no bias)", base, false, false, diagonal, {}},
+      {"Kfac(recurrent, Independent)", base, true, true, {}, independent},
+      {"Kfac(recurrent, Option 1)", base, true, true, {}, option1},
+      {"Kfac(recurrent, Option 2, no bias)", base, true, false, {}, option2},
+  };
+  for (const Config& c : configs) {
+    for (KfacPart part : {KfacPart::Statistics, KfacPart::Step}) {
+      r.push_back({c.name + (part == KfacPart::Statistics ? " record_statistics" : " step"), [c, part] {
+                     return std::unique_ptr<Fixture>(
+                         new KfacFixture<Scalar>(part, c.o, c.recurrent, c.bias, c.dense, c.rec));
+                   }});
+    }
+  }
+}
+
 // ---------------------------------------------------------------- hyperparameter table
 
 template <typename Scalar>
@@ -411,6 +594,15 @@ std::vector<Misuse> bad_hyperparameters() {
     add("FilterAdamOptions.learning_rate" + s, [v] { kfopt::FilterAdamOptions o; o.learning_rate = v; o.validate(); });
     add("FilterAdamOptions.weight_noise" + s, [v] { kfopt::FilterAdamOptions o; o.weight_noise = v; o.validate(); });
     add("KroneckerFilterOptions.learning_rate" + s, [v] { kfopt::KroneckerFilterOptions o; o.learning_rate = v; o.validate(); });
+    add("KfacOptions.weight_decay" + s, [v] { kfopt::KfacOptions o; o.weight_decay = v; o.validate(); });
+    add("KfacOptions.kl_clip" + s, [v] { kfopt::KfacOptions o; o.kl_clip = v; o.validate(); });
+    add("KfacOptions.max_damping" + s, [v] { kfopt::KfacOptions o; o.max_damping = v; o.validate(); });
+  }
+  for (double v : {inf(), -inf(), nan(), 0.0, -1.0}) {
+    const std::string s = "(" + std::to_string(v) + ")";
+    add("KfacOptions.learning_rate" + s, [v] { kfopt::KfacOptions o; o.learning_rate = v; o.validate(); });
+    add("KfacOptions.damping" + s, [v] { kfopt::KfacOptions o; o.damping = v; o.validate(); });
+    add("KfacOptions.decay" + s, [v] { kfopt::KfacOptions o; o.decay = v; o.validate(); });
   }
   for (double v : {1.0, 1.5, nan(), -0.1}) {
     const std::string s = "(" + std::to_string(v) + ")";
@@ -519,6 +711,7 @@ std::vector<Entry> registry() {
                  o.projection = kfopt::KroneckerProjectionMethod::Exact;
                  return std::unique_ptr<Fixture>(new KroneckerFilterFixture<S>(o));
                }});
+  add_kfac_entries<S>(r);
   r.push_back({"ExtendedKalmanFilter(covariance)", [] { return ekf_fixture<S>(KalmanForm::Covariance, false); }});
   r.push_back({"ExtendedKalmanFilter(joseph)", [] { return ekf_fixture<S>(KalmanForm::Joseph, false); }});
   r.push_back({"ExtendedKalmanFilter(information)", [] { return ekf_fixture<S>(KalmanForm::Information, false); }});

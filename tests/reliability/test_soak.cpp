@@ -1,5 +1,6 @@
-// Soak: long runs of FilterAdam (a two-layer regression model) and of the extended Kalman
-// filter (linear-Gaussian observations) with bad batches injected periodically — NaN and
+// Soak: long runs of K-FAC (a small tanh MLP), FilterAdam (a two-layer regression model) and
+// of the extended Kalman filter (linear-Gaussian observations) with bad batches injected
+// periodically (into gradients, and for K-FAC also into the recorded statistics) — NaN and
 // ±Inf gradients / observations, gradients at max() and 1e300 (1e30 in float) — asserting that
 // every bad batch is refused or stays finite, that parameters and state stay finite
 // throughout, and that training still converges. The ctest runs KFOPT_SOAK_STEPS steps
@@ -12,6 +13,7 @@
 #include <kfopt/filter/observation_models.hpp>
 #include <kfopt/optim/bayes_filter/filter_adam.hpp>
 #include <kfopt/optim/kalman/extended_kalman_filter.hpp>
+#include <kfopt/optim/kfac/kfac.hpp>
 
 #include <cmath>
 #include <cstdlib>
@@ -123,6 +125,113 @@ TEMPLATE_TEST_CASE("soak: FilterAdam with periodic bad batches stays finite and 
   CHECK(opt.state().counters.skipped_nonfinite == refused);
   CHECK(refused >= nonfinite_injected);  // NaN/Inf batches are always refused
   CHECK(last_loss < 0.05 * first_loss);
+}
+
+TEMPLATE_TEST_CASE("soak: K-FAC on a small MLP with periodic bad batches stays finite and converges",
+                   "[reliability][soak]", float, double) {
+  using S = TestType;
+  using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+  using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+  const long steps = soak_steps();
+  std::mt19937 rng(23);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  auto gaussian = [&](Eigen::Index r, Eigen::Index c, double sd) {
+    Mat m(r, c);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = S(sd * normal(rng));
+    return m;
+  };
+  // Teacher and student: y = W2 tanh(W1 x + b1) + b2, 6 → 8 → 3, squared loss (unit-variance
+  // Gaussian likelihood, so a target sampled from the model is f(x) + ε and its output
+  // gradient is −ε: the statistics use those, the step uses the training targets').
+  const Eigen::Index in = 6, hidden = 8, out = 3, batch = 32;
+  const Mat T1 = gaussian(hidden, in, 0.6), T2 = gaussian(out, hidden, 0.6);
+  Mat W1 = gaussian(hidden, in, 0.3), dW1 = Mat::Zero(hidden, in);
+  Mat W2 = gaussian(out, hidden, 0.3), dW2 = Mat::Zero(out, hidden);
+  Vec b1 = Vec::Zero(hidden), db1 = Vec::Zero(hidden), b2 = Vec::Zero(out), db2 = Vec::Zero(out);
+  kfopt::KfacOptions o;
+  o.learning_rate = 0.1;
+  o.momentum = 0.9;
+  o.damping = 1e-2;
+  o.kl_clip = 1e-2;
+  o.inverse_period = 10;
+  kfopt::Kfac<S> kfac(o);
+  const std::size_t l1 = kfac.add_dense_layer("fc1", W1, dW1, b1, db1);
+  const std::size_t l2 = kfac.add_dense_layer("fc2", W2, dW2, b2, db2);
+  long injected = 0, nonfinite_injected = 0, refused = 0, accepted_bad = 0, refused_statistics = 0;
+  double first_loss = 0, recent_loss = 0;
+  long recent = 0;
+  for (long t = 0; t < steps; ++t) {
+    const Mat X = gaussian(in, batch, 1.0);  // columns are examples
+    const Mat Y = T2 * (T1 * X).array().tanh().matrix();
+    const Mat H = ((W1 * X).colwise() + b1).array().tanh().matrix();
+    const Mat F = (W2 * H).colwise() + b2;
+    const Mat E = F - Y;  // ∂loss/∂F per example (loss ½‖F − Y‖² averaged over the batch)
+    const double loss = static_cast<double>(E.squaredNorm()) / (2.0 * batch);
+    if (t == 0) first_loss = loss;
+    if (t >= steps - 200) {
+      recent_loss += loss;
+      ++recent;
+    }
+    const Mat back = ((W2.transpose() * E).array() * (1 - H.array().square())).matrix();
+    dW2 = E * H.transpose() / S(batch);
+    db2 = E.rowwise().sum() / S(batch);
+    dW1 = back * X.transpose() / S(batch);
+    db1 = back.rowwise().sum() / S(batch);
+    const int kind = bad_kind(t);
+    if (kfac.wants_statistics()) {
+      // Rows are examples: a is batch × in, g is batch × out (one example's gradient per row).
+      const Mat g2 = -gaussian(out, batch, 1.0);
+      const Mat g1 = ((W2.transpose() * g2).array() * (1 - H.array().square())).matrix();
+      Mat a1 = X.transpose(), a2 = H.transpose();
+      Mat s1 = g1.transpose(), s2 = g2.transpose();
+      const int stat_kind = bad_kind(t + 500);
+      if (stat_kind != 0 && t > 0) inject<S>(stat_kind, stat_kind % 2 ? a1 : s2);
+      const kfopt::Status r1 = kfac.record_statistics(l1, a1, s1);
+      const kfopt::Status r2 = kfac.record_statistics(l2, a2, s2);
+      if (r1 != kfopt::Status::Success || r2 != kfopt::Status::Success) {
+        ++refused_statistics;
+        REQUIRE(stat_kind != 0);
+      }
+    }
+    if (kind != 0) {
+      ++injected;
+      if (kind == 1 || kind == 2 || kind == 5) ++nonfinite_injected;
+      if (kind % 2) {
+        inject<S>(kind, dW1);
+      } else {
+        Mat g = db2;
+        inject<S>(kind, g);
+        db2 = g;
+      }
+    }
+    const kfopt::Status s = kfac.step();
+    if (s != kfopt::Status::Success) {
+      ++refused;
+      REQUIRE(kind != 0);
+    } else if (kind != 0) {
+      ++accepted_bad;
+    }
+    if (t % 256 == 0 || kind != 0) {
+      REQUIRE(W1.allFinite());
+      REQUIRE(W2.allFinite());
+      REQUIRE(b1.allFinite());
+      REQUIRE(b2.allFinite());
+      for (std::size_t id : {l1, l2}) {
+        REQUIRE(kfac.block(id).input_factor().allFinite());
+        REQUIRE(kfac.block(id).gradient_factor().allFinite());
+      }
+    }
+  }
+  recent_loss /= static_cast<double>(recent);
+  std::cout << "soak Kfac<" << (sizeof(S) == 4 ? "float" : "double") << ">: " << steps
+            << " steps, " << injected << " bad gradient batches, " << refused << " refused, "
+            << accepted_bad << " accepted finite (clipped), " << refused_statistics
+            << " bad statistics batches refused, loss " << first_loss << " -> " << recent_loss
+            << " (mean of the last " << recent << ")\n";
+  CHECK(kfac.state().counters.skipped_nonfinite == refused);
+  CHECK(refused >= nonfinite_injected);
+  CHECK(kfac.state().skipped_statistics == refused_statistics);
+  CHECK(recent_loss < 0.1 * first_loss);
 }
 
 TEMPLATE_TEST_CASE("soak: the extended Kalman filter with periodic bad observations stays finite",

@@ -108,13 +108,14 @@ class KroneckerBlock {
 
   /// Takes one batch of layer inputs `a` (k × in) and per-example pre-activation gradients
   /// `g` (k × out; from model-sampled targets for the true Fisher). Both or neither: a
-  /// non-finite entry in either returns NonFiniteInput with both factors unchanged. Shape
-  /// mismatches throw ShapeError naming the layer and both shapes.
+  /// non-finite entry in either returns NonFiniteInput, a batch whose contribution would
+  /// overflow a factor (FactorMovingAverage::admit) returns Overflow, with both factors
+  /// unchanged. Shape mismatches throw ShapeError naming the layer and both shapes.
   Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g);
 
   /// Whether any statistics have been taken.
-  bool has_statistics() const noexcept { return a_.state().updates > 0; }
-  /// Batches refused because they held NaN or Inf.
+  bool has_statistics() const noexcept { return a_.updates() > 0; }
+  /// Batches refused because they held NaN or Inf or would have overflowed a factor.
   std::int64_t skipped_statistics() const noexcept { return skipped_statistics_; }
 
   /// Recomputes both factors' spectra from the current averages (the amortized
@@ -243,11 +244,15 @@ Status KroneckerBlock<Scalar>::update_statistics(const Eigen::Ref<const Matrix>&
                      " but the layer needs k×" + std::to_string(in_) + " and k×" +
                      std::to_string(out_) + " with the same k > 0");
   }
-  if (!a.allFinite() || !g.allFinite()) {
+  // Both or neither: a NaN/Inf entry, or a contribution that would overflow A or G (one
+  // entry of 1e300 in double, whose square does), refuses the batch whole.
+  Status admitted = a_.admit(a);
+  if (admitted == Status::Success) admitted = g_.admit(g);
+  if (admitted != Status::Success) {
     ++skipped_statistics_;
-    return Status::NonFiniteInput;
+    return admitted;
   }
-  a_.update(a);  // both finite: neither can fail now
+  a_.update(a);  // both admitted: neither can fail now
   g_.update(g);
   return Status::Success;
 }

@@ -224,7 +224,8 @@ class RecurrentKroneckerBlock {
   /// rows may hold anything, NaN included). Throws ShapeError (shapes, m = 0, an empty
   /// batch) or InvalidInputError (a length outside [0, T_max], every step masked) before
   /// anything changes; returns NonFiniteInput (counted, nothing changes) for NaN/Inf in a
-  /// real step of a or g.
+  /// real step of a or g, and Overflow (counted, nothing changes) for a batch whose
+  /// contribution would overflow A or G (TemporalFactorMovingAverage::admit).
   Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
                            const Eigen::Ref<const Eigen::VectorXi>& lengths);
 
@@ -446,32 +447,34 @@ class RecurrentKroneckerBlock {
     return a.rows() / m;
   }
 
-  /// Counts real steps, checks their finiteness in both a and g, then commits.
-  template <typename Valid, typename Commit>
-  Status take(const std::string& op, const Eigen::Ref<const Matrix>& a,
-              const Eigen::Ref<const Matrix>& g, Eigen::Index m, Eigen::Index t_max, Valid valid,
-              Commit commit) {
+  /// Counts real steps, admits the batch into both averages (NaN/Inf in a real step of a or
+  /// g, or a contribution that would overflow A or G: refused whole, nothing changes), then
+  /// commits.
+  template <typename Valid, typename Admit, typename Commit>
+  Status take(const std::string& op, Eigen::Index m, Eigen::Index t_max, Valid valid,
+              Admit admit, Commit commit) {
     Eigen::Index real = 0;
-    bool finite = true;
     for (Eigen::Index t = 0; t < t_max; ++t) {
-      for (Eigen::Index i = 0; i < m; ++i) {
-        if (!valid(t, i)) continue;
-        ++real;
-        const Eigen::Index r = t * m + i;
-        if (finite && (!a.row(r).allFinite() || !g.row(r).allFinite())) finite = false;
-      }
+      for (Eigen::Index i = 0; i < m; ++i) real += valid(t, i) ? 1 : 0;
     }
     if (real == 0) {
       throw InvalidInputError(op + ": every step of the " + std::to_string(m) +
                               " sequences is masked (no data)");
     }
-    if (!finite) {
+    const Status admitted = admit();
+    if (admitted != Status::Success) {
       ++skipped_statistics_;
-      return Status::NonFiniteInput;
+      return admitted;
     }
-    commit();  // shapes, lengths and finiteness are checked: neither update can fail now
+    commit();  // shapes, lengths and both admissions are checked: neither update can fail now
     lengths_.update(batch_lengths_);
     return Status::Success;
+  }
+
+  /// The status of the first of two admissions that fails (Success if both pass).
+  template <typename Second>
+  static Status both(Status first, Second second) {
+    return first != Status::Success ? first : second();
   }
 
   bool matches(const Prepared& p, Mode mode, const BlockDamping<Scalar>& d) const {
@@ -801,7 +804,8 @@ Status RecurrentKroneckerBlock<Scalar>::update_statistics(const Eigen::Ref<const
     }
   }
   batch_lengths_ = lengths;
-  return take(op, a, g, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); },
+  return take(op, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); },
+              [&] { return both(a_.admit(a, lengths), [&] { return g_.admit(g, lengths); }); },
               [&] {
                 a_.update(a, lengths);
                 g_.update(g, lengths);
@@ -823,7 +827,8 @@ Status RecurrentKroneckerBlock<Scalar>::update_statistics(const Eigen::Ref<const
   for (Eigen::Index i = 0; i < m; ++i) {
     batch_lengths_(i) = static_cast<int>(mask.col(i).count());
   }
-  return take(op, a, g, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); },
+  return take(op, m, t_max, [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); },
+              [&] { return both(a_.admit(a, mask), [&] { return g_.admit(g, mask); }); },
               [&] {
                 a_.update(a, mask);
                 g_.update(g, mask);
@@ -837,7 +842,11 @@ Status RecurrentKroneckerBlock<Scalar>::update_statistics_full(const Eigen::Ref<
   const std::string op = operation("update_statistics_full");
   const Eigen::Index t_max = check_batch(op, a, g, num_sequences);
   batch_lengths_.setConstant(num_sequences, static_cast<int>(t_max));
-  return take(op, a, g, num_sequences, t_max, [](Eigen::Index, Eigen::Index) { return true; },
+  return take(op, num_sequences, t_max, [](Eigen::Index, Eigen::Index) { return true; },
+              [&] {
+                return both(a_.admit_full(a, num_sequences),
+                            [&] { return g_.admit_full(g, num_sequences); });
+              },
               [&] {
                 a_.update_full(a, num_sequences);
                 g_.update_full(g, num_sequences);

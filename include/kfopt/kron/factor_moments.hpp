@@ -34,7 +34,9 @@
 /// batch shape repeats.
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <type_traits>
 
@@ -121,6 +123,33 @@ bool all_finite(const Eigen::MatrixBase<Derived>& X) {
   return (X.array() * Scalar(0)).sum() == Scalar(0);
 }
 
+/// Admission of a batch into a moving average `C ← keep·C + scale·XᵀX` (both triangles of a
+/// symmetric C, plus, for `homogeneous`, the border `scale·Xᵀ1` and the corner `scale·k`),
+/// from the columns' squared norms `sq_i = Σ_r x_ri²` (one pass over X, computed by the
+/// caller in Scalar). NonFiniteInput when X holds NaN/Inf (`sq` is then not finite and
+/// `X` fails all_finite); Overflow when the new average could leave the range of Scalar:
+/// since C and XᵀX are positive semi-definite, every entry is bounded by the largest
+/// diagonal entry (|c_ij| ≤ √(c_ii c_jj)), so
+///
+///     max |C'_ij| ≤ keep · max_i c_ii + scale · max(max_i sq_i, homogeneous ? k : 0)
+///
+/// and the batch is admitted only when this bound is at most half of Scalar's largest value
+/// (the half absorbs the rounding of the product kernel's sums). A batch whose contribution
+/// would overflow is thereby refused whole, before anything is written (a single entry of
+/// 1e300 in double or 1e30 in float). O(n) given sq.
+template <typename Scalar, typename DerivedSq, typename DerivedX>
+Status admit_gram_update(const Eigen::MatrixBase<DerivedSq>& sq, const Eigen::MatrixBase<DerivedX>& X,
+                         double keep, double max_diagonal, double scale, double homogeneous_rows) {
+  if (sq.size() == 0) return Status::Success;
+  if ((sq.array() - sq.array()).sum() != Scalar(0)) {
+    return all_finite(X) ? Status::Overflow : Status::NonFiniteInput;
+  }
+  const double largest = std::max(static_cast<double>(sq.maxCoeff()), homogeneous_rows);
+  const double bound = keep * max_diagonal + scale * largest;
+  return bound <= 0.5 * static_cast<double>(std::numeric_limits<Scalar>::max()) ? Status::Success
+                                                                                : Status::Overflow;
+}
+
 /// The shared weight sequence of a bias-corrected moving average: `w ← β w + 1`, and the
 /// blend factor `1 / w` for the newest estimate.
 struct AverageWeight {
@@ -184,10 +213,20 @@ class FactorMovingAverage {
     if (options_.diagonal) batch_.setZero(dimension(), 1);
   }
 
-  /// Takes one batch, rows are samples (k × input_dim). Returns Status::NonFiniteInput and
-  /// leaves the state unchanged (counting the skip) when the batch holds NaN or Inf.
+  /// Takes one batch, rows are samples (k × input_dim). Returns Status::NonFiniteInput when
+  /// the batch holds NaN or Inf and Status::Overflow when its contribution would make the
+  /// average overflow (see admit()); either way the state is unchanged and the skip counted.
   /// Throws ShapeError for a wrong column count or an empty batch.
   Status update(const Eigen::Ref<const Matrix>& batch);
+
+  /// What update() would return for `batch`, without changing anything: Success,
+  /// NonFiniteInput or Overflow (detail::admit_gram_update); throws ShapeError as update().
+  /// One pass over the batch (its columns' squared norms). A caller that must take two
+  /// batches or none (a layer's A and G) admits both before updating either.
+  Status admit(const Eigen::Ref<const Matrix>& batch) const;
+
+  /// Batches taken so far (does not finish the lazy blend, unlike state()).
+  std::int64_t updates() const noexcept { return state_.updates; }
 
   /// The bias-corrected average (zero before the first batch): dimension × dimension, or
   /// dimension × 1 (the diagonal) with `options.diagonal`. The first call after an update
@@ -236,6 +275,26 @@ class FactorMovingAverage {
   static constexpr double kMinScale = 1.0 / 4096.0;
 
   Eigen::Index value_cols() const noexcept { return options_.diagonal ? 1 : dimension(); }
+
+  // How the next batch enters the lazily scaled average (see update()).
+  struct Blend {
+    double blend;       // 1 / w of the new estimate
+    double next_scale;  // s' = keep · s
+    bool lazy;          // R keeps its scale (s' ≥ kMinScale)
+    double keep_raw;    // multiplier of R
+    double weight_raw;  // multiplier of the batch's mean outer product
+  };
+  Blend next_blend() const noexcept {
+    Blend b{};
+    b.blend = state_.weight.next_blend(options_.decay);
+    b.next_scale = scale_ * (1.0 - b.blend);
+    b.lazy = b.next_scale >= kMinScale;
+    b.keep_raw = b.lazy ? 1.0 : b.next_scale;
+    b.weight_raw = b.lazy ? b.blend / b.next_scale : b.blend;
+    return b;
+  }
+  void require_batch(const Eigen::Ref<const Matrix>& batch) const;
+  Status admit_norms(const Eigen::Ref<const Matrix>& batch, Blend b) const;
 
   /// `average ← s · lower(R)`, mirrored; s = 1. Once per update at most.
   void finish() const noexcept {
@@ -307,14 +366,25 @@ class TemporalFactorMovingAverage {
   }
 
   /// Takes m sequences with lengths `lengths(i)` ∈ [0, T_max], T_max = rows / m; at least
-  /// one step must be real. Returns NonFiniteInput (state unchanged, skip counted) when a
-  /// real step holds NaN or Inf; throws ShapeError / InvalidInputError for inconsistent
-  /// shapes or lengths.
+  /// one step must be real. Returns NonFiniteInput when a real step holds NaN or Inf and
+  /// Overflow when the batch's contribution would make an average overflow (see admit());
+  /// either way the state is unchanged and the skip counted. Throws ShapeError /
+  /// InvalidInputError for inconsistent shapes or lengths.
   Status update(const Eigen::Ref<const Matrix>& sequences,
-                const Eigen::Ref<const Eigen::VectorXi>& lengths);
+                const Eigen::Ref<const Eigen::VectorXi>& lengths) {
+    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
+    const Eigen::Index t_max = check_lengths(op, sequences, lengths);
+    return take(op, sequences, lengths.size(), t_max,
+                [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); });
+  }
 
   /// Takes m sequences with a T_max × m mask of real steps (any pattern).
-  Status update(const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Mask>& mask);
+  Status update(const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Mask>& mask) {
+    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
+    check_mask(op, sequences, mask);
+    return take(op, sequences, mask.cols(), mask.rows(),
+                [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); });
+  }
 
   /// Takes m sequences that all have T_max = rows / m real steps.
   Status update_full(const Eigen::Ref<const Matrix>& sequences, Eigen::Index num_sequences) {
@@ -322,6 +392,36 @@ class TemporalFactorMovingAverage {
     check_layout(op, sequences, num_sequences);
     return take(op, sequences, num_sequences, sequences.rows() / num_sequences,
                 [](Eigen::Index, Eigen::Index) { return true; });
+  }
+
+  /// What update(sequences, lengths) would return, without changing anything: Success,
+  /// NonFiniteInput or Overflow (the bound of detail::admit_gram_update on A0, which bounds
+  /// A1's entries too, |A1_ij| ≤ √(A0_ii A0_jj)); throws as update(). One pass over the real
+  /// steps. A caller that must take two batches or none (a recurrent layer's A and G) admits
+  /// both before updating either.
+  Status admit(const Eigen::Ref<const Matrix>& sequences,
+               const Eigen::Ref<const Eigen::VectorXi>& lengths) const {
+    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
+    const Eigen::Index t_max = check_lengths(op, sequences, lengths);
+    Eigen::Index real = 0;
+    return check(op, sequences, lengths.size(), t_max,
+                 [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); }, real);
+  }
+  /// As above for a mask of real steps.
+  Status admit(const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Mask>& mask) const {
+    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
+    check_mask(op, sequences, mask);
+    Eigen::Index real = 0;
+    return check(op, sequences, mask.cols(), mask.rows(),
+                 [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); }, real);
+  }
+  /// As above for sequences that are all real.
+  Status admit_full(const Eigen::Ref<const Matrix>& sequences, Eigen::Index num_sequences) const {
+    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update_full";
+    check_layout(op, sequences, num_sequences);
+    Eigen::Index real = 0;
+    return check(op, sequences, num_sequences, sequences.rows() / num_sequences,
+                 [](Eigen::Index, Eigen::Index) { return true; }, real);
   }
 
   /// Current bias-corrected average A0 (dimension() square).
@@ -370,21 +470,45 @@ class TemporalFactorMovingAverage {
     }
   }
 
+  Eigen::Index check_lengths(const char* op, const Eigen::Ref<const Matrix>& sequences,
+                             const Eigen::Ref<const Eigen::VectorXi>& lengths) const {
+    const Eigen::Index m = lengths.size();
+    check_layout(op, sequences, m);
+    const Eigen::Index t_max = sequences.rows() / m;
+    for (Eigen::Index i = 0; i < m; ++i) {
+      if (lengths(i) < 0 || lengths(i) > t_max) {
+        throw InvalidInputError(std::string(op) + ": length of sequence " + std::to_string(i) +
+                                " is " + std::to_string(lengths(i)) + " but the batch (" +
+                                detail::shape_of(sequences) + " for " + std::to_string(m) +
+                                " sequences) holds " + std::to_string(t_max) + " steps");
+      }
+    }
+    return t_max;
+  }
+
+  void check_mask(const char* op, const Eigen::Ref<const Matrix>& sequences,
+                  const Eigen::Ref<const Mask>& mask) const {
+    const Eigen::Index m = mask.cols();
+    check_layout(op, sequences, m);
+    if (mask.rows() * m != sequences.rows()) {
+      throw ShapeError(std::string(op) + ": mask is " + detail::shape_of(mask) +
+                       " but the sequences (" + detail::shape_of(sequences) + ") need " +
+                       detail::shape_string(sequences.rows() / m, m));
+    }
+  }
+
+  // Counts the real steps (InvalidInputError if none) and admits the batch: the columns'
+  // squared norms over the real steps bound both averages' new entries.
   template <typename Valid>
-  Status take(const char* op, const Eigen::Ref<const Matrix>& X, Eigen::Index m,
-              Eigen::Index t_max, Valid valid) {
-    const Eigen::Index n = input_dim_;
-    const Eigen::Index d = dimension();
-    Eigen::Index real_steps = 0;
-    bool all_real = true;
-    bool finite = true;
+  Status check(const char* op, const Eigen::Ref<const Matrix>& X, Eigen::Index m,
+               Eigen::Index t_max, Valid valid, Eigen::Index& real_steps) const {
+    Eigen::Matrix<Scalar, 1, Eigen::Dynamic> sq = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>::Zero(X.cols());
+    real_steps = 0;
     for (Eigen::Index t = 0; t < t_max; ++t) {
       for (Eigen::Index i = 0; i < m; ++i) {
         if (valid(t, i)) {
           ++real_steps;
-          if (finite && !X.row(t * m + i).allFinite()) finite = false;
-        } else {
-          all_real = false;
+          sq += X.row(t * m + i).cwiseAbs2();
         }
       }
     }
@@ -392,10 +516,37 @@ class TemporalFactorMovingAverage {
       throw InvalidInputError(std::string(op) + ": every step of the " + std::to_string(m) +
                               " sequences is masked (no data)");
     }
-    if (!finite) {
-      ++state_.skipped_nonfinite;
-      return Status::NonFiniteInput;
+    if ((sq.array() - sq.array()).sum() != Scalar(0)) {
+      // NaN or Inf in a real step, or squares that overflow: tell the two apart.
+      for (Eigen::Index t = 0; t < t_max; ++t) {
+        for (Eigen::Index i = 0; i < m; ++i) {
+          if (valid(t, i) && !detail::all_finite(X.row(t * m + i))) return Status::NonFiniteInput;
+        }
+      }
+      return Status::Overflow;
     }
+    const double blend = state_.weight.next_blend(options_.decay);
+    double largest = 0.0;
+    for (Eigen::Index i = 0; i < dimension(); ++i) {
+      largest = std::max(largest, static_cast<double>(state_.average0(i, i)));
+    }
+    const double rows = static_cast<double>(real_steps);
+    return detail::admit_gram_update<Scalar>(sq, X, 1.0 - blend, largest, blend / rows,
+                                             options_.homogeneous ? rows : 0.0);
+  }
+
+  template <typename Valid>
+  Status take(const char* op, const Eigen::Ref<const Matrix>& X, Eigen::Index m,
+              Eigen::Index t_max, Valid valid) {
+    const Eigen::Index n = input_dim_;
+    const Eigen::Index d = dimension();
+    Eigen::Index real_steps = 0;
+    const Status admitted = check(op, X, m, t_max, valid, real_steps);
+    if (admitted != Status::Success) {
+      ++state_.skipped_nonfinite;
+      return admitted;
+    }
+    const bool all_real = real_steps == t_max * m;
     const Scalar inv_count = Scalar(1) / static_cast<Scalar>(real_steps);
     const Eigen::Index pairs_rows = (t_max - 1) * m;
     // Both averages blended in place: average ← keep·average + blend·(batch estimate).
@@ -448,7 +599,7 @@ class TemporalFactorMovingAverage {
 };
 
 template <typename Scalar, DecompositionBackend Backend>
-Status FactorMovingAverage<Scalar, Backend>::update(const Eigen::Ref<const Matrix>& batch) {
+void FactorMovingAverage<Scalar, Backend>::require_batch(const Eigen::Ref<const Matrix>& batch) const {
   constexpr const char* op = "kfopt::FactorMovingAverage::update";
   if (batch.cols() != input_dim_) {
     throw ShapeError(std::string(op) + ": batch is " + detail::shape_of(batch) +
@@ -457,15 +608,47 @@ Status FactorMovingAverage<Scalar, Backend>::update(const Eigen::Ref<const Matri
   if (batch.rows() == 0) {
     throw ShapeError(std::string(op) + ": batch is empty (" + detail::shape_of(batch) + ")");
   }
-  if (!detail::all_finite(batch)) {
+}
+
+template <typename Scalar, DecompositionBackend Backend>
+Status FactorMovingAverage<Scalar, Backend>::admit_norms(const Eigen::Ref<const Matrix>& batch,
+                                                         Blend b) const {
+  const double k = static_cast<double>(batch.rows());
+  const Eigen::Matrix<Scalar, 1, Eigen::Dynamic> sq = batch.colwise().squaredNorm();
+  if (options_.diagonal) {
+    // average' = (1 − blend)·average + blend·sq/k: a convex blend, bounded by max(average, sq/k).
+    const double largest = state_.average.size() ? static_cast<double>(state_.average.maxCoeff()) : 0.0;
+    return detail::admit_gram_update<Scalar>(sq, batch, 1.0, largest, 1.0 / k, 0.0);
+  }
+  // R' = keep_raw·R + (weight_raw/k)·[[XᵀX, Xᵀ1], [1ᵀX, k]]; R's diagonal is current.
+  double largest = 0.0;
+  for (Eigen::Index i = 0; i < dimension(); ++i) {
+    largest = std::max(largest, static_cast<double>(state_.average(i, i)));
+  }
+  return detail::admit_gram_update<Scalar>(sq, batch, b.keep_raw, largest, b.weight_raw / k,
+                                           options_.homogeneous ? k : 0.0);
+}
+
+template <typename Scalar, DecompositionBackend Backend>
+Status FactorMovingAverage<Scalar, Backend>::admit(const Eigen::Ref<const Matrix>& batch) const {
+  require_batch(batch);
+  return admit_norms(batch, next_blend());
+}
+
+template <typename Scalar, DecompositionBackend Backend>
+Status FactorMovingAverage<Scalar, Backend>::update(const Eigen::Ref<const Matrix>& batch) {
+  require_batch(batch);
+  const Blend plan = next_blend();
+  const Status admitted = admit_norms(batch, plan);
+  if (admitted != Status::Success) {
     ++state_.skipped_nonfinite;
-    return Status::NonFiniteInput;
+    return admitted;
   }
   const double inv_k_d = 1.0 / static_cast<double>(batch.rows());
   const Scalar inv_k = static_cast<Scalar>(inv_k_d);
   const Eigen::Index n = input_dim_;
   // average ← keep·average + blend·(batch estimate), keep = 1 − blend.
-  const double blend = state_.weight.next_blend(options_.decay);
+  const double blend = plan.blend;
   if (options_.diagonal) {
     // E[a_i²] per coordinate: one pass, no n×n work.
     batch_.resize(dimension(), 1);
@@ -476,10 +659,10 @@ Status FactorMovingAverage<Scalar, Backend>::update(const Eigen::Ref<const Matri
     // The average is s·R (lower triangles; see the class comment). New value:
     // keep·s·R + (blend/k)·XᵀX = s'·(R + (blend/(k s'))·XᵀX) with s' = keep·s, or, once s'
     // is small (or on the first batch, keep = 0), R ← s'·R + (blend/k)·XᵀX with s = 1.
-    const double next_scale = scale_ * (1.0 - blend);
-    const bool lazy = next_scale >= kMinScale;
-    const Scalar keep_raw = lazy ? Scalar(1) : static_cast<Scalar>(next_scale);
-    const double weight_raw = lazy ? blend / next_scale : blend;
+    const double next_scale = plan.next_scale;
+    const bool lazy = plan.lazy;
+    const Scalar keep_raw = static_cast<Scalar>(plan.keep_raw);
+    const double weight_raw = plan.weight_raw;
     const Scalar gram_scale = static_cast<Scalar>(weight_raw * inv_k_d);
     // The Gram block blended in place (no n×n temporary, see detail::blend_gram_lower).
     detail::blend_gram_lower<Scalar, Backend>(state_.average.topLeftCorner(n, n), batch,
@@ -501,40 +684,6 @@ Status FactorMovingAverage<Scalar, Backend>::update(const Eigen::Ref<const Matri
   state_.weight.advance(options_.decay);
   ++state_.updates;
   return Status::Success;
-}
-
-template <typename Scalar, DecompositionBackend Backend>
-Status TemporalFactorMovingAverage<Scalar, Backend>::update(
-    const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Eigen::VectorXi>& lengths) {
-  constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
-  const Eigen::Index m = lengths.size();
-  check_layout(op, sequences, m);
-  const Eigen::Index t_max = sequences.rows() / m;
-  for (Eigen::Index i = 0; i < m; ++i) {
-    if (lengths(i) < 0 || lengths(i) > t_max) {
-      throw InvalidInputError(std::string(op) + ": length of sequence " + std::to_string(i) +
-                              " is " + std::to_string(lengths(i)) + " but the batch (" +
-                              detail::shape_of(sequences) + " for " + std::to_string(m) +
-                              " sequences) holds " + std::to_string(t_max) + " steps");
-    }
-  }
-  return take(op, sequences, m, t_max,
-              [&](Eigen::Index t, Eigen::Index i) { return t < lengths(i); });
-}
-
-template <typename Scalar, DecompositionBackend Backend>
-Status TemporalFactorMovingAverage<Scalar, Backend>::update(
-    const Eigen::Ref<const Matrix>& sequences, const Eigen::Ref<const Mask>& mask) {
-  constexpr const char* op = "kfopt::TemporalFactorMovingAverage::update";
-  const Eigen::Index m = mask.cols();
-  check_layout(op, sequences, m);
-  if (mask.rows() * m != sequences.rows()) {
-    throw ShapeError(std::string(op) + ": mask is " + detail::shape_of(mask) +
-                     " but the sequences (" + detail::shape_of(sequences) + ") need " +
-                     detail::shape_string(sequences.rows() / m, m));
-  }
-  return take(op, sequences, m, mask.rows(),
-              [&](Eigen::Index t, Eigen::Index i) { return mask(t, i); });
 }
 
 #ifdef KFOPT_COMPILED

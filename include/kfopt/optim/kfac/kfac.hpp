@@ -39,6 +39,7 @@
 /// defines KFOPT_COMPILED) Kfac<float> and Kfac<double> are not instantiated in the user's
 /// translation unit at all (bench/compile_cost.sh).
 
+#include <algorithm>
 #include <cmath>
 #include <deque>
 #include <limits>
@@ -103,12 +104,15 @@ struct KfacOptions {
     detail::require_hyperparameter(damping > 0.0 && std::isfinite(damping), a, "damping", damping, "(0, inf)");
     detail::require_hyperparameter(min_damping >= 0.0 && min_damping <= damping, a, "min_damping",
                                    min_damping, "[0, damping]");
-    detail::require_hyperparameter(max_damping >= damping, a, "max_damping", max_damping, "[damping, inf)");
-    detail::require_hyperparameter(weight_decay >= 0.0, a, "weight_decay", weight_decay, "[0, inf)");
+    detail::require_hyperparameter(max_damping >= damping && std::isfinite(max_damping), a,
+                                   "max_damping", max_damping, "[damping, inf)");
+    detail::require_hyperparameter(weight_decay >= 0.0 && std::isfinite(weight_decay), a,
+                                   "weight_decay", weight_decay, "[0, inf)");
     detail::require_hyperparameter(decay > 0.0 && decay <= 1.0, a, "decay", decay, "(0, 1]");
     detail::require_hyperparameter(statistics_period >= 1, a, "statistics_period", statistics_period, "[1, inf)");
     detail::require_hyperparameter(inverse_period >= 1, a, "inverse_period", inverse_period, "[1, inf)");
-    detail::require_hyperparameter(kl_clip >= 0.0, a, "kl_clip", kl_clip, "[0, inf)");
+    detail::require_hyperparameter(kl_clip >= 0.0 && std::isfinite(kl_clip), a, "kl_clip",
+                                   kl_clip, "[0, inf)");
     detail::require_hyperparameter(damping_adaptation > 0.0 && damping_adaptation < 1.0, a,
                                    "damping_adaptation", damping_adaptation, "(0, 1)");
     detail::require_hyperparameter(damping_adaptation_period >= 1, a, "damping_adaptation_period",
@@ -151,7 +155,7 @@ class Kfac {
     double damping = 0.0;                 ///< current λ
     std::int64_t inverse_refreshes = 0;   ///< times the spectra were recomputed
     std::int64_t singular_skips = 0;      ///< steps skipped because a damped block was singular
-    std::int64_t skipped_statistics = 0;  ///< statistics batches refused for NaN/Inf
+    std::int64_t skipped_statistics = 0;  ///< statistics batches refused for NaN/Inf or overflow
     double last_clip_scale = 1.0;         ///< ν of the last step
     double last_reduction_ratio = std::numeric_limits<double>::quiet_NaN();  ///< ρ of the last report
     double pending_model_change = 0.0;    ///< M(δ) − M(0) of the last step (for report_loss)
@@ -235,7 +239,9 @@ class Kfac {
 
   /// Records one batch of a layer's inputs `a` (k × in) and per-example pre-activation
   /// gradients `g` (k × out; model-sampled targets for the true Fisher). NaN/Inf → the
-  /// batch is refused (NonFiniteInput), counted, both factors unchanged.
+  /// batch is refused (NonFiniteInput); a finite batch whose outer products would overflow a
+  /// factor (one entry of 1e300 in double, 1e30 in float) → refused (Overflow); either way
+  /// counted in State::skipped_statistics, both factors unchanged.
   Status record_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
                            const Eigen::Ref<const Matrix>& g);
 
@@ -252,9 +258,14 @@ class Kfac {
       const Eigen::Ref<const Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>>& mask);
 
   /// One K-FAC step from the gradients in the registered storage. All or nothing: a
-  /// non-finite gradient (NonFiniteInput) or a singular damped block (NumericalIssue)
-  /// leaves every parameter and all optimizer state unchanged. Throws InvalidInputError if
-  /// a layer has never received statistics.
+  /// non-finite gradient or parameter value (NonFiniteInput), a step whose preconditioned
+  /// gradient, momentum or new parameters would not be finite (Overflow) or a singular
+  /// damped block (NumericalIssue) leaves every parameter, the momentum and the factors
+  /// unchanged (a refusal for non-finite input is a bit-for-bit no-op; a later refusal keeps
+  /// the spectra refreshed on schedule, which depend only on the factors). Refusals for
+  /// non-finite input or overflow are counted in State::counters.skipped_nonfinite. KL
+  /// clipping holds even when Σ⟨Δ, Z⟩ overflows (it is then formed with a common scale).
+  /// Throws InvalidInputError if a layer has never received statistics.
   Status step();
 
   /// Reports the mini-batch loss before and after the last step (same batch) for adaptive
@@ -321,7 +332,7 @@ class Kfac {
   }
 
   Status counted(Status s) {
-    if (s == Status::NonFiniteInput) ++state_.skipped_statistics;
+    if (s == Status::NonFiniteInput || s == Status::Overflow) ++state_.skipped_statistics;
     return s;
   }
 
@@ -351,6 +362,30 @@ class Kfac {
 
   void gather(Layer& layer, Scalar wd);
   void scatter(Layer& layer, Scalar lr);
+  bool updated_parameters_finite(const Layer& layer, Scalar lr) const;
+
+  // ν = min(1, √(κ / (η² Σ⟨Δ, Z⟩))) (1 without clipping). When the sum overflows (finite
+  // but huge gradients), it is formed as c² Σ⟨Δ/c, Z/c⟩ with c the largest |entry|, so the
+  // clip still applies instead of being skipped.
+  double clip_scale(double inner, double lr) const {
+    if (options_.kl_clip <= 0.0) return 1.0;
+    if (std::isfinite(inner)) {
+      return inner > 0.0 ? std::min(1.0, std::sqrt(options_.kl_clip / (lr * lr * inner))) : 1.0;
+    }
+    double c = 0.0;
+    for (const auto& layer : layers_) {
+      c = std::max({c, static_cast<double>(layer.direction.cwiseAbs().maxCoeff()),
+                    static_cast<double>(layer.gradient.cwiseAbs().maxCoeff())});
+    }
+    double scaled = 0.0;  // Σ⟨Δ/c, Z/c⟩, at most the number of entries
+    for (const auto& layer : layers_) {
+      scaled += (layer.direction.template cast<double>() / c)
+                    .cwiseProduct(layer.gradient.template cast<double>() / c)
+                    .sum();
+    }
+    if (!(scaled > 0.0)) return 1.0;
+    return std::min(1.0, std::sqrt(options_.kl_clip) / (lr * c * std::sqrt(scaled)));
+  }
 
   KfacOptions options_;
   State state_;
@@ -415,7 +450,7 @@ Status Kfac<Scalar>::step() {
                               "' has no statistics yet; call record_statistics before the first step");
     }
   }
-  const Status guard = detail::guard_gradients(params_, state_.counters);
+  const Status guard = detail::begin_step("kfopt::Kfac::step", params_, state_.counters);
   if (guard != Status::Success) return guard;
 
   // Refresh the spectra on schedule (and for any layer that never had one).
@@ -442,19 +477,29 @@ Status Kfac<Scalar>::step() {
       ++state_.singular_skips;
       return s;
     }
+    if (!detail::all_finite(layer.gradient, layer.direction)) {
+      return detail::refuse(state_.counters, Status::Overflow);
+    }
     inner += static_cast<double>(layer.direction.cwiseProduct(layer.gradient).sum());
   }
   const double lr = options_.learning_rate;
-  double nu = 1.0;
-  if (options_.kl_clip > 0.0 && inner > 0.0 && std::isfinite(inner)) {
-    nu = std::min(1.0, std::sqrt(options_.kl_clip / (lr * lr * inner)));
+  const double nu = clip_scale(inner, lr);
+
+  // The new momentum (into `direction`) and parameters, checked finite before anything is
+  // written: the commit below cannot fail.
+  const Scalar mu = static_cast<Scalar>(options_.momentum);
+  const Scalar lr_s = static_cast<Scalar>(lr);
+  for (auto& layer : layers_) {
+    layer.direction = mu * layer.momentum + static_cast<Scalar>(nu) * layer.direction;
+    if (!detail::all_finite(layer.direction) || !updated_parameters_finite(layer, lr_s)) {
+      return detail::refuse(state_.counters, Status::Overflow);
+    }
   }
 
-  // Momentum, the quadratic model of the step (adaptive damping), and the update.
-  const Scalar mu = static_cast<Scalar>(options_.momentum);
+  // Commit: momentum, the quadratic model of the step (adaptive damping), and the update.
   double model_change = 0.0;
   for (auto& layer : layers_) {
-    layer.momentum = mu * layer.momentum + static_cast<Scalar>(nu) * layer.direction;
+    layer.momentum.swap(layer.direction);
     if (options_.adaptive_damping) {
       // δ = −η m; M(δ) − M(0) = ⟨Z, δ⟩ + ½ ⟨δ, F̂δ⟩ + ½ λ ‖δ‖².
       layer.direction = static_cast<Scalar>(-lr) * layer.momentum;
@@ -543,6 +588,19 @@ void Kfac<Scalar>::gather(Layer& layer, Scalar wd) {
     const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
     layer.gradient.col(in) = bb.gradient().col(0) + wd * bb.value().col(0);
   }
+}
+
+// Whether [W b] − η m' is finite, m' the new momentum (in layer.direction).
+template <typename Scalar>
+bool Kfac<Scalar>::updated_parameters_finite(const Layer& layer, Scalar lr) const {
+  const auto& wb = params_[layer.weight_index];
+  const Eigen::Index in = wb.cols();
+  if (!detail::all_finite_one(wb.value() - lr * layer.direction.leftCols(in))) return false;
+  if (layer.bias_index >= 0) {
+    const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
+    if (!detail::all_finite_one(bb.value().col(0) - lr * layer.direction.col(in))) return false;
+  }
+  return true;
 }
 
 // [W b] ← [W b] − η m.
