@@ -1,9 +1,17 @@
-# Runs in script mode (cmake -P): the README's quick starts must compile and run as shown.
+# Runs in script mode (cmake -P): every C++ block of the README must compile and run as shown.
 #
-# Every fenced C++ block of README.md that follows a line `<!-- quickstart: NAME -->` is
-# written to WORK_DIR/consumer/NAME.cpp. kfopt is installed from KFOPT_SOURCE_DIR into a
-# fresh prefix, a consumer project with one executable per quick start is configured against
-# it with find_package(kfopt), built, and each program is run (a non-zero exit fails).
+# Two kinds of fenced C++ blocks are taken from README.md:
+#   - a block after `<!-- quickstart: NAME -->` is a complete program, written to
+#     WORK_DIR/consumer/NAME.cpp;
+#   - a block after `<!-- fragment: NAME -->` is a piece of a training loop that uses the
+#     variables of tests/readme/NAME_context.hpp (the program around it, which also checks
+#     what the fragment did): its #include lines go on top, the context below them, and the
+#     rest becomes the body of `void readme_fragment()`. A fragment named after an optional
+#     component (checkpoint, mpi) links kfopt::NAME and is built only when the installed
+#     package has it; the mpi fragment runs on two ranks (MPIEXEC).
+# kfopt is installed from KFOPT_SOURCE_DIR into a fresh prefix, a consumer project with one
+# executable per block is configured against it with find_package(kfopt), built, and each
+# program is run (a non-zero exit fails).
 cmake_policy(SET CMP0057 NEW)
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR}/consumer)
@@ -18,24 +26,48 @@ endfunction()
 
 file(STRINGS ${KFOPT_SOURCE_DIR}/README.md readme_lines ENCODING UTF-8)
 set(names)
+set(fragments)
 set(current "")
+set(kind "")
 set(in_block OFF)
+set(includes "")
+set(body "")
 foreach(line IN LISTS readme_lines)
   if(in_block)
     if(line MATCHES "^```")
+      if(kind STREQUAL "fragment")
+        file(COPY ${KFOPT_SOURCE_DIR}/tests/readme/${current}_context.hpp DESTINATION ${WORK_DIR}/consumer)
+        file(WRITE ${WORK_DIR}/consumer/${current}.cpp
+          "${includes}#include \"${current}_context.hpp\"\nvoid readme_fragment() {\n${body}}\n")
+      endif()
       set(in_block OFF)
       set(current "")
+    elseif(kind STREQUAL "fragment")
+      if(line MATCHES "^#include")
+        string(APPEND includes "${line}\n")
+      else()
+        string(APPEND body "${line}\n")
+      endif()
     else()
       file(APPEND ${WORK_DIR}/consumer/${current}.cpp "${line}\n")
     endif()
-  elseif(line MATCHES "^<!-- quickstart: ([a-z0-9_]+) -->")
-    set(current ${CMAKE_MATCH_1})
+  elseif(line MATCHES "^<!-- (quickstart|fragment): ([a-z0-9_]+) -->")
+    set(kind ${CMAKE_MATCH_1})
+    set(current ${CMAKE_MATCH_2})
     if(current IN_LIST names)
-      message(FATAL_ERROR "README.md: two quick starts are named '${current}'")
+      message(FATAL_ERROR "README.md: two blocks are named '${current}'")
     endif()
     list(APPEND names ${current})
+    if(kind STREQUAL "fragment")
+      list(APPEND fragments ${current})
+      if(NOT EXISTS ${KFOPT_SOURCE_DIR}/tests/readme/${current}_context.hpp)
+        message(FATAL_ERROR "README.md: fragment '${current}' has no tests/readme/${current}_context.hpp")
+      endif()
+    endif()
   elseif(current AND line MATCHES "^```cpp")
     set(in_block ON)
+    set(includes "")
+    set(body "")
     file(WRITE ${WORK_DIR}/consumer/${current}.cpp "")
   endif()
 endforeach()
@@ -44,13 +76,35 @@ if(count EQUAL 0)
   message(FATAL_ERROR "README.md has no `<!-- quickstart: NAME -->` blocks")
 endif()
 
-set(project "cmake_minimum_required(VERSION 3.20)\nproject(kfopt_readme LANGUAGES CXX)\n")
-string(APPEND project "find_package(kfopt 0.1 CONFIG REQUIRED)\n")
-foreach(name IN LISTS names)
-  string(APPEND project "add_executable(${name} ${name}.cpp)\n")
-  string(APPEND project "target_link_libraries(${name} PRIVATE kfopt::kfopt)\n")
-  string(APPEND project "target_compile_options(${name} PRIVATE -Wall -Wextra -Werror)\n")
+# Every fenced C++ block must be one of them: an unmarked block would not be checked.
+set(previous "")
+foreach(line IN LISTS readme_lines)
+  if(line MATCHES "^```cpp" AND NOT previous MATCHES "^<!-- (quickstart|fragment): ")
+    message(FATAL_ERROR "README.md: a ```cpp block is not marked as a quickstart or a fragment "
+                        "(the line before it is '${previous}')")
+  endif()
+  set(previous "${line}")
 endforeach()
+
+set(components checkpoint mpi)
+set(project "cmake_minimum_required(VERSION 3.20)\nproject(kfopt_readme LANGUAGES CXX)\n")
+string(APPEND project "find_package(kfopt 0.1 CONFIG REQUIRED OPTIONAL_COMPONENTS ${components})\n")
+string(APPEND project "set(built)\n")
+foreach(name IN LISTS names)
+  set(link kfopt::kfopt)
+  set(guard "TRUE")
+  if(name IN_LIST components)
+    set(link kfopt::${name})
+    set(guard "kfopt_${name}_FOUND")
+  endif()
+  string(APPEND project "if(${guard})\n")
+  string(APPEND project "  add_executable(${name} ${name}.cpp)\n")
+  string(APPEND project "  target_link_libraries(${name} PRIVATE ${link})\n")
+  string(APPEND project "  target_compile_options(${name} PRIVATE -Wall -Wextra -Werror)\n")
+  string(APPEND project "  list(APPEND built ${name})\n")
+  string(APPEND project "endif()\n")
+endforeach()
+string(APPEND project "file(WRITE \${CMAKE_BINARY_DIR}/built.txt \"\${built}\")\n")
 file(WRITE ${WORK_DIR}/consumer/CMakeLists.txt "${project}")
 
 set(prefix ${WORK_DIR}/prefix)
@@ -63,7 +117,24 @@ run_step(${CMAKE_COMMAND} -S ${WORK_DIR}/consumer -B ${WORK_DIR}/consumer-build 
   -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER} -DCMAKE_PREFIX_PATH=${prefix}
   -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O1)
 run_step(${CMAKE_COMMAND} --build ${WORK_DIR}/consumer-build)
+file(READ ${WORK_DIR}/consumer-build/built.txt built)
 foreach(name IN LISTS names)
-  run_step(${WORK_DIR}/consumer-build/${name})
+  if(NOT name IN_LIST built)
+    message(STATUS "README block '${name}' skipped: the installed kfopt has no kfopt::${name}")
+  elseif(name STREQUAL "mpi")
+    if(NOT MPIEXEC)
+      message(FATAL_ERROR "the README's mpi fragment needs MPIEXEC (mpiexec) to run")
+    endif()
+    set(ENV{OMPI_ALLOW_RUN_AS_ROOT} 1)
+    set(ENV{OMPI_ALLOW_RUN_AS_ROOT_CONFIRM} 1)
+    run_step(${MPIEXEC} -n 2 --oversubscribe ${WORK_DIR}/consumer-build/${name})
+  else()
+    execute_process(COMMAND ${WORK_DIR}/consumer-build/${name} WORKING_DIRECTORY ${WORK_DIR}
+      RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "README block '${name}' failed (${rc}):\n${out}\n${err}")
+    endif()
+    message(STATUS "${out}")
+  endif()
 endforeach()
-message(STATUS "README quick starts built and ran: ${names}")
+message(STATUS "README blocks built and ran: ${built}")
