@@ -275,8 +275,9 @@ class RecurrentKroneckerBlock {
   /// What the last refresh left for the next steps (for checkpoints): the snapshots of A0,
   /// A1, G0, G1, the length distribution `(T_i, ω_i)` with its `E_T[T]`, and the number of
   /// refreshes. The eigendecompositions of A0 and G0 and the damping-dependent preparations
-  /// are not part of it: set_refresh_state recomputes them from it, with the same results bit
-  /// for bit as the refresh that made it (the same computation on the same numbers).
+  /// are not part of it: a restore (stage_refresh_state, commit_refresh_state) recomputes
+  /// them from it, with the same results bit for bit as the refresh that made it (the same
+  /// computation on the same numbers).
   struct RefreshState {
     Matrix a0;  ///< A0 at the refresh (cols() square; zero before the first refresh)
     Matrix a1;  ///< A1 at the refresh
