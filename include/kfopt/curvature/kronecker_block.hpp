@@ -290,77 +290,6 @@ Status KroneckerBlock<Scalar>::update_statistics(const Eigen::Ref<const Matrix>&
 }
 
 template <typename Scalar>
-typename KroneckerBlock<Scalar>::State KroneckerBlock<Scalar>::state() const {
-  State st;
-  st.a = a_.raw_state();
-  st.g = g_.raw_state();
-  st.skipped_statistics = skipped_statistics_;
-  auto spectrum = [](const FactorSpectrum<Scalar>& f, Eigen::Index n, bool& has, Vector& values,
-                     Matrix& vectors) {
-    has = f.has_result();
-    values = has ? f.eigenvalues() : Vector::Zero(n);
-    if (!f.is_diagonal()) vectors = has ? f.eigenvectors() : Matrix::Zero(n, n);
-  };
-  spectrum(a_spectrum_, a_.dimension(), st.a_has_spectrum, st.a_eigenvalues, st.a_eigenvectors);
-  spectrum(g_spectrum_, g_.dimension(), st.g_has_spectrum, st.g_eigenvalues, st.g_eigenvectors);
-  st.has_snapshot = has_snapshot_;
-  st.a_snapshot = has_snapshot_ ? a_snapshot_ : Matrix::Zero(st.a.average.rows(), st.a.average.cols());
-  st.g_snapshot = has_snapshot_ ? g_snapshot_ : Matrix::Zero(st.g.average.rows(), st.g.average.cols());
-  return st;
-}
-
-template <typename Scalar>
-void KroneckerBlock<Scalar>::check_state(const std::string& op, const State& st) const {
-  a_.check_raw_state(op + " (A)", st.a);
-  g_.check_raw_state(op + " (G)", st.g);
-  if (st.a.updates != st.g.updates || st.skipped_statistics < 0) {
-    throw InvalidInputError(op + ": A has " + std::to_string(st.a.updates) + " updates and G " +
-                            std::to_string(st.g.updates) + " (must be equal), skipped statistics " +
-                            std::to_string(st.skipped_statistics) + " (must be >= 0)");
-  }
-  if (st.a_has_spectrum) a_spectrum_.check_result(op + " (A's spectrum)", st.a_eigenvalues, st.a_eigenvectors);
-  if (st.g_has_spectrum) g_spectrum_.check_result(op + " (G's spectrum)", st.g_eigenvalues, st.g_eigenvectors);
-  auto snapshot = [&](const char* what, const Matrix& f, const RawFactor& shape) {
-    detail::require_shape(op.c_str(), what, f, shape.average.rows(), shape.average.cols());
-    detail::require_finite(op.c_str(), what, f);
-    if (f.cols() != 1 || f.rows() == 1) detail::require_symmetric(op.c_str(), what, f);
-  };
-  snapshot("A snapshot", st.a_snapshot, st.a);
-  snapshot("G snapshot", st.g_snapshot, st.g);
-}
-
-template <typename Scalar>
-void KroneckerBlock<Scalar>::set_state(const State& st) {
-  check_state("kfopt::KroneckerBlock::set_state (layer '" + name_ + "')", st);
-  a_.set_raw_state(st.a);
-  g_.set_raw_state(st.g);
-  skipped_statistics_ = st.skipped_statistics;
-  auto spectrum = [](FactorSpectrum<Scalar>& f, bool has, const Vector& values,
-                     const Matrix& vectors) {
-    if (has) {
-      f.set_result(values, vectors);
-    } else {
-      f = FactorSpectrum<Scalar>(f.size(), f.structure());
-    }
-  };
-  spectrum(a_spectrum_, st.a_has_spectrum, st.a_eigenvalues, st.a_eigenvectors);
-  spectrum(g_spectrum_, st.g_has_spectrum, st.g_eigenvalues, st.g_eigenvectors);
-  has_snapshot_ = st.has_snapshot;
-  if (has_snapshot_) {
-    a_snapshot_ = st.a_snapshot;
-    g_snapshot_ = st.g_snapshot;
-  } else {
-    a_snapshot_.resize(0, 0);
-    g_snapshot_.resize(0, 0);
-  }
-  // The explicit damped inverses belong to the old spectra: rebuilt at the next apply.
-  ++spectra_version_;
-  inverse_version_ = -1;
-  cached_a_shift_ = Scalar(-1);
-  cached_g_shift_ = Scalar(-1);
-}
-
-template <typename Scalar>
 Status KroneckerBlock<Scalar>::refresh() {
   if (!has_statistics()) return Status::NotComputed;
   if (options_.inverse_method == InverseMethod::Cholesky) {
@@ -431,6 +360,77 @@ typename KroneckerBlock<Scalar>::Matrix KroneckerBlock<Scalar>::to_dense() const
   const Matrix A = expand(a_.value());
   const Matrix G = expand(g_.value());
   return kronecker_product(A, G);
+}
+
+template <typename Scalar>
+typename KroneckerBlock<Scalar>::State KroneckerBlock<Scalar>::state() const {
+  State st;
+  st.a = a_.raw_state();
+  st.g = g_.raw_state();
+  st.skipped_statistics = skipped_statistics_;
+  auto spectrum = [](const FactorSpectrum<Scalar>& f, Eigen::Index n, bool& has, Vector& values,
+                     Matrix& vectors) {
+    has = f.has_result();
+    values = has ? f.eigenvalues() : Vector::Zero(n);
+    if (!f.is_diagonal()) vectors = has ? f.eigenvectors() : Matrix::Zero(n, n);
+  };
+  spectrum(a_spectrum_, a_.dimension(), st.a_has_spectrum, st.a_eigenvalues, st.a_eigenvectors);
+  spectrum(g_spectrum_, g_.dimension(), st.g_has_spectrum, st.g_eigenvalues, st.g_eigenvectors);
+  st.has_snapshot = has_snapshot_;
+  st.a_snapshot = has_snapshot_ ? a_snapshot_ : Matrix::Zero(st.a.average.rows(), st.a.average.cols());
+  st.g_snapshot = has_snapshot_ ? g_snapshot_ : Matrix::Zero(st.g.average.rows(), st.g.average.cols());
+  return st;
+}
+
+template <typename Scalar>
+void KroneckerBlock<Scalar>::check_state(const std::string& op, const State& st) const {
+  a_.check_raw_state(op + " (A)", st.a);
+  g_.check_raw_state(op + " (G)", st.g);
+  if (st.a.updates != st.g.updates || st.skipped_statistics < 0) {
+    throw InvalidInputError(op + ": A has " + std::to_string(st.a.updates) + " updates and G " +
+                            std::to_string(st.g.updates) + " (must be equal), skipped statistics " +
+                            std::to_string(st.skipped_statistics) + " (must be >= 0)");
+  }
+  if (st.a_has_spectrum) a_spectrum_.check_result(op + " (A's spectrum)", st.a_eigenvalues, st.a_eigenvectors);
+  if (st.g_has_spectrum) g_spectrum_.check_result(op + " (G's spectrum)", st.g_eigenvalues, st.g_eigenvectors);
+  auto snapshot = [&](const char* what, const Matrix& f, const RawFactor& shape) {
+    detail::require_shape(op.c_str(), what, f, shape.average.rows(), shape.average.cols());
+    detail::require_finite(op.c_str(), what, f);
+    if (f.cols() != 1 || f.rows() == 1) detail::require_symmetric(op.c_str(), what, f);
+  };
+  snapshot("A snapshot", st.a_snapshot, st.a);
+  snapshot("G snapshot", st.g_snapshot, st.g);
+}
+
+template <typename Scalar>
+void KroneckerBlock<Scalar>::set_state(const State& st) {
+  check_state("kfopt::KroneckerBlock::set_state (layer '" + name_ + "')", st);
+  a_.set_raw_state(st.a);
+  g_.set_raw_state(st.g);
+  skipped_statistics_ = st.skipped_statistics;
+  auto spectrum = [](FactorSpectrum<Scalar>& f, bool has, const Vector& values,
+                     const Matrix& vectors) {
+    if (has) {
+      f.set_result(values, vectors);
+    } else {
+      f = FactorSpectrum<Scalar>(f.size(), f.structure());
+    }
+  };
+  spectrum(a_spectrum_, st.a_has_spectrum, st.a_eigenvalues, st.a_eigenvectors);
+  spectrum(g_spectrum_, st.g_has_spectrum, st.g_eigenvalues, st.g_eigenvectors);
+  has_snapshot_ = st.has_snapshot;
+  if (has_snapshot_) {
+    a_snapshot_ = st.a_snapshot;
+    g_snapshot_ = st.g_snapshot;
+  } else {
+    a_snapshot_.resize(0, 0);
+    g_snapshot_.resize(0, 0);
+  }
+  // The explicit damped inverses belong to the old spectra: rebuilt at the next apply.
+  ++spectra_version_;
+  inverse_version_ = -1;
+  cached_a_shift_ = Scalar(-1);
+  cached_g_shift_ = Scalar(-1);
 }
 
 #ifdef KFOPT_COMPILED

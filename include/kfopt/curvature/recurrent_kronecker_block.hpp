@@ -886,11 +886,99 @@ Status RecurrentKroneckerBlock<Scalar>::update_statistics_full(const Eigen::Ref<
 
 template <typename Scalar>
 void RecurrentKroneckerBlock<Scalar>::set_state(const State& state) {
-  check_state(operation("set_state"), state);
+  const std::string op = operation("set_state");
+  check_state(op, state);
   a_.set_state(state.a);
   g_.set_state(state.g);
   lengths_.set_state(state.lengths);
   skipped_statistics_ = state.skipped_statistics;
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::refresh() {
+  if (!has_statistics()) return Status::NotComputed;
+  SequenceLengths lengths = lengths_.distribution(options_.length_cutoff);
+  const double mean = lengths.mean();
+  if (!(mean > 0.0) || !std::isfinite(mean)) return Status::NumericalIssue;
+  Status s = a0_stage_.compute(a_.a0()).info();
+  if (s != Status::Success) return s;
+  s = g0_stage_.compute(g_.a0()).info();
+  if (s != Status::Success) return s;
+  std::swap(a0_spectrum_, a0_stage_);
+  std::swap(g0_spectrum_, g0_stage_);
+  snap_a0_ = a_.a0();
+  snap_a1_ = a_.a1();
+  snap_g0_ = g_.a0();
+  snap_g1_ = g_.a1();
+  snap_lengths_ = std::move(lengths);
+  snap_mean_ = static_cast<Scalar>(mean);
+  ++version_;
+  return Status::Success;
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::prepare(const BlockDamping<Scalar>& damping) {
+  check_damping(operation("prepare"), damping);
+  if (!has_inverse()) return Status::NotComputed;
+  if (matches(inverse_, Mode::Inverse, damping)) return Status::Success;
+  const Status s = build(stage_, Mode::Inverse, damping);
+  if (s != Status::Success) return s;
+  std::swap(inverse_, stage_);
+  ++preparations_;
+  return Status::Success;
+}
+
+template <typename Scalar>
+template <typename DerivedZ>
+Status RecurrentKroneckerBlock<Scalar>::apply_inverse(const Eigen::MatrixBase<DerivedZ>& Z,
+                                                const BlockDamping<Scalar>& damping, Matrix& out) {
+  const std::string op = operation("apply_inverse");
+  require_operand(op, Z);
+  check_damping(op, damping);
+  if (!has_inverse()) return Status::NotComputed;
+  if (!Z.allFinite()) return Status::NonFiniteInput;
+  const Status s = prepare(damping);
+  if (s != Status::Success) return s;
+  run(inverse_, Z, out, work_);
+  return Status::Success;
+}
+
+template <typename Scalar>
+template <typename DerivedZ>
+Status RecurrentKroneckerBlock<Scalar>::multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
+  require_operand(operation("multiply"), Z);
+  if (!has_inverse()) return Status::NotComputed;
+  if (!Z.allFinite()) return Status::NonFiniteInput;
+  const BlockDamping<Scalar> none{DampingStyle::Factored, Scalar(0), Scalar(0)};
+  if (!matches(forward_, Mode::Forward, none)) {
+    const Status s = build(stage_, Mode::Forward, none);
+    if (s != Status::Success) return s;
+    std::swap(forward_, stage_);
+  }
+  run(forward_, Z, out, work_);
+  return Status::Success;
+}
+
+template <typename Scalar>
+typename RecurrentKroneckerBlock<Scalar>::Matrix RecurrentKroneckerBlock<Scalar>::to_dense(const BlockDamping<Scalar>& damping) const {
+  const std::string op = operation("to_dense");
+  check_damping(op, damping);
+  if (!has_inverse()) throw NumericalError(op + ": refresh() has not succeeded");
+  Prepared p;
+  const Status s = build(p, Mode::Forward, damping);
+  if (s != Status::Success) {
+    throw NumericalError(op + ": preparation failed (" + std::string(to_string(s)) + ")");
+  }
+  const Eigen::Index r = rows(), c = cols(), n = r * c;
+  Matrix dense(n, n), unit = Matrix::Zero(r, c), column;
+  Workspace w;
+  for (Eigen::Index k = 0; k < n; ++k) {
+    unit(k % r, k / r) = Scalar(1);
+    run(p, unit, column, w);
+    dense.col(k) = Eigen::Map<const Vector>(column.data(), n);
+    unit(k % r, k / r) = Scalar(0);
+  }
+  return dense;
 }
 
 template <typename Scalar>
@@ -981,93 +1069,6 @@ void RecurrentKroneckerBlock<Scalar>::commit_refresh_state(const RefreshState& r
   inverse_.valid = false;  // prepared again, from the restored spectra, at the next apply
   forward_.valid = false;
   stage_.valid = false;
-}
-
-template <typename Scalar>
-Status RecurrentKroneckerBlock<Scalar>::refresh() {
-  if (!has_statistics()) return Status::NotComputed;
-  SequenceLengths lengths = lengths_.distribution(options_.length_cutoff);
-  const double mean = lengths.mean();
-  if (!(mean > 0.0) || !std::isfinite(mean)) return Status::NumericalIssue;
-  Status s = a0_stage_.compute(a_.a0()).info();
-  if (s != Status::Success) return s;
-  s = g0_stage_.compute(g_.a0()).info();
-  if (s != Status::Success) return s;
-  std::swap(a0_spectrum_, a0_stage_);
-  std::swap(g0_spectrum_, g0_stage_);
-  snap_a0_ = a_.a0();
-  snap_a1_ = a_.a1();
-  snap_g0_ = g_.a0();
-  snap_g1_ = g_.a1();
-  snap_lengths_ = std::move(lengths);
-  snap_mean_ = static_cast<Scalar>(mean);
-  ++version_;
-  return Status::Success;
-}
-
-template <typename Scalar>
-Status RecurrentKroneckerBlock<Scalar>::prepare(const BlockDamping<Scalar>& damping) {
-  check_damping(operation("prepare"), damping);
-  if (!has_inverse()) return Status::NotComputed;
-  if (matches(inverse_, Mode::Inverse, damping)) return Status::Success;
-  const Status s = build(stage_, Mode::Inverse, damping);
-  if (s != Status::Success) return s;
-  std::swap(inverse_, stage_);
-  ++preparations_;
-  return Status::Success;
-}
-
-template <typename Scalar>
-template <typename DerivedZ>
-Status RecurrentKroneckerBlock<Scalar>::apply_inverse(const Eigen::MatrixBase<DerivedZ>& Z,
-                                                const BlockDamping<Scalar>& damping, Matrix& out) {
-  const std::string op = operation("apply_inverse");
-  require_operand(op, Z);
-  check_damping(op, damping);
-  if (!has_inverse()) return Status::NotComputed;
-  if (!Z.allFinite()) return Status::NonFiniteInput;
-  const Status s = prepare(damping);
-  if (s != Status::Success) return s;
-  run(inverse_, Z, out, work_);
-  return Status::Success;
-}
-
-template <typename Scalar>
-template <typename DerivedZ>
-Status RecurrentKroneckerBlock<Scalar>::multiply(const Eigen::MatrixBase<DerivedZ>& Z, Matrix& out) {
-  require_operand(operation("multiply"), Z);
-  if (!has_inverse()) return Status::NotComputed;
-  if (!Z.allFinite()) return Status::NonFiniteInput;
-  const BlockDamping<Scalar> none{DampingStyle::Factored, Scalar(0), Scalar(0)};
-  if (!matches(forward_, Mode::Forward, none)) {
-    const Status s = build(stage_, Mode::Forward, none);
-    if (s != Status::Success) return s;
-    std::swap(forward_, stage_);
-  }
-  run(forward_, Z, out, work_);
-  return Status::Success;
-}
-
-template <typename Scalar>
-typename RecurrentKroneckerBlock<Scalar>::Matrix RecurrentKroneckerBlock<Scalar>::to_dense(const BlockDamping<Scalar>& damping) const {
-  const std::string op = operation("to_dense");
-  check_damping(op, damping);
-  if (!has_inverse()) throw NumericalError(op + ": refresh() has not succeeded");
-  Prepared p;
-  const Status s = build(p, Mode::Forward, damping);
-  if (s != Status::Success) {
-    throw NumericalError(op + ": preparation failed (" + std::string(to_string(s)) + ")");
-  }
-  const Eigen::Index r = rows(), c = cols(), n = r * c;
-  Matrix dense(n, n), unit = Matrix::Zero(r, c), column;
-  Workspace w;
-  for (Eigen::Index k = 0; k < n; ++k) {
-    unit(k % r, k / r) = Scalar(1);
-    run(p, unit, column, w);
-    dense.col(k) = Eigen::Map<const Vector>(column.data(), n);
-    unit(k % r, k / r) = Scalar(0);
-  }
-  return dense;
 }
 
 #ifdef KFOPT_COMPILED
