@@ -11,6 +11,8 @@ using CompiledMatrix = Eigen::Matrix<KFOPT_COMPILED_SCALAR, Eigen::Dynamic, Eige
 template class Kfac<KFOPT_COMPILED_SCALAR>;
 template class detail::KfacDenseLayerBlock<KFOPT_COMPILED_SCALAR>;
 template class detail::KfacRecurrentLayerBlock<KFOPT_COMPILED_SCALAR>;
+template class detail::KfacDenseBlockState<KFOPT_COMPILED_SCALAR>;
+template class detail::KfacRecurrentBlockState<KFOPT_COMPILED_SCALAR>;
 
 template class KroneckerBlock<KFOPT_COMPILED_SCALAR>;
 template Status KroneckerBlock<KFOPT_COMPILED_SCALAR>::apply_inverse<CompiledMatrix>(

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "io/checkpoint_fixtures.hpp"
+#include "support/kfac_fixture.hpp"
 
 using namespace kfopt_checkpoint_test;
 
@@ -144,9 +145,15 @@ TEST_CASE("h5dump shows the documented layout", "[io][file]") {
   kfopt::KroneckerFilterOptions kf_options;
   KroneckerFilterFixture<float> kf(kf_options);
   for (int t = 0; t < 2; ++t) kf.step(t);
+  kfopt_kfac_test::KfacProblem kfac_problem;
+  kfac_problem.options.damping = 0.01;
+  kfopt_kfac_test::KfacFixture<float> kfac(kfac_problem);
+  kfac.step(0);
+  kfac.prepare(1);
   kfopt::Checkpoint ck;
   ck.set("optimizer", TrainedAdam().opt.state_dict());
   ck.set("filter", kf.opt.state_dict());
+  ck.set("kfac", kfac.opt.state_dict());
   kfopt::save_checkpoint(file.path, ck);
   REQUIRE(std::system(("h5dump -H " + file.path + " > " + out_path).c_str()) == 0);
   std::ifstream in(out_path);
@@ -159,7 +166,11 @@ TEST_CASE("h5dump shows the documented layout", "[io][file]") {
         "ATTRIBUTE \"kfopt_format_version\"", "ATTRIBUTE \"kfopt_version\"", "GROUP \"filter\"",
         "GROUP \"fc\"", "DATASET \"input_factor\"", "DATASET \"output_factor\"",
         "H5T_IEEE_F32LE", "H5T_IEEE_F64LE", "H5T_STD_I64LE", "DATASPACE  SIMPLE { ( 3, 4 ) / ( 3, 4 ) }",
-        "DATASPACE  SIMPLE { ( 5, 5 ) / ( 5, 5 ) }"}) {
+        "DATASPACE  SIMPLE { ( 5, 5 ) / ( 5, 5 ) }", "GROUP \"kfac\"", "GROUP \"rnn_opt2\"",
+        "DATASET \"A\"", "DATASET \"A_scale\"", "DATASET \"G_eigenvectors\"",
+        "DATASET \"momentum\"", "GROUP \"refresh\"", "DATASET \"A0\"",
+        "DATASET \"length_histogram\"", "ATTRIBUTE \"inverse_method\"",
+        "ATTRIBUTE \"rnn_opt2.approximation\""}) {
     INFO("looking for " << expected);
     CHECK(dump.find(expected) != std::string::npos);
   }
@@ -442,6 +453,71 @@ TEST_CASE("refused restores of covariances and factors", "[io][restore]") {
     d.set_array("fc/recorded_inputs", Mat<float>::Zero(2, 4));  // 2 inputs, 0 gradients
     CHECK(error_of([&] { target.opt.load_state_dict(d); }).find("layer 'fc' has 2 recorded inputs but 0 recorded gradients") != std::string::npos);
     CHECK(target.opt.state_dict() == before);
+  }
+}
+
+TEST_CASE("refused restores of a K-FAC checkpoint leave the optimizer unchanged", "[io][restore]") {
+  using Fixture = kfopt_kfac_test::KfacFixture<double>;
+  kfopt_kfac_test::KfacProblem problem;
+  problem.options.damping = 0.01;
+  Fixture target(problem);
+  for (int t = 0; t < 3; ++t) target.step(t);
+  const kfopt::StateDict before = target.opt.state_dict();
+  const kfopt::StateDict model_before = target.model();
+  Fixture source(problem);
+  for (int t = 0; t < 4; ++t) source.step(t);
+  source.prepare(4);
+  TempPath file("kfac_refused");
+  {
+    kfopt::Checkpoint ck;
+    ck.set("optimizer", source.opt.state_dict());
+    kfopt::save_checkpoint(file.path, ck);
+  }
+  const kfopt::StateDict good = kfopt::load_checkpoint(file.path).get("optimizer");
+  CHECK(good == source.opt.state_dict());
+  // A dict changed as named, saved to a file, restored through the checkpoint.
+  auto refused = [&](const kfopt::StateDict& d, const std::string& expected) {
+    {
+      kfopt::Checkpoint ck;
+      ck.set("optimizer", d);
+      kfopt::save_checkpoint(file.path, ck);
+    }
+    const std::string msg =
+        error_of([&] { kfopt::load_checkpoint(file.path).restore("optimizer", target.opt); });
+    INFO("message: " << msg);
+    CHECK(msg.find("kfopt::Kfac::load_state_dict") != std::string::npos);
+    CHECK(msg.find(expected) != std::string::npos);
+    CHECK(target.opt.state_dict() == before);
+    CHECK(target.model() == model_before);
+  };
+  SECTION("a layer of another shape") {
+    kfopt::Kfac<double> wide;
+    Mat<double> W = Mat<double>::Zero(3, 5), dW = W;
+    Vec<double> b = Vec<double>::Zero(3), db = b;
+    wide.add_dense_layer("fc", W, dW, b, db);
+    kfopt::StateDict d = good;
+    d.insert("fc/A", wide.state_dict().entry("fc/A"));
+    refused(d, "entry 'fc/A' is 6x6 float64 but must be 5x5 float64");
+  }
+  SECTION("a NaN entry") {
+    kfopt::StateDict d = good;
+    kfopt::StateEntry e = d.entry("rnn_opt1/A1");
+    e.data<double>()[3] = std::numeric_limits<double>::quiet_NaN();
+    d.insert("rnn_opt1/A1", e);
+    refused(d, "entry 'rnn_opt1/A1' (4x4 float64) holds NaN or Inf");
+  }
+  SECTION("an indefinite factor") {
+    kfopt::StateDict d = good;
+    Mat<double> A = d.array<double>("fc/A");
+    A(2, 2) = -A(2, 2);  // an eigenvalue below zero
+    d.set_array("fc/A", A);
+    refused(d, "entry 'fc/A' (5x5 float64) is not positive semi-definite");
+  }
+  SECTION("another optimizer, another scalar type") {
+    refused(TrainedAdam().opt.state_dict(), "the state dict is of type 'kfopt::Adam' but this is 'kfopt::Kfac'");
+    kfopt_kfac_test::KfacFixture<float> single(problem);
+    single.step(0);
+    refused(single.opt.state_dict(), "holds float32 state but this optimizer is float64");
   }
 }
 

@@ -1,16 +1,18 @@
-// Save and resume through a checkpoint file, for every optimizer of the library except K-FAC,
-// in float and double: N steps, save (optimizer state + model weights), load into a freshly
+// Save and resume through a checkpoint file, for every optimizer of the library, in float
+// and double: N steps, save (optimizer state + model weights), load into a freshly
 // constructed optimizer and model, M more steps; the weights and the optimizer's complete
 // state must equal those of an uninterrupted N + M run bit for bit. The checkpoint is taken
 // where a training loop would take it (between steps; for KroneckerFilter also after the
 // statistics of the next step were recorded), and N is chosen so that schedules, phases and
-// cached values are mid-way (e.g. KroneckerFilter's trace refresh every 3 predictions).
+// cached values are mid-way (e.g. KroneckerFilter's trace refresh every 3 predictions, K-FAC's
+// inverse refresh every 3 steps: the resumed run first steps with the saved, stale spectra).
 #include <catch2/catch.hpp>
 #include <kfopt/io/checkpoint.hpp>
 
 #include <functional>
 
 #include "io/checkpoint_fixtures.hpp"
+#include "support/kfac_fixture.hpp"
 
 using namespace kfopt_checkpoint_test;
 
@@ -140,4 +142,32 @@ TEMPLATE_TEST_CASE("resume bit for bit: Kalman optimizers", "[io][resume]", floa
   kfopt::NaturalGradientRtrlHyperparameters<S> ng;
   ng.natural_gradient.step_size = S(0.05);
   check_resume<NgRtrlFixture<S>>("ng_rtrl", [&] { return NgRtrlFixture<S>(ng); }, 5, 5);
+}
+
+TEMPLATE_TEST_CASE("resume bit for bit: K-FAC", "[io][resume]", float, double) {
+  using S = TestType;
+  using Fixture = kfopt_kfac_test::KfacFixture<S>;
+  // Dense layers (bias, no bias, diagonal A, diagonal G) and recurrent layers (Independent,
+  // Option 1, Option 2; mixed sequence lengths), adaptive damping changing λ every second
+  // report, spectra refreshed every 3 steps: N = 4 resumes between refreshes.
+  auto problem = [](kfopt::InverseMethod method, kfopt::DampingStyle style) {
+    kfopt_kfac_test::KfacProblem p;
+    p.options.learning_rate = 0.05;
+    p.options.damping = 0.01;
+    p.options.inverse_method = method;
+    p.options.damping_style = style;
+    p.options.inverse_period = 3;
+    p.options.decay = 0.8;
+    p.options.adaptive_damping = true;
+    p.options.damping_adaptation = 0.7;
+    p.options.damping_adaptation_period = 2;
+    return p;
+  };
+  const auto eig = problem(kfopt::InverseMethod::Eigendecomposition, kfopt::DampingStyle::Factored);
+  check_resume<Fixture>("kfac_eigen", [&] { return Fixture(eig); }, 4, 6);
+  check_resume<Fixture>("kfac_eigen_late", [&] { return Fixture(eig); }, 8, 4);
+  const auto chol = problem(kfopt::InverseMethod::Cholesky, kfopt::DampingStyle::Factored);
+  check_resume<Fixture>("kfac_cholesky", [&] { return Fixture(chol); }, 4, 6);
+  const auto exact = problem(kfopt::InverseMethod::Eigendecomposition, kfopt::DampingStyle::Exact);
+  check_resume<Fixture>("kfac_exact", [&] { return Fixture(exact); }, 5, 5);
 }

@@ -457,3 +457,76 @@ TEST_CASE("factor average: a non-finite checkpoint is refused and the state kept
   CHECK(temporal.state().average1 == kept.average1);
   CHECK(temporal.state().average0 == kept.average0);
 }
+
+TEMPLATE_TEST_CASE("factor average: the raw state keeps the lazy blend pending, bit for bit",
+                   "[kron][moments]", float, double) {
+  using S = TestType;
+  Rng rng(43);
+  const kfopt::FactorAverageOptions options{0.8, true};
+  kfopt::FactorMovingAverage<S> watched(6, options), plain(6, options);
+  bool pending_seen = false;
+  for (int t = 0; t < 40; ++t) {
+    const Mat<S> X = rng.normal<S>(5, 6);
+    watched.update(X);
+    plain.update(X);
+    // Taking the raw state does not fold the scale in (value() would, rounding the average
+    // differently from the lazy path): the two averages stay bit-identical.
+    const auto raw = watched.raw_state();
+    pending_seen = pending_seen || raw.scale < 1.0;
+    CHECK(raw.scale >= 1.0 / 4096.0);
+    CHECK(raw.scale <= 1.0);
+    CHECK(raw.average == raw.average.transpose());
+    // A fresh average restored from it continues exactly as the original.
+    if (t % 9 == 4) {
+      kfopt::FactorMovingAverage<S> restored(6, options);
+      restored.set_raw_state(raw);
+      CHECK(restored.raw_state().average == raw.average);
+      CHECK(restored.raw_state().scale == raw.scale);
+      kfopt::FactorMovingAverage<S> original = plain;
+      for (int u = 0; u < 5; ++u) {
+        const Mat<S> Y = rng.normal<S>(5, 6);
+        restored.update(Y);
+        original.update(Y);
+      }
+      CHECK(restored.value() == original.value());
+    }
+  }
+  CHECK(pending_seen);
+  CHECK(watched.value() == plain.value());
+  // The factor is scale · average.
+  const auto raw = plain.raw_state();
+  CHECK(relative_error(Mat<S>(static_cast<S>(raw.scale) * raw.average), Mat<S>(plain.value())) <= 1e-6);
+}
+
+TEST_CASE("factor average: an invalid raw state is refused and the state kept", "[kron][moments]") {
+  Rng rng(47);
+  kfopt::FactorMovingAverage<double> avg(4, {0.8, false});
+  for (int t = 0; t < 3; ++t) avg.update(rng.normal<double>(6, 4));
+  const auto good = avg.raw_state();
+  auto refused = [&](const kfopt::FactorMovingAverage<double>::RawState& r, const char* what) {
+    try {
+      avg.set_raw_state(r);
+      FAIL("accepted");
+    } catch (const std::exception& e) {
+      CHECK(std::string(e.what()).find(what) != std::string::npos);
+    }
+    CHECK(avg.raw_state().average == good.average);
+    CHECK(avg.raw_state().scale == good.scale);
+  };
+  auto r = good;
+  r.scale = 1e-5;
+  refused(r, "lazy scale");
+  r = good;
+  r.average(0, 1) += 1.0;
+  refused(r, "symmetric");
+  r = good;
+  r.average.resize(3, 3);
+  refused(r, "average is 3x3 but must be 4x4");
+  r = good;
+  r.updates = -1;
+  refused(r, "updates -1");
+  kfopt::FactorMovingAverage<double> diagonal(4, {0.8, false, true});
+  auto d = diagonal.raw_state();
+  d.scale = 0.5;
+  CHECK_THROWS_AS(diagonal.set_raw_state(d), kfopt::InvalidInputError);
+}

@@ -80,6 +80,41 @@ class KroneckerBlock {
  public:
   /// Dense dynamic-size matrix of Scalar.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  /// Dense dynamic-size column vector of Scalar.
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// A factor's moving average as it is held (FactorMovingAverage::RawState).
+  using RawFactor = typename FactorMovingAverage<Scalar>::RawState;
+
+  /// Everything the block carries between steps (for checkpoints): the factors' moving
+  /// averages as they are held (the lazy scale not folded in, so that taking the state
+  /// changes nothing), the refused batches, and what the last refresh left for the next
+  /// steps: each factor's spectrum (InverseMethod::Eigendecomposition; zero when it has none)
+  /// or the factor snapshots (Cholesky). The explicit damped inverses are not part of it:
+  /// they are rebuilt from these at the next apply_inverse, bit for bit.
+  struct State {
+    RawFactor a;                          ///< the input factor's average A
+    RawFactor g;                          ///< the gradient factor's average G
+    std::int64_t skipped_statistics = 0;  ///< batches refused for NaN/Inf
+    bool a_has_spectrum = false;          ///< whether A's spectrum was computed
+    bool g_has_spectrum = false;          ///< whether G's spectrum was computed
+    Vector a_eigenvalues;                 ///< A's clipped eigenvalues (ascending; diagonal: in order)
+    Vector g_eigenvalues;                 ///< G's clipped eigenvalues
+    Matrix a_eigenvectors;                ///< A's eigenvectors (dense A only, else empty)
+    Matrix g_eigenvectors;                ///< G's eigenvectors (dense G only, else empty)
+    bool has_snapshot = false;            ///< whether a Cholesky refresh took a snapshot
+    Matrix a_snapshot;                    ///< A at the last refresh (Cholesky; zero without)
+    Matrix g_snapshot;                    ///< G at the last refresh (Cholesky; zero without)
+  };
+
+  /// The block's state (see State); does not finish the factors' pending blends.
+  State state() const;
+  /// Throws (ShapeError, InvalidInputError naming `op`) unless `state` fits this block:
+  /// shapes, finite and symmetric averages and snapshots, valid spectra, equal update counts
+  /// of A and G, counters ≥ 0. Changes nothing.
+  void check_state(const std::string& op, const State& state) const;
+  /// Restores a state() exactly: the next steps give the same bits as they would have on
+  /// the saved block. All-or-nothing (check_state first).
+  void set_state(const State& state);
 
   /// A block named `name` for a layer with `in` inputs and `out` outputs.
   KroneckerBlock(std::string name, Eigen::Index in, Eigen::Index out,
@@ -101,6 +136,8 @@ class KroneckerBlock {
   Eigen::Index output_size() const noexcept { return out_; }
   /// Whether the layer has a bias (an extra input column).
   bool has_bias() const noexcept { return options_.bias; }
+  /// The options in use.
+  const KroneckerBlockOptions& options() const noexcept { return options_; }
   /// Columns of the gradient matrix the block acts on: in (+1 with a bias).
   Eigen::Index cols() const noexcept { return a_.dimension(); }
   /// Rows of the gradient matrix the block acts on: out.
@@ -328,6 +365,77 @@ typename KroneckerBlock<Scalar>::Matrix KroneckerBlock<Scalar>::to_dense() const
   const Matrix A = expand(a_.value());
   const Matrix G = expand(g_.value());
   return kronecker_product(A, G);
+}
+
+template <typename Scalar>
+typename KroneckerBlock<Scalar>::State KroneckerBlock<Scalar>::state() const {
+  State st;
+  st.a = a_.raw_state();
+  st.g = g_.raw_state();
+  st.skipped_statistics = skipped_statistics_;
+  auto spectrum = [](const FactorSpectrum<Scalar>& f, Eigen::Index n, bool& has, Vector& values,
+                     Matrix& vectors) {
+    has = f.has_result();
+    values = has ? f.eigenvalues() : Vector::Zero(n);
+    if (!f.is_diagonal()) vectors = has ? f.eigenvectors() : Matrix::Zero(n, n);
+  };
+  spectrum(a_spectrum_, a_.dimension(), st.a_has_spectrum, st.a_eigenvalues, st.a_eigenvectors);
+  spectrum(g_spectrum_, g_.dimension(), st.g_has_spectrum, st.g_eigenvalues, st.g_eigenvectors);
+  st.has_snapshot = has_snapshot_;
+  st.a_snapshot = has_snapshot_ ? a_snapshot_ : Matrix::Zero(st.a.average.rows(), st.a.average.cols());
+  st.g_snapshot = has_snapshot_ ? g_snapshot_ : Matrix::Zero(st.g.average.rows(), st.g.average.cols());
+  return st;
+}
+
+template <typename Scalar>
+void KroneckerBlock<Scalar>::check_state(const std::string& op, const State& st) const {
+  a_.check_raw_state(op + " (A)", st.a);
+  g_.check_raw_state(op + " (G)", st.g);
+  if (st.a.updates != st.g.updates || st.skipped_statistics < 0) {
+    throw InvalidInputError(op + ": A has " + std::to_string(st.a.updates) + " updates and G " +
+                            std::to_string(st.g.updates) + " (must be equal), skipped statistics " +
+                            std::to_string(st.skipped_statistics) + " (must be >= 0)");
+  }
+  if (st.a_has_spectrum) a_spectrum_.check_result(op + " (A's spectrum)", st.a_eigenvalues, st.a_eigenvectors);
+  if (st.g_has_spectrum) g_spectrum_.check_result(op + " (G's spectrum)", st.g_eigenvalues, st.g_eigenvectors);
+  auto snapshot = [&](const char* what, const Matrix& f, const RawFactor& shape) {
+    detail::require_shape(op.c_str(), what, f, shape.average.rows(), shape.average.cols());
+    detail::require_finite(op.c_str(), what, f);
+    if (f.cols() != 1 || f.rows() == 1) detail::require_symmetric(op.c_str(), what, f);
+  };
+  snapshot("A snapshot", st.a_snapshot, st.a);
+  snapshot("G snapshot", st.g_snapshot, st.g);
+}
+
+template <typename Scalar>
+void KroneckerBlock<Scalar>::set_state(const State& st) {
+  check_state("kfopt::KroneckerBlock::set_state (layer '" + name_ + "')", st);
+  a_.set_raw_state(st.a);
+  g_.set_raw_state(st.g);
+  skipped_statistics_ = st.skipped_statistics;
+  auto spectrum = [](FactorSpectrum<Scalar>& f, bool has, const Vector& values,
+                     const Matrix& vectors) {
+    if (has) {
+      f.set_result(values, vectors);
+    } else {
+      f = FactorSpectrum<Scalar>(f.size(), f.structure());
+    }
+  };
+  spectrum(a_spectrum_, st.a_has_spectrum, st.a_eigenvalues, st.a_eigenvectors);
+  spectrum(g_spectrum_, st.g_has_spectrum, st.g_eigenvalues, st.g_eigenvectors);
+  has_snapshot_ = st.has_snapshot;
+  if (has_snapshot_) {
+    a_snapshot_ = st.a_snapshot;
+    g_snapshot_ = st.g_snapshot;
+  } else {
+    a_snapshot_.resize(0, 0);
+    g_snapshot_.resize(0, 0);
+  }
+  // The explicit damped inverses belong to the old spectra: rebuilt at the next apply.
+  ++spectra_version_;
+  inverse_version_ = -1;
+  cached_a_shift_ = Scalar(-1);
+  cached_g_shift_ = Scalar(-1);
 }
 
 #ifdef KFOPT_COMPILED

@@ -270,6 +270,46 @@ class RecurrentKroneckerBlock {
   /// data was taken; nothing changes then. The refreshed inverse stays as it was until the
   /// next refresh().
   void set_state(const State& state);
+  /// Throws as set_state() would (naming `op`), changing nothing.
+  void check_state(const std::string& op, const State& state) const;
+
+  /// What the last refresh left for the next steps (for checkpoints): the snapshots of A0,
+  /// A1, G0, G1, the length distribution `(T_i, ω_i)` with its `E_T[T]`, and the number of
+  /// refreshes. The eigendecompositions of A0 and G0 and the damping-dependent preparations
+  /// are not part of it: a restore (stage_refresh_state, commit_refresh_state) recomputes
+  /// them from it, with the same results bit for bit as the refresh that made it (the same
+  /// computation on the same numbers).
+  struct RefreshState {
+    Matrix a0;  ///< A0 at the refresh (cols() square; zero before the first refresh)
+    Matrix a1;  ///< A1 at the refresh
+    Matrix g0;  ///< G0 at the refresh (rows() square)
+    Matrix g1;  ///< G1 at the refresh
+    SequenceLengths lengths;          ///< the length distribution at the refresh
+    Scalar mean_length = Scalar(0);   ///< its E_T[T], as the inverse uses it
+    std::int64_t refreshes = 0;       ///< refreshes that had succeeded
+  };
+  /// A copy of what the last refresh left (zero snapshots before the first one).
+  RefreshState refresh_state() const {
+    RefreshState r;
+    if (version_ > 0) {
+      r = RefreshState{snap_a0_, snap_a1_, snap_g0_, snap_g1_, snap_lengths_, snap_mean_, version_};
+    } else {
+      r.a0.setZero(cols(), cols());
+      r.a1.setZero(cols(), cols());
+      r.g0.setZero(rows(), rows());
+      r.g1.setZero(rows(), rows());
+    }
+    return r;
+  }
+  /// First half of restoring a refresh_state(): checks it (ShapeError, InvalidInputError
+  /// naming `op`: shapes, finite and symmetric A0 and G0, a valid length distribution with
+  /// E_T[T] > 0, refreshes ≥ 0; zero snapshots and an empty distribution with 0 refreshes)
+  /// and decomposes its A0 and G0 into staging storage, with no visible change. Returns the
+  /// decomposition's status; commit_refresh_state() after Success only.
+  Status stage_refresh_state(const std::string& op, const RefreshState& r);
+  /// Second half: installs the staged decompositions and the snapshot; the next apply
+  /// prepares again for its damping. Only a memory allocation can fail here.
+  void commit_refresh_state(const RefreshState& r);
 
   /// Forgets all statistics (the refreshed inverse stays until the next refresh()).
   void reset() {
@@ -856,27 +896,7 @@ Status RecurrentKroneckerBlock<Scalar>::update_statistics_full(const Eigen::Ref<
 template <typename Scalar>
 void RecurrentKroneckerBlock<Scalar>::set_state(const State& state) {
   const std::string op = operation("set_state");
-  const Eigen::Index n = cols(), p = rows();
-  detail::require_shape(op.c_str(), "a.average0", state.a.average0, n, n);
-  detail::require_shape(op.c_str(), "a.average1", state.a.average1, n, n);
-  detail::require_shape(op.c_str(), "g.average0", state.g.average0, p, p);
-  detail::require_shape(op.c_str(), "g.average1", state.g.average1, p, p);
-  detail::require_symmetric(op.c_str(), "a.average0", state.a.average0);
-  detail::require_finite(op.c_str(), "a.average1", state.a.average1);
-  detail::require_symmetric(op.c_str(), "g.average0", state.g.average0);
-  detail::require_finite(op.c_str(), "g.average1", state.g.average1);
-  SequenceLengthAverage::check_state(op.c_str(), state.lengths);
-  const bool a_data = state.a.updates > 0, g_data = state.g.updates > 0,
-             l_data = state.lengths.updates > 0;
-  if (a_data != g_data || a_data != l_data) {
-    throw InvalidInputError(op + ": update counts disagree (a " +
-                            std::to_string(state.a.updates) + ", g " +
-                            std::to_string(state.g.updates) + ", lengths " +
-                            std::to_string(state.lengths.updates) + ")");
-  }
-  if (l_data && !(lengths_distribution_mean(state.lengths) > 0.0)) {
-    throw InvalidInputError(op + ": the length histogram has no sequence of length >= 1");
-  }
+  check_state(op, state);
   a_.set_state(state.a);
   g_.set_state(state.g);
   lengths_.set_state(state.lengths);
@@ -968,6 +988,96 @@ typename RecurrentKroneckerBlock<Scalar>::Matrix RecurrentKroneckerBlock<Scalar>
     unit(k % r, k / r) = Scalar(0);
   }
   return dense;
+}
+
+template <typename Scalar>
+void RecurrentKroneckerBlock<Scalar>::check_state(const std::string& op, const State& state) const {
+  const Eigen::Index n = cols(), p = rows();
+  detail::require_shape(op.c_str(), "a.average0", state.a.average0, n, n);
+  detail::require_shape(op.c_str(), "a.average1", state.a.average1, n, n);
+  detail::require_shape(op.c_str(), "g.average0", state.g.average0, p, p);
+  detail::require_shape(op.c_str(), "g.average1", state.g.average1, p, p);
+  detail::require_symmetric(op.c_str(), "a.average0", state.a.average0);
+  detail::require_finite(op.c_str(), "a.average1", state.a.average1);
+  detail::require_symmetric(op.c_str(), "g.average0", state.g.average0);
+  detail::require_finite(op.c_str(), "g.average1", state.g.average1);
+  SequenceLengthAverage::check_state(op.c_str(), state.lengths);
+  const bool a_data = state.a.updates > 0, g_data = state.g.updates > 0,
+             l_data = state.lengths.updates > 0;
+  if (a_data != g_data || a_data != l_data) {
+    throw InvalidInputError(op + ": update counts disagree (a " +
+                            std::to_string(state.a.updates) + ", g " +
+                            std::to_string(state.g.updates) + ", lengths " +
+                            std::to_string(state.lengths.updates) + ")");
+  }
+  if (l_data && !(lengths_distribution_mean(state.lengths) > 0.0)) {
+    throw InvalidInputError(op + ": the length histogram has no sequence of length >= 1");
+  }
+  if (state.a.updates < 0 || state.g.updates < 0 || state.a.skipped_nonfinite < 0 ||
+      state.g.skipped_nonfinite < 0 || state.skipped_statistics < 0 ||
+      !(state.a.weight.weight >= 0.0) || !std::isfinite(state.a.weight.weight) ||
+      !(state.g.weight.weight >= 0.0) || !std::isfinite(state.g.weight.weight) ||
+      !(state.lengths.weight.weight >= 0.0) || !std::isfinite(state.lengths.weight.weight)) {
+    throw InvalidInputError(op + ": negative counters or a negative or non-finite weight");
+  }
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::stage_refresh_state(const std::string& op,
+                                                             const RefreshState& r) {
+  const Eigen::Index n = cols(), p = rows();
+  detail::require_shape(op.c_str(), "refresh/A0", r.a0, n, n);
+  detail::require_shape(op.c_str(), "refresh/A1", r.a1, n, n);
+  detail::require_shape(op.c_str(), "refresh/G0", r.g0, p, p);
+  detail::require_shape(op.c_str(), "refresh/G1", r.g1, p, p);
+  detail::require_symmetric(op.c_str(), "refresh/A0", r.a0);
+  detail::require_finite(op.c_str(), "refresh/A1", r.a1);
+  detail::require_symmetric(op.c_str(), "refresh/G0", r.g0);
+  detail::require_finite(op.c_str(), "refresh/G1", r.g1);
+  if (r.refreshes < 0) {
+    throw InvalidInputError(op + ": refreshes is " + std::to_string(r.refreshes) + " (< 0)");
+  }
+  if (r.refreshes == 0) {
+    if (!r.lengths.empty() || r.mean_length != Scalar(0) || !r.a0.isZero(0) ||
+        !r.a1.isZero(0) || !r.g0.isZero(0) || !r.g1.isZero(0)) {
+      throw InvalidInputError(op + ": a snapshot without a refresh (refreshes = 0) must be empty");
+    }
+    return Status::Success;
+  }
+  r.lengths.validate(op.c_str());
+  if (!(r.mean_length > Scalar(0)) || !std::isfinite(r.mean_length)) {
+    throw InvalidInputError(op + ": the refresh's mean length " +
+                            std::to_string(static_cast<double>(r.mean_length)) + " must be > 0");
+  }
+  // The same decompositions as refresh() made of the same matrices.
+  Status s = a0_stage_.compute(r.a0).info();
+  if (s != Status::Success) return s;
+  return g0_stage_.compute(r.g0).info();
+}
+
+template <typename Scalar>
+void RecurrentKroneckerBlock<Scalar>::commit_refresh_state(const RefreshState& r) {
+  if (r.refreshes > 0) {
+    std::swap(a0_spectrum_, a0_stage_);
+    std::swap(g0_spectrum_, g0_stage_);
+    snap_a0_ = r.a0;
+    snap_a1_ = r.a1;
+    snap_g0_ = r.g0;
+    snap_g1_ = r.g1;
+    snap_lengths_ = r.lengths;
+    snap_mean_ = r.mean_length;
+  } else {
+    snap_a0_.resize(0, 0);
+    snap_a1_.resize(0, 0);
+    snap_g0_.resize(0, 0);
+    snap_g1_.resize(0, 0);
+    snap_lengths_ = SequenceLengths{};
+    snap_mean_ = Scalar(0);
+  }
+  version_ = r.refreshes;
+  inverse_.valid = false;  // prepared again, from the restored spectra, at the next apply
+  forward_.valid = false;
+  stage_.valid = false;
 }
 
 #ifdef KFOPT_COMPILED

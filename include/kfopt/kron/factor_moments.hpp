@@ -35,6 +35,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -267,6 +268,61 @@ class FactorMovingAverage {
     state_.average.setZero(dimension(), value_cols());
     scale_ = 1.0;
     pending_ = false;
+  }
+
+  /// The average as it is held between reads (see the class comment): the factor is
+  /// `scale · average`, where `scale ∈ [1/4096, 1]` is the decay not yet folded in (1 when
+  /// nothing is pending, and always for a diagonal factor).
+  struct RawState {
+    Matrix average;                     ///< R: dimension × dimension (symmetric), or × 1
+    double scale = 1.0;                 ///< the lazy scale s: the factor is s · R
+    detail::AverageWeight weight;       ///< Σ_s β^{t−s} over the batches taken
+    std::int64_t updates = 0;           ///< batches taken into the average
+    std::int64_t skipped_nonfinite = 0; ///< batches refused because they held NaN or Inf
+  };
+  /// The state without finishing the pending blend (a checkpoint must not perturb the run:
+  /// value() would round s · R into the average in place). R's lower triangle is mirrored in
+  /// the copy. O(n²).
+  RawState raw_state() const {
+    RawState r{state_.average, pending_ ? scale_ : 1.0, state_.weight, state_.updates,
+               state_.skipped_nonfinite};
+    if (pending_) detail::mirror_lower_to_upper(r.average);
+    return r;
+  }
+  /// Throws (naming `op`) unless `raw` fits this average: ShapeError for a wrong shape,
+  /// InvalidInputError for a non-finite or non-symmetric R, a scale outside [1/4096, 1] (1
+  /// for a diagonal factor), a negative or non-finite weight or negative counters.
+  void check_raw_state(const std::string& op, const RawState& raw) const {
+    detail::require_shape(op.c_str(), "average", raw.average, dimension(), value_cols());
+    if (!raw.average.allFinite()) {
+      throw InvalidInputError(op + ": average (" + detail::shape_of(raw.average) +
+                              ") has NaN or Inf entries");
+    }
+    if (!options_.diagonal) detail::require_symmetric(op.c_str(), "average", raw.average);
+    const bool scale_ok = options_.diagonal ? raw.scale == 1.0
+                                            : (raw.scale >= kMinScale && raw.scale <= 1.0);
+    if (!scale_ok) {
+      throw InvalidInputError(op + ": lazy scale " + std::to_string(raw.scale) + " is outside " +
+                              (options_.diagonal ? "{1} (a diagonal factor has none)"
+                                                 : "[1/4096, 1]"));
+    }
+    if (!(raw.weight.weight >= 0.0) || !std::isfinite(raw.weight.weight) || raw.updates < 0 ||
+        raw.skipped_nonfinite < 0) {
+      throw InvalidInputError(op + ": weight " + std::to_string(raw.weight.weight) +
+                              ", updates " + std::to_string(raw.updates) + " and skips " +
+                              std::to_string(raw.skipped_nonfinite) + " must be finite and >= 0");
+    }
+  }
+  /// Restores a raw_state() exactly (the next value() and update() give the same bits as
+  /// they would have given on the saved object). All-or-nothing: check_raw_state first.
+  void set_raw_state(const RawState& raw) {
+    check_raw_state("kfopt::FactorMovingAverage::set_raw_state", raw);
+    state_.average = raw.average;
+    state_.weight = raw.weight;
+    state_.updates = raw.updates;
+    state_.skipped_nonfinite = raw.skipped_nonfinite;
+    scale_ = raw.scale;
+    pending_ = raw.scale != 1.0;  // with s = 1 the mirrored R is already the finished value
   }
 
  private:

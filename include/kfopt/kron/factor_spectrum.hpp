@@ -41,6 +41,32 @@ class FactorSpectrum {
   /// factor returns NonFiniteInput and keeps the previous spectrum.
   Status compute(const Eigen::Ref<const Matrix>& factor);
 
+  /// Throws (naming `op`) unless `values` (and, for a dense factor, `vectors`) are a valid
+  /// spectrum of this factor (SymmetricEigenCache::check_decomposition; a diagonal factor's
+  /// values need only be finite and ≥ 0, in coordinate order).
+  void check_result(const std::string& op, const Vector& values, const Matrix& vectors) const {
+    if (!is_diagonal()) {
+      SymmetricEigenCache<Scalar>::check_decomposition(op, values, vectors, n_);
+      return;
+    }
+    detail::require_shape(op.c_str(), "eigenvalues", values, n_, 1);
+    if (!values.allFinite() || (n_ > 0 && !(values.minCoeff() >= Scalar(0)))) {
+      throw InvalidInputError(op + ": a diagonal factor's eigenvalues must be finite and >= 0");
+    }
+  }
+  /// Installs a spectrum computed earlier (eigenvalues(), and eigenvectors() for a dense
+  /// factor; `vectors` is ignored for a diagonal one), bit for bit. All-or-nothing:
+  /// check_result first.
+  void set_result(const Vector& values, const Matrix& vectors) {
+    check_result("kfopt::FactorSpectrum::set_result", values, vectors);
+    if (!is_diagonal()) {
+      cache_.set_decomposition(values, vectors);
+      return;
+    }
+    diagonal_ = values;
+    has_result_ = true;
+  }
+
   /// Dense or Diagonal, as constructed.
   FactorStructure structure() const noexcept { return structure_; }
   /// Whether the factor is kept as its diagonal.

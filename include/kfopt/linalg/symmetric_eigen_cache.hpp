@@ -22,6 +22,8 @@
 
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
+#include <cmath>
+#include <string>
 
 #include "kfopt/linalg/eigen_decompositions.hpp"
 #include "kfopt/core/error.hpp"
@@ -172,6 +174,46 @@ class SymmetricEigenCache {
   /// InvalidInputError if it is not symmetric; a non-finite A sets
   /// `info() == Status::NonFiniteInput` and keeps the previous decomposition.
   SymmetricEigenCache& compute(const Eigen::Ref<const Matrix>& A);
+
+  /// Throws InvalidInputError (naming `op`) unless `values` and `vectors` are a valid
+  /// clipped decomposition of an n×n matrix: finite, values ≥ 0 and ascending, vectors n×n
+  /// with orthonormal columns (‖VᵀV − I‖_max ≤ √ε·n). ShapeError for wrong shapes. O(n³).
+  static void check_decomposition(const std::string& op, const Vector& values,
+                                  const Matrix& vectors, Eigen::Index n) {
+    detail::require_shape(op.c_str(), "eigenvalues", values, n, 1);
+    detail::require_shape(op.c_str(), "eigenvectors", vectors, n, n);
+    detail::require_finite(op.c_str(), "eigenvalues", values);
+    detail::require_finite(op.c_str(), "eigenvectors", vectors);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      if (!(values(i) >= Scalar(0)) || (i > 0 && !(values(i) >= values(i - 1)))) {
+        throw InvalidInputError(op + ": eigenvalues must be >= 0 and ascending (entry " +
+                                std::to_string(i) + " is " +
+                                std::to_string(static_cast<double>(values(i))) + ")");
+      }
+    }
+    if (n == 0) return;
+    const Matrix gram = vectors.transpose() * vectors - Matrix::Identity(n, n);
+    const Scalar tol = std::sqrt(Eigen::NumTraits<Scalar>::epsilon()) * static_cast<Scalar>(n);
+    if (!(gram.cwiseAbs().maxCoeff() <= tol)) {
+      throw InvalidInputError(op + ": eigenvectors (" + detail::shape_of(vectors) +
+                              ") are not orthonormal");
+    }
+  }
+
+  /// Installs a decomposition computed earlier (a checkpoint's eigenvalues() and
+  /// eigenvectors()) as the cached one, bit for bit; all-or-nothing (check_decomposition
+  /// first). The clip count is then 0 and the smallest eigenvalue before clipping is
+  /// values(0).
+  void set_decomposition(const Vector& values, const Matrix& vectors) {
+    check_decomposition("kfopt::SymmetricEigenCache::set_decomposition", values, vectors,
+                        values.size());
+    eigenvalues_ = values;
+    eigenvectors_ = vectors;
+    clipped_ = 0;
+    min_raw_eigenvalue_ = values.size() > 0 ? values(0) : Scalar(0);
+    last_status_ = Status::Success;
+    has_result_ = true;
+  }
 
   /// Status of the last `compute()`. `Success` means the cached decomposition is of the
   /// last matrix given; otherwise it is of the last matrix that succeeded (if any).

@@ -43,11 +43,12 @@
 #include <cmath>
 #include <deque>
 #include <limits>
-#include <string>
-
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "kfopt/core/parameter_block.hpp"
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/curvature/kronecker_block.hpp"
 #include "kfopt/curvature/recurrent_kronecker_block.hpp"
@@ -309,6 +310,79 @@ class Kfac {
     options_ = o;
   }
 
+  /// One layer's part of the state: its momentum and its block's state (statistics and
+  /// what the last refresh left; see KfacDenseBlockState and KfacRecurrentBlockState).
+  struct LayerState {
+    std::unique_ptr<detail::KfacBlockState<Scalar>> block;  ///< the Fisher block's state
+    Matrix momentum;                                         ///< m (rows × cols of [W b])
+  };
+
+  /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::Kfac": the
+  /// counters "steps", "skipped_nonfinite", "inverse_refreshes", "singular_skips",
+  /// "skipped_statistics", "loss_reports", the current λ "damping", "last_clip_scale",
+  /// "last_reduction_ratio" and "pending_model_change" (what report_loss reads); per layer,
+  /// named after it, "<layer>/momentum" and the block's state: for a dense layer the factors
+  /// "<layer>/A", "<layer>/G" as they are held — the factor is `A_scale · A`, `A_scale ∈
+  /// [1/4096, 1]` being the decay not yet folded in — with their weights and update counts,
+  /// and the spectra (or, with InverseMethod::Cholesky, the factor snapshots) the next steps
+  /// read; for a recurrent layer A0, A1, G0, G1, the length histogram and the last
+  /// refresh's snapshot (KfacRecurrentBlockState). Hyperparameters: KfacOptions's fields
+  /// (learning_rate restored on load; damping_style, inverse_method, adaptive_damping
+  /// structural; the others continuous) and each layer's structure ("<layer>.kind", ...).
+  /// The explicit damped inverses and prepared operators are not stored: a load rebuilds
+  /// them, so that N steps, save, load into a Kfac with the same layers and M more steps
+  /// equal N + M uninterrupted steps bit for bit. Taking the state changes nothing.
+  /// The weights are the model's (parameters_state_dict).
+  StateDict state_dict() const;
+  /// Restores a state_dict() of a Kfac with the same layers (names, kinds, shapes) and
+  /// options; all-or-nothing: everything is checked (entries, factors symmetric positive
+  /// semi-definite, spectra, counters; the refresh snapshots decomposed) before anything is
+  /// written, and errors name "kfopt::Kfac::load_state_dict", the layer and the entry.
+  void load_state_dict(const StateDict& dict, const LoadOptions& options = {});
+  /// The layers' part of the state, as state_dict() stores it.
+  std::vector<LayerState> layer_states() const {
+    std::vector<LayerState> out;
+    for (const Layer& l : layers_) out.push_back(LayerState{l.block->save_state(), l.momentum});
+    return out;
+  }
+  /// The one list of fields state_dict() writes and load_state_dict() reads.
+  template <typename Io>
+  void state_fields(Io& io, State& s, KfacOptions& o, std::vector<LayerState>& ls) const {
+    constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
+    std::int64_t statistics_period = o.statistics_period, inverse_period = o.inverse_period,
+                 adaptation_period = o.damping_adaptation_period;
+    io.hyperparameter("learning_rate", o.learning_rate, HyperparameterKind::Restored);
+    io.hyperparameter("momentum", o.momentum, kC);
+    io.hyperparameter("damping", o.damping, kC);
+    io.hyperparameter("damping_style", o.damping_style);
+    io.hyperparameter("inverse_method", o.inverse_method);
+    io.hyperparameter("min_damping", o.min_damping, kC);
+    io.hyperparameter("max_damping", o.max_damping, kC);
+    io.hyperparameter("weight_decay", o.weight_decay, kC);
+    io.hyperparameter("decay", o.decay, kC);
+    io.hyperparameter("statistics_period", statistics_period, kC);
+    io.hyperparameter("inverse_period", inverse_period, kC);
+    io.hyperparameter("kl_clip", o.kl_clip, kC);
+    io.hyperparameter("adaptive_damping", o.adaptive_damping);
+    io.hyperparameter("damping_adaptation", o.damping_adaptation, kC);
+    io.hyperparameter("damping_adaptation_period", adaptation_period, kC);
+    io.counters(s.counters);
+    io.real("damping", s.damping, EntryConstraint::Nonnegative);
+    io.integer("inverse_refreshes", s.inverse_refreshes);
+    io.integer("singular_skips", s.singular_skips);
+    io.integer("skipped_statistics", s.skipped_statistics);
+    io.real("last_clip_scale", s.last_clip_scale);
+    io.real("last_reduction_ratio", s.last_reduction_ratio, EntryConstraint::Unchecked);
+    io.real("pending_model_change", s.pending_model_change);
+    io.integer("loss_reports", s.loss_reports);
+    for (std::size_t i = 0; i < ls.size(); ++i) {
+      io.enter(layers_[i].name);
+      io.array("momentum", ls[i].momentum);
+      ls[i].block->fields(io);
+      io.leave();
+    }
+  }
+
  private:
   using Block = detail::KfacLayerBlock<Scalar>;
 
@@ -414,6 +488,36 @@ Kfac<Scalar>& Kfac<Scalar>::operator=(const Kfac& other) {
     *this = std::move(copy);
   }
   return *this;
+}
+
+template <typename Scalar>
+StateDict Kfac<Scalar>::state_dict() const {
+  return detail::write_state_dict<Scalar>(*this, "kfopt::Kfac", state_, options_, layer_states());
+}
+
+template <typename Scalar>
+void Kfac<Scalar>::load_state_dict(const StateDict& dict, const LoadOptions& options) {
+  constexpr const char* op = "kfopt::Kfac::load_state_dict";
+  State s = state_;
+  KfacOptions o = options_;
+  std::vector<LayerState> ls = layer_states();
+  detail::read_state_dict<Scalar>(*this, op, dict, options, s, o, ls);
+  o.validate();  // the restored learning rate
+  if (!(s.damping > 0.0) || !std::isfinite(s.damping)) {
+    throw InvalidInputError(std::string(op) + ": entry 'damping' is " + std::to_string(s.damping) +
+                            " (the damping must be > 0)");
+  }
+  // Every layer is checked (and its derived state staged) before any is written.
+  for (std::size_t i = 0; i < ls.size(); ++i) {
+    layers_[i].block->stage_state(std::string(op) + " (layer '" + layers_[i].name + "')",
+                                  *ls[i].block);
+  }
+  for (std::size_t i = 0; i < ls.size(); ++i) {
+    layers_[i].block->commit_state(*ls[i].block);
+    layers_[i].momentum = std::move(ls[i].momentum);
+  }
+  state_ = s;
+  options_ = o;
 }
 
 template <typename Scalar>

@@ -12,8 +12,10 @@
 
 #include <Eigen/Core>
 #include <memory>
+#include <string>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/state_dict.hpp"
 #include "kfopt/curvature/kronecker_block.hpp"
 
 namespace kfopt {
@@ -22,6 +24,24 @@ template <typename Scalar>
 class RecurrentKroneckerBlock;
 
 namespace detail {
+
+/// A copy of one layer block's state, as Kfac's state dict holds it: its fields are listed
+/// once (a function template of the concrete state) for both the writer and the reader, so
+/// that saving and loading cannot disagree. Made by KfacLayerBlock::save_state.
+template <typename Scalar>
+class KfacBlockState {
+ public:
+  virtual ~KfacBlockState() = default;
+  /// Writes the fields, inside the layer's scope (entries "<layer>/<field>").
+  virtual void fields(StateDictWriter<Scalar>& io) = 0;
+  /// Reads the fields from a dict already checked against the layer's own.
+  virtual void fields(StateDictReader<Scalar>& io) = 0;
+
+ protected:
+  KfacBlockState() = default;
+  KfacBlockState(const KfacBlockState&) = default;
+  KfacBlockState& operator=(const KfacBlockState&) = default;
+};
 
 /// What Kfac needs of a layer's Fisher block (see kfac_layer_block.hpp).
 template <typename Scalar>
@@ -48,6 +68,16 @@ class KfacLayerBlock {
   /// The block as a dense or a recurrent block (nullptr if it is the other kind).
   virtual KroneckerBlock<Scalar>* dense() noexcept { return nullptr; }
   virtual RecurrentKroneckerBlock<Scalar>* recurrent() noexcept { return nullptr; }
+  /// A copy of the block's complete state (without changing the block, not even the
+  /// factors' pending lazy blends).
+  virtual std::unique_ptr<KfacBlockState<Scalar>> save_state() const = 0;
+  /// First half of a restore: throws (ShapeError, InvalidInputError, NumericalError naming
+  /// `op`) unless `state` (made by this kind of block's save_state, then read) fits the
+  /// block, and prepares what the restore computes, with no visible change.
+  virtual void stage_state(const std::string& op, const KfacBlockState<Scalar>& state) = 0;
+  /// Second half: installs a state that stage_state accepted; the caches derived from it
+  /// (explicit damped inverses, prepared operators) are rebuilt at the next use.
+  virtual void commit_state(const KfacBlockState<Scalar>& state) = 0;
 
  protected:
   KfacLayerBlock() = default;
@@ -73,9 +103,70 @@ class KfacDenseLayerBlock final : public KfacLayerBlock<Scalar> {
                        Matrix& out) override;
   Status multiply(const Matrix& Z, Matrix& out) override;
   KroneckerBlock<Scalar>* dense() noexcept override { return &block_; }
+  std::unique_ptr<KfacBlockState<Scalar>> save_state() const override;
+  void stage_state(const std::string& op, const KfacBlockState<Scalar>& state) override;
+  void commit_state(const KfacBlockState<Scalar>& state) override;
 
  private:
   KroneckerBlock<Scalar> block_;
+};
+
+/// A dense layer's state in Kfac's state dict, per layer: the factors "A" and "G" as they
+/// are held (FactorMovingAverage::RawState: the factor is `A_scale · A`, `A_scale ∈
+/// [1/4096, 1]` being the decay not yet folded in; diagonal factors are columns),
+/// "A_weight", "A_updates", "A_skipped_nonfinite" (and G's), "skipped_statistics", and what
+/// the last refresh left: "A_has_spectrum", "A_eigenvalues", "A_eigenvectors" (dense
+/// factors) and G's with InverseMethod::Eigendecomposition, or "has_snapshot",
+/// "A_snapshot", "G_snapshot" with Cholesky. Structural hyperparameters "<layer>.kind"
+/// ("dense"), "<layer>.bias", "<layer>.input_factor", "<layer>.gradient_factor".
+template <typename Scalar>
+class KfacDenseBlockState final : public KfacBlockState<Scalar> {
+ public:
+  /// The block's state and its structure.
+  KfacDenseBlockState(typename KroneckerBlock<Scalar>::State s, KroneckerBlockOptions o)
+      : state(std::move(s)), options(o) {}
+  void fields(StateDictWriter<Scalar>& io) override { fields_of(io); }
+  void fields(StateDictReader<Scalar>& io) override { fields_of(io); }
+
+  typename KroneckerBlock<Scalar>::State state;  ///< the block's state
+  KroneckerBlockOptions options;                 ///< the block's structure
+
+ private:
+  template <typename Io>
+  void fields_of(Io& io) {
+    using Raw = typename KroneckerBlock<Scalar>::RawFactor;
+    const bool a_diagonal = options.input_factor == FactorStructure::Diagonal;
+    const bool g_diagonal = options.gradient_factor == FactorStructure::Diagonal;
+    std::string kind = "dense";
+    io.hyperparameter("kind", kind);
+    io.hyperparameter("bias", options.bias);
+    io.hyperparameter("input_factor", options.input_factor);
+    io.hyperparameter("gradient_factor", options.gradient_factor);
+    auto factor = [&io](const std::string& name, Raw& f, bool diagonal) {
+      io.array(name, f.average, diagonal ? EntryConstraint::Nonnegative : EntryConstraint::SymmetricPsd);
+      io.real(name + "_scale", f.scale, EntryConstraint::Nonnegative);
+      io.real(name + "_weight", f.weight.weight, EntryConstraint::Nonnegative);
+      io.integer(name + "_updates", f.updates);
+      io.integer(name + "_skipped_nonfinite", f.skipped_nonfinite);
+    };
+    factor("A", state.a, a_diagonal);
+    factor("G", state.g, g_diagonal);
+    io.integer("skipped_statistics", state.skipped_statistics);
+    if (options.inverse_method == InverseMethod::Eigendecomposition) {
+      io.boolean("A_has_spectrum", state.a_has_spectrum);
+      io.array("A_eigenvalues", state.a_eigenvalues, EntryConstraint::Nonnegative);
+      if (!a_diagonal) io.array("A_eigenvectors", state.a_eigenvectors);
+      io.boolean("G_has_spectrum", state.g_has_spectrum);
+      io.array("G_eigenvalues", state.g_eigenvalues, EntryConstraint::Nonnegative);
+      if (!g_diagonal) io.array("G_eigenvectors", state.g_eigenvectors);
+    } else {
+      io.boolean("has_snapshot", state.has_snapshot);
+      io.array("A_snapshot", state.a_snapshot,
+               a_diagonal ? EntryConstraint::Nonnegative : EntryConstraint::SymmetricPsd);
+      io.array("G_snapshot", state.g_snapshot,
+               g_diagonal ? EntryConstraint::Nonnegative : EntryConstraint::SymmetricPsd);
+    }
+  }
 };
 
 template <typename Scalar>
@@ -101,10 +192,30 @@ Status KfacDenseLayerBlock<Scalar>::multiply(const Matrix& Z, Matrix& out) {
   return Status::Success;
 }
 
+template <typename Scalar>
+std::unique_ptr<KfacBlockState<Scalar>> KfacDenseLayerBlock<Scalar>::save_state() const {
+  return std::make_unique<KfacDenseBlockState<Scalar>>(block_.state(), block_.options());
+}
+
+template <typename Scalar>
+void KfacDenseLayerBlock<Scalar>::stage_state(const std::string& op,
+                                              const KfacBlockState<Scalar>& state) {
+  const auto* s = dynamic_cast<const KfacDenseBlockState<Scalar>*>(&state);
+  if (s == nullptr) throw InvalidInputError(op + ": the state is not a dense layer's");
+  block_.check_state(op, s->state);
+}
+
+template <typename Scalar>
+void KfacDenseLayerBlock<Scalar>::commit_state(const KfacBlockState<Scalar>& state) {
+  block_.set_state(static_cast<const KfacDenseBlockState<Scalar>&>(state).state);
+}
+
 #ifdef KFOPT_COMPILED
 // Compiled once in kfopt_compiled (src/kfac_instantiations.hpp).
 extern template class KfacDenseLayerBlock<float>;
 extern template class KfacDenseLayerBlock<double>;
+extern template class KfacDenseBlockState<float>;
+extern template class KfacDenseBlockState<double>;
 #endif
 
 }  // namespace detail
