@@ -6,12 +6,14 @@
 ///
 ///     const bool finite = detail::store_checked<Scalar>(n,
 ///         detail::store(mn, b1 * m + (1 - b1) * g),
-///         detail::store(pn, p - lr * mn),      // reads mn as just stored, element by element
+///         detail::store(p, p - lr * (b1 * m + (1 - b1) * g)),  // in place; the expression again
 ///         detail::check(g));                   // checked, not stored
 ///
-/// Terms are evaluated in order, element by element (a SIMD packet at a time), so a term may
-/// read what an earlier term stored at the same index. Every term must be element-wise (no
-/// products, reductions or shifted reads). The check ORs the bits of `x · 0` over the values
+/// Terms are evaluated element by element (a SIMD packet at a time): at each index every
+/// term is computed first, then the stores are made, so a term reads the values its inputs
+/// had before the pass (a store may target an input of the same index, e.g. the new
+/// parameters over the old), never what another term stores. Every term must be element-wise
+/// (no products, reductions or shifted reads). The check ORs the bits of `x · 0` over the values
 /// (±0 when all are finite, a NaN otherwise: no dependency chain through an adder), so it must not be compiled with -ffinite-math-only (or
 /// -ffast-math), which kfopt never uses. Cost: one pass over the tiles' elements with one
 /// extra multiply-add per value checked; no allocation.
@@ -71,32 +73,19 @@ constexpr bool packet_access() {
          (static_cast<unsigned>(Eval::Flags) & Eigen::LinearAccessBit) != 0;
 }
 
-template <typename Packet, typename Eval, typename Scalar, typename Expr>
-EIGEN_STRONG_INLINE Packet packet_term(const Eval& eval, const StoreTerm<Scalar, Expr>& term,
-                                       Eigen::Index k, const Packet& acc, const Packet& zero) {
-  const Packet x = eval.template packet<Eigen::Unaligned, Packet>(k);
+template <typename Packet, typename Scalar, typename Expr>
+EIGEN_STRONG_INLINE void store_packet(const StoreTerm<Scalar, Expr>& term, Eigen::Index k, const Packet& x) {
   Eigen::internal::pstoreu(term.data + k, x);
-  return Eigen::internal::por(acc, Eigen::internal::pmul(x, zero));
 }
-template <typename Packet, typename Eval, typename Expr>
-EIGEN_STRONG_INLINE Packet packet_term(const Eval& eval, const CheckTerm<Expr>&, Eigen::Index k,
-                                       const Packet& acc, const Packet& zero) {
-  const Packet x = eval.template packet<Eigen::Unaligned, Packet>(k);
-  return Eigen::internal::por(acc, Eigen::internal::pmul(x, zero));
-}
+template <typename Packet, typename Expr>
+EIGEN_STRONG_INLINE void store_packet(const CheckTerm<Expr>&, Eigen::Index, const Packet&) {}
 
-template <typename Scalar, typename Eval, typename Expr>
-EIGEN_STRONG_INLINE Scalar scalar_term(const Eval& eval, const StoreTerm<Scalar, Expr>& term,
-                                       Eigen::Index k, Scalar acc) {
-  const Scalar x = eval.coeff(k);
+template <typename Scalar, typename Expr>
+EIGEN_STRONG_INLINE void store_scalar(const StoreTerm<Scalar, Expr>& term, Eigen::Index k, Scalar x) {
   term.data[k] = x;
-  return acc + x * Scalar(0);
 }
-template <typename Scalar, typename Eval, typename Expr>
-EIGEN_STRONG_INLINE Scalar scalar_term(const Eval& eval, const CheckTerm<Expr>&, Eigen::Index k,
-                                       Scalar acc) {
-  return acc + eval.coeff(k) * Scalar(0);
-}
+template <typename Scalar, typename Expr>
+EIGEN_STRONG_INLINE void store_scalar(const CheckTerm<Expr>&, Eigen::Index, Scalar) {}
 
 template <typename Scalar, typename Evals, typename Terms, std::size_t... I>
 bool run(Eigen::Index n, Evals& evals, const Terms& terms, std::index_sequence<I...>) {
@@ -107,16 +96,26 @@ bool run(Eigen::Index n, Evals& evals, const Terms& terms, std::index_sequence<I
   Eigen::Index k = 0;
   Scalar acc = Scalar(0);
   if constexpr (vectorize) {
-    constexpr Eigen::Index size = Eigen::internal::unpacket_traits<Packet>::size;
+    constexpr Eigen::Index size = Eigen::internal::packet_traits<Scalar>::size;
     const Packet zero = Eigen::internal::pset1<Packet>(Scalar(0));
     Packet packed = zero;
     for (; k + size <= n; k += size) {
-      ((packed = packet_term(std::get<I>(evals), std::get<I>(terms), k, packed, zero)), ...);
+      // Every term's packet is loaded and computed before any is stored: no load waits on
+      // a store, and loads shared by several terms can be merged.
+      const Packet x[] = {std::get<I>(evals).template packet<Eigen::Unaligned, Packet>(k)...};
+      (store_packet(std::get<I>(terms), k, x[I]), ...);
+      ((packed = Eigen::internal::por(packed, Eigen::internal::pmul(x[I], zero))), ...);
     }
-    acc = Eigen::internal::predux(packed);
+    // The lanes, summed one by one (GCC 12 reports a false -Wuninitialized inside the
+    // AVX-512 extract intrinsics of Eigen's predux).
+    Scalar lanes[size];
+    Eigen::internal::pstoreu(lanes, packed);
+    for (const Scalar lane : lanes) acc += lane;
   }
   for (; k < n; ++k) {
-    ((acc = scalar_term<Scalar>(std::get<I>(evals), std::get<I>(terms), k, acc)), ...);
+    const Scalar x[] = {std::get<I>(evals).coeff(k)...};
+    (store_scalar(std::get<I>(terms), k, x[I]), ...);
+    ((acc = acc + x[I] * Scalar(0)), ...);
   }
   return acc == Scalar(0);
 }
