@@ -288,9 +288,10 @@ inline void require_fisher_call(const char* operation, FisherEstimate kind, bool
 
 /// The start of every element-wise filter's data update (filter RMSProp, filter Adam, the
 /// fixed-point form): the call must match the Fisher estimate (InvalidInputError), the
-/// storage must keep its shapes (ShapeError naming `operation`), the gradients, the current
-/// parameters and a supplied `e` must be finite (else NonFiniteInput, counted in `counters`,
-/// nothing written). On Success `sample` is the step's source of e; for
+/// storage must keep its shapes (ShapeError naming `operation`), a supplied `e` must be
+/// finite (else NonFiniteInput, counted in `counters`, nothing written). The gradients and
+/// the current parameters are checked by the update's GuardedUpdate pass, tile by tile
+/// (core/step_guard.hpp). On Success `sample` is the step's source of e; for
 /// FisherEstimate::Centered `sample.next_weight = β w_{t−1} + 1` (β = `centering_decay`),
 /// which the optimizer commits with the rest of the step.
 template <typename Scalar>
@@ -299,8 +300,7 @@ Status begin_data_update(const char* operation, FisherEstimate kind, double cent
                          StepCounters& counters, double centering_weight,
                          FisherSample<Scalar>& sample) {
   require_fisher_call(operation, kind, supplied != nullptr);
-  const Status guard = begin_step(operation, params, counters);
-  if (guard != Status::Success) return guard;
+  require_storage(operation, params);
   if (supplied != nullptr && !check_supplied_fisher(operation, *supplied, params)) {
     return refuse(counters, Status::NonFiniteInput);
   }

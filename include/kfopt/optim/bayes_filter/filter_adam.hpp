@@ -191,11 +191,12 @@ class FilterAdam {
     constexpr const char* op = "kfopt::FilterAdam::predict";
     usable_.require(op);
     detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
-    for (const auto& block : *params_) block.check_storage(op);
+    detail::require_storage(op, *params_);
     shape_scratch();
     std::int64_t clamped = 0;
-    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto&, const auto& p, auto& pn) {
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto&, const auto& p, auto& pn, auto& guard) {
+      if (!guard.save()) return false;
       const Scalar* m = state_.momentum[i].data() + o;
       const Scalar* ww = state_.weight_variance[i].data() + o;
       const Scalar* wp = state_.cross_covariance[i].data() + o;
@@ -214,13 +215,9 @@ class FilterAdam {
         wpn[k] = c.wp;
         ppn[k] = c.pp;
       }
-      return next_finite(i, o, n);
-    });
-    if (!ok) {
-      bool params_finite = true;
-      for (const auto& block : *params_) params_finite = params_finite && detail::all_finite(block.value());
-      return detail::refuse(state_.counters, params_finite ? Status::Overflow : Status::NonFiniteInput);
-    }
+      return next_finite(i, o, n, pn);
+    }, detail::GuardedInputs::Values);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     commit(clamped);
     state_.phase = FilterPhase::Prior;
     return Status::Success;
@@ -343,9 +340,11 @@ class FilterAdam {
       detail::shape_buffers_like(*b, *params_);
     }
   }
-  bool next_finite(std::size_t i, Eigen::Index o, Eigen::Index n) const {
-    return detail::all_finite(detail::tile(next_momentum_[i], o, n), detail::tile(next_ww_[i], o, n),
-                              detail::tile(next_wp_[i], o, n), detail::tile(next_pp_[i], o, n));
+  // Whether a tile's new parameters `pn` and new state are finite.
+  template <typename Tile>
+  bool next_finite(std::size_t i, Eigen::Index o, Eigen::Index n, const Tile& pn) const {
+    return detail::all_finite_tiles(pn, detail::tile(next_momentum_[i], o, n), detail::tile(next_ww_[i], o, n),
+                                    detail::tile(next_wp_[i], o, n), detail::tile(next_pp_[i], o, n));
   }
   void commit(std::int64_t clamped) {
     detail::swap_buffers(state_.momentum, next_momentum_);
@@ -368,8 +367,9 @@ class FilterAdam {
     shape_scratch();
     if (centered) detail::shape_buffers_like(next_average_, *params_);
     std::int64_t clamped = 0;
-    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto& grad, const auto& p, auto& pn) {
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn, auto& guard) {
+      if (!guard.save()) return false;
       const Scalar* gd = grad.data();
       const Scalar* m = state_.momentum[i].data() + o;
       const Scalar* ww = state_.weight_variance[i].data() + o;
@@ -392,10 +392,10 @@ class FilterAdam {
         pn[k] = direct ? p[k] - c.ww * gd[k] : p[k];
         mn[k] = m[k] - c.wp * gd[k];
       }
-      return next_finite(i, o, n) &&
-             (!centered || detail::all_finite(detail::tile(next_average_[i], o, n)));
+      return next_finite(i, o, n, pn) &&
+             (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
     });
-    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     commit(clamped);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
     state_.centering_weight = sample.next_weight;

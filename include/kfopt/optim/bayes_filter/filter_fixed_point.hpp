@@ -201,8 +201,9 @@ class FilterFixedPoint {
     detail::shape_buffers_like(next_first_, *params_);
     detail::shape_buffers_like(next_second_, *params_);
     if (centered) detail::shape_buffers_like(next_average_, *params_);
-    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto& grad, const auto& w, auto& wn) {
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& w, auto& wn, auto& guard) {
+      if (!guard.save()) return false;
       const Scalar* gd = grad.data();
       const Scalar* m = state_.first_moment[i].data() + o;
       const Scalar* v = state_.second_moment[i].data() + o;
@@ -218,10 +219,10 @@ class FilterFixedPoint {
         const Scalar s2 = fixed_point_posterior_variance(sigma2, eta, vn[k] * bc2);
         wn[k] = keep * w[k] - s2 * (mn[k] * bc1);
       }
-      return detail::all_finite(detail::tile(next_first_[i], o, n), detail::tile(next_second_[i], o, n)) &&
-             (!centered || detail::all_finite(detail::tile(next_average_[i], o, n)));
+      return detail::all_finite_tiles(wn, detail::tile(next_first_[i], o, n), detail::tile(next_second_[i], o, n)) &&
+             (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
     });
-    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.first_moment, next_first_);
     detail::swap_buffers(state_.second_moment, next_second_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);

@@ -143,17 +143,18 @@ class FilterRmsProp {
     constexpr const char* op = "kfopt::FilterRmsProp::predict";
     usable_.require(op);
     detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
-    for (const auto& block : *params_) block.check_storage(op);
+    detail::require_storage(op, *params_);
     detail::shape_buffers_like(next_variance_, *params_);
-    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto&, const auto& p, auto& pn) {
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto&, const auto& p, auto& pn, auto& guard) {
+      if (!guard.save()) return false;
       auto vn = detail::tile(next_variance_[i], o, n);
       pn = p;
       vn = detail::tile(state_.variance[i], o, n);
       for (Eigen::Index k = 0; k < n; ++k) scalar_filter_predict(drift_, pn[k], vn[k]);
-      return detail::all_finite(vn);
-    });
-    if (!ok) return detail::refuse(state_.counters, params_finite() ? Status::Overflow : Status::NonFiniteInput);
+      return detail::all_finite_tiles(pn, vn);
+    }, detail::GuardedInputs::Values);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.variance, next_variance_);
     state_.phase = FilterPhase::Prior;
     return Status::Success;
@@ -246,13 +247,6 @@ class FilterRmsProp {
   }
 
  private:
-  bool params_finite() const {
-    for (const auto& block : *params_) {
-      if (!detail::all_finite(block.value())) return false;
-    }
-    return true;
-  }
-
   Status update_impl(const char* op, const BlockBuffers<Scalar>* e) {
     usable_.require(op);
     detail::require_filter_phase(op, state_.phase, FilterPhase::Prior);
@@ -265,8 +259,9 @@ class FilterRmsProp {
     detail::shape_buffers_like(next_variance_, *params_);
     if (centered) detail::shape_buffers_like(next_average_, *params_);
     std::int64_t clamped = 0;
-    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto& grad, const auto& p, auto& pn) {
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn, auto& guard) {
+      if (!guard.save()) return false;
       const Scalar* gd = grad.data();
       const Scalar* vd = state_.variance[i].data() + o;
       Scalar* vn = next_variance_[i].data() + o;
@@ -283,10 +278,10 @@ class FilterRmsProp {
         vn[k] = v;
         pn[k] = p[k] - v * gd[k];  // μ_post = μ_prior + σ²_post g, g = −∇ (eq. 10)
       }
-      return detail::all_finite(detail::tile(next_variance_[i], o, n)) &&
-             (!centered || detail::all_finite(detail::tile(next_average_[i], o, n)));
+      return detail::all_finite_tiles(pn, detail::tile(next_variance_[i], o, n)) &&
+             (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
     });
-    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.variance, next_variance_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
     state_.centering_weight = sample.next_weight;

@@ -101,8 +101,6 @@ class Adam {
   Status step() {
     constexpr const char* op = "kfopt::Adam::step";
     usable_.require(op);
-    const Status guard = detail::begin_step(op, *params_, state_.counters);
-    if (guard != Status::Success) return guard;
     const double t = static_cast<double>(state_.counters.steps + 1);
     const Scalar b1 = static_cast<Scalar>(options_.beta1);
     const Scalar b2 = static_cast<Scalar>(options_.beta2);
@@ -118,31 +116,32 @@ class Adam {
     if (options_.amsgrad) detail::shape_buffers_like(next_max_, *params_);
     const bool decoupled = options_.decoupled_weight_decay;
     const bool amsgrad = options_.amsgrad;
-    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto& grad, const auto& p, auto& pn) {
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn, auto& guard) {
       const auto m = detail::tile(state_.first_moment[i], o, n);
       const auto v = detail::tile(state_.second_moment[i], o, n);
-      auto mn = detail::tile(next_first_[i], o, n);
-      auto vn = detail::tile(next_second_[i], o, n);
-      if (decoupled) {
-        pn = p * (Scalar(1) - lr * wd);
-        mn = b1 * m + (Scalar(1) - b1) * grad;
-        vn = b2 * v + (Scalar(1) - b2) * grad.square();
-      } else {
-        pn = p;
-        mn = b1 * m + (Scalar(1) - b1) * (grad + wd * p);
-        vn = b2 * v + (Scalar(1) - b2) * (grad + wd * p).square();
-      }
-      if (amsgrad) {
-        auto vmax = detail::tile(next_max_[i], o, n);
-        vmax = detail::tile(state_.max_second_moment[i], o, n).max(vn);
-        pn -= step_size * mn / (vmax.sqrt() * inv_sqrt_bc2 + eps);
-        return detail::all_finite(mn, vn, vmax);
-      }
-      pn -= step_size * mn / (vn.sqrt() * inv_sqrt_bc2 + eps);
-      return detail::all_finite(mn, vn);
+      const auto mn = detail::tile(next_first_[i], o, n);
+      const auto vn = detail::tile(next_second_[i], o, n);
+      // g: the gradient (with L2 decay unless decoupled); decay: AdamW's factor on p.
+      const auto with = [&](const auto& g, Scalar decay) {
+        const auto first_moment = b1 * m + (Scalar(1) - b1) * g;
+        const auto second_moment = b2 * v + (Scalar(1) - b2) * g.square();
+        if (amsgrad) {
+          const auto vmax = detail::tile(next_max_[i], o, n);
+          const auto running_max = detail::tile(state_.max_second_moment[i], o, n).max(second_moment);
+          return guard.checked(
+              detail::store(mn, first_moment), detail::store(vn, second_moment),
+              detail::store(vmax, running_max),
+              detail::store(pn, p * decay - step_size * first_moment / (running_max.sqrt() * inv_sqrt_bc2 + eps)));
+        }
+        return guard.checked(
+            detail::store(mn, first_moment), detail::store(vn, second_moment),
+            detail::store(pn, p * decay - step_size * first_moment / (second_moment.sqrt() * inv_sqrt_bc2 + eps)));
+      };
+      if (decoupled) return with(grad, Scalar(1) - lr * wd);
+      return wd == Scalar(0) ? with(grad, Scalar(1)) : with(grad + wd * p, Scalar(1));
     });
-    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.first_moment, next_first_);
     detail::swap_buffers(state_.second_moment, next_second_);
     if (amsgrad) detail::swap_buffers(state_.max_second_moment, next_max_);

@@ -81,8 +81,6 @@ class RmsProp {
   Status step() {
     constexpr const char* op = "kfopt::RmsProp::step";
     usable_.require(op);
-    const Status guard = detail::begin_step(op, *params_, state_.counters);
-    if (guard != Status::Success) return guard;
     const Scalar a = static_cast<Scalar>(options_.alpha);
     const Scalar lr = static_cast<Scalar>(options_.learning_rate);
     const Scalar wd = static_cast<Scalar>(options_.weight_decay);
@@ -92,35 +90,35 @@ class RmsProp {
     detail::shape_buffers_like(next_square_, *params_);
     if (options_.centered) detail::shape_buffers_like(next_average_, *params_);
     if (has_momentum) detail::shape_buffers_like(next_momentum_, *params_);
-    if (work_.size() != detail::GuardedUpdate<Scalar>::kTile) work_.resize(detail::GuardedUpdate<Scalar>::kTile);
     const bool centered = options_.centered;
-    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto& grad, const auto& p, auto& pn) {
-      auto g = work_.head(n);
-      g = grad + wd * p;
-      auto vn = detail::tile(next_square_[i], o, n);
-      vn = a * detail::tile(state_.square_average[i], o, n) + (Scalar(1) - a) * g.square();
-      bool finite = true;
-      // g ← g / r, in place (r as defined above).
-      if (centered) {
-        auto gbar = detail::tile(next_average_[i], o, n);
-        gbar = a * detail::tile(state_.gradient_average[i], o, n) + (Scalar(1) - a) * g;
-        g /= (vn - gbar.square()).cwiseMax(Scalar(0)).sqrt() + eps;
-        finite = detail::all_finite(gbar);
-      } else {
-        g /= vn.sqrt() + eps;
-      }
-      if (has_momentum) {
-        auto b = detail::tile(next_momentum_[i], o, n);
-        b = mu * detail::tile(state_.momentum[i], o, n) + g;
-        pn = p - lr * b;
-        finite = finite && detail::all_finite(b);
-      } else {
-        pn = p - lr * g;
-      }
-      return finite && detail::all_finite(vn);
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn, auto& guard) {
+      const auto v = detail::tile(state_.square_average[i], o, n);
+      const auto vn = detail::tile(next_square_[i], o, n);
+      // g = ∇ + wd·p (the gradient itself when wd = 0: one stream fewer).
+      const auto with_gradient = [&](const auto& g) {
+        const auto square_average = a * v + (Scalar(1) - a) * g.square();
+        // u = g / r (r as defined above), then the momentum buffer b = μ b + u, p ← p − η b
+        // (or p ← p − η u without momentum).
+        const auto with = [&](const auto& u, const auto&... centering) {
+          if (!has_momentum) {
+            return guard.checked(detail::store(vn, square_average), centering...,
+                                 detail::store(pn, p - lr * u));
+          }
+          const auto momentum = mu * detail::tile(state_.momentum[i], o, n) + u;
+          return guard.checked(detail::store(vn, square_average), centering...,
+                               detail::store(detail::tile(next_momentum_[i], o, n), momentum),
+                               detail::store(pn, p - lr * momentum));
+        };
+        if (!centered) return with(g / (square_average.sqrt() + eps));
+        const auto gradient_average =
+            a * detail::tile(state_.gradient_average[i], o, n) + (Scalar(1) - a) * g;
+        return with(g / ((square_average - gradient_average.square()).cwiseMax(Scalar(0)).sqrt() + eps),
+                    detail::store(detail::tile(next_average_[i], o, n), gradient_average));
+      };
+      return wd == Scalar(0) ? with_gradient(grad) : with_gradient(grad + wd * p);
     });
-    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.square_average, next_square_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
     if (has_momentum) detail::swap_buffers(state_.momentum, next_momentum_);
@@ -199,7 +197,6 @@ class RmsProp {
   RmsPropOptions options_;
   State state_;
   BlockBuffers<Scalar> next_square_, next_average_, next_momentum_;  // guarded-step scratch
-  Eigen::Array<Scalar, Eigen::Dynamic, 1> work_;  // one tile of g, then g / r
   detail::GuardedUpdate<Scalar> guarded_;
   detail::MoveSentinel usable_;
 };

@@ -74,8 +74,6 @@ class Sgd {
   Status step() {
     constexpr const char* op = "kfopt::Sgd::step";
     usable_.require(op);
-    const Status guard = detail::begin_step(op, *params_, state_.counters);
-    if (guard != Status::Success) return guard;
     const Scalar lr = static_cast<Scalar>(options_.learning_rate);
     const Scalar mu = static_cast<Scalar>(options_.momentum);
     const Scalar wd = static_cast<Scalar>(options_.weight_decay);
@@ -84,26 +82,22 @@ class Sgd {
     const bool has_momentum = options_.momentum != 0.0;
     if (has_momentum) detail::shape_buffers_like(next_momentum_, *params_);
     const bool nesterov = options_.nesterov;
-    const bool ok = guarded_.run(*params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto& grad, const auto& p, auto& pn) {
-      if (!has_momentum) {
-        pn = p - lr * (grad + wd * p);
-        return true;
-      }
-      auto bn = detail::tile(next_momentum_[i], o, n);
-      if (first) {
-        bn = grad + wd * p;
-      } else {
-        bn = mu * detail::tile(state_.momentum[i], o, n) + keep * (grad + wd * p);
-      }
-      if (nesterov) {
-        pn = p - lr * (grad + wd * p + mu * bn);
-      } else {
-        pn = p - lr * bn;
-      }
-      return detail::all_finite(bn);
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
+                                               const auto& grad, const auto& p, auto& pn, auto& guard) {
+      // g = ∇ + wd·p (the gradient itself when wd = 0: one stream fewer).
+      const auto with_gradient = [&](const auto& g) {
+        if (!has_momentum) return guard.checked(detail::store(pn, p - lr * g));
+        const auto bn = detail::tile(next_momentum_[i], o, n);
+        const auto with = [&](const auto& momentum) {
+          return nesterov ? guard.checked(detail::store(bn, momentum),
+                                          detail::store(pn, p - lr * (g + mu * momentum)))
+                          : guard.checked(detail::store(bn, momentum), detail::store(pn, p - lr * momentum));
+        };
+        return first ? with(g) : with(mu * detail::tile(state_.momentum[i], o, n) + keep * g);
+      };
+      return wd == Scalar(0) ? with_gradient(grad) : with_gradient(grad + wd * p);
     });
-    if (!ok) return detail::refuse(state_.counters, Status::Overflow);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     if (has_momentum) detail::swap_buffers(state_.momentum, next_momentum_);
     ++state_.counters.steps;
     return Status::Success;
