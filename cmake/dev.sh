@@ -21,9 +21,10 @@ jobs="${KFOPT_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 # Everything the build, tests, benchmarks and examples need, by Debian package name.
 # HDF5 is for the optional checkpoint target (kfopt::checkpoint) and its tests, OpenMPI for
-# the optional MPI target (kfopt::mpi) and its mpirun tests, Doxygen for the API reference.
+# the optional MPI target (kfopt::mpi) and its mpirun tests, Doxygen for the API reference,
+# the Fashion-MNIST data for the examples' end-to-end test (fashion_mnist --resume).
 packages=(cmake make g++ libeigen3-dev catch2 libbenchmark-dev zlib1g-dev
-          libhdf5-dev hdf5-tools libopenmpi-dev openmpi-bin doxygen)
+          libhdf5-dev hdf5-tools libopenmpi-dev openmpi-bin doxygen dataset-fashion-mnist)
 # Only for `bench` (the LAPACK reference rows and backend, the report and its plot).
 bench_packages=(liblapacke-dev libopenblas-dev python3 gnuplot-nox)
 

@@ -47,6 +47,7 @@
 #include <iterator>
 #include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -58,6 +59,13 @@
 #include <kfopt/core/parameter_block.hpp>
 #include <kfopt/optim/first_order/adam.hpp>
 #include <kfopt/optim/kfac/kfac.hpp>
+
+#if __has_include(<kfopt/io/checkpoint.hpp>) && defined(KFOPT_EXAMPLE_CHECKPOINTS)
+#include "common/run_checkpoint.hpp"
+#define KFOPT_EXAMPLE_HAS_CHECKPOINT 1
+#else
+#define KFOPT_EXAMPLE_HAS_CHECKPOINT 0
+#endif
 
 #include "common/cli.hpp"
 #include "common/csv_writer.hpp"
@@ -109,6 +117,25 @@ struct Settings {
   /// run's approximation, like the LSTM gates). See output_block_note.
   std::string kfac_output_block = "independent";
   long jobs = 1;  ///< runs trained at the same time, one thread each
+  std::string checkpoint_path;  ///< --checkpoint: where the run is saved ("" for never)
+  long checkpoint_every = 0;    ///< --checkpoint-every (0: at every CSV row)
+  std::string resume_path;      ///< --resume: the checkpoint to continue from ("" for none)
+
+  /// Every setting that shapes a run's trajectory (not its length), as text: a checkpoint
+  /// resumes only a run with the same.
+  std::string trajectory_settings(bool single) const {
+    std::ostringstream o;
+    o.precision(17);
+    o << (single ? "float" : "double") << " text " << text << " hidden " << hidden << " layers "
+      << layers << " seq " << seq_len << " batch " << batch << " log " << log_every << " valid "
+      << valid_chars << " " << valid_fraction << " adam " << adam_lr << " kfac";
+    for (std::size_t v = 0; v < 3; ++v) {
+      o << " " << kfac_lr[v] << " " << kfac_damping[v] << " " << kfac_kl_clip[v] << " " << kfac_momentum[v];
+    }
+    o << " " << kfac_decay << " " << kfac_stats_period << " " << kfac_inverse_period << " "
+      << kfac_output_block;
+    return o.str();
+  }
 };
 
 const char* help_text =
@@ -157,6 +184,11 @@ Options:
                         Fisher (the samples never feed back into the recurrence), so eq. 6 is
                         exact for it and Options 1/2 would only fit sampling noise; 'same'
                         gives it the run's approximation, as the LSTM gates
+  --checkpoint PATH     save the run to PATH (HDF5: model, optimizer state, batch engine,
+                        step, time) every --checkpoint-every N steps (default: at every
+                        CSV row) and at the last step; needs one optimizer and one seed
+  --resume PATH         continue the run saved in PATH up to --steps (the total): the CSV
+                        is continued, and the run ends exactly where an uninterrupted one would
   --jobs N              train N runs at the same time, one thread each (default 1); the
                         runs are independent, so the results do not depend on N, only the
                         seconds do when the cores are shared
@@ -274,6 +306,22 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
     throw ex::UsageError("--kfac-output-block: expected 'independent' or 'same', got '" +
                          s.kfac_output_block + "'");
   }
+  s.checkpoint_path = cli.take_string("--checkpoint", "");
+  s.checkpoint_every = cli.take_long("--checkpoint-every", 0, 1, max);
+  s.resume_path = cli.take_string("--resume", "");
+  if (!s.checkpoint_path.empty() || !s.resume_path.empty()) {
+    if (!KFOPT_EXAMPLE_HAS_CHECKPOINT) {
+      throw ex::UsageError("--checkpoint/--resume: this build has no checkpoint support "
+                           "(HDF5: apt-get install libhdf5-dev, then reconfigure)");
+    }
+    if (s.optimizers.size() != 1 || s.seeds.size() != 1) {
+      throw ex::UsageError("--checkpoint/--resume save one training run: give one optimizer "
+                           "(--optimizers X) and one seed");
+    }
+  }
+  if (s.checkpoint_every > 0 && s.checkpoint_path.empty()) {
+    throw ex::UsageError("--checkpoint-every needs --checkpoint PATH");
+  }
   cli.finish();
   return s;
 }
@@ -353,6 +401,9 @@ class WindowSampler {
   WindowSampler(const std::vector<int>& text, long steps, long batch, unsigned seed)
       : text_(&text), steps_(steps), batch_(batch), rng_(seed),
         start_(0, static_cast<long>(text.size()) - steps - 1) {}
+
+  /// The engine that draws the windows (all of the sampler's state, for a checkpoint).
+  std::mt19937_64& engine() { return rng_; }
 
   void next(std::vector<int>& inputs, std::vector<int>& targets) {
     inputs.resize(static_cast<std::size_t>(steps_ * batch_));
@@ -462,17 +513,62 @@ double validation_bpc(Model<Scalar>& model, const Validation& v) {
   return static_cast<double>(model.loss(v.inputs, v.targets, v.steps, v.batch)) / kLn2;
 }
 
+/// Every weight and bias of the model, named as the optimizers name them.
+template <typename Scalar>
+kfopt::ParameterSet<Scalar> model_parameters(Model<Scalar>& model) {
+  kfopt::ParameterSet<Scalar> params;
+  for (std::size_t l = 0; l < model.depth(); ++l) {
+    for (int k = 0; k < ex::LstmLayer<Scalar>::num_blocks(); ++k) {
+      auto& w = model.layer(l).block(k);
+      const std::string base = "lstm" + std::to_string(l + 1) + "." + ex::LstmLayer<Scalar>::block_name(k);
+      params.add(base + ".W", w.W, w.dW);
+      params.add(base + ".b", w.b, w.db);
+    }
+  }
+  params.add("output.W", model.output().W, model.output().dW);
+  params.add("output.b", model.output().b, model.output().db);
+  return params;
+}
+
 /// Runs s.steps of `step` (one update on the loaded batch, returning the batch's mean loss
-/// in nats before the update), logging CSV rows.
-template <typename Scalar, typename StepFunction>
+/// in nats before the update), logging CSV rows. With --checkpoint / --resume, `opt` (its
+/// state dict) and `engines` (the optimizer's random engines) are saved and restored with
+/// the model, the window sampler's engine and the loop's progress.
+template <typename Scalar, typename Optimizer, typename StepFunction>
 RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, const Corpus& corpus,
                 const Validation& validation, const Settings& s, RunLog& csv,
-                std::vector<int>& inputs, std::vector<int>& targets, StepFunction&& step) {
+                std::vector<int>& inputs, std::vector<int>& targets, Optimizer& opt,
+                std::vector<std::mt19937_64*> engines, StepFunction&& step) {
   RunResult result;
   result.name = name;
   result.seed = seed;
   WindowSampler sampler(corpus.train, s.seq_len, s.batch, seed + 1);  // same batches for all
-  {
+  engines.insert(engines.begin(), &sampler.engine());
+  ex::TrainingLoopStart start;
+#if KFOPT_EXAMPLE_HAS_CHECKPOINT
+  auto params = model_parameters(model);
+  const ex::RunIdentity id{"char_lm", "char_lm", name,
+                           s.trajectory_settings(sizeof(Scalar) == 4) + " seed " + std::to_string(seed)};
+  if (!s.resume_path.empty()) {
+    const kfopt::Checkpoint ck = kfopt::load_checkpoint(s.resume_path);
+    const ex::RunProgress p = ex::load_run(s.resume_path, ck, id, nullptr, engines);
+    ck.restore("model", params);
+    ck.restore("optimizer", opt);
+    start = ex::TrainingLoopStart{p.step + 1, p.seconds, p.window_sum, p.window_count};
+    std::fprintf(stderr, "char_lm/%s: resumed from %s at step %ld\n", name.c_str(),
+                 s.resume_path.c_str(), p.step);
+  }
+  const long every = s.checkpoint_every > 0 ? s.checkpoint_every : s.log_every;
+  auto save = [&](long t, double seconds, double window_sum, long window_count) {
+    if (s.checkpoint_path.empty() || (t % every != 0 && t != s.steps)) return;
+    ex::save_run(s.checkpoint_path, id, ex::RunProgress{t, seconds, window_sum, window_count},
+                 params, opt.state_dict(), nullptr, engines);
+  };
+#else
+  (void)opt;
+  auto save = [](long, double, double, long) {};
+#endif
+  if (start.first_step == 1) {
     WindowSampler peek(corpus.train, s.seq_len, s.batch, seed + 1);
     peek.next(inputs, targets);
     const double bpc0 = static_cast<double>(model.loss(inputs, targets, s.seq_len, s.batch)) / kLn2;
@@ -482,7 +578,7 @@ RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, co
   }
   ex::ProgressBar progress("char_lm/" + name, s.steps, stderr, /*redraw=*/s.jobs == 1);
   const auto outcome = ex::run_training_loop(
-      s.steps, s.log_every, progress,
+      start, s.steps, s.log_every, progress,
       [&](long) {
         sampler.next(inputs, targets);
         return static_cast<double>(step()) / kLn2;
@@ -498,7 +594,8 @@ RunResult train(const std::string& name, unsigned seed, Model<Scalar>& model, co
       [&](long t, double seconds, double bpc) {
         csv.row(result, t, seconds, bpc, std::numeric_limits<double>::quiet_NaN());
       },
-      [](double mean_bpc) { return ex::cell("train %.4f bits/char (window mean)", mean_bpc); });
+      [](double mean_bpc) { return ex::cell("train %.4f bits/char (window mean)", mean_bpc); },
+      save);
   result.steps = outcome.steps;
   result.diverged = outcome.diverged;
   result.seconds = outcome.seconds;
@@ -510,22 +607,13 @@ template <typename Scalar>
 RunResult run_adam(const std::string& name, unsigned seed, const Corpus& corpus,
                    const Validation& validation, const Settings& s, RunLog& csv) {
   auto model = make_model<Scalar>(s, static_cast<Eigen::Index>(corpus.symbols.size()), seed);
-  kfopt::ParameterSet<Scalar> params;
-  for (std::size_t l = 0; l < model.depth(); ++l) {
-    for (int k = 0; k < ex::LstmLayer<Scalar>::num_blocks(); ++k) {
-      auto& w = model.layer(l).block(k);
-      const std::string base = "lstm" + std::to_string(l + 1) + "." + ex::LstmLayer<Scalar>::block_name(k);
-      params.add(base + ".W", w.W, w.dW);
-      params.add(base + ".b", w.b, w.db);
-    }
-  }
-  params.add("output.W", model.output().W, model.output().dW);
-  params.add("output.b", model.output().b, model.output().db);
+  kfopt::ParameterSet<Scalar> params = model_parameters(model);
   kfopt::AdamOptions options;
   options.learning_rate = s.adam_lr;
   kfopt::Adam<Scalar> adam(params, options);
   std::vector<int> inputs, targets;
-  RunResult r = train<Scalar>(name, seed, model, corpus, validation, s, csv, inputs, targets, [&] {
+  RunResult r = train<Scalar>(name, seed, model, corpus, validation, s, csv, inputs, targets, adam,
+                              {}, [&] {
     const Scalar loss = model.loss_and_gradient(inputs, targets, s.seq_len, s.batch);
     adam.step();
     return loss;
@@ -594,7 +682,8 @@ RunResult run_kfac(const std::string& name, kfopt::RecurrentApproximation approx
     if (failed++ == 0) first_failure = std::string(what) + ": " + kfopt::to_string(status);
   };
   std::vector<int> inputs, targets;
-  RunResult r = train<Scalar>(name, seed, model, corpus, validation, s, csv, inputs, targets, [&] {
+  RunResult r = train<Scalar>(name, seed, model, corpus, validation, s, csv, inputs, targets, kfac,
+                              {&fisher_rng}, [&] {
     const Scalar loss = model.loss_and_gradient(inputs, targets, s.seq_len, s.batch);
     if (kfac.wants_statistics()) {
       model.fisher_pass(fisher_rng);  // true Fisher: targets sampled from the model
@@ -690,7 +779,21 @@ int run(const Settings& s) {
                  s.kfac_decay,
                  s.kfac_stats_period, s.kfac_inverse_period, s.kfac_output_block.c_str(), s.jobs);
   }
-  ex::CsvWriter csv_file(s.out_dir, "char_lm");
+  // A resumed run continues its CSV (rows after the checkpoint's step dropped).
+  long resume_step = -1;
+#if KFOPT_EXAMPLE_HAS_CHECKPOINT
+  if (!s.resume_path.empty()) {
+    const ex::RunIdentity id{"char_lm", "char_lm", s.optimizers.front(),
+                             s.trajectory_settings(sizeof(Scalar) == 4) + " seed " +
+                                 std::to_string(s.seeds.front())};
+    resume_step = ex::require_same_run(s.resume_path, kfopt::load_checkpoint(s.resume_path), id);
+  }
+#endif
+  std::unique_ptr<ex::CsvWriter> csv_owner =
+      resume_step < 0 ? std::make_unique<ex::CsvWriter>(s.out_dir, "char_lm")
+                      : std::make_unique<ex::CsvWriter>(s.out_dir, "char_lm", s.optimizers.front(),
+                                                        resume_step);
+  ex::CsvWriter& csv_file = *csv_owner;
   RunLog csv(csv_file, /*live=*/s.jobs == 1);
   struct Job {
     std::string name, optimizer;

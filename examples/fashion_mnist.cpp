@@ -35,6 +35,7 @@
 #include <functional>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -48,6 +49,13 @@
 #define KFOPT_EXAMPLE_HAS_KFAC 1
 #else
 #define KFOPT_EXAMPLE_HAS_KFAC 0
+#endif
+
+#if __has_include(<kfopt/io/checkpoint.hpp>) && defined(KFOPT_EXAMPLE_CHECKPOINTS)
+#include "common/run_checkpoint.hpp"
+#define KFOPT_EXAMPLE_HAS_CHECKPOINT 1
+#else
+#define KFOPT_EXAMPLE_HAS_CHECKPOINT 0
 #endif
 
 #include "common/batches.hpp"
@@ -105,9 +113,30 @@ struct Settings {
   ex::Activation ae_activation = ex::Activation::Tanh;
   TaskSettings autoencoder;
   TaskSettings classifier;
+  std::string checkpoint_path;  ///< --checkpoint: where the run is saved ("" for never)
+  long checkpoint_every = 0;    ///< --checkpoint-every (0: at every CSV row)
+  std::string resume_path;      ///< --resume: the checkpoint to continue from ("" for none)
 
   TaskSettings& of(Task t) { return t == Task::Autoencoder ? autoencoder : classifier; }
   const TaskSettings& of(Task t) const { return t == Task::Autoencoder ? autoencoder : classifier; }
+
+  /// Every setting that shapes a run's trajectory (not its length), as text: a checkpoint
+  /// resumes only a run with the same.
+  std::string trajectory_settings(Task t, bool single) const {
+    const TaskSettings& ts = of(t);
+    std::string layers;
+    for (auto w : ae_encoder) layers += std::to_string(w) + " ";
+    char text[512];
+    std::snprintf(text, sizeof text,
+                  "%s seed %u batch %ld log %ld test %ld adam %.17g sgd %.17g/%.17g kfac %.17g "
+                  "%.17g %.17g %ld %ld %d fisher %d ae %s%d",
+                  single ? "float" : "double", seed, ts.batch, ts.log_every, ts.test_examples,
+                  ts.adam_lr, ts.sgd_lr, ts.sgd_momentum, ts.kfac_lr, ts.kfac_damping,
+                  ts.kfac_kl_clip, ts.kfac_statistics_period, ts.kfac_inverse_period,
+                  ts.kfac_cholesky ? 1 : 0, static_cast<int>(fisher), layers.c_str(),
+                  static_cast<int>(ae_activation));
+    return text;
+  }
 };
 
 const char* help_text =
@@ -138,6 +167,12 @@ Options:
   --fisher F            sampled (true Fisher, default) | empirical (data targets in K-FAC's G)
   --ae-layers LIST      encoder widths, code layer last (default 1000,500,250,30)
   --ae-activation A     hidden units of the autoencoder: tanh (default), sigmoid, relu
+  --checkpoint PATH     save the run to PATH (HDF5: model, optimizer state, batch order,
+                        step, time) every --checkpoint-every N steps (default: at every
+                        CSV row) and at the last step; needs one --task and one optimizer
+  --resume PATH         continue the run saved in PATH up to --steps (the total): the CSV
+                        is continued, not restarted, and the run ends exactly where an
+                        uninterrupted one would
   --adam-lr X, --sgd-lr X, --kfac-lr X, --kfac-damping X, --kfac-kl-clip X
                         override the per-task defaults printed at the start of each task
   --kfac-stats-period N, --kfac-inverse-period N
@@ -257,6 +292,22 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
     s.ae_activation = ex::activation_from_string(cli.take_string("--ae-activation", "tanh"));
   } catch (const std::invalid_argument& e) {
     throw ex::UsageError(std::string("--ae-activation: ") + e.what());
+  }
+  s.checkpoint_path = cli.take_string("--checkpoint", "");
+  s.checkpoint_every = cli.take_long("--checkpoint-every", 0, 1, max_steps);
+  s.resume_path = cli.take_string("--resume", "");
+  if (!s.checkpoint_path.empty() || !s.resume_path.empty()) {
+    if (!KFOPT_EXAMPLE_HAS_CHECKPOINT) {
+      throw ex::UsageError("--checkpoint/--resume: this build has no checkpoint support "
+                           "(HDF5: apt-get install libhdf5-dev, then reconfigure)");
+    }
+    if (s.tasks.size() != 1 || s.optimizers.size() != 1) {
+      throw ex::UsageError("--checkpoint/--resume save one training run: give one --task "
+                           "(autoencoder or classifier) and one optimizer (--optimizers X)");
+    }
+  }
+  if (s.checkpoint_every > 0 && s.checkpoint_path.empty()) {
+    throw ex::UsageError("--checkpoint-every needs --checkpoint PATH");
   }
   cli.finish();
   return s;
@@ -408,19 +459,61 @@ struct RunResult {
   std::vector<std::pair<long, double>> curve;  ///< (step, train_loss) of every CSV row
 };
 
+/// Registers every layer's W, dW and b, db with a first-order optimizer.
+template <typename Scalar>
+kfopt::ParameterSet<Scalar> parameter_set(const Problem<Scalar>& problem, ex::Mlp<Scalar>& net) {
+  kfopt::ParameterSet<Scalar> params;
+  for (std::size_t l = 0; l < net.depth(); ++l) {
+    auto& layer = net.layer(l);
+    const std::string name = problem.layer_name(net, l);
+    params.add(name + ".W", layer.W, layer.dW);
+    params.add(name + ".b", layer.b, layer.db);
+  }
+  return params;
+}
+
 /// Runs `steps` steps of `step` (which takes one optimizer step on the loaded mini-batch and
-/// returns the mini-batch loss measured before it), logging rows to the CSV.
-template <typename Scalar, typename StepFunction>
+/// returns the mini-batch loss measured before it), logging rows to the CSV. With
+/// --checkpoint / --resume, `opt` (its state dict) and `engines` (the optimizer's random
+/// engines) are saved and restored with the model, the batch order and the loop's progress.
+template <typename Scalar, typename Optimizer, typename StepFunction>
 RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& problem,
                 ex::Mlp<Scalar>& net, const Settings& settings, ex::CsvWriter& csv,
+                Optimizer& opt, const std::vector<std::mt19937_64*>& engines,
                 StepFunction&& step) {
   const TaskSettings& ts = settings.of(task);
   RunResult result;
   result.optimizer = optimizer;
   ex::BatchSampler sampler(60000, ts.batch, settings.seed + 1);  // same batches for everyone
+  ex::TrainingLoopStart start;
+#if KFOPT_EXAMPLE_HAS_CHECKPOINT
+  auto model = parameter_set(problem, net);
+  const ex::RunIdentity id{"fashion_mnist", task_name(task), optimizer,
+                           settings.trajectory_settings(task, sizeof(Scalar) == 4)};
+  if (!settings.resume_path.empty()) {
+    const kfopt::Checkpoint ck = kfopt::load_checkpoint(settings.resume_path);
+    const ex::RunProgress p = ex::load_run(settings.resume_path, ck, id, &sampler, engines);
+    ck.restore("model", model);
+    ck.restore("optimizer", opt);
+    start = ex::TrainingLoopStart{p.step + 1, p.seconds, p.window_sum, p.window_count};
+    std::fprintf(stderr, "%s/%s: resumed from %s at step %ld\n", task_name(task),
+                 optimizer.c_str(), settings.resume_path.c_str(), p.step);
+  }
+  const long every = settings.checkpoint_every > 0 ? settings.checkpoint_every : ts.log_every;
+  auto save = [&](long t, double seconds, double window_sum, long window_count) {
+    if (settings.checkpoint_path.empty() || (t % every != 0 && t != ts.steps)) return;
+    ex::save_run(settings.checkpoint_path, id, ex::RunProgress{t, seconds, window_sum, window_count},
+                 model, opt.state_dict(), &sampler, engines);
+  };
+#else
+  (void)opt;
+  (void)engines;
+  auto save = [](long, double, double, long) {};
+#endif
 
-  // Row 0: the initial weights, on the first mini-batch (not consumed).
-  {
+  // Row 0: the initial weights, on the first mini-batch (not consumed); a resumed run's CSV
+  // has it already.
+  if (start.first_step == 1) {
     ex::BatchSampler peek(60000, ts.batch, settings.seed + 1);
     problem.load_batch(peek.next());
     const double loss0 = static_cast<double>(problem.loss(net));
@@ -431,7 +524,7 @@ RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& proble
 
   ex::ProgressBar progress(std::string(task_name(task)) + "/" + optimizer, ts.steps);
   const auto outcome = ex::run_training_loop(
-      ts.steps, ts.log_every, progress,
+      start, ts.steps, ts.log_every, progress,
       [&](long) {
         problem.load_batch(sampler.next());
         return static_cast<double>(step());
@@ -447,7 +540,8 @@ RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& proble
       [&](long t, double seconds, double loss) {
         csv.row(optimizer, t, seconds, loss, std::numeric_limits<double>::quiet_NaN());
       },
-      [](double mean_loss) { return ex::cell("train_loss %.4g (window mean)", mean_loss); });
+      [](double mean_loss) { return ex::cell("train_loss %.4g (window mean)", mean_loss); },
+      save);
   result.steps = outcome.steps;
   result.diverged = outcome.diverged;
   result.seconds = outcome.seconds;
@@ -458,19 +552,6 @@ RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& proble
 // The optimizers
 // ---------------------------------------------------------------------------------------------
 
-/// Registers every layer's W, dW and b, db with a first-order optimizer.
-template <typename Scalar>
-kfopt::ParameterSet<Scalar> parameter_set(const Problem<Scalar>& problem, ex::Mlp<Scalar>& net) {
-  kfopt::ParameterSet<Scalar> params;
-  for (std::size_t l = 0; l < net.depth(); ++l) {
-    auto& layer = net.layer(l);
-    const std::string name = problem.layer_name(net, l);
-    params.add(name + ".W", layer.W, layer.dW);
-    params.add(name + ".b", layer.b, layer.db);
-  }
-  return params;
-}
-
 template <typename Scalar>
 RunResult run_adam(Task task, Problem<Scalar>& problem, const Settings& settings,
                    ex::CsvWriter& csv) {
@@ -479,7 +560,7 @@ RunResult run_adam(Task task, Problem<Scalar>& problem, const Settings& settings
   kfopt::AdamOptions options;
   options.learning_rate = settings.of(task).adam_lr;
   kfopt::Adam<Scalar> adam(params, options);
-  RunResult r = train<Scalar>("adam", task, problem, net, settings, csv, [&] {
+  RunResult r = train<Scalar>("adam", task, problem, net, settings, csv, adam, {}, [&] {
     const Scalar loss = problem.loss_and_gradient(net);
     adam.step();  // a non-finite gradient skips the step; the loss check then stops the run
     return loss;
@@ -497,7 +578,7 @@ RunResult run_sgd(Task task, Problem<Scalar>& problem, const Settings& settings,
   options.learning_rate = settings.of(task).sgd_lr;
   options.momentum = settings.of(task).sgd_momentum;
   kfopt::Sgd<Scalar> sgd(params, options);
-  RunResult r = train<Scalar>("sgd", task, problem, net, settings, csv, [&] {
+  RunResult r = train<Scalar>("sgd", task, problem, net, settings, csv, sgd, {}, [&] {
     const Scalar loss = problem.loss_and_gradient(net);
     sgd.step();
     return loss;
@@ -536,7 +617,7 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
   }
   std::mt19937_64 fisher_rng(settings.seed + 2);
   long failed = 0;
-  RunResult r = train<Scalar>("kfac", task, problem, net, settings, csv, [&] {
+  RunResult r = train<Scalar>("kfac", task, problem, net, settings, csv, kfac, {&fisher_rng}, [&] {
     const Scalar loss = problem.loss_and_gradient(net);
     if (kfac.wants_statistics()) {
       problem.fisher_pass(net, fisher_rng);
@@ -574,7 +655,21 @@ void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& s
                ts.kfac_lr, ts.kfac_damping, ts.kfac_kl_clip, ts.kfac_statistics_period,
                ts.kfac_cholesky ? "Cholesky" : "eigendecomposition", ts.kfac_inverse_period,
                settings.fisher == FisherTargets::Sampled ? "sampled (true)" : "empirical");
-  ex::CsvWriter csv(settings.out_dir, task_name(task));
+  // A resumed run continues its CSV (rows after the checkpoint's step dropped).
+  long resume_step = -1;
+#if KFOPT_EXAMPLE_HAS_CHECKPOINT
+  if (!settings.resume_path.empty()) {
+    const ex::RunIdentity id{"fashion_mnist", task_name(task), settings.optimizers.front(),
+                             settings.trajectory_settings(task, sizeof(Scalar) == 4)};
+    resume_step = ex::require_same_run(settings.resume_path,
+                                       kfopt::load_checkpoint(settings.resume_path), id);
+  }
+#endif
+  std::unique_ptr<ex::CsvWriter> csv_file =
+      resume_step < 0 ? std::make_unique<ex::CsvWriter>(settings.out_dir, task_name(task))
+                      : std::make_unique<ex::CsvWriter>(settings.out_dir, task_name(task),
+                                                        settings.optimizers.front(), resume_step);
+  ex::CsvWriter& csv = *csv_file;
 
   std::vector<RunResult> results;
   for (const auto& name : settings.optimizers) {

@@ -29,6 +29,32 @@ class BatchSampler {
     std::shuffle(order_.begin(), order_.end(), rng_);
   }
 
+  /// Everything that decides the batches still to come (for a checkpoint).
+  struct State {
+    std::vector<int> order;  ///< the current epoch's permutation
+    std::size_t position;    ///< examples of it already used
+    std::mt19937 engine;     ///< the shuffling engine
+  };
+  /// The sampler's state.
+  State state() const { return State{order_, position_, rng_}; }
+  /// Continues from a state() of a sampler with the same count and batch size; throws
+  /// std::invalid_argument (and changes nothing) for anything else.
+  void set_state(const State& s) {
+    std::vector<int> sorted = s.order;
+    std::sort(sorted.begin(), sorted.end());
+    bool permutation = sorted.size() == order_.size();
+    for (std::size_t i = 0; permutation && i < sorted.size(); ++i) {
+      permutation = sorted[i] == static_cast<int>(i);
+    }
+    if (!permutation || s.position > order_.size()) {
+      throw std::invalid_argument("BatchSampler::set_state: not the state of a sampler over " +
+                                  std::to_string(order_.size()) + " examples");
+    }
+    order_ = s.order;
+    position_ = s.position;
+    rng_ = s.engine;
+  }
+
   /// The indices of the next mini-batch.
   const std::vector<int>& next() {
     if (position_ + batch_.size() > order_.size()) {

@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <string>
 
@@ -26,6 +28,35 @@ class CsvWriter {
     file_ = std::fopen(path_.c_str(), "w");
     if (file_ == nullptr) throw std::runtime_error("cannot write " + path_);
     std::fprintf(file_, "%s\n", header);
+  }
+
+  /// Continues `DIR/<task>.csv` for a run resumed after step `step` of `optimizer`: the rows
+  /// that run wrote after that step (a run killed after its last checkpoint) are dropped,
+  /// every other row is kept, and new rows are appended. The file must exist with the
+  /// header above (std::runtime_error otherwise). The kept rows go to a temporary file that
+  /// replaces the old one, so an interruption here loses nothing.
+  CsvWriter(const std::string& directory, const std::string& task, const std::string& optimizer,
+            long step) {
+    path_ = (std::filesystem::path(directory) / (task + ".csv")).string();
+    std::ifstream in(path_);
+    std::string line;
+    if (!in || !std::getline(in, line) || line != header) {
+      throw std::runtime_error("cannot resume " + path_ + ": no such file, or not a result file");
+    }
+    const std::string temp = path_ + ".resume";
+    std::FILE* out = std::fopen(temp.c_str(), "w");
+    if (out == nullptr) throw std::runtime_error("cannot write " + temp);
+    std::fprintf(out, "%s\n", header);
+    const std::string prefix = optimizer + ",";
+    while (std::getline(in, line)) {
+      const bool mine = line.compare(0, prefix.size(), prefix) == 0;
+      if (mine && std::strtol(line.c_str() + prefix.size(), nullptr, 10) > step) continue;
+      std::fprintf(out, "%s\n", line.c_str());
+    }
+    std::fclose(out);
+    std::filesystem::rename(temp, path_);
+    file_ = std::fopen(path_.c_str(), "a");
+    if (file_ == nullptr) throw std::runtime_error("cannot append to " + path_);
   }
   ~CsvWriter() {
     if (file_ != nullptr) std::fclose(file_);
