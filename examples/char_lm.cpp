@@ -86,7 +86,7 @@ const char* const kDefaultTextDir = "/usr/share/common-licenses";
 // Settings
 // ---------------------------------------------------------------------------------------------
 
-struct Settings {
+struct Settings : ex::CheckpointOptions {
   bool quick = false;
   bool use_float = false;
   std::string text;  ///< empty: the default corpus
@@ -117,9 +117,6 @@ struct Settings {
   /// run's approximation, like the LSTM gates). See output_block_note.
   std::string kfac_output_block = "independent";
   long jobs = 1;  ///< runs trained at the same time, one thread each
-  std::string checkpoint_path;  ///< --checkpoint: where the run is saved ("" for never)
-  long checkpoint_every = 0;    ///< --checkpoint-every (0: at every CSV row)
-  std::string resume_path;      ///< --resume: the checkpoint to continue from ("" for none)
 
   /// Every setting that shapes a run's trajectory (not its length), as text: a checkpoint
   /// resumes only a run with the same.
@@ -306,22 +303,9 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
     throw ex::UsageError("--kfac-output-block: expected 'independent' or 'same', got '" +
                          s.kfac_output_block + "'");
   }
-  s.checkpoint_path = cli.take_string("--checkpoint", "");
-  s.checkpoint_every = cli.take_long("--checkpoint-every", 0, 1, max);
-  s.resume_path = cli.take_string("--resume", "");
-  if (!s.checkpoint_path.empty() || !s.resume_path.empty()) {
-    if (!KFOPT_EXAMPLE_HAS_CHECKPOINT) {
-      throw ex::UsageError("--checkpoint/--resume: this build has no checkpoint support "
-                           "(HDF5: apt-get install libhdf5-dev, then reconfigure)");
-    }
-    if (s.optimizers.size() != 1 || s.seeds.size() != 1) {
-      throw ex::UsageError("--checkpoint/--resume save one training run: give one optimizer "
-                           "(--optimizers X) and one seed");
-    }
-  }
-  if (s.checkpoint_every > 0 && s.checkpoint_path.empty()) {
-    throw ex::UsageError("--checkpoint-every needs --checkpoint PATH");
-  }
+  static_cast<ex::CheckpointOptions&>(s) = ex::take_checkpoint_options(
+      cli, KFOPT_EXAMPLE_HAS_CHECKPOINT, s.optimizers.size() == 1 && s.seeds.size() == 1,
+      "give one optimizer (--optimizers X) and one seed", max);
   cli.finish();
   return s;
 }

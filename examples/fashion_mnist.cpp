@@ -100,7 +100,7 @@ struct TaskSettings {
   bool kfac_cholesky = true;  ///< damped inverses by Cholesky (else by eigendecomposition)
 };
 
-struct Settings {
+struct Settings : ex::CheckpointOptions {
   bool quick = false;
   bool use_float = false;
   std::string out_dir = "out";
@@ -113,10 +113,6 @@ struct Settings {
   ex::Activation ae_activation = ex::Activation::Tanh;
   TaskSettings autoencoder;
   TaskSettings classifier;
-  std::string checkpoint_path;  ///< --checkpoint: where the run is saved ("" for never)
-  long checkpoint_every = 0;    ///< --checkpoint-every (0: at every CSV row)
-  std::string resume_path;      ///< --resume: the checkpoint to continue from ("" for none)
-
   TaskSettings& of(Task t) { return t == Task::Autoencoder ? autoencoder : classifier; }
   const TaskSettings& of(Task t) const { return t == Task::Autoencoder ? autoencoder : classifier; }
 
@@ -293,22 +289,9 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   } catch (const std::invalid_argument& e) {
     throw ex::UsageError(std::string("--ae-activation: ") + e.what());
   }
-  s.checkpoint_path = cli.take_string("--checkpoint", "");
-  s.checkpoint_every = cli.take_long("--checkpoint-every", 0, 1, max_steps);
-  s.resume_path = cli.take_string("--resume", "");
-  if (!s.checkpoint_path.empty() || !s.resume_path.empty()) {
-    if (!KFOPT_EXAMPLE_HAS_CHECKPOINT) {
-      throw ex::UsageError("--checkpoint/--resume: this build has no checkpoint support "
-                           "(HDF5: apt-get install libhdf5-dev, then reconfigure)");
-    }
-    if (s.tasks.size() != 1 || s.optimizers.size() != 1) {
-      throw ex::UsageError("--checkpoint/--resume save one training run: give one --task "
-                           "(autoencoder or classifier) and one optimizer (--optimizers X)");
-    }
-  }
-  if (s.checkpoint_every > 0 && s.checkpoint_path.empty()) {
-    throw ex::UsageError("--checkpoint-every needs --checkpoint PATH");
-  }
+  static_cast<ex::CheckpointOptions&>(s) = ex::take_checkpoint_options(
+      cli, KFOPT_EXAMPLE_HAS_CHECKPOINT, s.tasks.size() == 1 && s.optimizers.size() == 1,
+      "give one --task (autoencoder or classifier) and one optimizer (--optimizers X)", max_steps);
   cli.finish();
   return s;
 }

@@ -106,6 +106,35 @@ class CommandLine {
   std::vector<std::string> args_;
 };
 
+/// The save-and-resume options shared by the examples that train one run at a time.
+struct CheckpointOptions {
+  std::string checkpoint_path;  ///< --checkpoint: where the run is saved ("" for never)
+  long checkpoint_every = 0;    ///< --checkpoint-every (0: at every CSV row)
+  std::string resume_path;      ///< --resume: the checkpoint to continue from ("" for none)
+};
+
+/// Takes --checkpoint PATH, --checkpoint-every N and --resume PATH. `available` says whether
+/// the build has checkpoint support (HDF5); `one_run` whether the other options select a
+/// single training run, `one_run_hint` how to (both are required when saving or resuming).
+inline CheckpointOptions take_checkpoint_options(CommandLine& cli, bool available, bool one_run,
+                                                 const std::string& one_run_hint, long max_steps) {
+  CheckpointOptions o;
+  o.checkpoint_path = cli.take_string("--checkpoint", "");
+  o.checkpoint_every = cli.take_long("--checkpoint-every", 0, 1, max_steps);
+  o.resume_path = cli.take_string("--resume", "");
+  if (!o.checkpoint_path.empty() || !o.resume_path.empty()) {
+    if (!available) {
+      throw UsageError("--checkpoint/--resume: this build has no checkpoint support "
+                       "(HDF5: apt-get install libhdf5-dev, then reconfigure)");
+    }
+    if (!one_run) throw UsageError("--checkpoint/--resume save one training run: " + one_run_hint);
+  }
+  if (o.checkpoint_every > 0 && o.checkpoint_path.empty()) {
+    throw UsageError("--checkpoint-every needs --checkpoint PATH");
+  }
+  return o;
+}
+
 /// Splits "a,b,c" into {"a", "b", "c"} (empty items are dropped).
 inline std::vector<std::string> split_list(const std::string& text, char separator = ',') {
   std::vector<std::string> items;
