@@ -391,7 +391,8 @@ enum class KfacPart { Statistics, Step };
 // One dense layer (W 2×3, b 2) or one recurrent layer (mixed lengths), K-FAC with momentum,
 // weight decay and KL clipping. Statistics: step() records a batch (sites a, g). Step:
 // good_inputs() records good statistics, step() takes the step (sites: gradients, storage).
-// The inverse period is long, so a trial never refreshes the spectra.
+// The inverse period is long, so a trial never refreshes the spectra. A snapshot is the
+// weights and the whole state dict (refusal counters aside).
 template <typename Scalar>
 class KfacFixture : public Fixture {
  public:
@@ -494,16 +495,28 @@ class KfacFixture : public Fixture {
     if (recurrent_) return kfac_.record_sequence_statistics(id_, a_, g_, lengths());
     return kfac_.record_statistics(id_, a_, g_);
   }
+  // The weights and every entry of the state dict (factors, spectra or snapshots, momentum,
+  // counters, damping), refusal counters and the NaN-by-design reduction ratio excluded.
   Bytes bytes() {
     Bytes s;
     s.add(W_).add(b_);
-    if (recurrent_) {
-      const auto& blk = kfac_.recurrent_block(id_);
-      s.add(blk.a0()).add(blk.a1()).add(blk.g0()).add(blk.g1());
-    } else {
-      s.add(kfac_.block(id_).input_factor()).add(kfac_.block(id_).gradient_factor());
+    const kfopt::StateDict d = kfac_.state_dict();
+    for (const auto& kv : d.entries()) {
+      const std::string& name = kv.first;
+      if (name.find("skipped") != std::string::npos || name.find("singular") != std::string::npos ||
+          name.find("reduction_ratio") != std::string::npos) {
+        continue;
+      }
+      const kfopt::StateEntry& e = kv.second;
+      const Eigen::Index n = static_cast<Eigen::Index>(e.size());
+      if (e.type == kfopt::ScalarType::Float32) {
+        s.add(Eigen::Map<const Eigen::VectorXf>(e.data<float>(), n));
+      } else if (e.type == kfopt::ScalarType::Float64) {
+        s.add(Eigen::Map<const Eigen::VectorXd>(e.data<double>(), n));
+      } else {
+        for (Eigen::Index k = 0; k < n; ++k) s.add(e.data<std::int64_t>()[k]);
+      }
     }
-    s.add(kfac_.state().counters.steps).add_real(kfac_.state().damping);
     return s;
   }
 
