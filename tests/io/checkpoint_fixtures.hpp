@@ -26,6 +26,8 @@
 #include <cstring>
 #include <string>
 
+#include <unistd.h>  // getpid
+
 namespace kfopt_checkpoint_test {
 
 template <typename S>
@@ -271,9 +273,14 @@ struct NgRtrlFixture {
 };
 
 // A file path in the test's working directory, removed at scope exit.
+/// A scratch file name in the working directory, unique to this process: ctest runs the
+/// float and double cases of a test as separate processes at the same time.
 struct TempPath {
   std::string path;
-  explicit TempPath(const std::string& name) : path("kfopt_test_" + name + ".h5") { std::remove(path.c_str()); }
+  explicit TempPath(const std::string& name)
+      : path("kfopt_test_" + name + "_" + std::to_string(static_cast<long>(::getpid())) + ".h5") {
+    std::remove(path.c_str());
+  }
   ~TempPath() { std::remove(path.c_str()); }
   TempPath(const TempPath&) = delete;
   TempPath& operator=(const TempPath&) = delete;
