@@ -67,7 +67,7 @@ case "${1:-test}" in
     # command and the sanitizers on two cores in about 25 minutes (CI allows 90), and the benchmarks took
     # about 80 s of that here.
     configure_build_test "$build_root/release" -DCMAKE_BUILD_TYPE=Release -DKFOPT_WERROR=ON \
-      -DKFOPT_BUILD_BENCHMARKS=OFF
+      -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_COMPILED=ON
     ;;
   sanitize)
     # -O0: half the compile time of -O1 under the sanitizers; the tests still run in minutes.
@@ -76,7 +76,7 @@ case "${1:-test}" in
     UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
     configure_build_test "$build_root/sanitize" -DCMAKE_BUILD_TYPE=Debug \
       -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g1" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
-      -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF
+      -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF -DKFOPT_BUILD_COMPILED=ON
     ;;
   docs)
     ensure_packages cmake make g++ libeigen3-dev doxygen

@@ -4,7 +4,10 @@
 # MODE=subdirectory: the consumer pulls kfopt in with add_subdirectory instead.
 # TARGET=kfopt (default, header-only) or kfopt_compiled: the target the consumer links; for
 # kfopt_compiled, kfopt is configured with KFOPT_BUILD_COMPILED=ON (and built before it is
-# installed), and the consumer must see KFOPT_COMPILED.
+# installed), and the consumer must see KFOPT_COMPILED. BUILD_TREE (optional): a kfopt build
+# tree that already built kfopt_compiled (the test suite's own, configured with
+# KFOPT_BUILD_COMPILED=ON); the install then comes from it instead of a second build of the
+# library.
 if(NOT MODE)
   set(MODE install)
 endif()
@@ -28,12 +31,16 @@ endfunction()
 set(consumer_src ${KFOPT_SOURCE_DIR}/tests/package/consumer)
 if(MODE STREQUAL "install")
   set(prefix ${WORK_DIR}/prefix)
-  run_step(${CMAKE_COMMAND} -S ${KFOPT_SOURCE_DIR} -B ${WORK_DIR}/kfopt-build -G ${GENERATOR}
-    -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}
-    -DCMAKE_INSTALL_PREFIX=${prefix} -DKFOPT_BUILD_TESTS=OFF -DKFOPT_BUILD_BENCHMARKS=OFF
-    -DKFOPT_BUILD_EXAMPLES=OFF ${compiled_option})
-  run_step(${CMAKE_COMMAND} --build ${WORK_DIR}/kfopt-build)
-  run_step(${CMAKE_COMMAND} --install ${WORK_DIR}/kfopt-build)
+  if("${TARGET}" STREQUAL "kfopt_compiled" AND BUILD_TREE)
+    run_step(${CMAKE_COMMAND} --install ${BUILD_TREE} --prefix ${prefix})
+  else()
+    run_step(${CMAKE_COMMAND} -S ${KFOPT_SOURCE_DIR} -B ${WORK_DIR}/kfopt-build -G ${GENERATOR}
+      -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER} -DCMAKE_BUILD_TYPE=Release
+      -DCMAKE_INSTALL_PREFIX=${prefix} -DKFOPT_BUILD_TESTS=OFF -DKFOPT_BUILD_BENCHMARKS=OFF
+      -DKFOPT_BUILD_EXAMPLES=OFF ${compiled_option})
+    run_step(${CMAKE_COMMAND} --build ${WORK_DIR}/kfopt-build --parallel 2)
+    run_step(${CMAKE_COMMAND} --install ${WORK_DIR}/kfopt-build)
+  endif()
   if(NOT EXISTS ${prefix}/share/cmake/kfopt/kfoptConfigVersion.cmake)
     message(FATAL_ERROR "install did not write kfoptConfigVersion.cmake")
   endif()
