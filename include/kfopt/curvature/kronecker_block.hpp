@@ -150,6 +150,70 @@ class KroneckerBlock {
   /// unchanged. Shape mismatches throw ShapeError naming the layer and both shapes.
   Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g);
 
+  /// A batch's statistics as sums over its examples, before normalization: A's and G's
+  /// FactorContribution. Contributions add (the sum over data-parallel ranks of their
+  /// batches' contributions is the contribution of the global batch), and
+  /// update_statistics(contribution) takes a summed one as one batch.
+  struct Contribution {
+    FactorContribution<Scalar> a;  ///< Σ ããᵀ (with the bias coordinate) and its rows
+    FactorContribution<Scalar> g;  ///< Σ ggᵀ and its rows
+    /// Visits every field (FactorContribution::visit), A's then G's.
+    template <typename Visitor>
+    void visit(Visitor& v) {
+      a.visit(v);
+      g.visit(v);
+    }
+    /// Back to the empty contribution.
+    void clear() {
+      a.clear();
+      g.clear();
+    }
+  };
+  /// The empty contribution of this block's shape.
+  Contribution empty_contribution() const { return Contribution{a_.empty_contribution(), g_.empty_contribution()}; }
+  /// Adds a batch (`a` k × in, `g` k × out, k ≥ 0) to `c`, both factors or neither: NaN/Inf
+  /// in either adds only the non-finite counts of both and returns NonFiniteInput. Shape
+  /// mismatches throw ShapeError naming the layer. Changes nothing in the block.
+  Status add_contribution(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
+                          Contribution& c) const {
+    if (a.cols() != in_ || g.cols() != out_ || a.rows() != g.rows()) {
+      throw ShapeError("kfopt::KroneckerBlock::add_contribution (layer '" + name_ + "'): a is " +
+                       detail::shape_of(a) + " and g is " + detail::shape_of(g) +
+                       " but the layer needs k×" + std::to_string(in_) + " and k×" +
+                       std::to_string(out_) + " with the same k");
+    }
+    if (!detail::all_finite(a) || !detail::all_finite(g)) {
+      c.a.nonfinite += 1.0;
+      c.g.nonfinite += 1.0;
+      return Status::NonFiniteInput;
+    }
+    (void)a_.add_contribution(a, c.a);  // finite: cannot be refused
+    (void)g_.add_contribution(g, c.g);
+    return Status::Success;
+  }
+  /// What update_statistics(c) would return, without changing anything: NotComputed for an
+  /// empty contribution, else FactorMovingAverage::admit of A's, then of G's part.
+  Status admit(const Contribution& c) const {
+    const Status sa = a_.admit(c.a);
+    if (sa != Status::Success) return sa;
+    return g_.admit(c.g);
+  }
+  /// Takes a (possibly summed) contribution as one batch: the factors of
+  /// update_statistics(a, g) on the batch it sums, to rounding. Both factors or neither;
+  /// refused as admit(c) (counted in skipped_statistics, except NotComputed for an empty
+  /// contribution, which changes nothing).
+  Status update_statistics(const Contribution& c) {
+    const Status admitted = admit(c);
+    if (admitted == Status::NotComputed) return admitted;
+    if (admitted != Status::Success) {
+      ++skipped_statistics_;
+      return admitted;
+    }
+    a_.update(c.a);
+    g_.update(c.g);
+    return Status::Success;
+  }
+
   /// Whether any statistics have been taken.
   bool has_statistics() const noexcept { return a_.updates() > 0; }
   /// Batches refused because they held NaN or Inf or would have overflowed a factor.

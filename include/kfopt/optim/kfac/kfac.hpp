@@ -258,6 +258,63 @@ class Kfac {
       std::size_t id, const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
       const Eigen::Ref<const Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>>& mask);
 
+  // --- statistics as contributions (data-parallel K-FAC, kfopt::mpi::DistributedKfac) ----
+
+  /// The empty statistics contribution of layer `id` (KfacStatisticsContribution): a
+  /// batch's statistics as sums over its examples, which add over batches, so that
+  /// processes holding parts of a global batch can sum theirs and each take the sum as one
+  /// batch (record_statistics(id, contribution)) with the factors one process would have
+  /// formed from the global batch, to rounding. `max_length` (≥ 1): the longest sequence a
+  /// recurrent layer's length counts hold (ignored for a dense layer).
+  std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
+      std::size_t id, Eigen::Index max_length = 1) const {
+    return const_layer_at("kfopt::Kfac::empty_contribution", id).block->empty_contribution(max_length);
+  }
+  /// Adds a dense layer's batch (as record_statistics; k ≥ 0 rows) to `c`, a contribution
+  /// of that layer. NaN/Inf → NonFiniteInput (only the non-finite count is added). Changes
+  /// nothing in the optimizer.
+  Status add_statistics_contribution(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                                     const Eigen::Ref<const Matrix>& g,
+                                     KfacStatisticsContribution<Scalar>& c) const {
+    constexpr const char* op = "kfopt::Kfac::add_statistics_contribution";
+    const KroneckerBlock<Scalar>* block = const_layer_at(op, id).block->dense();
+    if (block == nullptr) {
+      throw InvalidInputError(std::string(op) + ": layer " + std::to_string(id) +
+                              " is recurrent; use add_sequence_statistics_contribution");
+    }
+    return block->add_contribution(
+        a, g, detail::contribution_of<typename KroneckerBlock<Scalar>::Contribution>(op, c));
+  }
+  /// Adds a recurrent layer's batch of sequences (as record_sequence_statistics with
+  /// lengths; m ≥ 0 sequences) to `c`, a contribution of that layer.
+  Status add_sequence_statistics_contribution(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                                              const Eigen::Ref<const Matrix>& g,
+                                              const Eigen::Ref<const Eigen::VectorXi>& lengths,
+                                              KfacStatisticsContribution<Scalar>& c) const {
+    constexpr const char* op = "kfopt::Kfac::add_sequence_statistics_contribution";
+    const RecurrentKroneckerBlock<Scalar>* block = const_layer_at(op, id).block->recurrent();
+    if (block == nullptr) {
+      throw InvalidInputError(std::string(op) + ": layer " + std::to_string(id) +
+                              " is dense; use add_statistics_contribution");
+    }
+    return block->add_contribution(
+        a, g, lengths,
+        detail::contribution_of<typename RecurrentKroneckerBlock<Scalar>::Contribution>(op, c));
+  }
+  /// What record_statistics(id, c) would return, without changing anything: Success,
+  /// NotComputed (an empty contribution: nothing to take), NonFiniteInput or Overflow.
+  Status admit_statistics(std::size_t id, const KfacStatisticsContribution<Scalar>& c) const {
+    return const_layer_at("kfopt::Kfac::admit_statistics", id).block->admit(c);
+  }
+  /// Takes a (possibly summed over processes) contribution as one batch of layer `id`'s
+  /// statistics. Refused as record_statistics (NonFiniteInput, Overflow; counted in
+  /// State::skipped_statistics, nothing changes); NotComputed for an empty contribution.
+  Status record_statistics(std::size_t id, const KfacStatisticsContribution<Scalar>& c) {
+    return counted(layer_at("kfopt::Kfac::record_statistics", id).block->update_statistics(c));
+  }
+  /// The registered parameters and gradients (the caller's storage).
+  const ParameterSet<Scalar>& parameters() const noexcept { return params_; }
+
   /// One K-FAC step from the gradients in the registered storage. All or nothing: a
   /// non-finite gradient or parameter value (NonFiniteInput), a step whose preconditioned
   /// gradient, momentum or new parameters would not be finite (Overflow) or a singular
@@ -426,6 +483,9 @@ class Kfac {
   std::size_t register_layer(const char* op, const std::string& name, Matrix& W, const Matrix& dW,
                              Vector* b, const Vector* db, std::unique_ptr<Block> block);
 
+  const Layer& const_layer_at(const char* op, std::size_t id) const {
+    return const_cast<Kfac*>(this)->layer_at(op, id);
+  }
   Layer& layer_at(const char* op, std::size_t id) {
     if (id >= layers_.size()) {
       throw InvalidInputError(std::string(op) + ": no layer with id " + std::to_string(id) +
