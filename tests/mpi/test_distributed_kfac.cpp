@@ -151,12 +151,13 @@ std::int64_t integer_entry(const kfopt::StateDict& dict, const std::string& name
 
 /// Trains `steps` steps on P ranks (distributed) and one process (reference, every rank);
 /// returns the largest relative difference seen after any step.
-double run_dense(Communicator& comm, int steps, bool unequal, int statistics_period,
+double run_dense(Communicator& comm, int steps, bool unequal, bool distribute_refresh,
                  Net& dist, Net& one) {
-  DistributedKfac<double> dk(dist.kfac, comm);
+  kfopt::mpi::DistributedKfacOptions dopt;
+  dopt.distribute_refresh = distribute_refresh;
+  DistributedKfac<double> dk(dist.kfac, comm, dopt);
   const int P = comm.size();
   const Slice s = unequal ? unequal_slice(comm.rank(), P, kGlobal) : equal_slice(comm.rank(), P, kGlobal);
-  (void)statistics_period;
   double worst = 0.0;
   bool all_success = true;
   for (int t = 0; t < steps; ++t) {
@@ -191,12 +192,15 @@ TEST_CASE("DistributedKfac: dense layers on P ranks equal one process on the glo
     for (const int period : {1, 2}) {
       kfopt::KfacOptions o = kfac_options();
       o.statistics_period = period;
+      // Refreshes split among the ranks (T_stat = 1) or redundant on every rank (T_stat = 2).
+      const bool distribute_refresh = period == 1;
       Net dist(o), one(o);
-      const double worst = run_dense(comm, 40, unequal, period, dist, one);
+      const double worst = run_dense(comm, 40, unequal, distribute_refresh, dist, one);
       if (comm.is_root()) {
-        std::printf("DistributedKfac dense, P = %d, %s split, T_stat = %d: 40 steps, largest "
-                    "relative difference to one process %.3g (parameters and factors)\n",
-                    comm.size(), unequal ? "unequal" : "equal", period, worst);
+        std::printf("DistributedKfac dense, P = %d, %s split, T_stat = %d, %s refresh: 40 steps, "
+                    "largest relative difference to one process %.3g (parameters and factors)\n",
+                    comm.size(), unequal ? "unequal" : "equal", period,
+                    distribute_refresh ? "distributed" : "redundant", worst);
       }
       // Rounding only: the sums are formed in another order (observed with Open MPI 4.1 at
       // P = 2 and 3: 2.6e-14 to 1.5e-13 over 40 steps).
@@ -231,6 +235,21 @@ TEST_CASE("DistributedKfac: one statistics all-reduce of the predicted size per 
   CHECK(traffic[kfopt::mpi::Operation::Allreduce].payload_bytes ==
         static_cast<std::uint64_t>((78 + parameters + 3) * 8));
   CHECK(traffic[kfopt::mpi::Operation::Agreement].calls == 1);
+  // The first step refreshes: 4 eigendecompositions (A and G of 2 layers), each computed by
+  // one rank and broadcast (a header and the result): 8 broadcasts of
+  // 4·3 + Σ n(n+1) = 12 + 56 + 30 + 42 + 12 scalars.
+  CHECK(traffic[kfopt::mpi::Operation::Broadcast].calls == 8);
+  CHECK(traffic[kfopt::mpi::Operation::Broadcast].payload_bytes == (12 + 56 + 30 + 42 + 12) * 8);
+  Eigen::Matrix<double, 1, 1> computed;
+  computed(0) = static_cast<double>(dk.refresh_tasks_computed());
+  // Greedy by cost 9n³ (n = 7, 6, 5, 3): rank 0 takes 7, rank 1 takes 6, 5 and 3 (P = 2);
+  // P = 3: 7 | 6 | 5, 3.
+  const double mine = computed(0);
+  const double expected_mine = comm.size() == 2 ? (comm.rank() == 0 ? 1.0 : 3.0)
+                                                : (comm.rank() == 2 ? 2.0 : 1.0);
+  comm.allreduce_sum(computed);
+  CHECK(computed(0) == 4.0);
+  CHECK(everywhere(comm, mine == expected_mine));
   // Recording outside a statistics step is refused.
   kfopt::KfacOptions o = kfac_options();
   o.statistics_period = 2;
@@ -267,6 +286,9 @@ TEST_CASE("DistributedKfac: NaN on one rank only makes every rank refuse, state 
     };
     for (int t = 0; t < 8; ++t) REQUIRE(train(t, false) == Status::Success);
     const kfopt::StateDict before = dist.kfac.state_dict();
+    // Nothing read the factors on these steps (their lazy blends stay pending unless a rank
+    // computes a refresh task from them): the state is still the same bits on every rank.
+    REQUIRE(same_bytes_as_rank0(comm, fingerprint(before, {&dist.W1, &dist.W2}, {&dist.b1, &dist.b2})));
     const Mat<double> W1 = dist.W1, W2 = dist.W2;
     const Vec<double> b1 = dist.b1, b2 = dist.b2;
 

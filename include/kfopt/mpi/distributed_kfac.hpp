@@ -47,10 +47,18 @@
 ///    State::counters.skipped_nonfinite, and the registered gradients hold NaN on every rank
 ///    (as DataParallelGradients leaves them). (One process would refuse only the layers whose
 ///    batch was bad and still take the others; a distributed step is one transaction.)
-/// 4. **Refresh and step**: Kfac::step() on every rank — the refreshes of the spectra
-///    (eigendecompositions, Cholesky snapshots, the recurrent Option 1/2 preparations) are
-///    computed redundantly by every rank from identical factors, so they are identical
-///    (deterministic code on identical bits, no communication).
+/// 4. **Refresh and step**: on a refresh step (every T_inv steps), the dense layers' factor
+///    eigendecompositions (InverseMethod::Eigendecomposition; two tasks per layer, A_l and
+///    G_l, ≈ 9n³ flops each) are assigned to the ranks by assign_greedy (largest cost first
+///    to the least-loaded rank; every rank computes the same plan from the shapes), computed
+///    once by their owner and broadcast (status and shape, then eigenvalues and
+///    eigenvectors), and installed on every rank (KroneckerBlock::install_refresh, which
+///    checks orthonormality: ≈ 2n³ flops); then Kfac::step_with_installed_refresh() on every
+///    rank. Everything else is computed redundantly by every rank from identical bits, so
+///    it is identical too: Cholesky refreshes (an O(n²) snapshot; the damped Cholesky
+///    inverses are formed at the next apply), the recurrent layers' refreshes (A0, G0
+///    eigendecompositions) and their Option 1/2 preparations, and every preconditioned
+///    gradient. With `distribute_refresh = false` every rank refreshes every layer.
 ///
 /// ## Communication per step (s = sizeof(Scalar) bytes, P ranks; ring all-reduce as in
 /// cost_model.hpp)
@@ -63,18 +71,21 @@
 ///     bytes_stat = 2(P−1)/P · m_stat · s        per rank, on statistics steps (every T_stat)
 ///     bytes_grad = 2(P−1)/P · (N + 3) · s       per rank, every step (DataParallelGradients)
 ///     bytes_agree = 2(P−1)/P · sizeof(int)      per rank, every step (the any-rank agreement)
-///     bytes_inv  = 0                            (refreshes are redundant)
+///     bytes_inv  = (P−1) · Σ_{dense l} [a_l(a_l+1) + g_l(g_l+1) + 6] · s
+///                                              over all ranks, on refresh steps (every T_inv):
+///                                              eigenvectors and eigenvalues of A_l and G_l
+///                                              (n for a diagonal factor), + 3-scalar headers;
+///                                              0 with distribute_refresh = false
 ///
 /// (the +4 per dense layer: row and non-finite counts of A and G; the +7 per recurrent
 /// layer: real steps, sequences, non-finite counts of A and G and the exceeded-length count;
 /// T_cap = DistributedKfacOptions::max_sequence_length). `statistics_message_size()` is
 /// m_stat for the registered layers, and Communicator::traffic() counts what was sent.
 ///
-/// The alternative of assigning each layer's refresh to one owner rank (greedy by cost,
-/// work_assignment.hpp) and broadcasting the results would send, every T_inv steps,
-/// `(P−1) · Σ_l (a_l² + a_l + g_l² + g_l) · s` bytes over all ranks (eigenvectors and
-/// eigenvalues) and divide the ≈ 9(a_l³ + g_l³) flops of the refreshes by up to P; it is not
-/// done here: every rank refreshes every layer.
+/// Per refresh, the broadcasts take 2 calls per task (4 per dense layer), and the largest
+/// rank's refresh work drops from Σ_l 9(a_l³ + g_l³) to the assignment's makespan (at most
+/// (4/3 − 1/(3P)) × the best split, Graham's bound) plus the ≈ 2n³ install checks of the
+/// factors it did not compute.
 ///
 /// ## Requirements
 ///
@@ -101,6 +112,7 @@
 #include "kfopt/core/validate.hpp"
 #include "kfopt/mpi/communicator.hpp"
 #include "kfopt/mpi/data_parallel_gradients.hpp"
+#include "kfopt/mpi/work_assignment.hpp"
 #include "kfopt/optim/kfac/kfac.hpp"
 
 namespace kfopt {
@@ -112,6 +124,12 @@ struct DistributedKfacOptions {
   /// layer sends T_cap + 1 counts per statistics step. A longer sequence on any rank makes
   /// the step throw InvalidInputError on every rank. Default 512.
   int max_sequence_length = 512;
+
+  /// Split the refreshes among the ranks: each refresh task (a dense layer's factor
+  /// eigendecomposition) is computed by one owner rank, assigned greedily by cost
+  /// (assign_greedy), and broadcast; false: every rank computes every refresh. Both give
+  /// bit-for-bit identical state on all ranks. Default true.
+  bool distribute_refresh = true;
 
   /// Throws HyperparameterError naming the field if it is out of range.
   void validate() const {
@@ -323,8 +341,68 @@ class DistributedKfac {
       }
     }
     clear_statistics();
-    return kfac_->step();
+    if (!options_.distribute_refresh) return kfac_->step();
+    refresh_distributed();
+    return kfac_->step_with_installed_refresh();
   }
+
+  /// The pending layers' refresh tasks: assigned greedily by cost, computed by their owner,
+  /// broadcast (a 3-scalar header: status and shape, then the result), installed everywhere.
+  void refresh_distributed() {
+    task_layer_.clear();
+    task_index_.clear();
+    task_cost_.clear();
+    for (std::size_t i = 0; i < contributions_.size(); ++i) {
+      if (!kfac_->refresh_pending(i)) continue;
+      if (kfac_->refresh_task_count(i) > 0) kfac_->begin_refresh_tasks(i);  // on every rank
+      for (int k = 0; k < kfac_->refresh_task_count(i); ++k) {
+        task_layer_.push_back(i);
+        task_index_.push_back(k);
+        task_cost_.push_back(kfac_->refresh_task_cost(i, k));
+      }
+    }
+    if (task_layer_.empty()) return;
+    const WorkAssignment plan = assign_greedy(task_cost_, comm_->size());
+    const std::size_t tasks = task_layer_.size();
+    if (results_.size() < tasks) results_.resize(tasks);
+    task_status_.assign(tasks, Status::Success);
+    for (std::size_t t : plan.tasks_of[static_cast<std::size_t>(comm_->rank())]) {
+      task_status_[t] = kfac_->compute_refresh_task(task_layer_[t], task_index_[t], results_[t]);
+      ++tasks_computed_;
+    }
+    for (std::size_t t = 0; t < tasks; ++t) {
+      const int owner = plan.owner[t];
+      Eigen::Matrix<Scalar, 3, 1> header;
+      header << static_cast<Scalar>(static_cast<int>(task_status_[t])),
+          static_cast<Scalar>(results_[t].rows()), static_cast<Scalar>(results_[t].cols());
+      comm_->broadcast(header, owner);
+      task_status_[t] = static_cast<Status>(static_cast<int>(header(0)));
+      if (task_status_[t] != Status::Success) continue;
+      results_[t].resize(static_cast<Eigen::Index>(header(1)), static_cast<Eigen::Index>(header(2)));
+      comm_->broadcast(results_[t], owner);
+    }
+    // Install each layer whose tasks all succeeded (the others keep their last refresh).
+    std::size_t t = 0;
+    while (t < tasks) {
+      const std::size_t layer = task_layer_[t];
+      std::size_t end = t;
+      bool ok = true;
+      layer_results_.clear();
+      while (end < tasks && task_layer_[end] == layer) {
+        ok = ok && task_status_[end] == Status::Success;
+        layer_results_.push_back(results_[end]);
+        ++end;
+      }
+      if (ok) kfac_->install_refresh(layer, layer_results_);
+      t = end;
+    }
+  }
+
+ public:
+  /// Refresh tasks this rank has computed so far (its share of the assignment).
+  std::int64_t refresh_tasks_computed() const noexcept { return tasks_computed_; }
+
+ private:
 
   Kfac<Scalar>* kfac_;
   Communicator* comm_;
@@ -335,6 +413,13 @@ class DistributedKfac {
   std::vector<Status> admitted_;
   Eigen::Index message_size_ = 0;
   Vector buffer_;
+  // Refresh tasks of the current step: layer, task index, cost, status, result.
+  std::vector<std::size_t> task_layer_;
+  std::vector<int> task_index_;
+  std::vector<double> task_cost_;
+  std::vector<Status> task_status_;
+  std::vector<Matrix> results_, layer_results_;
+  std::int64_t tasks_computed_ = 0;
 };
 
 }  // namespace mpi

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/state_dict.hpp"
@@ -142,6 +143,17 @@ class KfacLayerBlock {
   virtual Status admit(const KfacStatisticsContribution<Scalar>& c) const = 0;
   /// Takes a (possibly summed) contribution as one batch (the block's update_statistics).
   virtual Status update_statistics(const KfacStatisticsContribution<Scalar>& c) = 0;
+  /// The refresh split into tasks that other processes may compute (0: the block refreshes
+  /// itself in refresh()); see KroneckerBlock::refresh_task_count.
+  virtual int refresh_task_count() const noexcept { return 0; }
+  /// Flops of task k.
+  virtual double refresh_task_cost(int) const { return 0.0; }
+  /// Called on every process before a split refresh's tasks (KroneckerBlock::finish_statistics).
+  virtual void begin_refresh_tasks() const {}
+  /// Computes task k of the current statistics into `result`, changing nothing.
+  virtual Status compute_refresh_task(int, Matrix&) const { return Status::NotComputed; }
+  /// Installs every task's result as the refresh (throws for invalid results).
+  virtual void install_refresh(const std::vector<Matrix>&) {}
   /// The block as a dense or a recurrent block (nullptr if it is the other kind).
   virtual KroneckerBlock<Scalar>* dense() noexcept { return nullptr; }
   virtual RecurrentKroneckerBlock<Scalar>* recurrent() noexcept { return nullptr; }
@@ -188,6 +200,19 @@ class KfacDenseLayerBlock final : public KfacLayerBlock<Scalar> {
   }
   Status update_statistics(const KfacStatisticsContribution<Scalar>& c) override {
     return block_.update_statistics(contribution_of<Contribution>(op("update_statistics"), c));
+  }
+  int refresh_task_count() const noexcept override { return block_.refresh_task_count(); }
+  double refresh_task_cost(int k) const override { return block_.refresh_task_cost(k); }
+  void begin_refresh_tasks() const override { block_.finish_statistics(); }
+  Status compute_refresh_task(int k, Matrix& result) const override {
+    return block_.compute_refresh_task(k, result);
+  }
+  void install_refresh(const std::vector<Matrix>& results) override {
+    if (results.size() != 2) {
+      throw InvalidInputError(op("install_refresh") + ": needs 2 results, got " +
+                              std::to_string(results.size()));
+    }
+    block_.install_refresh(results[0], results[1]);
   }
   KroneckerBlock<Scalar>* dense() noexcept override { return &block_; }
   std::unique_ptr<KfacBlockState<Scalar>> save_state() const override;
