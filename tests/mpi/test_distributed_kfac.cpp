@@ -5,6 +5,7 @@
 // process), so the comparison needs no communication; what must agree across ranks is checked
 // collectively.
 #include <catch2/catch.hpp>
+#include <kfopt/mpi/cost_model.hpp>
 #include <kfopt/mpi/distributed_kfac.hpp>
 
 #include <Eigen/Core>
@@ -221,6 +222,9 @@ TEST_CASE("DistributedKfac: one statistics all-reduce of the predicted size per 
   DistributedKfac<double> dk(dist.kfac, comm);
   // m_stat = Σ_l a(a+1)/2 + g(g+1)/2 + 4 with a = in + 1: (28 + 15 + 4) + (21 + 6 + 4).
   REQUIRE(dk.statistics_message_size() == 78);
+  namespace cm = kfopt::mpi::cost_model;
+  const std::vector<cm::LayerShape> shapes{{kIn + 1, kHidden, false, 0}, {kHidden + 1, kOut, false, 0}};
+  REQUIRE(cm::distributed_kfac_statistics_count(shapes, 512) == dk.statistics_message_size());
   const Slice s = equal_slice(comm.rank(), comm.size(), kGlobal);
   const Batch b = global_batch(0);
   const Mat<double> X = b.X.middleRows(s.begin, s.count), T = b.T.middleRows(s.begin, s.count);
@@ -240,6 +244,7 @@ TEST_CASE("DistributedKfac: one statistics all-reduce of the predicted size per 
   // 4·3 + Σ n(n+1) = 12 + 56 + 30 + 42 + 12 scalars.
   CHECK(traffic[kfopt::mpi::Operation::Broadcast].calls == 8);
   CHECK(traffic[kfopt::mpi::Operation::Broadcast].payload_bytes == (12 + 56 + 30 + 42 + 12) * 8);
+  CHECK(cm::distributed_kfac_refresh_count(shapes) == 12 + 56 + 30 + 42 + 12);
   Eigen::Matrix<double, 1, 1> computed;
   computed(0) = static_cast<double>(dk.refresh_tasks_computed());
   // Greedy by cost 9n³ (n = 7, 6, 5, 3): rank 0 takes 7, rank 1 takes 6, 5 and 3 (P = 2);
@@ -403,6 +408,8 @@ TEST_CASE("DistributedKfac: a recurrent layer (Options 1 and 2, mixed lengths) e
     kfopt::mpi::DistributedKfacOptions dopt;
     dopt.max_sequence_length = 8;
     DistributedKfac<double> dk(dist.kfac, comm, dopt);
+    REQUIRE(kfopt::mpi::cost_model::distributed_kfac_statistics_count(
+                {{kSeqIn + 1, kSeqOut, true, 0}}, 8) == dk.statistics_message_size());
     const Slice s = unequal_slice(comm.rank(), P, kSequences);
     double worst = 0.0;
     bool ok = true;
