@@ -53,8 +53,10 @@
 ///    to the least-loaded rank; every rank computes the same plan from the shapes), computed
 ///    once by their owner and broadcast (status and shape, then eigenvalues and
 ///    eigenvectors), and installed on every rank (KroneckerBlock::install_refresh, which
-///    checks orthonormality: ≈ 2n³ flops); then Kfac::step_with_installed_refresh() on every
-///    rank. Everything else is computed redundantly by every rank from identical bits, so
+///    checks orthonormality with n³ products); then Kfac::step_with_installed_refresh() on
+///    every rank. (Unlike Kfac::step, which checks the parameters before it refreshes, the
+///    split refresh runs before that check: a step refused for non-finite parameters in the
+///    caller's storage still leaves the refreshed spectra, identically on every rank.) Everything else is computed redundantly by every rank from identical bits, so
 ///    it is identical too: Cholesky refreshes (an O(n²) snapshot; the damped Cholesky
 ///    inverses are formed at the next apply), the recurrent layers' refreshes (A0, G0
 ///    eigendecompositions) and their Option 1/2 preparations, and every preconditioned
@@ -92,8 +94,8 @@
 /// Every rank registers the same layers (names, kinds, shapes, options) in the same order
 /// before constructing the DistributedKfac, starts from the same parameters (e.g. broadcast
 /// from rank 0) and calls step() / step_weighted() on every step; record_* only on statistics
-/// steps (InvalidInputError otherwise), each layer at most once per rank and step or several
-/// times, which adds the batches into one. Usage errors (shapes, ids) are thrown on the rank
+/// steps (InvalidInputError otherwise); a layer recorded several times in one step takes
+/// the union of those batches as one batch. Usage errors (shapes, ids) are thrown on the rank
 /// that made them, before any communication, as for any MPI collective; errors that depend
 /// on the reduced data (a sequence longer than max_sequence_length on some rank, no layer
 /// statistics at the first step) are thrown on every rank at once.
