@@ -150,6 +150,70 @@ class KroneckerBlock {
   /// unchanged. Shape mismatches throw ShapeError naming the layer and both shapes.
   Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g);
 
+  /// A batch's statistics as sums over its examples, before normalization: A's and G's
+  /// FactorContribution. Contributions add (the sum over data-parallel ranks of their
+  /// batches' contributions is the contribution of the global batch), and
+  /// update_statistics(contribution) takes a summed one as one batch.
+  struct Contribution {
+    FactorContribution<Scalar> a;  ///< Σ ããᵀ (with the bias coordinate) and its rows
+    FactorContribution<Scalar> g;  ///< Σ ggᵀ and its rows
+    /// Visits every field (FactorContribution::visit), A's then G's.
+    template <typename Visitor>
+    void visit(Visitor& v) {
+      a.visit(v);
+      g.visit(v);
+    }
+    /// Back to the empty contribution.
+    void clear() {
+      a.clear();
+      g.clear();
+    }
+  };
+  /// The empty contribution of this block's shape.
+  Contribution empty_contribution() const { return Contribution{a_.empty_contribution(), g_.empty_contribution()}; }
+  /// Adds a batch (`a` k × in, `g` k × out, k ≥ 0) to `c`, both factors or neither: NaN/Inf
+  /// in either adds only the non-finite counts of both and returns NonFiniteInput. Shape
+  /// mismatches throw ShapeError naming the layer. Changes nothing in the block.
+  Status add_contribution(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
+                          Contribution& c) const {
+    if (a.cols() != in_ || g.cols() != out_ || a.rows() != g.rows()) {
+      throw ShapeError("kfopt::KroneckerBlock::add_contribution (layer '" + name_ + "'): a is " +
+                       detail::shape_of(a) + " and g is " + detail::shape_of(g) +
+                       " but the layer needs k×" + std::to_string(in_) + " and k×" +
+                       std::to_string(out_) + " with the same k");
+    }
+    if (!detail::all_finite(a) || !detail::all_finite(g)) {
+      c.a.nonfinite += 1.0;
+      c.g.nonfinite += 1.0;
+      return Status::NonFiniteInput;
+    }
+    (void)a_.add_contribution(a, c.a);  // finite: cannot be refused
+    (void)g_.add_contribution(g, c.g);
+    return Status::Success;
+  }
+  /// What update_statistics(c) would return, without changing anything: NotComputed for an
+  /// empty contribution, else FactorMovingAverage::admit of A's, then of G's part.
+  Status admit(const Contribution& c) const {
+    const Status sa = a_.admit(c.a);
+    if (sa != Status::Success) return sa;
+    return g_.admit(c.g);
+  }
+  /// Takes a (possibly summed) contribution as one batch: the factors of
+  /// update_statistics(a, g) on the batch it sums, to rounding. Both factors or neither;
+  /// refused as admit(c) (counted in skipped_statistics, except NotComputed for an empty
+  /// contribution, which changes nothing).
+  Status update_statistics(const Contribution& c) {
+    const Status admitted = admit(c);
+    if (admitted == Status::NotComputed) return admitted;
+    if (admitted != Status::Success) {
+      ++skipped_statistics_;
+      return admitted;
+    }
+    a_.update(c.a);
+    g_.update(c.g);
+    return Status::Success;
+  }
+
   /// Whether any statistics have been taken.
   bool has_statistics() const noexcept { return a_.updates() > 0; }
   /// Batches refused because they held NaN or Inf or would have overflowed a factor.
@@ -158,6 +222,70 @@ class KroneckerBlock {
   /// Recomputes both factors' spectra from the current averages (the amortized
   /// preprocessing). On failure the previous spectra stay in use.
   Status refresh();
+  /// The refresh as independent tasks, for data-parallel processes that split it among
+  /// themselves (kfopt::mpi::DistributedKfac): with InverseMethod::Eigendecomposition, task 0
+  /// is A's spectrum and task 1 G's; with Cholesky there is none (that refresh is an O(n²)
+  /// snapshot, every process takes it).
+  int refresh_task_count() const noexcept {
+    return options_.inverse_method == InverseMethod::Eigendecomposition ? 2 : 0;
+  }
+  /// Flops of task k: ≈ 9n³ for a dense factor's eigendecomposition, n for a diagonal one.
+  double refresh_task_cost(int k) const {
+    const FactorSpectrum<Scalar>& f = k == 0 ? a_spectrum_ : g_spectrum_;
+    const double n = static_cast<double>(f.size());
+    return f.is_diagonal() ? n : 9.0 * n * n * n;
+  }
+  /// Finishes the factors' pending lazy blends (FactorMovingAverage::value()), as refresh()
+  /// does. Processes that split a refresh call it on every process before the tasks, so that
+  /// their averages stay bit for bit the same whichever process computed which task
+  /// (compute_refresh_task reads the averages through value(), which finishes them). O(n²).
+  void finish_statistics() const {
+    (void)a_.value();
+    (void)g_.value();
+  }
+  /// Computes task k (0: A, 1: G) of the current averages into `result`: n × (n + 1) with
+  /// the clipped eigenvalues in column 0 and the eigenvectors after it (a diagonal factor:
+  /// n × 1, its clipped diagonal). Changes nothing in the block. Returns the
+  /// decomposition's status. Cost as refresh_task_cost(k).
+  Status compute_refresh_task(int k, Matrix& result) const {
+    const FactorSpectrum<Scalar>& shape = k == 0 ? a_spectrum_ : g_spectrum_;
+    FactorSpectrum<Scalar> f(shape.size(), shape.structure());
+    const Status s = f.compute(k == 0 ? a_.value() : g_.value());
+    if (s != Status::Success) return s;
+    const Eigen::Index n = f.size();
+    if (f.is_diagonal()) {
+      result = f.eigenvalues();
+    } else {
+      result.resize(n, n + 1);
+      result.col(0) = f.eigenvalues();
+      result.rightCols(n) = f.eigenvectors();
+    }
+    return Status::Success;
+  }
+  /// Installs the results of both tasks (compute_refresh_task on the same averages, possibly
+  /// in another process) as a refresh: the block then holds what refresh() would have left
+  /// (spectra from those results, bit for bit). Throws ShapeError / InvalidInputError (nothing
+  /// changes) unless both are valid spectra of this block's factors; each check costs an n³
+  /// orthonormality product. InvalidInputError with InverseMethod::Cholesky.
+  void install_refresh(const Matrix& a_result, const Matrix& g_result) {
+    const std::string op = "kfopt::KroneckerBlock::install_refresh (layer '" + name_ + "')";
+    if (refresh_task_count() != 2) throw InvalidInputError(op + ": the Cholesky method has no refresh tasks");
+    auto split = [&](const FactorSpectrum<Scalar>& f, const Matrix& r, Vector& values, Matrix& vectors) {
+      const Eigen::Index n = f.size();
+      detail::require_shape(op.c_str(), "result", r, n, f.is_diagonal() ? 1 : n + 1);
+      values = r.col(0);
+      if (!f.is_diagonal()) vectors = r.rightCols(n);
+    };
+    Vector av, gv;
+    Matrix au, gu;
+    split(a_spectrum_, a_result, av, au);
+    split(g_spectrum_, g_result, gv, gu);
+    g_spectrum_.check_result(op + " (G)", gv, gu);
+    a_spectrum_.set_result(av, au);  // checks A first: nothing changed if it throws
+    g_spectrum_.set_result(gv, gu);
+    ++spectra_version_;
+  }
+
   /// Whether an inverse is available (a refresh has succeeded).
   bool has_inverse() const noexcept {
     if (options_.inverse_method == InverseMethod::Cholesky) return has_snapshot_;

@@ -239,6 +239,105 @@ class RecurrentKroneckerBlock {
   Status update_statistics_full(const Eigen::Ref<const Matrix>& a,
                                 const Eigen::Ref<const Matrix>& g, Eigen::Index num_sequences);
 
+  /// A batch of sequences' statistics as sums before normalization: A's and G's
+  /// TemporalFactorContribution and the counts of sequences per length T = 0 …
+  /// length_counts.rows() − 1 (sequences longer than that are counted in `exceeded`, not
+  /// in the counts). Contributions add over batches (and over data-parallel ranks);
+  /// update_statistics(contribution) takes a summed one as one batch.
+  struct Contribution {
+    TemporalFactorContribution<Scalar> a;  ///< Σ A0, A1 terms (with the bias coordinate)
+    TemporalFactorContribution<Scalar> g;  ///< Σ G0, G1 terms
+    Matrix length_counts;                  ///< (T_cap + 1) × 1: sequences of each length
+    double exceeded = 0.0;                 ///< sequences longer than T_cap
+    /// Visits every field (TemporalFactorContribution::visit), A's, G's, the counts.
+    template <typename Visitor>
+    void visit(Visitor& v) {
+      a.visit(v);
+      g.visit(v);
+      v.general(length_counts);
+      v.count(exceeded);
+    }
+    /// Back to the empty contribution.
+    void clear() {
+      a.clear();
+      g.clear();
+      length_counts.setZero();
+      exceeded = 0.0;
+    }
+  };
+  /// The empty contribution of this block's shape, counting lengths up to `max_length`
+  /// (≥ 1; ShapeError otherwise).
+  Contribution empty_contribution(Eigen::Index max_length) const {
+    if (max_length < 1) {
+      throw ShapeError(operation("empty_contribution") + ": max_length is " +
+                       std::to_string(max_length) + " (must be >= 1)");
+    }
+    return Contribution{a_.empty_contribution(), g_.empty_contribution(),
+                        Matrix::Zero(max_length + 1, 1), 0.0};
+  }
+  /// Adds m = lengths.size() sequences (layout as update_statistics; m = 0 adds nothing)
+  /// to `c`, both factors or neither: NaN/Inf in a real step of a or g adds only the
+  /// non-finite counts and returns NonFiniteInput. Throws as update_statistics for shapes
+  /// and lengths. Changes nothing in the block.
+  Status add_contribution(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
+                          const Eigen::Ref<const Eigen::VectorXi>& lengths, Contribution& c) const {
+    const std::string op = operation("add_contribution");
+    const Eigen::Index m = lengths.size();
+    if (m == 0) return Status::Success;
+    const Eigen::Index t_max = check_batch(op, a, g, m);
+    for (Eigen::Index i = 0; i < m; ++i) {
+      if (lengths(i) < 0 || lengths(i) > t_max) {
+        throw InvalidInputError(op + ": length of sequence " + std::to_string(i) + " is " +
+                                std::to_string(lengths(i)) + " but the batch holds " +
+                                std::to_string(t_max) + " steps");
+      }
+    }
+    for (Eigen::Index t = 0; t < t_max; ++t) {
+      for (Eigen::Index i = 0; i < m; ++i) {
+        if (t < lengths(i) && (!detail::all_finite(a.row(t * m + i)) ||
+                               !detail::all_finite(g.row(t * m + i)))) {
+          c.a.nonfinite += 1.0;
+          c.g.nonfinite += 1.0;
+          return Status::NonFiniteInput;
+        }
+      }
+    }
+    (void)a_.add_contribution(a, lengths, c.a);  // finite: cannot be refused
+    (void)g_.add_contribution(g, lengths, c.g);
+    auto counts = c.length_counts.col(0);
+    c.exceeded += static_cast<double>(SequenceLengthAverage::add_counts(lengths, counts));
+    return Status::Success;
+  }
+  /// What update_statistics(c) would return, without changing anything (NotComputed for
+  /// a contribution without real steps). Throws InvalidInputError when `c.exceeded > 0`
+  /// (a sequence longer than the counts hold).
+  Status admit(const Contribution& c) const {
+    if (c.exceeded > 0.0) {
+      throw InvalidInputError(operation("admit") + ": " + std::to_string(c.exceeded) +
+                              " sequence(s) longer than the " +
+                              std::to_string(c.length_counts.rows() - 1) +
+                              " steps the length counts hold");
+    }
+    const Status sa = a_.admit(c.a);
+    if (sa != Status::Success) return sa;
+    return g_.admit(c.g);
+  }
+  /// Takes a (possibly summed) contribution as one batch: the statistics of
+  /// update_statistics(a, g, lengths) on the batch it sums, to rounding. Refused as
+  /// admit(c) (counted in skipped_statistics, except NotComputed, which changes nothing).
+  Status update_statistics(const Contribution& c) {
+    const Status admitted = admit(c);
+    if (admitted == Status::NotComputed) return admitted;
+    if (admitted != Status::Success) {
+      ++skipped_statistics_;
+      return admitted;
+    }
+    a_.update(c.a);
+    g_.update(c.g);
+    lengths_.update_counts(c.length_counts.col(0));
+    return Status::Success;
+  }
+
   /// Whether any statistics have been taken.
   bool has_statistics() const noexcept { return a_.state().updates > 0; }
   /// Batches refused because a real step held NaN or Inf.

@@ -124,6 +124,29 @@ bool all_finite(const Eigen::MatrixBase<Derived>& X) {
   return (X.array() * Scalar(0)).sum() == Scalar(0);
 }
 
+/// Admission of a contribution whose new average is bounded entry-wise by
+/// `keep · max_diagonal + scale · largest_new` (see admit_gram_update): Overflow when that
+/// bound exceeds half of Scalar's largest value, Success otherwise.
+template <typename Scalar>
+Status admit_bound(double keep, double max_diagonal, double scale, double largest_new) {
+  const double bound = keep * max_diagonal + scale * largest_new;
+  return bound <= 0.5 * static_cast<double>(std::numeric_limits<Scalar>::max()) ? Status::Success
+                                                                                : Status::Overflow;
+}
+
+/// Largest diagonal entry of a square matrix, or largest entry of a column (a diagonal
+/// factor); 0 when empty.
+template <typename Scalar>
+double largest_diagonal(const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& m) {
+  double largest = 0.0;
+  if (m.cols() == 1 && m.rows() != 1) {
+    for (Eigen::Index i = 0; i < m.rows(); ++i) largest = std::max(largest, static_cast<double>(m(i, 0)));
+    return largest;
+  }
+  for (Eigen::Index i = 0; i < m.rows(); ++i) largest = std::max(largest, static_cast<double>(m(i, i)));
+  return largest;
+}
+
 /// Admission of a batch into a moving average `C ← keep·C + scale·XᵀX` (both triangles of a
 /// symmetric C, plus, for `homogeneous`, the border `scale·Xᵀ1` and the corner `scale·k`),
 /// from the columns' squared norms `sq_i = Σ_r x_ri²` (one pass over X, computed by the
@@ -146,9 +169,7 @@ Status admit_gram_update(const Eigen::MatrixBase<DerivedSq>& sq, const Eigen::Ma
     return all_finite(X) ? Status::Overflow : Status::NonFiniteInput;
   }
   const double largest = std::max(static_cast<double>(sq.maxCoeff()), homogeneous_rows);
-  const double bound = keep * max_diagonal + scale * largest;
-  return bound <= 0.5 * static_cast<double>(std::numeric_limits<Scalar>::max()) ? Status::Success
-                                                                                : Status::Overflow;
+  return admit_bound<Scalar>(keep, max_diagonal, scale, largest);
 }
 
 /// The shared weight sequence of a bias-corrected moving average: `w ← β w + 1`, and the
@@ -168,6 +189,47 @@ void blend_into(Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& average,
 }
 
 }  // namespace detail
+
+/// One batch's contribution to a FactorMovingAverage as sums over its rows, before the
+/// normalization by the row count: `sum = Σ_rows x̃ x̃ᵀ` (x̃ = x with the homogeneous 1
+/// appended when the average is homogeneous; the lower triangle of `sum` is what counts, it
+/// is kept mirrored) or, for a diagonal average, the column `Σ_rows x̃²`; `rows` = k; and
+/// `nonfinite`, the number of batches left out of the sums because they held NaN or Inf.
+///
+/// Contributions add: the entry-wise sum of the contributions of several batches is the
+/// contribution of their union. That is how data-parallel ranks that each hold part of a
+/// global batch reproduce one process that saw all of it (kfopt::mpi::DistributedKfac sums
+/// them over the ranks): `FactorMovingAverage::update(contribution)` of the summed
+/// contribution takes the same value as `update(global batch)`, to rounding (the sums are
+/// formed in another order). Every field is visited by `visit(v)` (`v.symmetric(M)` for a
+/// symmetric matrix whose lower triangle is summed, `v.general(M)` for one summed entry by
+/// entry, `v.count(x)` for a count), so that a transport can pack and sum it without knowing it.
+template <typename Scalar>
+struct FactorContribution {
+  /// Dense dynamic-size matrix of Scalar.
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  Matrix sum;              ///< Σ x̃ x̃ᵀ (dimension², symmetric) or Σ x̃² (dimension × 1)
+  double rows = 0.0;       ///< examples k in the sums
+  double nonfinite = 0.0;  ///< batches left out because they held NaN or Inf
+
+  /// Visits every field (see the struct comment).
+  template <typename Visitor>
+  void visit(Visitor& v) {
+    if (sum.cols() == 1 && sum.rows() != 1) {
+      v.general(sum);
+    } else {
+      v.symmetric(sum);
+    }
+    v.count(rows);
+    v.count(nonfinite);
+  }
+  /// Back to the empty contribution (zero sums and counts), keeping the shape.
+  void clear() {
+    sum.setZero();
+    rows = 0.0;
+    nonfinite = 0.0;
+  }
+};
 
 /// Bias-corrected moving average of `A = E[a aᵀ]` (or `G = E[g gᵀ]`) over batches.
 ///
@@ -225,6 +287,27 @@ class FactorMovingAverage {
   /// One pass over the batch (its columns' squared norms). A caller that must take two
   /// batches or none (a layer's A and G) admits both before updating either.
   Status admit(const Eigen::Ref<const Matrix>& batch) const;
+
+  /// The empty contribution of this average's shape (FactorContribution).
+  FactorContribution<Scalar> empty_contribution() const {
+    FactorContribution<Scalar> c;
+    c.sum.setZero(dimension(), value_cols());
+    return c;
+  }
+  /// Adds `batch`'s sums (k × input_dim, k ≥ 0: an empty batch adds nothing) to `c`
+  /// (shaped by empty_contribution(); ShapeError otherwise). A batch holding NaN or Inf adds
+  /// only `c.nonfinite += 1` and returns NonFiniteInput. Changes nothing in the average.
+  /// Cost: the batch's Gram matrix (n²k flops, lower triangle) and an O(n²) mirror.
+  Status add_contribution(const Eigen::Ref<const Matrix>& batch,
+                          FactorContribution<Scalar>& c) const;
+  /// What update(c) would return, without changing anything: NonFiniteInput when
+  /// `c.nonfinite > 0`, NotComputed when it holds no rows, Overflow when its sums are not
+  /// finite or the new average could overflow (the bound of admit()), else Success.
+  Status admit(const FactorContribution<Scalar>& c) const;
+  /// Takes a (possibly summed) contribution as ONE batch of `c.rows` examples: the same
+  /// average as update() of the batch those rows form, to rounding. Refused (and counted
+  /// in skipped_nonfinite, except NotComputed, which just changes nothing) as admit(c).
+  Status update(const FactorContribution<Scalar>& c);
 
   /// Batches taken so far (does not finish the lazy blend, unlike state()).
   std::int64_t updates() const noexcept { return state_.updates; }
@@ -375,6 +458,40 @@ class FactorMovingAverage {
   Matrix batch_;  // the diagonal batch estimate (options.diagonal), reused
 };
 
+/// One batch of sequences' contribution to a TemporalFactorMovingAverage, as sums before
+/// the normalization `1/(m E[T])`: `sum0 = Σ_real ã_t ã_tᵀ` (symmetric), `sum1 =
+/// Σ_pairs ã_{t+1} ã_tᵀ` (consecutive real steps; not symmetric), `steps` = Σ_i T_i real
+/// steps, `sequences` = m, and `nonfinite` = batches left out for NaN/Inf in a real step.
+/// Contributions add (see FactorContribution): the sum over ranks of their batches'
+/// contributions, taken by `update(contribution)`, gives the averages of one process on the
+/// union of the batches, to rounding.
+template <typename Scalar>
+struct TemporalFactorContribution {
+  /// Dense dynamic-size matrix of Scalar.
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  Matrix sum0;             ///< Σ ã_t ã_tᵀ over real steps (dimension², symmetric)
+  Matrix sum1;             ///< Σ ã_{t+1} ã_tᵀ over pairs of consecutive real steps
+  double steps = 0.0;      ///< real steps Σ_i T_i
+  double sequences = 0.0;  ///< sequences m
+  double nonfinite = 0.0;  ///< batches left out because a real step held NaN or Inf
+
+  /// Visits every field (see FactorContribution::visit).
+  template <typename Visitor>
+  void visit(Visitor& v) {
+    v.symmetric(sum0);
+    v.general(sum1);
+    v.count(steps);
+    v.count(sequences);
+    v.count(nonfinite);
+  }
+  /// Back to the empty contribution, keeping the shapes.
+  void clear() {
+    sum0.setZero();
+    sum1.setZero();
+    steps = sequences = nonfinite = 0.0;
+  }
+};
+
 /// Bias-corrected moving averages of `A0 = E[a_t a_tᵀ]` and `A1 = E[a_{t+1} a_tᵀ]` over
 /// batches of sequences (RNN K-FAC §3.5.4), with one normalizer `1/(m E[T])` for both.
 ///
@@ -478,6 +595,99 @@ class TemporalFactorMovingAverage {
     Eigen::Index real = 0;
     return check(op, sequences, num_sequences, sequences.rows() / num_sequences,
                  [](Eigen::Index, Eigen::Index) { return true; }, real);
+  }
+
+  /// The empty contribution of this average's shape (TemporalFactorContribution).
+  TemporalFactorContribution<Scalar> empty_contribution() const {
+    TemporalFactorContribution<Scalar> c;
+    c.sum0.setZero(dimension(), dimension());
+    c.sum1.setZero(dimension(), dimension());
+    return c;
+  }
+  /// Adds the sums of m = lengths.size() sequences (layout and lengths as update(); m = 0
+  /// adds nothing) to `c`. NaN/Inf in a real step adds only `c.nonfinite += 1` and returns
+  /// NonFiniteInput. Changes nothing in the averages. Cost as update().
+  Status add_contribution(const Eigen::Ref<const Matrix>& sequences,
+                          const Eigen::Ref<const Eigen::VectorXi>& lengths,
+                          TemporalFactorContribution<Scalar>& c) const {
+    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::add_contribution";
+    detail::require_shape(op, "contribution sum0", c.sum0, dimension(), dimension());
+    detail::require_shape(op, "contribution sum1", c.sum1, dimension(), dimension());
+    if (lengths.size() == 0) return Status::Success;
+    const Eigen::Index t_max = check_lengths(op, sequences, lengths);
+    const Eigen::Index m = lengths.size();
+    const Eigen::Index n = input_dim_;
+    Eigen::Index real = 0;
+    for (Eigen::Index t = 0; t < t_max; ++t) {
+      for (Eigen::Index i = 0; i < m; ++i) {
+        if (t < lengths(i)) {
+          ++real;
+          if (!detail::all_finite(sequences.row(t * m + i))) {
+            c.nonfinite += 1.0;
+            return Status::NonFiniteInput;
+          }
+        }
+      }
+    }
+    // Zero-filled copy of the real steps (with the homogeneous coordinate), as update().
+    Matrix y = Matrix::Zero(t_max * m, dimension());
+    for (Eigen::Index t = 0; t < t_max; ++t) {
+      for (Eigen::Index i = 0; i < m; ++i) {
+        if (t < lengths(i)) {
+          y.row(t * m + i).head(n) = sequences.row(t * m + i);
+          if (options_.homogeneous) y(t * m + i, n) = Scalar(1);
+        }
+      }
+    }
+    detail::accumulate_lower_gram<Scalar>(c.sum0, y, 0, Scalar(1));
+    detail::mirror_lower_to_upper(c.sum0);
+    const Eigen::Index pairs_rows = (t_max - 1) * m;
+    if (pairs_rows > 0) c.sum1.noalias() += y.bottomRows(pairs_rows).transpose() * y.topRows(pairs_rows);
+    c.steps += static_cast<double>(real);
+    c.sequences += static_cast<double>(m);
+    return Status::Success;
+  }
+  /// What update(c) would return, without changing anything: NonFiniteInput when
+  /// `c.nonfinite > 0`, NotComputed when it holds no real step, Overflow when its sums are
+  /// not finite or A0's new entries could overflow (the bound of admit()), else Success.
+  Status admit(const TemporalFactorContribution<Scalar>& c) const {
+    constexpr const char* op = "kfopt::TemporalFactorMovingAverage::admit";
+    detail::require_shape(op, "contribution sum0", c.sum0, dimension(), dimension());
+    detail::require_shape(op, "contribution sum1", c.sum1, dimension(), dimension());
+    if (c.nonfinite > 0.0) return Status::NonFiniteInput;
+    if (!(c.steps > 0.0)) return Status::NotComputed;
+    if (!std::isfinite(c.steps) || !(c.sequences > 0.0) || !std::isfinite(c.sequences) ||
+        !detail::all_finite(c.sum0) || !detail::all_finite(c.sum1)) {
+      return Status::Overflow;
+    }
+    const double blend = state_.weight.next_blend(options_.decay);
+    return detail::admit_bound<Scalar>(1.0 - blend, detail::largest_diagonal<Scalar>(state_.average0),
+                                       blend / c.steps, detail::largest_diagonal<Scalar>(c.sum0));
+  }
+  /// Takes a (possibly summed) contribution as ONE batch of `c.sequences` sequences: the
+  /// averages of update() on the batch those sequences form, to rounding. Refused (counted
+  /// in skipped_nonfinite, except NotComputed, which changes nothing) as admit(c).
+  Status update(const TemporalFactorContribution<Scalar>& c) {
+    const Status admitted = admit(c);
+    if (admitted == Status::NotComputed) return admitted;
+    if (admitted != Status::Success) {
+      ++state_.skipped_nonfinite;
+      return admitted;
+    }
+    const double blend = state_.weight.next_blend(options_.decay);
+    const Scalar keep = static_cast<Scalar>(1.0 - blend);
+    const Scalar scale = static_cast<Scalar>(blend / c.steps);
+    if (keep == Scalar(0)) {
+      state_.average0 = scale * c.sum0;
+      state_.average1 = scale * c.sum1;
+    } else {
+      state_.average0 = keep * state_.average0 + scale * c.sum0;
+      state_.average1 = keep * state_.average1 + scale * c.sum1;
+    }
+    state_.weight.advance(options_.decay);
+    ++state_.updates;
+    state_.last_mean_length = c.steps / c.sequences;
+    return Status::Success;
   }
 
   /// Current bias-corrected average A0 (dimension() square).
@@ -735,6 +945,92 @@ Status FactorMovingAverage<Scalar, Backend>::update(const Eigen::Ref<const Matri
                static_cast<Scalar>(weight_raw);
     }
     scale_ = lazy ? next_scale : 1.0;
+    pending_ = true;
+  }
+  state_.weight.advance(options_.decay);
+  ++state_.updates;
+  return Status::Success;
+}
+
+template <typename Scalar, DecompositionBackend Backend>
+Status FactorMovingAverage<Scalar, Backend>::add_contribution(
+    const Eigen::Ref<const Matrix>& batch, FactorContribution<Scalar>& c) const {
+  constexpr const char* op = "kfopt::FactorMovingAverage::add_contribution";
+  if (batch.cols() != input_dim_) {
+    throw ShapeError(std::string(op) + ": batch is " + detail::shape_of(batch) +
+                     " but the factor needs rows of length " + std::to_string(input_dim_));
+  }
+  detail::require_shape(op, "contribution sum", c.sum, dimension(), value_cols());
+  if (batch.rows() == 0) return Status::Success;
+  if (!detail::all_finite(batch)) {
+    c.nonfinite += 1.0;
+    return Status::NonFiniteInput;
+  }
+  const Eigen::Index n = input_dim_;
+  const Scalar k = static_cast<Scalar>(batch.rows());
+  if (options_.diagonal) {
+    c.sum.col(0).head(n) += batch.colwise().squaredNorm().transpose();
+    if (options_.homogeneous) c.sum(n, 0) += k;
+  } else {
+    detail::accumulate_lower_gram<Scalar>(c.sum.topLeftCorner(n, n), batch, 0, Scalar(1));
+    if (options_.homogeneous) {
+      c.sum.row(n).head(n) += batch.colwise().sum();
+      c.sum(n, n) += k;
+    }
+    detail::mirror_lower_to_upper(c.sum);
+  }
+  c.rows += static_cast<double>(batch.rows());
+  return Status::Success;
+}
+
+template <typename Scalar, DecompositionBackend Backend>
+Status FactorMovingAverage<Scalar, Backend>::admit(const FactorContribution<Scalar>& c) const {
+  detail::require_shape("kfopt::FactorMovingAverage::admit", "contribution sum", c.sum,
+                        dimension(), value_cols());
+  if (c.nonfinite > 0.0) return Status::NonFiniteInput;
+  if (!(c.rows > 0.0)) return Status::NotComputed;
+  if (!std::isfinite(c.rows) || !detail::all_finite(c.sum)) return Status::Overflow;
+  // The new entries are bounded by the diagonal of the sums (both positive semi-definite).
+  const double largest_new = detail::largest_diagonal<Scalar>(c.sum);
+  if (options_.diagonal) {
+    const double largest =
+        state_.average.size() ? static_cast<double>(state_.average.maxCoeff()) : 0.0;
+    return detail::admit_bound<Scalar>(1.0, largest, 1.0 / c.rows, largest_new);
+  }
+  const Blend b = next_blend();
+  return detail::admit_bound<Scalar>(b.keep_raw, detail::largest_diagonal<Scalar>(state_.average),
+                                     b.weight_raw / c.rows, largest_new);
+}
+
+template <typename Scalar, DecompositionBackend Backend>
+Status FactorMovingAverage<Scalar, Backend>::update(const FactorContribution<Scalar>& c) {
+  const Status admitted = admit(c);
+  if (admitted == Status::NotComputed) return admitted;
+  if (admitted != Status::Success) {
+    ++state_.skipped_nonfinite;
+    return admitted;
+  }
+  const Blend plan = next_blend();
+  if (options_.diagonal) {
+    batch_ = c.sum * static_cast<Scalar>(1.0 / c.rows);
+    detail::blend_into(state_.average, batch_, plan.blend);
+  } else {
+    // As update(batch): R ← keep_raw·R + (weight_raw/k)·Σx̃x̃ᵀ on the lower triangle.
+    const Scalar keep_raw = static_cast<Scalar>(plan.keep_raw);
+    const Scalar gram_scale = static_cast<Scalar>(plan.weight_raw / c.rows);
+    const Eigen::Index d = dimension();
+    for (Eigen::Index j = 0; j < d; ++j) {
+      auto r = state_.average.col(j).tail(d - j);
+      const auto add = c.sum.col(j).tail(d - j);
+      if (keep_raw == Scalar(0)) {
+        r = gram_scale * add;
+      } else if (keep_raw == Scalar(1)) {
+        r += gram_scale * add;
+      } else {
+        r = keep_raw * r + gram_scale * add;
+      }
+    }
+    scale_ = plan.lazy ? plan.next_scale : 1.0;
     pending_ = true;
   }
   state_.weight.advance(options_.decay);

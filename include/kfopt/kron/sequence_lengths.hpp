@@ -141,6 +141,60 @@ class SequenceLengthAverage {
     ++state_.updates;
   }
 
+  /// Adds one batch's lengths to `counts` (counts(T) = number of sequences of length T, a
+  /// contribution that sums over batches like the factors' FactorContribution). Returns the
+  /// number of sequences longer than counts.size() − 1, which are not counted (a caller that
+  /// sizes `counts` to an agreed maximum reports them). Throws InvalidInputError for a
+  /// negative length.
+  template <typename Counts>
+  static Eigen::Index add_counts(const Eigen::Ref<const Eigen::VectorXi>& lengths, Counts& counts) {
+    Eigen::Index exceeded = 0;
+    for (Eigen::Index i = 0; i < lengths.size(); ++i) {
+      if (lengths(i) < 0) {
+        throw InvalidInputError("kfopt::SequenceLengthAverage::add_counts: length of sequence " +
+                                std::to_string(i) + " is negative (" + std::to_string(lengths(i)) + ")");
+      }
+      if (lengths(i) >= counts.size()) {
+        ++exceeded;
+      } else {
+        counts(lengths(i)) += 1;
+      }
+    }
+    return exceeded;
+  }
+
+  /// Takes one batch given by its length counts (counts(T) ≥ 0 sequences of length T, e.g.
+  /// summed over ranks): the same histogram as update() of a batch with those lengths, to
+  /// rounding. Throws InvalidInputError (nothing changes) for a negative or non-finite count
+  /// or no sequence at all. Cost O(T_max).
+  template <typename Counts>
+  void update_counts(const Counts& counts) {
+    constexpr const char* op = "kfopt::SequenceLengthAverage::update_counts";
+    double m = 0.0;
+    Eigen::Index longest = -1;
+    for (Eigen::Index t = 0; t < counts.size(); ++t) {
+      const double c = static_cast<double>(counts(t));
+      if (!(c >= 0.0) || !std::isfinite(c)) {
+        throw InvalidInputError(std::string(op) + ": count of length " + std::to_string(t) +
+                                " is " + std::to_string(c) + " (must be finite and >= 0)");
+      }
+      if (c > 0.0) longest = t;
+      m += c;
+    }
+    if (!(m > 0.0)) throw InvalidInputError(std::string(op) + ": the batch has no sequences");
+    if (state_.histogram.size() < static_cast<std::size_t>(longest) + 1) {
+      state_.histogram.resize(static_cast<std::size_t>(longest) + 1, 0.0);
+    }
+    const double blend = state_.weight.next_blend(decay_);
+    for (double& w : state_.histogram) w *= (1.0 - blend);
+    const double unit = blend / m;
+    for (Eigen::Index t = 0; t <= longest; ++t) {
+      state_.histogram[static_cast<std::size_t>(t)] += unit * static_cast<double>(counts(t));
+    }
+    state_.weight.advance(decay_);
+    ++state_.updates;
+  }
+
   /// Whether at least one batch of lengths was recorded.
   bool has_data() const noexcept { return state_.updates > 0; }
   /// The moving-average decay β of the length histogram.

@@ -64,6 +64,11 @@
 /// stores 1/P of the inverses. With T_inv ≥ 10 and a_l, g_l of the same order as each other,
 /// the first sends less per step; the second wins when memory is the limit or T_inv is small.
 ///
+/// **Data-parallel K-FAC as built** (DistributedKfac): the statistics message also carries
+/// the counts that make unequal splits and refusals exact (distributed_kfac_statistics_count),
+/// and the refresh broadcasts eigenvectors and eigenvalues with a small header per factor
+/// (distributed_kfac_refresh_count); the MPI tests check both against the traffic counters.
+///
 /// ## Checked against the wire
 ///
 /// The MPI tests check the gradient path's payload counter (Communicator::traffic) against
@@ -153,6 +158,38 @@ inline double kfac_inverse_broadcast_bytes_total(int ranks,
                                                  const std::vector<LayerShape>& layers,
                                                  std::size_t scalar_bytes) {
   return broadcast_bytes_total(ranks, kfac_inverse_count(layers), scalar_bytes);
+}
+
+/// Elements of DistributedKfac's statistics all-reduce (distributed_kfac.hpp): the packed
+/// factors of kfac_statistics_count with the recurrent layers' histograms sized T_cap + 1
+/// (`max_length` = DistributedKfacOptions::max_sequence_length, replacing each layer's own),
+/// plus the counts that travel with them: 4 per dense layer (rows and non-finite batches of
+/// A and G), 7 per recurrent layer (real steps, sequences and non-finite batches of A and G,
+/// and the sequences longer than T_cap). Dense factors only (a diagonal factor sends n).
+inline std::int64_t distributed_kfac_statistics_count(const std::vector<LayerShape>& layers,
+                                                      std::int64_t max_length) {
+  std::int64_t m = 0;
+  for (const auto& l : layers) {
+    m += packed_triangle_count(l.input_dim) + packed_triangle_count(l.output_dim);
+    if (l.recurrent) {
+      m += l.input_dim * l.input_dim + l.output_dim * l.output_dim + max_length + 1 + 7;
+    } else {
+      m += 4;
+    }
+  }
+  return m;
+}
+
+/// Elements DistributedKfac broadcasts per refresh with distribute_refresh (all dense layers
+/// due): per factor of size n a 3-element header and its eigenvalues and eigenvectors,
+/// n(n+1) + 3. Bytes over all ranks: (P−1) · count · s (broadcast_bytes_total).
+inline std::int64_t distributed_kfac_refresh_count(const std::vector<LayerShape>& layers) {
+  std::int64_t m = 0;
+  for (const auto& l : layers) {
+    if (l.recurrent) continue;  // refreshed redundantly on every rank
+    m += l.input_dim * (l.input_dim + 1) + 3 + l.output_dim * (l.output_dim + 1) + 3;
+  }
+  return m;
 }
 
 /// bytes_pre over all ranks per step: (P−1) · Σ_l a_l g_l · s.

@@ -258,6 +258,101 @@ class Kfac {
       std::size_t id, const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g,
       const Eigen::Ref<const Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>>& mask);
 
+  // --- statistics as contributions (data-parallel K-FAC, kfopt::mpi::DistributedKfac) ----
+
+  /// The empty statistics contribution of layer `id` (KfacStatisticsContribution): a
+  /// batch's statistics as sums over its examples, which add over batches, so that
+  /// processes holding parts of a global batch can sum theirs and each take the sum as one
+  /// batch (record_statistics(id, contribution)) with the factors one process would have
+  /// formed from the global batch, to rounding. `max_length` (≥ 1): the longest sequence a
+  /// recurrent layer's length counts hold (ignored for a dense layer).
+  std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
+      std::size_t id, Eigen::Index max_length = 1) const {
+    return const_layer_at("kfopt::Kfac::empty_contribution", id).block->empty_contribution(max_length);
+  }
+  /// Adds a dense layer's batch (as record_statistics; k ≥ 0 rows) to `c`, a contribution
+  /// of that layer. NaN/Inf → NonFiniteInput (only the non-finite count is added). Changes
+  /// nothing in the optimizer.
+  Status add_statistics_contribution(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                                     const Eigen::Ref<const Matrix>& g,
+                                     KfacStatisticsContribution<Scalar>& c) const {
+    constexpr const char* op = "kfopt::Kfac::add_statistics_contribution";
+    const KroneckerBlock<Scalar>* block = const_layer_at(op, id).block->dense();
+    if (block == nullptr) {
+      throw InvalidInputError(std::string(op) + ": layer " + std::to_string(id) +
+                              " is recurrent; use add_sequence_statistics_contribution");
+    }
+    return block->add_contribution(
+        a, g, detail::contribution_of<typename KroneckerBlock<Scalar>::Contribution>(op, c));
+  }
+  /// Adds a recurrent layer's batch of sequences (as record_sequence_statistics with
+  /// lengths; m ≥ 0 sequences) to `c`, a contribution of that layer.
+  Status add_sequence_statistics_contribution(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                                              const Eigen::Ref<const Matrix>& g,
+                                              const Eigen::Ref<const Eigen::VectorXi>& lengths,
+                                              KfacStatisticsContribution<Scalar>& c) const {
+    constexpr const char* op = "kfopt::Kfac::add_sequence_statistics_contribution";
+    const RecurrentKroneckerBlock<Scalar>* block = const_layer_at(op, id).block->recurrent();
+    if (block == nullptr) {
+      throw InvalidInputError(std::string(op) + ": layer " + std::to_string(id) +
+                              " is dense; use add_statistics_contribution");
+    }
+    return block->add_contribution(
+        a, g, lengths,
+        detail::contribution_of<typename RecurrentKroneckerBlock<Scalar>::Contribution>(op, c));
+  }
+  /// What record_statistics(id, c) would return, without changing anything: Success,
+  /// NotComputed (an empty contribution: nothing to take), NonFiniteInput or Overflow.
+  Status admit_statistics(std::size_t id, const KfacStatisticsContribution<Scalar>& c) const {
+    return const_layer_at("kfopt::Kfac::admit_statistics", id).block->admit(c);
+  }
+  /// Takes a (possibly summed over processes) contribution as one batch of layer `id`'s
+  /// statistics. Refused as record_statistics (NonFiniteInput, Overflow; counted in
+  /// State::skipped_statistics, nothing changes); NotComputed for an empty contribution.
+  Status record_statistics(std::size_t id, const KfacStatisticsContribution<Scalar>& c) {
+    return counted(layer_at("kfopt::Kfac::record_statistics", id).block->update_statistics(c));
+  }
+  // --- the refresh as tasks (data-parallel K-FAC splits them among processes) -----------
+
+  /// Whether the next step refreshes layer `id` (on schedule, every inverse_period steps, or
+  /// because it has never been refreshed).
+  bool refresh_pending(std::size_t id) const {
+    return state_.counters.steps % options_.inverse_period == 0 ||
+           !const_layer_at("kfopt::Kfac::refresh_pending", id).block->has_inverse();
+  }
+  /// Number of independent tasks of layer `id`'s refresh (0: not split; the step refreshes
+  /// it itself), their costs in flops, and their computation into `result` without changing
+  /// anything (KroneckerBlock::compute_refresh_task).
+  int refresh_task_count(std::size_t id) const {
+    return const_layer_at("kfopt::Kfac::refresh_task_count", id).block->refresh_task_count();
+  }
+  /// See refresh_task_count.
+  double refresh_task_cost(std::size_t id, int k) const {
+    return const_layer_at("kfopt::Kfac::refresh_task_cost", id).block->refresh_task_cost(k);
+  }
+  /// To be called by every process that shares layer `id`'s refresh tasks, before them: it
+  /// brings the layer's statistics into the form the tasks read (finishing lazy updates), so
+  /// that every process's statistics stay bit for bit the same whichever computed which task.
+  void begin_refresh_tasks(std::size_t id) const {
+    const_layer_at("kfopt::Kfac::begin_refresh_tasks", id).block->begin_refresh_tasks();
+  }
+  /// See refresh_task_count.
+  Status compute_refresh_task(std::size_t id, int k, Matrix& result) const {
+    return const_layer_at("kfopt::Kfac::compute_refresh_task", id).block->compute_refresh_task(k, result);
+  }
+  /// Installs the results of all of layer `id`'s refresh tasks (computed here or by another
+  /// process from the same statistics) as its refresh.
+  void install_refresh(std::size_t id, const std::vector<Matrix>& results) {
+    layer_at("kfopt::Kfac::install_refresh", id).block->install_refresh(results);
+  }
+  /// step() for a caller that has already refreshed, by install_refresh, every pending layer
+  /// whose refresh has tasks: those layers are not refreshed again (one that still has no
+  /// inverse makes the step return NumericalIssue); the others are refreshed as in step().
+  Status step_with_installed_refresh() { return step_impl(true); }
+
+  /// The registered parameters and gradients (the caller's storage).
+  const ParameterSet<Scalar>& parameters() const noexcept { return params_; }
+
   /// One K-FAC step from the gradients in the registered storage. All or nothing: a
   /// non-finite gradient or parameter value (NonFiniteInput), a step whose preconditioned
   /// gradient, momentum or new parameters would not be finite (Overflow) or a singular
@@ -267,7 +362,7 @@ class Kfac {
   /// non-finite input or overflow are counted in State::counters.skipped_nonfinite. KL
   /// clipping holds even when Σ⟨Δ, Z⟩ overflows (it is then formed with a common scale).
   /// Throws InvalidInputError if a layer has never received statistics.
-  Status step();
+  Status step() { return step_impl(false); }
 
   /// Reports the mini-batch loss before and after the last step (same batch) for adaptive
   /// damping; returns the reduction ratio ρ (NaN if it could not be formed). A no-op unless
@@ -426,6 +521,9 @@ class Kfac {
   std::size_t register_layer(const char* op, const std::string& name, Matrix& W, const Matrix& dW,
                              Vector* b, const Vector* db, std::unique_ptr<Block> block);
 
+  const Layer& const_layer_at(const char* op, std::size_t id) const {
+    return const_cast<Kfac*>(this)->layer_at(op, id);
+  }
   Layer& layer_at(const char* op, std::size_t id) {
     if (id >= layers_.size()) {
       throw InvalidInputError(std::string(op) + ": no layer with id " + std::to_string(id) +
@@ -434,6 +532,7 @@ class Kfac {
     return layers_[id];
   }
 
+  Status step_impl(bool installed_refresh);
   void gather(Layer& layer, Scalar wd);
   void scatter(Layer& layer, Scalar lr);
   bool updated_parameters_finite(const Layer& layer, Scalar lr) const;
@@ -546,7 +645,7 @@ Status Kfac<Scalar>::record_sequence_statistics(
 }
 
 template <typename Scalar>
-Status Kfac<Scalar>::step() {
+Status Kfac<Scalar>::step_impl(bool installed_refresh) {
   if (layers_.empty()) throw InvalidInputError("kfopt::Kfac::step: no layer registered");
   for (const auto& layer : layers_) {
     if (!layer.block->has_statistics()) {
@@ -561,6 +660,10 @@ Status Kfac<Scalar>::step() {
   const bool due = state_.counters.steps % options_.inverse_period == 0;
   for (auto& layer : layers_) {
     if (due || !layer.block->has_inverse()) {
+      if (installed_refresh && layer.block->refresh_task_count() > 0) {
+        if (!layer.block->has_inverse()) return Status::NumericalIssue;
+        continue;  // refreshed by the caller (install_refresh)
+      }
       const Status s = layer.block->refresh();
       if (s != Status::Success && !layer.block->has_inverse()) {
         return s;  // keep stale spectra otherwise

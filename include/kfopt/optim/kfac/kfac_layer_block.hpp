@@ -13,6 +13,8 @@
 #include <Eigen/Core>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/state_dict.hpp"
@@ -23,7 +25,75 @@ namespace kfopt {
 template <typename Scalar>
 class RecurrentKroneckerBlock;
 
+/// What a transport sees of a statistics contribution: every field, once, in a fixed order
+/// (the same on every process for layers of the same shapes). `symmetric` matrices are
+/// summed by their lower triangles (the upper one mirrors it), `general` ones entry by
+/// entry, `count`s as numbers. kfopt::mpi::DistributedKfac packs, all-reduces and unpacks
+/// contributions through this interface.
+template <typename Scalar>
+class ContributionVisitor {
+ public:
+  /// Dense dynamic-size matrix of Scalar.
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  virtual ~ContributionVisitor() = default;
+  /// A symmetric matrix (summed by its lower triangle).
+  virtual void symmetric(Matrix& m) = 0;
+  /// A matrix summed entry by entry.
+  virtual void general(Matrix& m) = 0;
+  /// A count (rows, sequences, refused batches).
+  virtual void count(double& x) = 0;
+
+ protected:
+  ContributionVisitor() = default;
+  ContributionVisitor(const ContributionVisitor&) = default;
+  ContributionVisitor& operator=(const ContributionVisitor&) = default;
+};
+
+/// One layer's statistics as sums over examples (KroneckerBlock::Contribution or
+/// RecurrentKroneckerBlock::Contribution behind an interface), made by
+/// Kfac::empty_contribution, filled by Kfac::add_statistics_contribution /
+/// add_sequence_statistics_contribution, taken by Kfac::record_statistics(id, contribution).
+template <typename Scalar>
+class KfacStatisticsContribution {
+ public:
+  virtual ~KfacStatisticsContribution() = default;
+  /// Visits every field (see ContributionVisitor).
+  virtual void visit(ContributionVisitor<Scalar>& v) = 0;
+  /// Back to the empty contribution.
+  virtual void clear() = 0;
+
+ protected:
+  KfacStatisticsContribution() = default;
+  KfacStatisticsContribution(const KfacStatisticsContribution&) = default;
+  KfacStatisticsContribution& operator=(const KfacStatisticsContribution&) = default;
+};
+
 namespace detail {
+
+/// A typed block contribution behind KfacStatisticsContribution.
+template <typename Scalar, typename Contribution>
+class KfacBlockContribution final : public KfacStatisticsContribution<Scalar> {
+ public:
+  explicit KfacBlockContribution(Contribution c) : contribution(std::move(c)) {}
+  void visit(ContributionVisitor<Scalar>& v) override { contribution.visit(v); }
+  void clear() override { contribution.clear(); }
+  Contribution contribution;  ///< the block's own contribution
+};
+
+/// The typed contribution inside `c`, or InvalidInputError naming `op` when `c` belongs to
+/// another kind of layer.
+template <typename Contribution, typename Scalar>
+Contribution& contribution_of(const std::string& op, KfacStatisticsContribution<Scalar>& c) {
+  auto* typed = dynamic_cast<KfacBlockContribution<Scalar, Contribution>*>(&c);
+  if (typed == nullptr) throw InvalidInputError(op + ": the contribution is of another kind of layer");
+  return typed->contribution;
+}
+template <typename Contribution, typename Scalar>
+const Contribution& contribution_of(const std::string& op, const KfacStatisticsContribution<Scalar>& c) {
+  const auto* typed = dynamic_cast<const KfacBlockContribution<Scalar, Contribution>*>(&c);
+  if (typed == nullptr) throw InvalidInputError(op + ": the contribution is of another kind of layer");
+  return typed->contribution;
+}
 
 /// A copy of one layer block's state, as Kfac's state dict holds it: its fields are listed
 /// once (a function template of the concrete state) for both the writer and the reader, so
@@ -65,6 +135,25 @@ class KfacLayerBlock {
   /// `out = F̂ Z` (undamped), for the quadratic model of adaptive damping; a block that
   /// cannot form it reports a status other than Success.
   virtual Status multiply(const Matrix& Z, Matrix& out) = 0;
+  /// The empty statistics contribution of this block (`max_length`: the longest sequence
+  /// a recurrent block's length counts hold; ignored by a dense block).
+  virtual std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
+      Eigen::Index max_length) const = 0;
+  /// What update_statistics(c) would return, without changing anything.
+  virtual Status admit(const KfacStatisticsContribution<Scalar>& c) const = 0;
+  /// Takes a (possibly summed) contribution as one batch (the block's update_statistics).
+  virtual Status update_statistics(const KfacStatisticsContribution<Scalar>& c) = 0;
+  /// The refresh split into tasks that other processes may compute (0: the block refreshes
+  /// itself in refresh()); see KroneckerBlock::refresh_task_count.
+  virtual int refresh_task_count() const noexcept { return 0; }
+  /// Flops of task k.
+  virtual double refresh_task_cost(int) const { return 0.0; }
+  /// Called on every process before a split refresh's tasks (KroneckerBlock::finish_statistics).
+  virtual void begin_refresh_tasks() const {}
+  /// Computes task k of the current statistics into `result`, changing nothing.
+  virtual Status compute_refresh_task(int, Matrix&) const { return Status::NotComputed; }
+  /// Installs every task's result as the refresh (throws for invalid results).
+  virtual void install_refresh(const std::vector<Matrix>&) {}
   /// The block as a dense or a recurrent block (nullptr if it is the other kind).
   virtual KroneckerBlock<Scalar>* dense() noexcept { return nullptr; }
   virtual RecurrentKroneckerBlock<Scalar>* recurrent() noexcept { return nullptr; }
@@ -102,12 +191,39 @@ class KfacDenseLayerBlock final : public KfacLayerBlock<Scalar> {
   Status apply_inverse(const Matrix& Z, const BlockDamping<Scalar>& damping,
                        Matrix& out) override;
   Status multiply(const Matrix& Z, Matrix& out) override;
+  std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
+      Eigen::Index) const override {
+    return std::make_unique<KfacBlockContribution<Scalar, Contribution>>(block_.empty_contribution());
+  }
+  Status admit(const KfacStatisticsContribution<Scalar>& c) const override {
+    return block_.admit(contribution_of<Contribution>(op("admit"), c));
+  }
+  Status update_statistics(const KfacStatisticsContribution<Scalar>& c) override {
+    return block_.update_statistics(contribution_of<Contribution>(op("update_statistics"), c));
+  }
+  int refresh_task_count() const noexcept override { return block_.refresh_task_count(); }
+  double refresh_task_cost(int k) const override { return block_.refresh_task_cost(k); }
+  void begin_refresh_tasks() const override { block_.finish_statistics(); }
+  Status compute_refresh_task(int k, Matrix& result) const override {
+    return block_.compute_refresh_task(k, result);
+  }
+  void install_refresh(const std::vector<Matrix>& results) override {
+    if (results.size() != 2) {
+      throw InvalidInputError(op("install_refresh") + ": needs 2 results, got " +
+                              std::to_string(results.size()));
+    }
+    block_.install_refresh(results[0], results[1]);
+  }
   KroneckerBlock<Scalar>* dense() noexcept override { return &block_; }
   std::unique_ptr<KfacBlockState<Scalar>> save_state() const override;
   void stage_state(const std::string& op, const KfacBlockState<Scalar>& state) override;
   void commit_state(const KfacBlockState<Scalar>& state) override;
 
  private:
+  using Contribution = typename KroneckerBlock<Scalar>::Contribution;
+  std::string op(const char* what) const {
+    return std::string("kfopt::Kfac::") + what + " (layer '" + block_.name() + "')";
+  }
   KroneckerBlock<Scalar> block_;
 };
 

@@ -30,12 +30,27 @@ class KfacRecurrentLayerBlock final : public KfacLayerBlock<Scalar> {
   Status apply_inverse(const Matrix& Z, const BlockDamping<Scalar>& damping,
                        Matrix& out) override;
   Status multiply(const Matrix& Z, Matrix& out) override;
+  std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
+      Eigen::Index max_length) const override {
+    return std::make_unique<KfacBlockContribution<Scalar, Contribution>>(
+        block_.empty_contribution(max_length));
+  }
+  Status admit(const KfacStatisticsContribution<Scalar>& c) const override {
+    return block_.admit(contribution_of<Contribution>(op("admit"), c));
+  }
+  Status update_statistics(const KfacStatisticsContribution<Scalar>& c) override {
+    return block_.update_statistics(contribution_of<Contribution>(op("update_statistics"), c));
+  }
   RecurrentKroneckerBlock<Scalar>* recurrent() noexcept override { return &block_; }
   std::unique_ptr<KfacBlockState<Scalar>> save_state() const override;
   void stage_state(const std::string& op, const KfacBlockState<Scalar>& state) override;
   void commit_state(const KfacBlockState<Scalar>& state) override;
 
  private:
+  using Contribution = typename RecurrentKroneckerBlock<Scalar>::Contribution;
+  std::string op(const char* what) const {
+    return std::string("kfopt::Kfac::") + what + " (layer '" + block_.name() + "')";
+  }
   RecurrentKroneckerBlock<Scalar> block_;
 };
 
