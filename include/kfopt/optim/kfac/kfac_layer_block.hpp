@@ -44,8 +44,11 @@ class ContributionVisitor {
   virtual void count(double& x) = 0;
 
  protected:
+  /// Made only as a base class.
   ContributionVisitor() = default;
+  /// Copied only as a base class.
   ContributionVisitor(const ContributionVisitor&) = default;
+  /// Assigned only as a base class.
   ContributionVisitor& operator=(const ContributionVisitor&) = default;
 };
 
@@ -63,8 +66,11 @@ class KfacStatisticsContribution {
   virtual void clear() = 0;
 
  protected:
+  /// Made only as a base class.
   KfacStatisticsContribution() = default;
+  /// Copied only as a base class.
   KfacStatisticsContribution(const KfacStatisticsContribution&) = default;
+  /// Assigned only as a base class.
   KfacStatisticsContribution& operator=(const KfacStatisticsContribution&) = default;
 };
 
