@@ -63,9 +63,12 @@ case "${1:-test}" in
     ;;
   test)
     ensure_packages "${packages[@]}"
-    # The benchmarks are built by `bench` (their own build tree, with LAPACK): CI runs this
-    # command and the sanitizers on two cores in about 25 minutes (CI allows 90), and the benchmarks took
-    # about 80 s of that here.
+    # The benchmarks are built by `bench` (their own build tree, with LAPACK). The tests and
+    # examples link kfopt_compiled (KFOPT_BUILD_COMPILED=ON), K-FAC's float/double
+    # instantiations compiled once instead of once per test batch and example; the
+    # header-only target is built by the package tests' consumers. On a fresh 2-core machine
+    # the whole .ci/run (API reference, this command, the sanitizers) took 52 min (64 before
+    # the compiled instantiations); this command about 25 of them.
     configure_build_test "$build_root/release" -DCMAKE_BUILD_TYPE=Release -DKFOPT_WERROR=ON \
       -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_COMPILED=ON
     ;;
