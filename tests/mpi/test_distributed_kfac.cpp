@@ -246,7 +246,7 @@ TEST_CASE("DistributedKfac: one statistics all-reduce of the predicted size per 
   CHECK(traffic[kfopt::mpi::Operation::Broadcast].payload_bytes == (12 + 56 + 30 + 42 + 12) * 8);
   CHECK(cm::distributed_kfac_refresh_count(shapes) == 12 + 56 + 30 + 42 + 12);
   Eigen::Matrix<double, 1, 1> computed;
-  computed(0) = static_cast<double>(dk.refresh_tasks_computed());
+  computed(0) = static_cast<double>(dk.refresh_parts_computed());
   // Greedy by cost 9n³ (n = 7, 6, 5, 3): rank 0 takes 7, rank 1 takes 6, 5 and 3 (P = 2);
   // P = 3: 7 | 6 | 5, 3.
   const double mine = computed(0);
@@ -292,7 +292,7 @@ TEST_CASE("DistributedKfac: NaN on one rank only makes every rank refuse, state 
     for (int t = 0; t < 8; ++t) REQUIRE(train(t, false) == Status::Success);
     const kfopt::StateDict before = dist.kfac.state_dict();
     // Nothing read the factors on these steps (their lazy blends stay pending unless a rank
-    // computes a refresh task from them): the state is still the same bits on every rank.
+    // computes a refresh part from them): the state is still the same bits on every rank.
     REQUIRE(same_bytes_as_rank0(comm, fingerprint(before, {&dist.W1, &dist.W2}, {&dist.b1, &dist.b2})));
     const Mat<double> W1 = dist.W1, W2 = dist.W2;
     const Vec<double> b1 = dist.b1, b2 = dist.b2;

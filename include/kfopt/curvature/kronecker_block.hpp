@@ -222,32 +222,32 @@ class KroneckerBlock {
   /// Recomputes both factors' spectra from the current averages (the amortized
   /// preprocessing). On failure the previous spectra stay in use.
   Status refresh();
-  /// The refresh as independent tasks, for data-parallel processes that split it among
-  /// themselves (kfopt::mpi::DistributedKfac): with InverseMethod::Eigendecomposition, task 0
-  /// is A's spectrum and task 1 G's; with Cholesky there is none (that refresh is an O(n²)
+  /// The refresh as independent parts, for data-parallel processes that split it among
+  /// themselves (kfopt::mpi::DistributedKfac): with InverseMethod::Eigendecomposition, part 0
+  /// is A's spectrum and part 1 G's; with Cholesky there is none (that refresh is an O(n²)
   /// snapshot, every process takes it).
-  int refresh_task_count() const noexcept {
+  int refresh_part_count() const noexcept {
     return options_.inverse_method == InverseMethod::Eigendecomposition ? 2 : 0;
   }
-  /// Flops of task k: ≈ 9n³ for a dense factor's eigendecomposition, n for a diagonal one.
-  double refresh_task_cost(int k) const {
+  /// Flops of part k: ≈ 9n³ for a dense factor's eigendecomposition, n for a diagonal one.
+  double refresh_part_cost(int k) const {
     const FactorSpectrum<Scalar>& f = k == 0 ? a_spectrum_ : g_spectrum_;
     const double n = static_cast<double>(f.size());
     return f.is_diagonal() ? n : 9.0 * n * n * n;
   }
   /// Finishes the factors' pending lazy blends (FactorMovingAverage::value()), as refresh()
-  /// does. Processes that split a refresh call it on every process before the tasks, so that
-  /// their averages stay bit for bit the same whichever process computed which task
-  /// (compute_refresh_task reads the averages through value(), which finishes them). O(n²).
+  /// does. Processes that split a refresh call it on every process before the parts, so that
+  /// their averages stay bit for bit the same whichever process computed which part
+  /// (compute_refresh_part reads the averages through value(), which finishes them). O(n²).
   void finish_statistics() const {
     (void)a_.value();
     (void)g_.value();
   }
-  /// Computes task k (0: A, 1: G) of the current averages into `result`: n × (n + 1) with
+  /// Computes part k (0: A, 1: G) of the current averages into `result`: n × (n + 1) with
   /// the clipped eigenvalues in column 0 and the eigenvectors after it (a diagonal factor:
   /// n × 1, its clipped diagonal). Changes nothing in the block. Returns the
-  /// decomposition's status. Cost as refresh_task_cost(k).
-  Status compute_refresh_task(int k, Matrix& result) const {
+  /// decomposition's status. Cost as refresh_part_cost(k).
+  Status compute_refresh_part(int k, Matrix& result) const {
     const FactorSpectrum<Scalar>& shape = k == 0 ? a_spectrum_ : g_spectrum_;
     FactorSpectrum<Scalar> f(shape.size(), shape.structure());
     const Status s = f.compute(k == 0 ? a_.value() : g_.value());
@@ -262,14 +262,14 @@ class KroneckerBlock {
     }
     return Status::Success;
   }
-  /// Installs the results of both tasks (compute_refresh_task on the same averages, possibly
+  /// Installs the results of both parts (compute_refresh_part on the same averages, possibly
   /// in another process) as a refresh: the block then holds what refresh() would have left
   /// (spectra from those results, bit for bit). Throws ShapeError / InvalidInputError (nothing
   /// changes) unless both are valid spectra of this block's factors; each check costs an n³
   /// orthonormality product. InvalidInputError with InverseMethod::Cholesky.
   void install_refresh(const Matrix& a_result, const Matrix& g_result) {
     const std::string op = "kfopt::KroneckerBlock::install_refresh (layer '" + name_ + "')";
-    if (refresh_task_count() != 2) throw InvalidInputError(op + ": the Cholesky method has no refresh tasks");
+    if (refresh_part_count() != 2) throw InvalidInputError(op + ": the Cholesky method has no refresh parts");
     auto split = [&](const FactorSpectrum<Scalar>& f, const Matrix& r, Vector& values, Matrix& vectors) {
       const Eigen::Index n = f.size();
       detail::require_shape(op.c_str(), "result", r, n, f.is_diagonal() ? 1 : n + 1);

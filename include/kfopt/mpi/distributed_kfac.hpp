@@ -48,7 +48,7 @@
 ///    (as DataParallelGradients leaves them). (One process would refuse only the layers whose
 ///    batch was bad and still take the others; a distributed step is one transaction.)
 /// 4. **Refresh and step**: on a refresh step (every T_inv steps), the dense layers' factor
-///    eigendecompositions (InverseMethod::Eigendecomposition; two tasks per layer, A_l and
+///    eigendecompositions (InverseMethod::Eigendecomposition; two parts per layer, A_l and
 ///    G_l, ≈ 9n³ flops each) are assigned to the ranks by assign_greedy (largest cost first
 ///    to the least-loaded rank; every rank computes the same plan from the shapes), computed
 ///    once by their owner and broadcast (status and shape, then eigenvalues and
@@ -84,7 +84,7 @@
 /// T_cap = DistributedKfacOptions::max_sequence_length). `statistics_message_size()` is
 /// m_stat for the registered layers, and Communicator::traffic() counts what was sent.
 ///
-/// Per refresh, the broadcasts take 2 calls per task (4 per dense layer), and the largest
+/// Per refresh, the broadcasts take 2 calls per part (4 per dense layer), and the largest
 /// rank's refresh work drops from Σ_l 9(a_l³ + g_l³) to the assignment's makespan (at most
 /// (4/3 − 1/(3P)) × the best split, Graham's bound) plus the ≈ 2n³ install checks of the
 /// factors it did not compute.
@@ -127,7 +127,7 @@ struct DistributedKfacOptions {
   /// the step throw InvalidInputError on every rank. Default 512.
   int max_sequence_length = 512;
 
-  /// Split the refreshes among the ranks: each refresh task (a dense layer's factor
+  /// Split the refreshes among the ranks: each refresh part (a dense layer's factor
   /// eigendecomposition) is computed by one owner rank, assigned greedily by cost
   /// (assign_greedy), and broadcast; false: every rank computes every refresh. Both give
   /// bit-for-bit identical state on all ranks. Default true.
@@ -348,50 +348,50 @@ class DistributedKfac {
     return kfac_->step_with_installed_refresh();
   }
 
-  /// The pending layers' refresh tasks: assigned greedily by cost, computed by their owner,
+  /// The pending layers' refresh parts: assigned greedily by cost, computed by their owner,
   /// broadcast (a 3-scalar header: status and shape, then the result), installed everywhere.
   void refresh_distributed() {
-    task_layer_.clear();
-    task_index_.clear();
-    task_cost_.clear();
+    part_layer_.clear();
+    part_index_.clear();
+    part_cost_.clear();
     for (std::size_t i = 0; i < contributions_.size(); ++i) {
       if (!kfac_->refresh_pending(i)) continue;
-      if (kfac_->refresh_task_count(i) > 0) kfac_->begin_refresh_tasks(i);  // on every rank
-      for (int k = 0; k < kfac_->refresh_task_count(i); ++k) {
-        task_layer_.push_back(i);
-        task_index_.push_back(k);
-        task_cost_.push_back(kfac_->refresh_task_cost(i, k));
+      if (kfac_->refresh_part_count(i) > 0) kfac_->begin_refresh_parts(i);  // on every rank
+      for (int k = 0; k < kfac_->refresh_part_count(i); ++k) {
+        part_layer_.push_back(i);
+        part_index_.push_back(k);
+        part_cost_.push_back(kfac_->refresh_part_cost(i, k));
       }
     }
-    if (task_layer_.empty()) return;
-    const WorkAssignment plan = assign_greedy(task_cost_, comm_->size());
-    const std::size_t tasks = task_layer_.size();
-    if (results_.size() < tasks) results_.resize(tasks);
-    task_status_.assign(tasks, Status::Success);
+    if (part_layer_.empty()) return;
+    const WorkAssignment plan = assign_greedy(part_cost_, comm_->size());
+    const std::size_t parts = part_layer_.size();
+    if (results_.size() < parts) results_.resize(parts);
+    part_status_.assign(parts, Status::Success);
     for (std::size_t t : plan.tasks_of[static_cast<std::size_t>(comm_->rank())]) {
-      task_status_[t] = kfac_->compute_refresh_task(task_layer_[t], task_index_[t], results_[t]);
-      ++tasks_computed_;
+      part_status_[t] = kfac_->compute_refresh_part(part_layer_[t], part_index_[t], results_[t]);
+      ++parts_computed_;
     }
-    for (std::size_t t = 0; t < tasks; ++t) {
+    for (std::size_t t = 0; t < parts; ++t) {
       const int owner = plan.owner[t];
       Eigen::Matrix<Scalar, 3, 1> header;
-      header << static_cast<Scalar>(static_cast<int>(task_status_[t])),
+      header << static_cast<Scalar>(static_cast<int>(part_status_[t])),
           static_cast<Scalar>(results_[t].rows()), static_cast<Scalar>(results_[t].cols());
       comm_->broadcast(header, owner);
-      task_status_[t] = static_cast<Status>(static_cast<int>(header(0)));
-      if (task_status_[t] != Status::Success) continue;
+      part_status_[t] = static_cast<Status>(static_cast<int>(header(0)));
+      if (part_status_[t] != Status::Success) continue;
       results_[t].resize(static_cast<Eigen::Index>(header(1)), static_cast<Eigen::Index>(header(2)));
       comm_->broadcast(results_[t], owner);
     }
-    // Install each layer whose tasks all succeeded (the others keep their last refresh).
+    // Install each layer whose parts all succeeded (the others keep their last refresh).
     std::size_t t = 0;
-    while (t < tasks) {
-      const std::size_t layer = task_layer_[t];
+    while (t < parts) {
+      const std::size_t layer = part_layer_[t];
       std::size_t end = t;
       bool ok = true;
       layer_results_.clear();
-      while (end < tasks && task_layer_[end] == layer) {
-        ok = ok && task_status_[end] == Status::Success;
+      while (end < parts && part_layer_[end] == layer) {
+        ok = ok && part_status_[end] == Status::Success;
         layer_results_.push_back(results_[end]);
         ++end;
       }
@@ -401,8 +401,8 @@ class DistributedKfac {
   }
 
  public:
-  /// Refresh tasks this rank has computed so far (its share of the assignment).
-  std::int64_t refresh_tasks_computed() const noexcept { return tasks_computed_; }
+  /// Refresh parts this rank has computed so far (its share of the assignment).
+  std::int64_t refresh_parts_computed() const noexcept { return parts_computed_; }
 
  private:
 
@@ -415,13 +415,13 @@ class DistributedKfac {
   std::vector<Status> admitted_;
   Eigen::Index message_size_ = 0;
   Vector buffer_;
-  // Refresh tasks of the current step: layer, task index, cost, status, result.
-  std::vector<std::size_t> task_layer_;
-  std::vector<int> task_index_;
-  std::vector<double> task_cost_;
-  std::vector<Status> task_status_;
+  // Refresh parts of the current step: layer, part index, cost, status, result.
+  std::vector<std::size_t> part_layer_;
+  std::vector<int> part_index_;
+  std::vector<double> part_cost_;
+  std::vector<Status> part_status_;
   std::vector<Matrix> results_, layer_results_;
-  std::int64_t tasks_computed_ = 0;
+  std::int64_t parts_computed_ = 0;
 };
 
 }  // namespace mpi

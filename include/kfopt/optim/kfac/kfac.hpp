@@ -312,7 +312,7 @@ class Kfac {
   Status record_statistics(std::size_t id, const KfacStatisticsContribution<Scalar>& c) {
     return counted(layer_at("kfopt::Kfac::record_statistics", id).block->update_statistics(c));
   }
-  // --- the refresh as tasks (data-parallel K-FAC splits them among processes) -----------
+  // --- the refresh as parts (data-parallel K-FAC splits them among processes) -----------
 
   /// Whether the next step refreshes layer `id` (on schedule, every inverse_period steps, or
   /// because it has never been refreshed).
@@ -320,33 +320,33 @@ class Kfac {
     return state_.counters.steps % options_.inverse_period == 0 ||
            !const_layer_at("kfopt::Kfac::refresh_pending", id).block->has_inverse();
   }
-  /// Number of independent tasks of layer `id`'s refresh (0: not split; the step refreshes
+  /// Number of independent parts of layer `id`'s refresh (0: not split; the step refreshes
   /// it itself), their costs in flops, and their computation into `result` without changing
-  /// anything (KroneckerBlock::compute_refresh_task).
-  int refresh_task_count(std::size_t id) const {
-    return const_layer_at("kfopt::Kfac::refresh_task_count", id).block->refresh_task_count();
+  /// anything (KroneckerBlock::compute_refresh_part).
+  int refresh_part_count(std::size_t id) const {
+    return const_layer_at("kfopt::Kfac::refresh_part_count", id).block->refresh_part_count();
   }
-  /// See refresh_task_count.
-  double refresh_task_cost(std::size_t id, int k) const {
-    return const_layer_at("kfopt::Kfac::refresh_task_cost", id).block->refresh_task_cost(k);
+  /// See refresh_part_count.
+  double refresh_part_cost(std::size_t id, int k) const {
+    return const_layer_at("kfopt::Kfac::refresh_part_cost", id).block->refresh_part_cost(k);
   }
-  /// To be called by every process that shares layer `id`'s refresh tasks, before them: it
-  /// brings the layer's statistics into the form the tasks read (finishing lazy updates), so
-  /// that every process's statistics stay bit for bit the same whichever computed which task.
-  void begin_refresh_tasks(std::size_t id) const {
-    const_layer_at("kfopt::Kfac::begin_refresh_tasks", id).block->begin_refresh_tasks();
+  /// To be called by every process that shares layer `id`'s refresh parts, before them: it
+  /// brings the layer's statistics into the form the parts read (finishing lazy updates), so
+  /// that every process's statistics stay bit for bit the same whichever computed which part.
+  void begin_refresh_parts(std::size_t id) const {
+    const_layer_at("kfopt::Kfac::begin_refresh_parts", id).block->begin_refresh_parts();
   }
-  /// See refresh_task_count.
-  Status compute_refresh_task(std::size_t id, int k, Matrix& result) const {
-    return const_layer_at("kfopt::Kfac::compute_refresh_task", id).block->compute_refresh_task(k, result);
+  /// See refresh_part_count.
+  Status compute_refresh_part(std::size_t id, int k, Matrix& result) const {
+    return const_layer_at("kfopt::Kfac::compute_refresh_part", id).block->compute_refresh_part(k, result);
   }
-  /// Installs the results of all of layer `id`'s refresh tasks (computed here or by another
+  /// Installs the results of all of layer `id`'s refresh parts (computed here or by another
   /// process from the same statistics) as its refresh.
   void install_refresh(std::size_t id, const std::vector<Matrix>& results) {
     layer_at("kfopt::Kfac::install_refresh", id).block->install_refresh(results);
   }
   /// step() for a caller that has already refreshed, by install_refresh, every pending layer
-  /// whose refresh has tasks: those layers are not refreshed again (one that still has no
+  /// whose refresh has parts: those layers are not refreshed again (one that still has no
   /// inverse makes the step return NumericalIssue); the others are refreshed as in step().
   Status step_with_installed_refresh() { return step_impl(true); }
 
@@ -660,7 +660,7 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh) {
   const bool due = state_.counters.steps % options_.inverse_period == 0;
   for (auto& layer : layers_) {
     if (due || !layer.block->has_inverse()) {
-      if (installed_refresh && layer.block->refresh_task_count() > 0) {
+      if (installed_refresh && layer.block->refresh_part_count() > 0) {
         if (!layer.block->has_inverse()) return Status::NumericalIssue;
         continue;  // refreshed by the caller (install_refresh)
       }

@@ -149,16 +149,16 @@ class KfacLayerBlock {
   virtual Status admit(const KfacStatisticsContribution<Scalar>& c) const = 0;
   /// Takes a (possibly summed) contribution as one batch (the block's update_statistics).
   virtual Status update_statistics(const KfacStatisticsContribution<Scalar>& c) = 0;
-  /// The refresh split into tasks that other processes may compute (0: the block refreshes
-  /// itself in refresh()); see KroneckerBlock::refresh_task_count.
-  virtual int refresh_task_count() const noexcept { return 0; }
-  /// Flops of task k.
-  virtual double refresh_task_cost(int) const { return 0.0; }
-  /// Called on every process before a split refresh's tasks (KroneckerBlock::finish_statistics).
-  virtual void begin_refresh_tasks() const {}
-  /// Computes task k of the current statistics into `result`, changing nothing.
-  virtual Status compute_refresh_task(int, Matrix&) const { return Status::NotComputed; }
-  /// Installs every task's result as the refresh (throws for invalid results).
+  /// The refresh split into parts that other processes may compute (0: the block refreshes
+  /// itself in refresh()); see KroneckerBlock::refresh_part_count.
+  virtual int refresh_part_count() const noexcept { return 0; }
+  /// Flops of part k.
+  virtual double refresh_part_cost(int) const { return 0.0; }
+  /// Called on every process before a split refresh's parts (KroneckerBlock::finish_statistics).
+  virtual void begin_refresh_parts() const {}
+  /// Computes part k of the current statistics into `result`, changing nothing.
+  virtual Status compute_refresh_part(int, Matrix&) const { return Status::NotComputed; }
+  /// Installs every part's result as the refresh (throws for invalid results).
   virtual void install_refresh(const std::vector<Matrix>&) {}
   /// The block as a dense or a recurrent block (nullptr if it is the other kind).
   virtual KroneckerBlock<Scalar>* dense() noexcept { return nullptr; }
@@ -207,11 +207,11 @@ class KfacDenseLayerBlock final : public KfacLayerBlock<Scalar> {
   Status update_statistics(const KfacStatisticsContribution<Scalar>& c) override {
     return block_.update_statistics(contribution_of<Contribution>(op("update_statistics"), c));
   }
-  int refresh_task_count() const noexcept override { return block_.refresh_task_count(); }
-  double refresh_task_cost(int k) const override { return block_.refresh_task_cost(k); }
-  void begin_refresh_tasks() const override { block_.finish_statistics(); }
-  Status compute_refresh_task(int k, Matrix& result) const override {
-    return block_.compute_refresh_task(k, result);
+  int refresh_part_count() const noexcept override { return block_.refresh_part_count(); }
+  double refresh_part_cost(int k) const override { return block_.refresh_part_cost(k); }
+  void begin_refresh_parts() const override { block_.finish_statistics(); }
+  Status compute_refresh_part(int k, Matrix& result) const override {
+    return block_.compute_refresh_part(k, result);
   }
   void install_refresh(const std::vector<Matrix>& results) override {
     if (results.size() != 2) {
