@@ -24,6 +24,18 @@
 /// K-FAC's G factor uses targets sampled from the model's predictive distribution (true
 /// Fisher); `--fisher empirical` uses the data's targets instead (empirical Fisher).
 ///
+/// `--distributed` (in a build with the kfopt::mpi target) trains data-parallel on the ranks of
+/// an MPI job: `mpirun -np P fashion_mnist --distributed ...` splits every global mini-batch
+/// of `--batch` examples over the P ranks (contiguous shares, common/cluster.hpp); Adam and
+/// SGD average the gradients (kfopt::mpi::DataParallelGradients), K-FAC its gradients and
+/// factor statistics and splits its eigendecompositions over the ranks
+/// (kfopt::mpi::DistributedKfac). Rank 0 prints the progress and the table and writes the CSV
+/// and the checkpoints; the summary adds the optimizers' communication per step, measured
+/// and as the cost model (kfopt/mpi/cost_model.hpp) predicts it. With `--fisher empirical`
+/// a run on P ranks follows the one-process run up to rounding; with sampled targets each
+/// rank draws its own (from the seed, the step and the rank), so the runs differ by the
+/// sampling only.
+///
 /// Run `fashion_mnist --help` for the options. The data comes from the Debian package
 /// dataset-fashion-mnist (see common/idx_reader.hpp).
 
@@ -58,8 +70,15 @@
 #define KFOPT_EXAMPLE_HAS_CHECKPOINT 0
 #endif
 
+#if defined(KFOPT_EXAMPLE_MPI)
+#include <kfopt/mpi/cost_model.hpp>
+#include <kfopt/mpi/data_parallel_gradients.hpp>
+#include <kfopt/mpi/distributed_kfac.hpp>
+#endif
+
 #include "common/batches.hpp"
 #include "common/cli.hpp"
+#include "common/cluster.hpp"
 #include "common/csv_writer.hpp"
 #include "common/example_main.hpp"
 #include "common/idx_reader.hpp"
@@ -103,6 +122,7 @@ struct TaskSettings {
 struct Settings : ex::CheckpointOptions {
   bool quick = false;
   bool use_float = false;
+  bool distributed = false;  ///< data-parallel on the ranks of an MPI job
   std::string out_dir = "out";
   std::string data_dir = ex::default_fashion_mnist_dir();
   std::vector<Task> tasks{Task::Autoencoder, Task::Classifier};
@@ -176,6 +196,10 @@ Options:
   --kfac-inverse M      how K-FAC prepares its damped inverses: cholesky (default; the
                         damping is fixed here, so nothing is refactorized between
                         refreshes) or eigen (eigendecompositions, several times dearer)
+  --distributed         data-parallel training on the ranks of an MPI job
+                        (mpirun -np P fashion_mnist --distributed ...): every global
+                        mini-batch of --batch examples is split over the P ranks; rank 0
+                        prints and writes; the summary adds the communication per step
   --help                this text
 )";
 
@@ -186,6 +210,11 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   if (show_help) return s;
   s.quick = cli.take_flag("--quick");
   s.use_float = cli.take_flag("--float");
+  s.distributed = cli.take_flag("--distributed");
+  if (s.distributed && !ex::cluster_available) {
+    throw ex::UsageError("--distributed: this build has no MPI (configure with Open MPI "
+                         "installed: the kfopt::mpi target)");
+  }
   s.out_dir = cli.take_string("--out", s.out_dir);
   s.data_dir = cli.take_string("--data", s.data_dir);
 
@@ -307,8 +336,12 @@ class Problem {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   using Net = ex::Mlp<Scalar>;
 
-  Problem(Task task, const ex::FashionMnist<Scalar>& data, const Settings& settings)
-      : task_(task), data_(&data), settings_(&settings) {}
+  Problem(Task task, const ex::FashionMnist<Scalar>& data, const Settings& settings,
+          ex::Cluster& cluster)
+      : task_(task), data_(&data), settings_(&settings), cluster_(&cluster) {}
+
+  /// The processes this problem is trained on.
+  ex::Cluster& cluster() const { return *cluster_; }
 
   /// A fresh network of this task, initialized from `seed`.
   Net make_network(unsigned seed) const {
@@ -347,22 +380,30 @@ class Problem {
     return l < half ? "enc" + std::to_string(l + 1) : "dec" + std::to_string(l + 1 - half);
   }
 
-  /// Copies the training examples `index` into the current mini-batch.
+  /// Copies this process's share of the global mini-batch `index` (all of it on one
+  /// process) into the current mini-batch.
   void load_batch(const std::vector<int>& index) {
-    ex::gather_rows(data_->train.images, index, x_);
-    if (task_ == Task::Classifier) ex::gather_labels(data_->train.labels, index, labels_);
+    const auto share = cluster_->slice(static_cast<long>(index.size()));
+    global_rows_ = static_cast<double>(index.size());
+    local_index_.assign(index.begin() + share.first, index.begin() + share.first + share.second);
+    ex::gather_rows(data_->train.images, local_index_, x_);
+    if (task_ == Task::Classifier) ex::gather_labels(data_->train.labels, local_index_, labels_);
   }
 
-  /// Forward and backward pass on the current mini-batch: fills dW, db of every layer and
-  /// each layer's per-example g (for the real targets). Returns the mean loss.
+  /// Examples of the current mini-batch on this process.
+  Eigen::Index local_rows() const { return x_.rows(); }
+
+  /// Forward and backward pass on this process's share of the mini-batch: fills dW, db of
+  /// every layer (gradients of the share's mean loss) and each layer's per-example g (for
+  /// the real targets). Returns the mean loss over the whole mini-batch.
   Scalar loss_and_gradient(Net& net) {
     const Scalar loss = loss_of(net.forward(x_), &output_grad_);
     net.backward(output_grad_);
-    return loss;
+    return global_mean(loss);
   }
 
   /// Mean loss on the current mini-batch at the current parameters (forward only).
-  Scalar loss(Net& net) { return loss_of(net.forward(x_), nullptr); }
+  Scalar loss(Net& net) { return global_mean(loss_of(net.forward(x_), nullptr)); }
 
   /// After `loss_and_gradient`: replaces every layer's g by the gradients of targets drawn
   /// from the model's predictive distribution (true Fisher). With empirical Fisher the g of
@@ -379,12 +420,15 @@ class Problem {
     net.backward(output_grad_, Net::ParameterGradients::Skip);
   }
 
-  /// test_metric on the first `count` test images, in chunks of 1000 (bounded memory).
+  /// test_metric on the first `count` test images, in chunks of 1000 (bounded memory); each
+  /// process evaluates its share.
   double test_metric(Net& net, Eigen::Index count) {
     count = std::min(count, data_->test.size());
+    const auto share = cluster_->slice(static_cast<long>(count));
+    const Eigen::Index end = share.first + share.second;
     double sum = 0.0;
-    for (Eigen::Index start = 0; start < count; start += 1000) {
-      const Eigen::Index rows = std::min<Eigen::Index>(1000, count - start);
+    for (Eigen::Index start = share.first; start < end; start += 1000) {
+      const Eigen::Index rows = std::min<Eigen::Index>(1000, end - start);
       chunk_ = data_->test.images.middleRows(start, rows);
       const Matrix& out = net.forward(chunk_);
       if (task_ == Task::Autoencoder) {
@@ -395,7 +439,7 @@ class Problem {
         sum += ex::accuracy<Scalar>(out, labels) * static_cast<double>(rows);
       }
     }
-    return sum / static_cast<double>(count);
+    return cluster_->sum(sum) / static_cast<double>(count);
   }
 
   const char* metric_description() const {
@@ -412,6 +456,13 @@ class Problem {
   }
 
  private:
+  /// The mean over the whole mini-batch from this process's mean over its share.
+  Scalar global_mean(Scalar local) {
+    if (!cluster_->distributed()) return local;
+    return static_cast<Scalar>(cluster_->sum(static_cast<double>(local) * static_cast<double>(x_.rows())) /
+                               global_rows_);
+  }
+
   Scalar loss_of(const Matrix& logits, Matrix* grad) {
     if (task_ == Task::Autoencoder) return ex::bernoulli_cross_entropy<Scalar>(logits, x_, grad);
     return ex::softmax_cross_entropy<Scalar>(logits, labels_, grad);
@@ -420,6 +471,9 @@ class Problem {
   Task task_;
   const ex::FashionMnist<Scalar>* data_;
   const Settings* settings_;
+  ex::Cluster* cluster_;
+  std::vector<int> local_index_;  // this process's share of the mini-batch
+  double global_rows_ = 0.0;      // examples in the whole mini-batch
   Matrix x_;                 // current mini-batch, m×784
   std::vector<int> labels_;  // its labels (classifier)
   Matrix output_grad_;       // ∂ℓ_i/∂logits, m×outputs
@@ -434,11 +488,13 @@ class Problem {
 struct RunResult {
   std::string optimizer;
   long steps = 0;  ///< steps actually taken
+  long steps_here = 0;  ///< of which by this process (not before the checkpoint it resumed)
   double final_train_loss = std::numeric_limits<double>::quiet_NaN();
   double test_metric = std::numeric_limits<double>::quiet_NaN();
   double seconds = 0.0;  ///< training time, evaluation excluded
   bool diverged = false;
   long failed_steps = 0;                       ///< steps whose optimizer status was not Success
+  std::string communication;                   ///< distributed runs: bytes per step, measured and predicted
   std::vector<std::pair<long, double>> curve;  ///< (step, train_loss) of every CSV row
 };
 
@@ -455,7 +511,7 @@ kfopt::ParameterSet<Scalar> parameter_set(const Problem<Scalar>& problem, ex::Ml
   return params;
 }
 
-/// Runs `steps` steps of `step` (which takes one optimizer step on the loaded mini-batch and
+/// Runs `steps` steps of `step(t)` (which takes optimizer step t on the loaded mini-batch and
 /// returns the mini-batch loss measured before it), logging rows to the CSV. With
 /// --checkpoint / --resume, `opt` (its state dict) and `engines` (the optimizer's random
 /// engines) are saved and restored with the model, the batch order and the loop's progress.
@@ -474,19 +530,24 @@ RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& proble
   const ex::RunIdentity id{"fashion_mnist", task_name(task), optimizer,
                            settings.trajectory_settings(task, sizeof(Scalar) == 4)};
   if (!settings.resume_path.empty()) {
-    const kfopt::Checkpoint ck = kfopt::load_checkpoint(settings.resume_path);
+    const kfopt::Checkpoint ck = problem.cluster().load(settings.resume_path);
     const ex::RunProgress p = ex::load_run(settings.resume_path, ck, id, &sampler, engines);
     ck.restore("model", model);
     ck.restore("optimizer", opt);
     start = ex::TrainingLoopStart{p.step + 1, p.seconds, p.window_sum, p.window_count};
-    std::fprintf(stderr, "%s/%s: resumed from %s at step %ld\n", task_name(task),
-                 optimizer.c_str(), settings.resume_path.c_str(), p.step);
+    if (problem.cluster().root()) {
+      std::fprintf(stderr, "%s/%s: resumed from %s at step %ld\n", task_name(task),
+                   optimizer.c_str(), settings.resume_path.c_str(), p.step);
+    }
   }
   const long every = settings.checkpoint_every > 0 ? settings.checkpoint_every : ts.log_every;
   auto save = [&](long t, double seconds, double window_sum, long window_count) {
     if (settings.checkpoint_path.empty() || (t % every != 0 && t != ts.steps)) return;
-    ex::save_run(settings.checkpoint_path, id, ex::RunProgress{t, seconds, window_sum, window_count},
-                 model, opt.state_dict(), &sampler, engines);
+    // Rank 0's training time: every rank saves the same state.
+    const double elapsed = problem.cluster().from_root(seconds);
+    problem.cluster().save(settings.checkpoint_path,
+                           ex::run_checkpoint(id, ex::RunProgress{t, elapsed, window_sum, window_count},
+                                              model, opt.state_dict(), &sampler, engines));
   };
 #else
   (void)opt;
@@ -505,12 +566,13 @@ RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& proble
     result.curve.emplace_back(0, loss0);
   }
 
-  ex::ProgressBar progress(std::string(task_name(task)) + "/" + optimizer, ts.steps);
+  ex::ProgressBar progress(std::string(task_name(task)) + "/" + optimizer, ts.steps,
+                           problem.cluster().progress_stream());
   const auto outcome = ex::run_training_loop(
       start, ts.steps, ts.log_every, progress,
-      [&](long) {
+      [&](long t) {
         problem.load_batch(sampler.next());
-        return static_cast<double>(step());
+        return static_cast<double>(step(t));
       },
       [&](long t, double seconds, double train_loss) {
         const double metric = problem.test_metric(net, ts.test_examples);
@@ -526,9 +588,90 @@ RunResult train(const std::string& optimizer, Task task, Problem<Scalar>& proble
       [](double mean_loss) { return ex::cell("train_loss %.4g (window mean)", mean_loss); },
       save);
   result.steps = outcome.steps;
+  result.steps_here = outcome.steps - (start.first_step - 1);
   result.diverged = outcome.diverged;
   result.seconds = outcome.seconds;
   return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Distributed runs: the gradient average and the communication report
+// ---------------------------------------------------------------------------------------------
+
+/// Before each first-order step of a distributed run: every registered gradient ← its mean
+/// over the global mini-batch (kfopt::mpi::DataParallelGradients, weighted by each rank's
+/// share). Does nothing on one process.
+template <typename Scalar>
+class GradientAverage {
+ public:
+  GradientAverage(ex::Cluster& cluster, kfopt::ParameterSet<Scalar>& params) {
+#if defined(KFOPT_EXAMPLE_MPI)
+    if (cluster.distributed()) {
+      cluster.optimizer_comm().reset_traffic();
+      sync_ = std::make_unique<kfopt::mpi::DataParallelGradients<Scalar>>(params,
+                                                                          cluster.optimizer_comm());
+    }
+#else
+    (void)cluster;
+    (void)params;
+#endif
+  }
+  /// `local_rows`: this rank's share of the mini-batch. A non-finite gradient on any rank
+  /// leaves NaN in every rank's gradients, and the optimizer then skips the step everywhere.
+  void operator()(Eigen::Index local_rows) {
+#if defined(KFOPT_EXAMPLE_MPI)
+    if (sync_) (void)sync_->average_weighted(static_cast<double>(local_rows));
+#else
+    (void)local_rows;
+#endif
+  }
+
+ private:
+#if defined(KFOPT_EXAMPLE_MPI)
+  std::unique_ptr<kfopt::mpi::DataParallelGradients<Scalar>> sync_;
+#endif
+};
+
+/// Bytes the optimizer handed to MPI per step (its communicator's counters, summed over the
+/// operations), against `predicted` bytes per step from the cost model, as a summary note.
+/// Empty on one process.
+inline std::string communication_report(ex::Cluster& cluster, const std::string& what,
+                                        long steps, double predicted, const std::string& parts) {
+#if defined(KFOPT_EXAMPLE_MPI)
+  if (!cluster.distributed() || steps <= 0) return {};
+  const double measured =
+      static_cast<double>(cluster.optimizer_comm().traffic().total().payload_bytes) /
+      static_cast<double>(steps);
+  const int P = cluster.size();
+  char text[640];
+  std::snprintf(text, sizeof text,
+                "%s: %d ranks, per step the optimizer handed MPI %.4g MB; the cost model "
+                "predicts %.4g MB (%s; measured/predicted %.6f); a ring all-reduce sends "
+                "2(P-1)/P = %.2f of its part per rank",
+                what.c_str(), P, measured / 1e6, predicted / 1e6, parts.c_str(),
+                predicted > 0 ? measured / predicted : 0.0, 2.0 * (P - 1) / P);
+  return text;
+#else
+  (void)cluster;
+  (void)what;
+  (void)steps;
+  (void)predicted;
+  (void)parts;
+  return {};
+#endif
+}
+
+/// The cost model's bytes per step of the gradient average over `params` (cost_model.hpp).
+template <typename Scalar>
+double gradient_bytes_per_step(const kfopt::ParameterSet<Scalar>& params) {
+#if defined(KFOPT_EXAMPLE_MPI)
+  std::int64_t n = 0;
+  for (const auto& block : params) n += block.size();
+  return static_cast<double>(kfopt::mpi::cost_model::gradient_message_count(n) * sizeof(Scalar));
+#else
+  (void)params;
+  return 0.0;
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,12 +686,16 @@ RunResult run_adam(Task task, Problem<Scalar>& problem, const Settings& settings
   kfopt::AdamOptions options;
   options.learning_rate = settings.of(task).adam_lr;
   kfopt::Adam<Scalar> adam(params, options);
-  RunResult r = train<Scalar>("adam", task, problem, net, settings, csv, adam, {}, [&] {
+  GradientAverage<Scalar> average(problem.cluster(), params);
+  RunResult r = train<Scalar>("adam", task, problem, net, settings, csv, adam, {}, [&](long) {
     const Scalar loss = problem.loss_and_gradient(net);
+    average(problem.local_rows());
     adam.step();  // a non-finite gradient skips the step; the loss check then stops the run
     return loss;
   });
   r.failed_steps = static_cast<long>(adam.state().counters.skipped_nonfinite);
+  r.communication = communication_report(problem.cluster(), "adam", r.steps_here,
+                                         gradient_bytes_per_step(params), "gradients");
   return r;
 }
 
@@ -561,12 +708,16 @@ RunResult run_sgd(Task task, Problem<Scalar>& problem, const Settings& settings,
   options.learning_rate = settings.of(task).sgd_lr;
   options.momentum = settings.of(task).sgd_momentum;
   kfopt::Sgd<Scalar> sgd(params, options);
-  RunResult r = train<Scalar>("sgd", task, problem, net, settings, csv, sgd, {}, [&] {
+  GradientAverage<Scalar> average(problem.cluster(), params);
+  RunResult r = train<Scalar>("sgd", task, problem, net, settings, csv, sgd, {}, [&](long) {
     const Scalar loss = problem.loss_and_gradient(net);
+    average(problem.local_rows());
     sgd.step();
     return loss;
   });
   r.failed_steps = static_cast<long>(sgd.state().counters.skipped_nonfinite);
+  r.communication = communication_report(problem.cluster(), "sgd", r.steps_here,
+                                         gradient_bytes_per_step(params), "gradients");
   return r;
 }
 
@@ -599,22 +750,84 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
         kfac.add_dense_layer(problem.layer_name(net, l), layer.W, layer.dW, layer.b, layer.db));
   }
   std::mt19937_64 fisher_rng(settings.seed + 2);
+  ex::Cluster& cluster = problem.cluster();
+  // Distributed: every rank's statistics and gradients summed into the global batch's, the
+  // eigendecompositions split over the ranks; each rank samples its Fisher targets from an
+  // engine seeded by (seed, step, rank), which the checkpoints then need not hold.
+  std::vector<std::mt19937_64*> engines{&fisher_rng};
+  long statistics_steps = 0;
+#if defined(KFOPT_EXAMPLE_MPI)
+  std::unique_ptr<kfopt::mpi::DistributedKfac<Scalar>> distributed;
+  if (cluster.distributed()) {
+    cluster.optimizer_comm().reset_traffic();
+    distributed = std::make_unique<kfopt::mpi::DistributedKfac<Scalar>>(kfac, cluster.optimizer_comm());
+    engines.clear();
+  }
+#endif
+  auto record = [&](std::size_t l) {
+#if defined(KFOPT_EXAMPLE_MPI)
+    if (distributed) return distributed->record_statistics(ids[l], net.layer(l).a, net.layer(l).g);
+#endif
+    return kfac.record_statistics(ids[l], net.layer(l).a, net.layer(l).g);
+  };
+  auto step = [&] {
+#if defined(KFOPT_EXAMPLE_MPI)
+    if (distributed) return distributed->step_weighted(static_cast<double>(problem.local_rows()));
+#endif
+    return kfac.step();
+  };
+  long refreshes = 0;
   long failed = 0;
-  RunResult r = train<Scalar>("kfac", task, problem, net, settings, csv, kfac, {&fisher_rng}, [&] {
+  RunResult r = train<Scalar>("kfac", task, problem, net, settings, csv, kfac, engines, [&](long t) {
     const Scalar loss = problem.loss_and_gradient(net);
     if (kfac.wants_statistics()) {
-      problem.fisher_pass(net, fisher_rng);
-      for (std::size_t l = 0; l < net.depth(); ++l) {
-        kfac.record_statistics(ids[l], net.layer(l).a, net.layer(l).g);
+      if (cluster.distributed()) {
+        std::seed_seq seq{static_cast<unsigned>(settings.seed + 2), static_cast<unsigned>(t),
+                          static_cast<unsigned>(cluster.rank())};
+        fisher_rng.seed(seq);
       }
+      problem.fisher_pass(net, fisher_rng);
+      for (std::size_t l = 0; l < net.depth(); ++l) (void)record(l);
+      ++statistics_steps;
     }
-    if (kfac.step() != kfopt::Status::Success) ++failed;
+    const std::int64_t refreshes_before = kfac.state().inverse_refreshes;
+    if (step() != kfopt::Status::Success) ++failed;
+    refreshes += static_cast<long>(kfac.state().inverse_refreshes - refreshes_before);
     if (options.adaptive_damping) {
       kfac.report_loss(loss, problem.loss(net));  // same mini-batch, after the step
     }
     return loss;
   });
   r.failed_steps = failed;
+#if defined(KFOPT_EXAMPLE_MPI)
+  // The cost model's bytes (cost_model.hpp): per step the gradients (N + 3 scalars) and the
+  // any-rank agreement (one int); per statistics step m_stat scalars; per refresh with
+  // eigendecompositions their broadcast (Cholesky inverses are formed on every rank).
+  std::vector<kfopt::mpi::cost_model::LayerShape> shapes;
+  for (std::size_t l = 0; l < net.depth(); ++l) {
+    shapes.push_back({net.layer(l).W.cols() + 1, net.layer(l).W.rows(), false, 0});
+  }
+  namespace cm = kfopt::mpi::cost_model;
+  const double steps = std::max(1.0, static_cast<double>(r.steps_here));
+  const double s = sizeof(Scalar);
+  const double gradients = gradient_bytes_per_step(kfac.parameters()) + sizeof(int);
+  const double statistics =
+      static_cast<double>(cm::distributed_kfac_statistics_count(shapes, 512)) * s *
+      static_cast<double>(statistics_steps) / steps;
+  const double refresh =
+      ts.kfac_cholesky ? 0.0
+                       : static_cast<double>(cm::distributed_kfac_refresh_count(shapes)) * s *
+                             static_cast<double>(refreshes) / steps;
+  char parts[200];
+  std::snprintf(parts, sizeof parts,
+                "gradients and agreement %.4g MB, statistics %.4g MB, refresh broadcasts %.4g MB",
+                gradients / 1e6, statistics / 1e6, refresh / 1e6);
+  r.communication = communication_report(cluster, "kfac", r.steps_here,
+                                         gradients + statistics + refresh, parts);
+#else
+  (void)statistics_steps;
+  (void)refreshes;
+#endif
   return r;
 }
 #endif
@@ -625,11 +838,16 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
 
 template <typename Scalar>
 void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& settings,
-              ex::SummaryTable& table, std::vector<std::string>& notes) {
-  Problem<Scalar> problem(task, data, settings);
+              ex::Cluster& cluster, ex::SummaryTable& table, std::vector<std::string>& notes) {
+  Problem<Scalar> problem(task, data, settings, cluster);
   const TaskSettings& ts = settings.of(task);
+  if (ts.batch < cluster.size()) {
+    throw ex::UsageError("--batch " + std::to_string(ts.batch) + " is smaller than the " +
+                         std::to_string(cluster.size()) + " ranks it is split over");
+  }
   const auto shape = problem.make_network(settings.seed).shape_string();
-  std::fprintf(stderr,
+  if (cluster.root()) {
+    std::fprintf(stderr,
                "%s: network %s, %ld steps of batch %ld, %s precision\n"
                "  adam lr %g | sgd lr %g, momentum %g | kfac lr %g, damping %g, kl_clip %g, "
                "statistics every %ld, inverses (%s) every %ld steps, %s Fisher\n",
@@ -638,20 +856,26 @@ void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& s
                ts.kfac_lr, ts.kfac_damping, ts.kfac_kl_clip, ts.kfac_statistics_period,
                ts.kfac_cholesky ? "Cholesky" : "eigendecomposition", ts.kfac_inverse_period,
                settings.fisher == FisherTargets::Sampled ? "sampled (true)" : "empirical");
+    if (cluster.distributed()) {
+      std::fprintf(stderr, "  data-parallel on %d ranks: %ld examples of each mini-batch per rank\n",
+                   cluster.size(), ts.batch / cluster.size());
+    }
+  }
   // A resumed run continues its CSV (rows after the checkpoint's step dropped).
   long resume_step = -1;
 #if KFOPT_EXAMPLE_HAS_CHECKPOINT
   if (!settings.resume_path.empty()) {
     const ex::RunIdentity id{"fashion_mnist", task_name(task), settings.optimizers.front(),
                              settings.trajectory_settings(task, sizeof(Scalar) == 4)};
-    resume_step = ex::require_same_run(settings.resume_path,
-                                       kfopt::load_checkpoint(settings.resume_path), id);
+    resume_step = ex::require_same_run(settings.resume_path, cluster.load(settings.resume_path), id);
   }
 #endif
+  // Rank 0 writes the CSV; the other ranks' writer writes nothing.
   std::unique_ptr<ex::CsvWriter> csv_file =
-      resume_step < 0 ? std::make_unique<ex::CsvWriter>(settings.out_dir, task_name(task))
-                      : std::make_unique<ex::CsvWriter>(settings.out_dir, task_name(task),
-                                                        settings.optimizers.front(), resume_step);
+      !cluster.root()  ? std::make_unique<ex::CsvWriter>()
+      : resume_step < 0 ? std::make_unique<ex::CsvWriter>(settings.out_dir, task_name(task))
+                        : std::make_unique<ex::CsvWriter>(settings.out_dir, task_name(task),
+                                                          settings.optimizers.front(), resume_step);
   ex::CsvWriter& csv = *csv_file;
 
   std::vector<RunResult> results;
@@ -689,6 +913,7 @@ void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& s
       notes.push_back(std::string(task_name(task)) + "/" + r.optimizer + ": " +
                       std::to_string(r.failed_steps) + " steps did not succeed (skipped)");
     }
+    if (!r.communication.empty()) notes.push_back(std::string(task_name(task)) + "/" + r.communication);
   }
   notes.push_back(std::string(task_name(task)) + " (" + shape + "): " + problem.loss_description() +
                   "; " + problem.metric_description() + ", on the first " +
@@ -697,10 +922,10 @@ void run_task(Task task, const ex::FashionMnist<Scalar>& data, const Settings& s
 }
 
 template <typename Scalar>
-int run(const Settings& settings) {
+int run(const Settings& settings, ex::Cluster& cluster) {
   const auto load_start = std::chrono::steady_clock::now();
   const auto data = ex::load_fashion_mnist<Scalar>(settings.data_dir);
-  std::fprintf(
+  if (cluster.root()) std::fprintf(
       stderr, "loaded Fashion-MNIST from %s (%ld train, %ld test images) in %.1f s\n",
       settings.data_dir.c_str(), static_cast<long>(data.train.size()),
       static_cast<long>(data.test.size()),
@@ -710,8 +935,9 @@ int run(const Settings& settings) {
                           "ms/step", "steps/s", "steps to Adam's final loss"},
                          2);
   std::vector<std::string> notes;
-  for (Task task : settings.tasks) run_task<Scalar>(task, data, settings, table, notes);
+  for (Task task : settings.tasks) run_task<Scalar>(task, data, settings, cluster, table, notes);
 
+  if (!cluster.root()) return 0;
   ex::print_summary(std::cout, table, notes);
   std::cout << "* train_loss: mean mini-batch loss over the last logging window (the last "
                "progress line shows the same number); seconds: training time without evaluation.\n"
@@ -726,7 +952,20 @@ int run(const Settings& settings) {
 int main(int argc, char** argv) {
   return ex::example_main("fashion_mnist", help_text, argc, argv, parse_command_line,
                           [](const Settings& settings) {
-                            return settings.use_float ? run<float>(settings)
-                                                      : run<double>(settings);
+                            auto run_on = [&](ex::Cluster& cluster) {
+                              return settings.use_float ? run<float>(settings, cluster)
+                                                        : run<double>(settings, cluster);
+                            };
+#if defined(KFOPT_EXAMPLE_MPI)
+                            if (settings.distributed) {
+                              ex::MpiSession session;
+                              return session.run("fashion_mnist", [&] {
+                                ex::Cluster cluster = ex::Cluster::world();
+                                return run_on(cluster);
+                              });
+                            }
+#endif
+                            ex::Cluster one;
+                            return run_on(one);
                           });
 }

@@ -58,6 +58,9 @@ class CsvWriter {
     file_ = std::fopen(path_.c_str(), "a");
     if (file_ == nullptr) throw std::runtime_error("cannot append to " + path_);
   }
+  /// A writer that writes nothing (the ranks other than 0 of a distributed run); path() is
+  /// empty.
+  CsvWriter() = default;
   ~CsvWriter() {
     if (file_ != nullptr) std::fclose(file_);
   }
@@ -67,6 +70,7 @@ class CsvWriter {
   /// Appends one row and flushes, so that a run interrupted midway leaves usable data.
   void row(const std::string& optimizer, long step, double seconds, double train_loss,
            double test_metric) {
+    if (file_ == nullptr) return;
     std::fprintf(file_, "%s,%ld,%.8g,%.8g,%.8g\n", optimizer.c_str(), step, seconds, train_loss,
                  test_metric);
     std::fflush(file_);

@@ -22,16 +22,18 @@ class ProgressBar {
 
   /// `redraw = false` keeps the plain quarter lines even on a terminal (for several bars
   /// running at once, which would overwrite each other's line).
+  /// A null `stream` shows nothing (e.g. on the ranks other than 0 of a distributed run).
   ProgressBar(std::string label, long total, std::FILE* stream = stderr, bool redraw = true)
       : label_(std::move(label)),
         total_(total > 0 ? total : 1),
         stream_(stream),
-        tty_(redraw && isatty(fileno(stream)) == 1),
+        tty_(stream != nullptr && redraw && isatty(fileno(stream)) == 1),
         start_(Clock::now()),
         last_draw_(start_) {}
 
   /// Reports that `step` of `total` steps are done; `status` is a short free text (a loss).
   void update(long step, const std::string& status) {
+    if (stream_ == nullptr) return;
     const auto now = Clock::now();
     if (tty_) {
       if (step < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;

@@ -40,13 +40,13 @@ struct RunIdentity {
   std::string settings;  ///< every setting that shapes the trajectory, as text
 };
 
-/// Writes a checkpoint of the run to `path` (temporary file + rename: an interrupted save
-/// keeps the previous checkpoint). `sampler` may be null (a run whose batches come from
-/// `engines` alone).
+/// The checkpoint of the run: its three state dicts. `sampler` may be null (a run whose
+/// batches come from `engines` alone).
 template <typename Scalar>
-void save_run(const std::string& path, const RunIdentity& id, const RunProgress& progress,
-              const kfopt::ParameterSet<Scalar>& model, kfopt::StateDict optimizer,
-              const BatchSampler* sampler, const std::vector<std::mt19937_64*>& engines) {
+kfopt::Checkpoint run_checkpoint(const RunIdentity& id, const RunProgress& progress,
+                                 const kfopt::ParameterSet<Scalar>& model,
+                                 kfopt::StateDict optimizer, const BatchSampler* sampler,
+                                 const std::vector<std::mt19937_64*>& engines) {
   kfopt::StateDict run("kfopt_examples::Run", kfopt::ScalarType::Float64);
   run.set_hyperparameter("example", id.example);
   run.set_hyperparameter("task", id.task);
@@ -73,7 +73,17 @@ void save_run(const std::string& path, const RunIdentity& id, const RunProgress&
   ck.set("run", std::move(run));
   ck.set("model", kfopt::parameters_state_dict(model));
   ck.set("optimizer", std::move(optimizer));
-  kfopt::save_checkpoint(path, ck);
+  return ck;
+}
+
+/// Writes the run's checkpoint (run_checkpoint) to `path` (temporary file + rename: an
+/// interrupted save keeps the previous checkpoint).
+template <typename Scalar>
+void save_run(const std::string& path, const RunIdentity& id, const RunProgress& progress,
+              const kfopt::ParameterSet<Scalar>& model, kfopt::StateDict optimizer,
+              const BatchSampler* sampler, const std::vector<std::mt19937_64*>& engines) {
+  kfopt::save_checkpoint(path, run_checkpoint(id, progress, model, std::move(optimizer),
+                                              sampler, engines));
 }
 
 /// Reads the run's part of a checkpoint written by save_run for the run `id`: restores the

@@ -560,3 +560,49 @@ TEST_CASE("foreign, newer and damaged files are refused naming the file", "[io][
     CHECK(error_of([&] { kfopt::load_checkpoint("no_such_file.h5"); }).find("file 'no_such_file.h5'") != std::string::npos);
   }
 }
+
+TEST_CASE("a checkpoint file's bytes held in memory load as the file does", "[io][file][image]") {
+  TempPath file("image_source");
+  TempPath damaged("image_damaged");
+  const TrainedAdam source;
+  kfopt::Checkpoint ck;
+  ck.set("optimizer", source.opt.state_dict());
+  ck.set("model", source.model());
+  ck.set("every_kind", every_kind_of_entry());
+  kfopt::save_checkpoint(file.path, ck);
+  const std::vector<char> bytes = read_bytes(file.path);
+
+  const kfopt::Checkpoint from_image = kfopt::load_checkpoint_image(bytes.data(), bytes.size(), "run.h5");
+  REQUIRE(from_image.path() == "run.h5");
+  REQUIRE(from_image.dicts().size() == 3);
+  for (const auto& kv : ck.dicts()) CHECK(from_image.get(kv.first) == kv.second);
+  // The image is not modified (HDF5 works on its own copy).
+  REQUIRE(bytes == read_bytes(file.path));
+
+  // Damaged images: the same decision as reading the damaged file from disk, and errors
+  // that name the image's given name.
+  const std::size_t n = bytes.size();
+  int refused = 0;
+  for (int i = 0; i < 80; ++i) {
+    std::vector<char> b = bytes;
+    const std::size_t offset = (static_cast<std::size_t>(i) * 2654435761u) % n;
+    b[offset] = static_cast<char>(b[offset] ^ (1 << (i % 8)));
+    write_bytes(damaged.path, b, n);
+    const std::string from_disk = error_of([&] { (void)kfopt::load_checkpoint(damaged.path); });
+    const std::string from_memory =
+        error_of([&] { (void)kfopt::load_checkpoint_image(b.data(), b.size(), "damaged.h5"); });
+    INFO("byte " << offset);
+    CHECK(from_disk.empty() == from_memory.empty());
+    if (!from_memory.empty()) {
+      ++refused;
+      CHECK(from_memory.find("kfopt::load_checkpoint_image: file 'damaged.h5'") != std::string::npos);
+    }
+  }
+  CHECK(refused >= 30);
+  for (const std::size_t size : {std::size_t{0}, n / 3, n - 1}) {
+    const std::string e = error_of([&] { (void)kfopt::load_checkpoint_image(bytes.data(), size, "cut.h5"); });
+    CHECK(e.find("cut.h5") != std::string::npos);
+  }
+  const std::string text = "not an HDF5 file";
+  CHECK_FALSE(error_of([&] { (void)kfopt::load_checkpoint_image(text.data(), text.size(), "t"); }).empty());
+}

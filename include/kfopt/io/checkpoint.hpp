@@ -621,6 +621,24 @@ inline void save_checkpoint(const std::string& path, const Checkpoint& checkpoin
   detail::fsync_path(c, dir, true);
 }
 
+namespace detail {
+
+/// Every state dict of an open checkpoint file (the root attributes checked first).
+inline Checkpoint read_checkpoint(const Hdf5Context& c, hid_t file, const std::string& path) {
+  const htri_t has_version = H5Aexists(file, "kfopt_format_version");
+  c.check_status(has_version, "", "cannot read the root attributes");
+  if (has_version == 0) c.fail("", "not a kfopt checkpoint (no kfopt_format_version attribute)");
+  check_format_version(c, file, "");
+  Checkpoint out;
+  for (const std::string& name : link_names(c, file, "root group")) {
+    out.set(name, read_dict(c, file, name));
+  }
+  out.set_path(path);
+  return out;
+}
+
+}  // namespace detail
+
 /// Reads every state dict of the checkpoint at `path`. Throws CheckpointError naming the file
 /// and the dict or entry when the file is missing, truncated, corrupted (a checksum fails), of
 /// a newer format version, or not a kfopt checkpoint.
@@ -634,16 +652,29 @@ inline Checkpoint load_checkpoint(const std::string& path) {
   detail::Hdf5Id file(c.check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), "",
                               "cannot open the file (truncated or damaged?)"),
                       H5Fclose);
-  const htri_t has_version = H5Aexists(file.get(), "kfopt_format_version");
-  c.check_status(has_version, "", "cannot read the root attributes");
-  if (has_version == 0) c.fail("", "not a kfopt checkpoint (no kfopt_format_version attribute)");
-  detail::check_format_version(c, file.get(), "");
-  Checkpoint out;
-  for (const std::string& name : detail::link_names(c, file.get(), "root group")) {
-    out.set(name, detail::read_dict(c, file.get(), name));
-  }
-  out.set_path(path);
-  return out;
+  return detail::read_checkpoint(c, file.get(), path);
+}
+
+/// Reads a checkpoint from the bytes of a checkpoint file held in memory (`size` bytes at
+/// `data`, e.g. a file read by one process and sent to others), with the same checks as
+/// load_checkpoint (checksums, format version). `name` stands for the file in messages and
+/// in Checkpoint::path(). Nothing is written to disk; `data` is not modified.
+inline Checkpoint load_checkpoint_image(const void* data, std::size_t size, const std::string& name) {
+  const detail::Hdf5Context c{"kfopt::load_checkpoint_image", name};
+  const detail::Hdf5Quiet quiet;
+  if (data == nullptr || size == 0) c.fail("", "the file image is empty");
+  detail::Hdf5Id fapl(c.check(H5Pcreate(H5P_FILE_ACCESS), "", "cannot create a property list"),
+                      H5Pclose);
+  // HDF5's in-memory ("core") driver, opened on a copy of the image that it owns.
+  c.check_status(H5Pset_fapl_core(fapl.get(), 1 << 16, 0), "", "cannot select the in-memory driver");
+  c.check_status(H5Pset_file_image(fapl.get(), const_cast<void*>(data), size), "",
+                 "cannot hand the image to HDF5");
+  // The core driver refuses an image whose file name exists on disk: open it under a name
+  // that cannot (a path below /dev/null, which is not a directory).
+  detail::Hdf5Id file(c.check(H5Fopen("/dev/null/kfopt-checkpoint-image", H5F_ACC_RDONLY, fapl.get()), "",
+                              "cannot open the image (not an HDF5 file, truncated or damaged?)"),
+                      H5Fclose);
+  return detail::read_checkpoint(c, file.get(), name);
 }
 
 }  // namespace kfopt

@@ -377,6 +377,37 @@ class Communicator {
     return agree(local, MPI_LAND, "kfopt::mpi::Communicator::all_ranks");
   }
 
+  /// The lowest rank on which `local` is true, on every rank; size() if it is true nowhere
+  /// (MPI_MIN of one int; counted as an Agreement). E.g. the first rank that failed, whose
+  /// message broadcast_bytes() can then send to the others.
+  int first_rank_where(bool local) {
+    int value = local ? rank_ : size_;
+    traffic_.record(Operation::Agreement, sizeof(int));
+    detail::check_mpi(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MIN, comm_),
+                      "kfopt::mpi::Communicator::first_rank_where", "MPI_Allreduce", 1);
+    return value;
+  }
+
+  /// `bytes` ← rank `root`'s bytes on every rank (its size first, then the bytes in chunks of
+  /// at most INT_MAX; other ranks' vectors are resized). Counted as one Broadcast of the
+  /// bytes plus the 8-byte size. For files, messages and other untyped data.
+  void broadcast_bytes(std::vector<unsigned char>& bytes, int root = 0) {
+    constexpr const char* operation = "kfopt::mpi::Communicator::broadcast_bytes";
+    std::int64_t n = static_cast<std::int64_t>(bytes.size());
+    detail::check_mpi(MPI_Bcast(&n, 1, MPI_INT64_T, root, comm_), operation, "MPI_Bcast", 1);
+    if (rank_ != root) bytes.resize(static_cast<std::size_t>(n));
+    traffic_.record(Operation::Broadcast, static_cast<std::uint64_t>(n) + sizeof(n));
+    unsigned char dummy = 0;
+    unsigned char* data = n > 0 ? bytes.data() : &dummy;
+    std::int64_t offset = 0;
+    do {
+      const int chunk = static_cast<int>(std::min<std::int64_t>(n - offset, INT_MAX));
+      detail::check_mpi(MPI_Bcast(data + offset, chunk, MPI_BYTE, root, comm_), operation,
+                        "MPI_Bcast", n);
+      offset += chunk;
+    } while (offset < n);
+  }
+
   /// MPI_Barrier (for timing; no traffic is counted).
   void barrier() {
     detail::check_mpi(MPI_Barrier(comm_), "kfopt::mpi::Communicator::barrier", "MPI_Barrier");
