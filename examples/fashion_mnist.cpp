@@ -801,8 +801,8 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
   r.failed_steps = failed;
 #if defined(KFOPT_EXAMPLE_MPI)
   // The cost model's bytes (cost_model.hpp): per step the gradients (N + 3 scalars) and the
-  // any-rank agreement (one int); per statistics step m_stat scalars; per refresh with
-  // eigendecompositions their broadcast (Cholesky inverses are formed on every rank).
+  // any-rank agreement (one int); per statistics step m_stat scalars; per refresh the
+  // broadcast eigendecompositions or damped Cholesky inverses.
   std::vector<kfopt::mpi::cost_model::LayerShape> shapes;
   for (std::size_t l = 0; l < net.depth(); ++l) {
     shapes.push_back({net.layer(l).W.cols() + 1, net.layer(l).W.rows(), false, 0});
@@ -815,9 +815,9 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
       static_cast<double>(cm::distributed_kfac_statistics_count(shapes, 512)) * s *
       static_cast<double>(statistics_steps) / steps;
   const double refresh =
-      ts.kfac_cholesky ? 0.0
-                       : static_cast<double>(cm::distributed_kfac_refresh_count(shapes)) * s *
-                             static_cast<double>(refreshes) / steps;
+      static_cast<double>(ts.kfac_cholesky ? cm::distributed_kfac_cholesky_refresh_count(shapes)
+                                           : cm::distributed_kfac_refresh_count(shapes)) *
+      s * static_cast<double>(refreshes) / steps;
   char parts[200];
   std::snprintf(parts, sizeof parts,
                 "gradients and agreement %.4g MB, statistics %.4g MB, refresh broadcasts %.4g MB",

@@ -97,19 +97,22 @@ double run_dense(Communicator& comm, int steps, bool unequal, bool distribute_re
 TEST_CASE("DistributedKfac: dense layers on P ranks equal one process on the global batch",
           "[mpi][kfac]") {
   Communicator comm;
+  for (const auto method : {kfopt::InverseMethod::Eigendecomposition, kfopt::InverseMethod::Cholesky})
   for (const bool unequal : {false, true}) {
     for (const int period : {1, 2}) {
       kfopt::KfacOptions o = kfac_options();
+      o.inverse_method = method;
       o.statistics_period = period;
       // Refreshes split among the ranks (T_stat = 1) or redundant on every rank (T_stat = 2).
       const bool distribute_refresh = period == 1;
       Net dist(o), one(o);
       const double worst = run_dense(comm, 40, unequal, distribute_refresh, dist, one);
       if (comm.is_root()) {
-        std::printf("DistributedKfac dense, P = %d, %s split, T_stat = %d, %s refresh: 40 steps, "
+        std::printf("DistributedKfac dense, P = %d, %s split, T_stat = %d, %s %s refresh: 40 steps, "
                     "largest relative difference to one process %.3g (parameters and factors)\n",
                     comm.size(), unequal ? "unequal" : "equal", period,
-                    distribute_refresh ? "distributed" : "redundant", worst);
+                    distribute_refresh ? "distributed" : "redundant",
+                    method == kfopt::InverseMethod::Cholesky ? "Cholesky" : "eigendecomposition", worst);
       }
       // Rounding only: the sums are formed in another order (observed with Open MPI 4.1 at
       // P = 2 and 3: 2.6e-14 to 1.5e-13 over 40 steps).
@@ -163,6 +166,21 @@ TEST_CASE("DistributedKfac: one statistics all-reduce of the predicted size per 
   comm.allreduce_sum(computed);
   CHECK(computed(0) == 4.0);
   CHECK(everywhere(comm, mine == expected_mine));
+  // With Cholesky inverses the parts are the damped inverses: 4 headers and Σ n² scalars.
+  {
+    kfopt::KfacOptions oc = kfac_options();
+    oc.inverse_method = kfopt::InverseMethod::Cholesky;
+    Net chol(oc);
+    DistributedKfac<double> dkc(chol.kfac, comm);
+    chol.forward_backward(X, T);
+    dkc.record_statistics(chol.l1, X, chol.G1);
+    dkc.record_statistics(chol.l2, chol.H, chol.G2);
+    comm.reset_traffic();
+    REQUIRE(dkc.step() == Status::Success);
+    CHECK(comm.traffic()[kfopt::mpi::Operation::Broadcast].calls == 8);
+    CHECK(comm.traffic()[kfopt::mpi::Operation::Broadcast].payload_bytes == (12 + 49 + 25 + 36 + 9) * 8);
+    CHECK(cm::distributed_kfac_cholesky_refresh_count(shapes) == 12 + 49 + 25 + 36 + 9);
+  }
   // Recording outside a statistics step is refused.
   kfopt::KfacOptions o = kfac_options();
   o.statistics_period = 2;

@@ -356,3 +356,78 @@ TEST_CASE("K-FAC: the Cholesky inverse method gives the same steps as the eigend
   bad.inverse_method = kfopt::InverseMethod::Cholesky;
   CHECK_THROWS_WITH((kfopt::Kfac<double>(bad)), Catch::Contains("inverse_method"));
 }
+
+TEST_CASE("K-FAC: a refresh computed as parts and installed equals the step's own, bit for bit",
+          "[optim][kfac][refresh-parts]") {
+  // Eigendecompositions and damped Cholesky inverses, dense and diagonal factors, a damping
+  // that changes between refreshes: two copies of the same problem, one stepped by step(),
+  // one whose refreshes are computed part by part (begin_refresh_parts, compute_refresh_part
+  // of every part, install_refresh) before step_with_installed_refresh().
+  for (const auto method : {kfopt::InverseMethod::Eigendecomposition, kfopt::InverseMethod::Cholesky}) {
+    for (const bool diagonal : {false, true}) {
+      Rng rng(91);
+      kfopt::KfacOptions o = plain_options(kfopt::DampingStyle::Factored, 0.05);
+      o.learning_rate = 0.1;
+      o.momentum = 0.5;
+      o.decay = 0.9;
+      o.inverse_period = 3;
+      o.inverse_method = method;
+      const int in = 6, out = 4, k = 10;
+      Layer a(rng, in, out), b = a;
+      kfopt::Kfac<double> own(o), parts(o);
+      const kfopt::DenseLayerOptions st{
+          diagonal ? kfopt::FactorStructure::Diagonal : kfopt::FactorStructure::Dense,
+          kfopt::FactorStructure::Dense};
+      own.add_dense_layer("fc", a.W, a.dW, a.b, a.db, st);
+      parts.add_dense_layer("fc", b.W, b.dW, b.b, b.db, st);
+      int installed = 0;
+      for (int t = 0; t < 9; ++t) {
+        Mat<double> x = rng.normal<double>(k, in);
+        if (diagonal) {  // one-hot inputs keep the diagonal A exact
+          x.setZero();
+          for (int r = 0; r < k; ++r) x(r, rng.integer(0, in - 1)) = 1.0;
+        }
+        const Mat<double> g = rng.normal<double>(k, out);
+        const Mat<double> dW = rng.normal<double>(out, in);
+        const Vec<double> db = rng.normal<double>(out, 1);
+        a.dW = dW;
+        b.dW = dW;
+        a.db = db;
+        b.db = db;
+        REQUIRE(own.record_statistics(0, x, g) == kfopt::Status::Success);
+        REQUIRE(parts.record_statistics(0, x, g) == kfopt::Status::Success);
+        if (parts.refresh_pending(0)) {
+          parts.begin_refresh_parts(0);
+          std::vector<Mat<double>> results(static_cast<std::size_t>(parts.refresh_part_count(0)));
+          REQUIRE(results.size() == 2);
+          for (int p = 0; p < 2; ++p) {
+            REQUIRE(parts.compute_refresh_part(0, p, results[static_cast<std::size_t>(p)]) ==
+                    kfopt::Status::Success);
+          }
+          // A result that is not one is refused, nothing installed.
+          std::vector<Mat<double>> bad = results;
+          bad[1](0, 0) = std::numeric_limits<double>::quiet_NaN();
+          CHECK_THROWS_AS(parts.install_refresh(0, bad), kfopt::InvalidInputError);
+          bad = results;
+          bad[0].conservativeResize(bad[0].rows() - 1, bad[0].cols());
+          CHECK_THROWS(parts.install_refresh(0, bad));
+          parts.install_refresh(0, results);
+          ++installed;
+        }
+        REQUIRE(own.step() == kfopt::Status::Success);
+        REQUIRE(parts.step_with_installed_refresh() == kfopt::Status::Success);
+        INFO("method " << static_cast<int>(method) << ", diagonal A " << diagonal << ", step " << t);
+        REQUIRE(b.W == a.W);
+        REQUIRE(b.b == a.b);
+        // The damping changes between refreshes: the installed inverses belong to the
+        // damping of their step; a later step with another damping forms its own.
+        if (t == 4) {
+          own.set_damping(0.2);
+          parts.set_damping(0.2);
+        }
+      }
+      CHECK(installed == 3);
+      CHECK(own.state_dict() == parts.state_dict());
+    }
+  }
+}

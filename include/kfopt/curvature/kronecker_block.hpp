@@ -223,17 +223,18 @@ class KroneckerBlock {
   /// preprocessing). On failure the previous spectra stay in use.
   Status refresh();
   /// The refresh as independent parts, for data-parallel processes that split it among
-  /// themselves (kfopt::mpi::DistributedKfac): with InverseMethod::Eigendecomposition, part 0
-  /// is A's spectrum and part 1 G's; with Cholesky there is none (that refresh is an O(n²)
-  /// snapshot, every process takes it).
-  int refresh_part_count() const noexcept {
-    return options_.inverse_method == InverseMethod::Eigendecomposition ? 2 : 0;
-  }
-  /// Flops of part k: ≈ 9n³ for a dense factor's eigendecomposition, n for a diagonal one.
+  /// themselves (kfopt::mpi::DistributedKfac): part 0 for A, part 1 for G. With
+  /// InverseMethod::Eigendecomposition a part is the factor's spectrum; with Cholesky it is
+  /// the factor's damped inverse `(F + δI)⁻¹` from the snapshot, for the damping the next
+  /// apply_inverse will use (what apply_inverse would otherwise form itself).
+  int refresh_part_count() const noexcept { return 2; }
+  /// Flops of part k: ≈ 9n³ for a dense factor's eigendecomposition, n³ for its Cholesky
+  /// factorization and inverse (potrf + potri), n for a diagonal factor.
   double refresh_part_cost(int k) const {
     const FactorSpectrum<Scalar>& f = k == 0 ? a_spectrum_ : g_spectrum_;
     const double n = static_cast<double>(f.size());
-    return f.is_diagonal() ? n : 9.0 * n * n * n;
+    if (f.is_diagonal()) return n;
+    return options_.inverse_method == InverseMethod::Cholesky ? n * n * n : 9.0 * n * n * n;
   }
   /// Finishes the factors' pending lazy blends (FactorMovingAverage::value()), as refresh()
   /// does. Processes that split a refresh call it on every process before the parts, so that
@@ -243,11 +244,27 @@ class KroneckerBlock {
     (void)a_.value();
     (void)g_.value();
   }
-  /// Computes part k (0: A, 1: G) of the current averages into `result`: n × (n + 1) with
-  /// the clipped eigenvalues in column 0 and the eigenvectors after it (a diagonal factor:
-  /// n × 1, its clipped diagonal). Changes nothing in the block. Returns the
-  /// decomposition's status. Cost as refresh_part_cost(k).
-  Status compute_refresh_part(int k, Matrix& result) const {
+  /// Called on every process before the parts of a split refresh: with Eigendecomposition
+  /// finish_statistics(); with Cholesky the refresh itself (the O(n²) snapshot the parts
+  /// invert). Returns NotComputed without statistics.
+  Status begin_refresh_parts() {
+    if (options_.inverse_method == InverseMethod::Cholesky) return refresh();
+    finish_statistics();
+    return has_statistics() ? Status::Success : Status::NotComputed;
+  }
+  /// Computes part k (0: A, 1: G) into `result`, changing nothing in the block, and returns
+  /// its status. Eigendecomposition: n × (n + 1), the clipped eigenvalues in column 0 and the
+  /// eigenvectors after them, of the current averages. Cholesky: the n × n damped inverse of
+  /// the snapshot with the shift `damping` gives (n × 1 for a diagonal factor); NotComputed
+  /// before begin_refresh_parts. Cost as refresh_part_cost(k).
+  Status compute_refresh_part(int k, const BlockDamping<Scalar>& damping, Matrix& result) const {
+    if (options_.inverse_method == InverseMethod::Cholesky) {
+      if (!has_snapshot_) return Status::NotComputed;
+      const FactoredDamping<Scalar> d = factored_damping("compute_refresh_part", damping);
+      DampedCholeskyInverse<Scalar> chol;
+      return snapshot_inverse(k == 0 ? a_snapshot_ : g_snapshot_, k == 0 ? d.a_shift : d.g_shift,
+                              chol, result);
+    }
     const FactorSpectrum<Scalar>& shape = k == 0 ? a_spectrum_ : g_spectrum_;
     FactorSpectrum<Scalar> f(shape.size(), shape.structure());
     const Status s = f.compute(k == 0 ? a_.value() : g_.value());
@@ -262,14 +279,34 @@ class KroneckerBlock {
     }
     return Status::Success;
   }
-  /// Installs the results of both parts (compute_refresh_part on the same averages, possibly
-  /// in another process) as a refresh: the block then holds what refresh() would have left
-  /// (spectra from those results, bit for bit). Throws ShapeError / InvalidInputError (nothing
-  /// changes) unless both are valid spectra of this block's factors; each check costs an n³
-  /// orthonormality product. InvalidInputError with InverseMethod::Cholesky.
-  void install_refresh(const Matrix& a_result, const Matrix& g_result) {
+  /// Installs the results of both parts (compute_refresh_part with the same statistics and
+  /// `damping`, possibly in another process) as the refresh: the block then holds what
+  /// refresh() followed by apply_inverse(…, damping, …) would have left, bit for bit (the
+  /// spectra; or, with Cholesky, the damped inverses for that damping, next to the snapshot
+  /// begin_refresh_parts took). Throws ShapeError / InvalidInputError (nothing changes)
+  /// unless both are valid results for this block: spectra are checked by an n³
+  /// orthonormality product, damped inverses for their shape and finiteness (O(n²)).
+  void install_refresh(const Matrix& a_result, const Matrix& g_result,
+                       const BlockDamping<Scalar>& damping) {
     const std::string op = "kfopt::KroneckerBlock::install_refresh (layer '" + name_ + "')";
-    if (refresh_part_count() != 2) throw InvalidInputError(op + ": the Cholesky method has no refresh parts");
+    if (options_.inverse_method == InverseMethod::Cholesky) {
+      if (!has_snapshot_) {
+        throw InvalidInputError(op + ": no snapshot to install inverses for (call begin_refresh_parts first)");
+      }
+      auto check = [&](const FactorSpectrum<Scalar>& f, const Matrix& r, const char* what) {
+        detail::require_shape(op.c_str(), what, r, f.size(), f.is_diagonal() ? 1 : f.size());
+        if (!r.allFinite()) throw InvalidInputError(op + ": " + what + " holds NaN or Inf");
+      };
+      check(a_spectrum_, a_result, "A's damped inverse");
+      check(g_spectrum_, g_result, "G's damped inverse");
+      const FactoredDamping<Scalar> d = factored_damping("install_refresh", damping);
+      a_inverse_ = a_result;
+      g_inverse_ = g_result;
+      inverse_version_ = spectra_version_;
+      cached_a_shift_ = d.a_shift;
+      cached_g_shift_ = d.g_shift;
+      return;
+    }
     auto split = [&](const FactorSpectrum<Scalar>& f, const Matrix& r, Vector& values, Matrix& vectors) {
       const Eigen::Index n = f.size();
       detail::require_shape(op.c_str(), "result", r, n, f.is_diagonal() ? 1 : n + 1);
@@ -329,26 +366,41 @@ class KroneckerBlock {
   }
 
   // (F + shift·I)⁻¹ of a snapshot by Cholesky (dense) or reciprocals (diagonal, clipped at
-  // 0 like the eigenvalues). Both factors are formed before either is stored.
-  Status cholesky_inverses(const FactoredDamping<Scalar>& d) {
-    auto one = [](const Matrix& f, Scalar shift, DampedCholeskyInverse<Scalar>& chol,
-                  Matrix& result) {
-      if (f.cols() == 1 && f.rows() != 1) {
-        const auto shifted = (f.col(0).array().cwiseMax(Scalar(0)) + shift).eval();
-        if (!ScalarTraits<Scalar>::invertible_spectrum(shifted.minCoeff(), shifted.maxCoeff())) {
-          return Status::NumericalIssue;
-        }
-        result = shifted.inverse().matrix();
-        return Status::Success;
+  // 0 like the eigenvalues).
+  static Status snapshot_inverse(const Matrix& f, Scalar shift, DampedCholeskyInverse<Scalar>& chol,
+                                 Matrix& result) {
+    if (f.cols() == 1 && f.rows() != 1) {
+      const auto shifted = (f.col(0).array().cwiseMax(Scalar(0)) + shift).eval();
+      if (!ScalarTraits<Scalar>::invertible_spectrum(shifted.minCoeff(), shifted.maxCoeff())) {
+        return Status::NumericalIssue;
       }
-      const Status s = chol.compute(f, shift).info();
-      if (s != Status::Success) return s;
-      result = chol.inverse();
+      result = shifted.inverse().matrix();
       return Status::Success;
-    };
-    Status s = one(a_snapshot_, d.a_shift, a_chol_, work_);
+    }
+    const Status s = chol.compute(f, shift).info();
     if (s != Status::Success) return s;
-    s = one(g_snapshot_, d.g_shift, g_chol_, g_inverse_);
+    result = chol.inverse();
+    return Status::Success;
+  }
+
+  // The factored shifts of `damping` for the current factors (snapshot or spectra). Exact
+  // damping needs the spectra: InvalidInputError with Cholesky.
+  FactoredDamping<Scalar> factored_damping(const char* what, const BlockDamping<Scalar>& damping) const {
+    const bool cholesky = options_.inverse_method == InverseMethod::Cholesky;
+    if (cholesky && damping.style == DampingStyle::Exact) {
+      throw InvalidInputError(std::string("kfopt::KroneckerBlock::") + what + " (layer '" + name_ +
+                              "'): exact damping needs InverseMethod::Eigendecomposition");
+    }
+    const Scalar trace_a = cholesky ? factor_trace(a_snapshot_) : a_spectrum_.trace();
+    const Scalar trace_g = cholesky ? factor_trace(g_snapshot_) : g_spectrum_.trace();
+    return factored_tikhonov_damping(trace_a, cols(), trace_g, rows(), damping.lambda, damping.floor);
+  }
+
+  // Both damped inverses of the snapshots, formed before either is stored.
+  Status cholesky_inverses(const FactoredDamping<Scalar>& d) {
+    Status s = snapshot_inverse(a_snapshot_, d.a_shift, a_chol_, work_);
+    if (s != Status::Success) return s;
+    s = snapshot_inverse(g_snapshot_, d.g_shift, g_chol_, g_inverse_);
     if (s != Status::Success) return s;
     a_inverse_.swap(work_);
     return Status::Success;
@@ -446,17 +498,10 @@ Status KroneckerBlock<Scalar>::apply_inverse(const Eigen::MatrixBase<DerivedZ>& 
   require_operand("kfopt::KroneckerBlock::apply_inverse", Z);
   if (!has_inverse()) return Status::NotComputed;
   const bool cholesky = options_.inverse_method == InverseMethod::Cholesky;
-  if (damping.style == DampingStyle::Exact) {
-    if (cholesky) {
-      throw InvalidInputError("kfopt::KroneckerBlock::apply_inverse (layer '" + name_ +
-                              "'): exact damping needs InverseMethod::Eigendecomposition");
-    }
+  if (damping.style == DampingStyle::Exact && !cholesky) {
     return kronecker_damped_inverse(a_spectrum_, g_spectrum_, damping.lambda, Z, out, work_);
   }
-  const Scalar trace_a = cholesky ? factor_trace(a_snapshot_) : a_spectrum_.trace();
-  const Scalar trace_g = cholesky ? factor_trace(g_snapshot_) : g_spectrum_.trace();
-  const FactoredDamping<Scalar> d = factored_tikhonov_damping(
-      trace_a, cols(), trace_g, rows(), damping.lambda, damping.floor);
+  const FactoredDamping<Scalar> d = factored_damping("apply_inverse", damping);
   // Explicit damped inverses, rebuilt only when the factors (refresh) or the shifts change;
   // each step then costs two products.
   if (inverse_version_ != spectra_version_ || cached_a_shift_ != d.a_shift ||

@@ -192,6 +192,18 @@ inline std::int64_t distributed_kfac_refresh_count(const std::vector<LayerShape>
   return m;
 }
 
+/// Elements DistributedKfac broadcasts per refresh with distribute_refresh and
+/// InverseMethod::Cholesky: per factor of size n a 3-element header and its n × n damped
+/// inverse, n² + 3.
+inline std::int64_t distributed_kfac_cholesky_refresh_count(const std::vector<LayerShape>& layers) {
+  std::int64_t m = 0;
+  for (const auto& l : layers) {
+    if (l.recurrent) continue;  // refreshed redundantly on every rank
+    m += l.input_dim * l.input_dim + 3 + l.output_dim * l.output_dim + 3;
+  }
+  return m;
+}
+
 /// bytes_pre over all ranks per step: (P−1) · Σ_l a_l g_l · s.
 inline double kfac_preconditioned_broadcast_bytes_total(int ranks,
                                                         const std::vector<LayerShape>& layers,

@@ -47,20 +47,24 @@
 ///    State::counters.skipped_nonfinite, and the registered gradients hold NaN on every rank
 ///    (as DataParallelGradients leaves them). (One process would refuse only the layers whose
 ///    batch was bad and still take the others; a distributed step is one transaction.)
-/// 4. **Refresh and step**: on a refresh step (every T_inv steps), the dense layers' factor
-///    eigendecompositions (InverseMethod::Eigendecomposition; two parts per layer, A_l and
-///    G_l, ≈ 9n³ flops each) are assigned to the ranks by assign_greedy (largest cost first
-///    to the least-loaded rank; every rank computes the same plan from the shapes), computed
-///    once by their owner and broadcast (status and shape, then eigenvalues and
-///    eigenvectors), and installed on every rank (KroneckerBlock::install_refresh, which
-///    checks orthonormality with n³ products); then Kfac::step_with_installed_refresh() on
-///    every rank. (Unlike Kfac::step, which checks the parameters before it refreshes, the
-///    split refresh runs before that check: a step refused for non-finite parameters in the
-///    caller's storage still leaves the refreshed spectra, identically on every rank.) Everything else is computed redundantly by every rank from identical bits, so
-///    it is identical too: Cholesky refreshes (an O(n²) snapshot; the damped Cholesky
-///    inverses are formed at the next apply), the recurrent layers' refreshes (A0, G0
-///    eigendecompositions) and their Option 1/2 preparations, and every preconditioned
-///    gradient. With `distribute_refresh = false` every rank refreshes every layer.
+/// 4. **Refresh and step**: on a refresh step (every T_inv steps), the dense layers' refresh
+///    work, two parts per layer (A_l and G_l), is assigned to the ranks by assign_greedy
+///    (largest cost first to the least-loaded rank; every rank computes the same plan from
+///    the shapes), computed once by its owner and broadcast (status and shape, then the
+///    result), and installed on every rank (KroneckerBlock::install_refresh); then
+///    Kfac::step_with_installed_refresh() on every rank. A part is, with
+///    InverseMethod::Eigendecomposition, the factor's eigendecomposition (≈ 9n³ flops;
+///    eigenvalues and eigenvectors are sent, and the install checks orthonormality with an
+///    n³ product); with InverseMethod::Cholesky, the factor's damped inverse (F + δI)⁻¹ for
+///    the step's damping (≈ n³ flops; the n × n inverse is sent, its shape and finiteness
+///    checked), formed from the O(n²) snapshot every rank takes. (Unlike Kfac::step, which
+///    checks the parameters before it refreshes, the split refresh runs before that check:
+///    a step refused for non-finite parameters in the caller's storage still leaves the
+///    refreshed factors, identically on every rank.) Everything else is computed redundantly
+///    by every rank from identical bits, so it is identical too: the recurrent layers'
+///    refreshes (A0, G0 eigendecompositions) and their Option 1/2 preparations, and every
+///    preconditioned gradient. With `distribute_refresh = false` every rank refreshes every
+///    layer.
 ///
 /// ## Communication per step (s = sizeof(Scalar) bytes, P ranks; ring all-reduce as in
 /// cost_model.hpp)
@@ -77,7 +81,9 @@
 ///                                              over all ranks, on refresh steps (every T_inv):
 ///                                              eigenvectors and eigenvalues of A_l and G_l
 ///                                              (n for a diagonal factor), + 3-scalar headers;
-///                                              0 with distribute_refresh = false
+///                                              with Cholesky Σ_{dense l} [a_l² + g_l² + 6] · s
+///                                              (the damped inverses); 0 with
+///                                              distribute_refresh = false
 ///
 /// (the +4 per dense layer: row and non-finite counts of A and G; the +7 per recurrent
 /// layer: real steps, sequences, non-finite counts of A and G and the exceeded-length count;
@@ -128,7 +134,7 @@ struct DistributedKfacOptions {
   int max_sequence_length = 512;
 
   /// Split the refreshes among the ranks: each refresh part (a dense layer's factor
-  /// eigendecomposition) is computed by one owner rank, assigned greedily by cost
+  /// eigendecomposition or damped Cholesky inverse) is computed by one owner rank, assigned greedily by cost
   /// (assign_greedy), and broadcast; false: every rank computes every refresh. Both give
   /// bit-for-bit identical state on all ranks. Default true.
   bool distribute_refresh = true;

@@ -331,19 +331,22 @@ class Kfac {
     return const_layer_at("kfopt::Kfac::refresh_part_cost", id).block->refresh_part_cost(k);
   }
   /// To be called by every process that shares layer `id`'s refresh parts, before them: it
-  /// brings the layer's statistics into the form the parts read (finishing lazy updates), so
-  /// that every process's statistics stay bit for bit the same whichever computed which part.
-  void begin_refresh_parts(std::size_t id) const {
-    const_layer_at("kfopt::Kfac::begin_refresh_parts", id).block->begin_refresh_parts();
+  /// brings the layer's statistics into the form the parts read (finishing lazy updates, or
+  /// with InverseMethod::Cholesky taking the O(n²) snapshot), so that every process's state
+  /// stays bit for bit the same whichever computed which part.
+  void begin_refresh_parts(std::size_t id) {
+    layer_at("kfopt::Kfac::begin_refresh_parts", id).block->begin_refresh_parts();
   }
-  /// See refresh_part_count.
+  /// See refresh_part_count. A Cholesky part is the damped inverse for the current damping
+  /// (State::damping), which the next step uses.
   Status compute_refresh_part(std::size_t id, int k, Matrix& result) const {
-    return const_layer_at("kfopt::Kfac::compute_refresh_part", id).block->compute_refresh_part(k, result);
+    return const_layer_at("kfopt::Kfac::compute_refresh_part", id)
+        .block->compute_refresh_part(k, current_damping(), result);
   }
   /// Installs the results of all of layer `id`'s refresh parts (computed here or by another
-  /// process from the same statistics) as its refresh.
+  /// process from the same statistics and damping) as its refresh.
   void install_refresh(std::size_t id, const std::vector<Matrix>& results) {
-    layer_at("kfopt::Kfac::install_refresh", id).block->install_refresh(results);
+    layer_at("kfopt::Kfac::install_refresh", id).block->install_refresh(results, current_damping());
   }
   /// step() for a caller that has already refreshed, by install_refresh, every pending layer
   /// whose refresh has parts: those layers are not refreshed again (one that still has no
@@ -479,6 +482,12 @@ class Kfac {
   }
 
  private:
+  /// The damping every block's inverse uses at the next step.
+  BlockDamping<Scalar> current_damping() const {
+    return BlockDamping<Scalar>{options_.damping_style, static_cast<Scalar>(state_.damping),
+                                static_cast<Scalar>(options_.min_damping)};
+  }
+
   using Block = detail::KfacLayerBlock<Scalar>;
 
   struct Layer {
@@ -674,8 +683,7 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh) {
 
   // Preconditioned gradients into per-layer buffers; nothing is written before all succeed.
   const Scalar wd = static_cast<Scalar>(options_.weight_decay);
-  BlockDamping<Scalar> damping{options_.damping_style, static_cast<Scalar>(state_.damping),
-                               static_cast<Scalar>(options_.min_damping)};
+  const BlockDamping<Scalar> damping = current_damping();
   double inner = 0.0;  // Σ ⟨Δ, Z⟩
   for (auto& layer : layers_) {
     gather(layer, wd);

@@ -154,12 +154,16 @@ class KfacLayerBlock {
   virtual int refresh_part_count() const noexcept { return 0; }
   /// Flops of part k.
   virtual double refresh_part_cost(int) const { return 0.0; }
-  /// Called on every process before a split refresh's parts (KroneckerBlock::finish_statistics).
-  virtual void begin_refresh_parts() const {}
-  /// Computes part k of the current statistics into `result`, changing nothing.
-  virtual Status compute_refresh_part(int, Matrix&) const { return Status::NotComputed; }
+  /// Called on every process before a split refresh's parts
+  /// (KroneckerBlock::begin_refresh_parts).
+  virtual void begin_refresh_parts() {}
+  /// Computes part k of the current statistics into `result` for the damping the step will
+  /// use, changing nothing.
+  virtual Status compute_refresh_part(int, const BlockDamping<Scalar>&, Matrix&) const {
+    return Status::NotComputed;
+  }
   /// Installs every part's result as the refresh (throws for invalid results).
-  virtual void install_refresh(const std::vector<Matrix>&) {}
+  virtual void install_refresh(const std::vector<Matrix>&, const BlockDamping<Scalar>&) {}
   /// The block as a dense or a recurrent block (nullptr if it is the other kind).
   virtual KroneckerBlock<Scalar>* dense() noexcept { return nullptr; }
   virtual RecurrentKroneckerBlock<Scalar>* recurrent() noexcept { return nullptr; }
@@ -209,16 +213,18 @@ class KfacDenseLayerBlock final : public KfacLayerBlock<Scalar> {
   }
   int refresh_part_count() const noexcept override { return block_.refresh_part_count(); }
   double refresh_part_cost(int k) const override { return block_.refresh_part_cost(k); }
-  void begin_refresh_parts() const override { block_.finish_statistics(); }
-  Status compute_refresh_part(int k, Matrix& result) const override {
-    return block_.compute_refresh_part(k, result);
+  void begin_refresh_parts() override { (void)block_.begin_refresh_parts(); }
+  Status compute_refresh_part(int k, const BlockDamping<Scalar>& damping,
+                              Matrix& result) const override {
+    return block_.compute_refresh_part(k, damping, result);
   }
-  void install_refresh(const std::vector<Matrix>& results) override {
+  void install_refresh(const std::vector<Matrix>& results,
+                       const BlockDamping<Scalar>& damping) override {
     if (results.size() != 2) {
       throw InvalidInputError(op("install_refresh") + ": needs 2 results, got " +
                               std::to_string(results.size()));
     }
-    block_.install_refresh(results[0], results[1]);
+    block_.install_refresh(results[0], results[1], damping);
   }
   KroneckerBlock<Scalar>* dense() noexcept override { return &block_; }
   std::unique_ptr<KfacBlockState<Scalar>> save_state() const override;
