@@ -7,7 +7,7 @@
 # The binary defaults to build/release/examples/fashion_mnist (bash cmake/dev.sh test builds
 # it); e.g. add --float for single precision. For each rank count P = 1, 2, the classifier
 # (784-256-128-10, global batch 1000, 60 steps) is trained by Adam, by K-FAC with Cholesky
-# inverses (formed on every rank) and by K-FAC with eigendecompositions every 20 steps (split
+# inverses (split over the ranks) and by K-FAC with eigendecompositions every 20 steps (split
 # over the ranks). Then the eigendecomposition run on 2 ranks once more with Open MPI's TCP
 # transport on the loopback interface and the ring all-reduce forced, where the interface's
 # transmit counter (/proc/net/dev) sees every byte the ranks exchange: it is compared with the
@@ -67,7 +67,7 @@ row() {
   printf "%-34s %12s %12s %10s\n" "$label" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", a / b }')"
 }
 row "adam" "$(ms_per_step p1_cholesky adam)" "$(ms_per_step p2_cholesky adam)"
-row "kfac (Cholesky, every rank)" "$(ms_per_step p1_cholesky kfac)" "$(ms_per_step p2_cholesky kfac)"
+row "kfac (Cholesky, split)" "$(ms_per_step p1_cholesky kfac)" "$(ms_per_step p2_cholesky kfac)"
 row "kfac (eigendecompositions, split)" "$(ms_per_step p1_eigen kfac)" "$(ms_per_step p2_eigen kfac)"
 grad="$(note_number p2_eigen_tcp "gradients and agreement")"
 stat="$(note_number p2_eigen_tcp "statistics")"
