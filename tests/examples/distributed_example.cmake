@@ -36,16 +36,8 @@ function(distributed out_var)
   set(${out_var} "${out}" PARENT_SCOPE)
 endfunction()
 
-# The CSV rows without the seconds column.
-function(rows csv out_var)
-  file(STRINGS ${csv} lines)
-  set(result "")
-  foreach(line IN LISTS lines)
-    string(REGEX REPLACE "^([^,]*,[^,]*),[^,]*,(.*)$" "\\1,\\2" kept "${line}")
-    list(APPEND result "${kept}")
-  endforeach()
-  set(${out_var} "${result}" PARENT_SCOPE)
-endfunction()
+# rows(CSV OUT_VAR): the CSV rows without the seconds column.
+include(${CMAKE_CURRENT_LIST_DIR}/csv_rows.cmake)
 
 function(require_same a b what)
   rows(${a}/classifier.csv expected)

@@ -18,16 +18,8 @@ function(run)
   endif()
 endfunction()
 
-# The CSV rows without the seconds column.
-function(rows csv out_var)
-  file(STRINGS ${csv} lines)
-  set(result "")
-  foreach(line IN LISTS lines)
-    string(REGEX REPLACE "^([^,]*,[^,]*),[^,]*,(.*)$" "\\1,\\2" kept "${line}")
-    list(APPEND result "${kept}")
-  endforeach()
-  set(${out_var} "${result}" PARENT_SCOPE)
-endfunction()
+# rows(CSV OUT_VAR): the CSV rows without the seconds column.
+include(${CMAKE_CURRENT_LIST_DIR}/csv_rows.cmake)
 
 string(REPLACE "," ";" optimizers "${OPTIMIZERS}")
 foreach(opt IN LISTS optimizers)
