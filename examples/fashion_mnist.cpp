@@ -28,7 +28,7 @@
 /// an MPI job: `mpirun -np P fashion_mnist --distributed ...` splits every global mini-batch
 /// of `--batch` examples over the P ranks (contiguous shares, common/cluster.hpp); Adam and
 /// SGD average the gradients (kfopt::mpi::DataParallelGradients), K-FAC its gradients and
-/// factor statistics and splits its eigendecompositions over the ranks
+/// factor statistics and splits its refreshes (Cholesky inverses or eigendecompositions) over the ranks
 /// (kfopt::mpi::DistributedKfac). Rank 0 prints the progress and the table and writes the CSV
 /// and the checkpoints; the summary adds the optimizers' communication per step, measured
 /// and as the cost model (kfopt/mpi/cost_model.hpp) predicts it. With `--fisher empirical`
