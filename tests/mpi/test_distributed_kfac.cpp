@@ -60,10 +60,8 @@ std::int64_t integer_entry(const kfopt::StateDict& dict, const std::string& name
 
 /// Trains `steps` steps on P ranks (distributed) and one process (reference, every rank);
 /// returns the largest relative difference seen after any step.
-double run_dense(Communicator& comm, int steps, bool unequal, bool distribute_refresh,
-                 Net& dist, Net& one) {
-  kfopt::mpi::DistributedKfacOptions dopt;
-  dopt.distribute_refresh = distribute_refresh;
+double run_dense(Communicator& comm, int steps, bool unequal,
+                 const kfopt::mpi::DistributedKfacOptions& dopt, Net& dist, Net& one) {
   DistributedKfac<double> dk(dist.kfac, comm, dopt);
   const int P = comm.size();
   const Slice s = unequal ? unequal_slice(comm.rank(), P, kGlobal) : equal_slice(comm.rank(), P, kGlobal);
@@ -106,7 +104,9 @@ TEST_CASE("DistributedKfac: dense layers on P ranks equal one process on the glo
       // Refreshes split among the ranks (T_stat = 1) or redundant on every rank (T_stat = 2).
       const bool distribute_refresh = period == 1;
       Net dist(o), one(o);
-      const double worst = run_dense(comm, 40, unequal, distribute_refresh, dist, one);
+      kfopt::mpi::DistributedKfacOptions dopt;
+      dopt.distribute_refresh = distribute_refresh;
+      const double worst = run_dense(comm, 40, unequal, dopt, dist, one);
       if (comm.is_root()) {
         std::printf("DistributedKfac dense, P = %d, %s split, T_stat = %d, %s %s refresh: 40 steps, "
                     "largest relative difference to one process %.3g (parameters and factors)\n",
@@ -124,6 +124,79 @@ TEST_CASE("DistributedKfac: dense layers on P ranks equal one process on the glo
       REQUIRE(everywhere(comm, (dist.W1 - Net(o).W1).norm() > 1e-2));
     }
   }
+}
+
+TEST_CASE("DistributedKfac: broadcasting preconditioned gradients from each layer's owner "
+          "equals one process", "[mpi][kfac]") {
+  Communicator comm;
+  const int P = comm.size();
+  kfopt::mpi::DistributedKfacOptions dopt;
+  dopt.broadcast_preconditioned_gradients = true;
+  for (const auto method : {kfopt::InverseMethod::Eigendecomposition, kfopt::InverseMethod::Cholesky}) {
+    kfopt::KfacOptions o = kfac_options();
+    o.inverse_method = method;
+    Net dist(o), one(o);
+    const double worst = run_dense(comm, 40, true, dopt, dist, one);
+    if (comm.is_root()) {
+      std::printf("DistributedKfac dense, P = %d, unequal split, preconditioned gradients "
+                  "broadcast (%s): 40 steps, largest relative difference to one process %.3g\n",
+                  P, method == kfopt::InverseMethod::Cholesky ? "Cholesky" : "eigendecomposition",
+                  worst);
+    }
+    REQUIRE(everywhere(comm, worst < 1e-11));
+    // The same parameters and momentum on every rank, bit for bit; the refreshed spectra
+    // only on each layer's owner (greedy by cost: fc1 to rank 0, fc2 to rank 1).
+    std::vector<double> shared = fingerprint(kfopt::StateDict{}, {&dist.W1, &dist.W2}, {&dist.b1, &dist.b2});
+    int momenta = 0;
+    const kfopt::StateDict dict = dist.kfac.state_dict();
+    for (const auto& kv : dict.entries()) {
+      if (kv.first.find("momentum") == std::string::npos) continue;
+      momenta += 1;
+      for (auto byte : kv.second.bytes) shared.push_back(static_cast<double>(byte));
+    }
+    REQUIRE(momenta >= 2);
+    REQUIRE(same_bytes_as_rank0(comm, shared));
+    bool owners = true;
+    for (std::size_t i = 0; i < 2; ++i) {
+      owners = owners && dist.kfac.has_inverse(i) == (static_cast<int>(i) == comm.rank());
+    }
+    REQUIRE(everywhere(comm, owners));
+  }
+  // One step's traffic: per layer a status and the preconditioned gradient, from its owner,
+  // as the cost model counts; no refresh is broadcast.
+  Net net(kfac_options());
+  DistributedKfac<double> dk(net.kfac, comm, dopt);
+  const Slice s = equal_slice(comm.rank(), P, kGlobal);
+  const Batch b = global_batch(0);
+  const Mat<double> X = b.X.middleRows(s.begin, s.count), T = b.T.middleRows(s.begin, s.count);
+  net.forward_backward(X, T);
+  dk.record_statistics(net.l1, X, net.G1);
+  dk.record_statistics(net.l2, net.H, net.G2);
+  comm.reset_traffic();
+  REQUIRE(dk.step() == Status::Success);
+  namespace cm = kfopt::mpi::cost_model;
+  const std::vector<cm::LayerShape> shapes{{kIn + 1, kHidden, false, 0}, {kHidden + 1, kOut, false, 0}};
+  const std::int64_t count = (kIn + 1) * kHidden + 1 + (kHidden + 1) * kOut + 1;
+  CHECK(cm::distributed_kfac_preconditioned_count(shapes) == count);
+  CHECK(comm.traffic()[kfopt::mpi::Operation::Broadcast].calls == 4);
+  CHECK(comm.traffic()[kfopt::mpi::Operation::Broadcast].payload_bytes ==
+        static_cast<std::uint64_t>(count * 8));
+  // A NaN gradient on the last rank only: every rank refuses, nothing changes.
+  const Mat<double> W1 = net.W1, W2 = net.W2;
+  net.forward_backward(X, T);
+  dk.record_statistics(net.l1, X, net.G1);
+  dk.record_statistics(net.l2, net.H, net.G2);
+  if (comm.rank() == P - 1) net.dW2(0, 0) = std::numeric_limits<double>::quiet_NaN();
+  REQUIRE(everywhere(comm, dk.step() == Status::NonFiniteInput));
+  REQUIRE(everywhere(comm, net.W1 == W1 && net.W2 == W2));
+  // Adaptive damping with a recurrent layer is refused (its quadratic model needs the
+  // layer's refresh on every rank).
+  kfopt::KfacOptions adaptive = kfac_options();
+  adaptive.adaptive_damping = true;
+  Mat<double> Wr = Mat<double>::Ones(3, 4), dWr = Mat<double>::Zero(3, 4);
+  kfopt::Kfac<double> rk(adaptive);
+  rk.add_recurrent_layer("rnn", Wr, dWr);
+  REQUIRE_THROWS_AS(DistributedKfac<double>(rk, comm, dopt), kfopt::InvalidInputError);
 }
 
 TEST_CASE("DistributedKfac: one statistics all-reduce of the predicted size per step",
@@ -327,7 +400,8 @@ TEST_CASE("DistributedKfac: a recurrent layer (Options 1 and 2, mixed lengths) e
   Communicator comm;
   const int P = comm.size();
   for (const auto approximation :
-       {kfopt::RecurrentApproximation::Option1, kfopt::RecurrentApproximation::Option2}) {
+       {kfopt::RecurrentApproximation::Independent, kfopt::RecurrentApproximation::Option1,
+        kfopt::RecurrentApproximation::Option2}) {
     kfopt::KfacOptions o = kfac_options();
     o.inverse_period = 3;
     SharedLinear dist(o, approximation), one(o, approximation);
@@ -347,6 +421,10 @@ TEST_CASE("DistributedKfac: a recurrent layer (Options 1 and 2, mixed lengths) e
       one.forward_backward(seq, 0, kSequences);
       ok = ok && one.kfac.record_sequence_statistics(one.id, one.A, one.G, one.lengths) == Status::Success;
       ok = ok && one.kfac.step() == Status::Success;
+      if (t == 4 || t == 13) {  // between refreshes: a preparation round without a refresh
+        dist.kfac.set_damping(0.004 * t);
+        one.kfac.set_damping(0.004 * t);
+      }
       auto rel = [](const auto& x, const auto& y) {
         return (x - y).cwiseAbs().maxCoeff() / std::max(y.cwiseAbs().maxCoeff(), 1e-300);
       };
@@ -357,6 +435,17 @@ TEST_CASE("DistributedKfac: a recurrent layer (Options 1 and 2, mixed lengths) e
                         std::abs(bd.mean_length() - bo.mean_length()) / bo.mean_length()});
     }
     REQUIRE(everywhere(comm, ok));
+    // 10 refreshes and 12 preparations (after each refresh and each damping change), two
+    // parts each, every part computed once: the A side (n = 5) by rank 0, the G side (3) by
+    // rank 1. One process prepared as often.
+    Eigen::Matrix<double, 1, 1> computed;
+    computed(0) = static_cast<double>(dk.refresh_parts_computed());
+    const double mine = computed(0);
+    comm.allreduce_sum(computed);
+    CHECK(computed(0) == 44.0);
+    CHECK(everywhere(comm, mine == (comm.rank() < 2 ? 22.0 : 0.0)));
+    CHECK(everywhere(comm, dist.kfac.recurrent_block(dist.id).preparations() == 12 &&
+                               one.kfac.recurrent_block(one.id).preparations() == 12));
     if (comm.is_root()) {
       std::printf("DistributedKfac recurrent %s, P = %d, unequal split: 30 steps, largest "
                   "relative difference to one process %.3g\n",
@@ -365,6 +454,66 @@ TEST_CASE("DistributedKfac: a recurrent layer (Options 1 and 2, mixed lengths) e
     // Observed with Open MPI 4.1 at P = 2 and 3: 5e-15 to 4e-14 over 30 steps.
     REQUIRE(everywhere(comm, worst < 1e-11));
     REQUIRE(same_bytes_as_rank0(comm, fingerprint(dist.kfac.state_dict(), {&dist.W}, {&dist.b})));
+  }
+  // What a refresh step broadcasts for a recurrent layer: the eigendecompositions of A0
+  // (n = 5 with the bias) and G0 (3), then both sides of the preparation (n × (2 + b·n)),
+  // each after a 3-scalar header, as the cost model counts.
+  namespace cm = kfopt::mpi::cost_model;
+  for (const auto approximation :
+       {kfopt::RecurrentApproximation::Independent, kfopt::RecurrentApproximation::Option2}) {
+    SharedLinear net(kfac_options(), approximation);
+    kfopt::mpi::DistributedKfacOptions dopt;
+    dopt.max_sequence_length = 8;
+    DistributedKfac<double> dk(net.kfac, comm, dopt);
+    const Slice s = equal_slice(comm.rank(), P, kSequences);
+    net.forward_backward(global_sequences(0), s.begin, s.count);
+    dk.record_sequence_statistics(net.id, net.A, net.G, net.lengths);
+    comm.reset_traffic();
+    REQUIRE(dk.step() == Status::Success);
+    const std::int64_t b = approximation == kfopt::RecurrentApproximation::Option2 ? 2 : 1;
+    const std::vector<cm::LayerShape> shape{{kSeqIn + 1, kSeqOut, true, 8, b}};
+    const std::int64_t refresh = 3 + 5 * 6 + 3 + 3 * 4;
+    const std::int64_t preparation = 3 + 5 * (2 + b * 5) + 3 + 3 * (2 + b * 3);
+    CHECK(cm::distributed_kfac_refresh_count(shape) == refresh);
+    CHECK(cm::distributed_kfac_cholesky_refresh_count(shape) == refresh);
+    CHECK(cm::distributed_kfac_preparation_count(shape) == preparation);
+    CHECK(comm.traffic()[kfopt::mpi::Operation::Broadcast].calls == 8);
+    CHECK(comm.traffic()[kfopt::mpi::Operation::Broadcast].payload_bytes ==
+          static_cast<std::uint64_t>((refresh + preparation) * 8));
+    // The next step neither refreshes nor prepares: nothing is broadcast.
+    net.forward_backward(global_sequences(1), s.begin, s.count);
+    dk.record_sequence_statistics(net.id, net.A, net.G, net.lengths);
+    comm.reset_traffic();
+    REQUIRE(dk.step() == Status::Success);
+    CHECK(comm.traffic()[kfopt::mpi::Operation::Broadcast].calls == 0);
+  }
+  // Option 2 with the preconditioned gradient broadcast from the layer's owner (rank 0).
+  {
+    kfopt::KfacOptions o = kfac_options();
+    o.inverse_period = 3;
+    SharedLinear dist(o, kfopt::RecurrentApproximation::Option2),
+        one(o, kfopt::RecurrentApproximation::Option2);
+    kfopt::mpi::DistributedKfacOptions dopt;
+    dopt.max_sequence_length = 8;
+    dopt.broadcast_preconditioned_gradients = true;
+    DistributedKfac<double> dk(dist.kfac, comm, dopt);
+    const Slice s = unequal_slice(comm.rank(), P, kSequences);
+    bool ok = true;
+    double worst = 0.0;
+    for (int t = 0; t < 20; ++t) {
+      const Sequences seq = global_sequences(t);
+      dist.forward_backward(seq, s.begin, s.count);
+      dk.record_sequence_statistics(dist.id, dist.A, dist.G, dist.lengths);
+      ok = ok && dk.step_weighted(static_cast<double>(s.count)) == Status::Success;
+      one.forward_backward(seq, 0, kSequences);
+      ok = ok && one.kfac.record_sequence_statistics(one.id, one.A, one.G, one.lengths) == Status::Success;
+      ok = ok && one.kfac.step() == Status::Success;
+      worst = std::max(worst, (dist.W - one.W).cwiseAbs().maxCoeff() / one.W.cwiseAbs().maxCoeff());
+    }
+    REQUIRE(everywhere(comm, ok));
+    REQUIRE(everywhere(comm, worst < 1e-11));
+    REQUIRE(everywhere(comm, dist.kfac.has_inverse(dist.id) == comm.is_root()));
+    REQUIRE(same_bytes_as_rank0(comm, fingerprint(kfopt::StateDict{}, {&dist.W}, {&dist.b})));
   }
   // A sequence longer than the length counts hold, on one rank only: every rank throws.
   SharedLinear dist(kfac_options(), kfopt::RecurrentApproximation::Option2);

@@ -205,3 +205,115 @@ TEST_CASE("K-FAC mixed dense + recurrent layers: each layer moves as in a model 
   CHECK(relative_error(stacked(W, b), stacked(W_orig, b_orig)) <= 1e-14);
   CHECK(relative_error(dense_vec(V), dense_vec(V_orig)) <= 1e-14);
 }
+
+TEST_CASE("K-FAC recurrent layers: a refresh and a preparation computed as parts and installed "
+          "equal the step's own, bit for bit", "[optim][kfac][recurrent][refresh-parts]") {
+  // Two copies of one problem (a recurrent layer and a dense one): one stepped by step(), one
+  // whose refreshes (A0, G0 eigendecompositions) and then preparations (the A and G sides of
+  // appendix C.3) are computed part by part and installed before
+  // step_with_installed_refresh(). The damping changes between refreshes, so that some
+  // steps prepare without a refresh.
+  for (auto approx : {kfopt::RecurrentApproximation::Independent, kfopt::RecurrentApproximation::Option1,
+                      kfopt::RecurrentApproximation::Option2}) {
+    Rng rng(93);
+    const int in = 4, out = 3, m = 5, t_max = 4;
+    kfopt::KfacOptions o = recurrent_options();
+    o.learning_rate = 0.2;
+    o.momentum = 0.5;
+    o.decay = 0.9;
+    o.inverse_period = 3;
+    Mat<double> W1 = rng.normal<double>(out, in), W2 = W1, dW = Mat<double>::Zero(out, in);
+    Vec<double> b1 = rng.normal<double>(out, 1), b2 = b1, db = Vec<double>::Zero(out);
+    Mat<double> V1 = rng.normal<double>(2, out), V2 = V1, dV = Mat<double>::Zero(2, out);
+    kfopt::Kfac<double> own(o), parts(o);
+    const auto rid = own.add_recurrent_layer("rnn", W1, dW, b1, db, {approx});
+    own.add_dense_layer("readout", V1, dV);
+    parts.add_recurrent_layer("rnn", W2, dW, b2, db, {approx});
+    parts.add_dense_layer("readout", V2, dV);
+    int refreshes = 0, preparations = 0;
+    for (int step = 0; step < 10; ++step) {
+      Mat<double> a(t_max * m, in), g(t_max * m, out);
+      for (int i = 0; i < m; ++i) {
+        Vec<double> x = rng.normal<double>(in, 1), y = rng.normal<double>(out, 1);
+        for (int t = 0; t < t_max; ++t) {
+          a.row(t * m + i) = x.transpose();
+          g.row(t * m + i) = y.transpose();
+          x = 0.7 * x + 0.5 * rng.normal<double>(in, 1);
+          y = 0.6 * y + 0.5 * rng.normal<double>(out, 1);
+        }
+      }
+      Eigen::VectorXi lengths(m);
+      lengths << 4, 1, 3, 4, 2;
+      const Mat<double> ad = rng.normal<double>(6, out), gd = rng.normal<double>(6, 2);
+      for (kfopt::Kfac<double>* k : {&own, &parts}) {
+        REQUIRE(k->record_sequence_statistics(rid, a, g, lengths) == kfopt::Status::Success);
+        REQUIRE(k->record_statistics(1, ad, gd) == kfopt::Status::Success);
+      }
+      dW = rng.normal<double>(out, in);
+      db = rng.normal<double>(out, 1);
+      dV = rng.normal<double>(2, out);
+      auto all_parts = [&](int count, auto compute) {
+        std::vector<Mat<double>> results(static_cast<std::size_t>(count));
+        for (int p = 0; p < count; ++p) {
+          REQUIRE(compute(p, results[static_cast<std::size_t>(p)]) == kfopt::Status::Success);
+        }
+        return results;
+      };
+      if (parts.refresh_pending(rid)) {
+        parts.begin_refresh_parts(rid);
+        REQUIRE(parts.refresh_part_count(rid) == 2);
+        const auto results = all_parts(2, [&](int p, Mat<double>& r) {
+          return parts.compute_refresh_part(rid, p, r);
+        });
+        CHECK(results[0].rows() == in + 1);
+        CHECK(results[0].cols() == in + 2);
+        std::vector<Mat<double>> bad = results;
+        bad[0].col(1).setZero();  // not orthonormal
+        CHECK_THROWS_AS(parts.install_refresh(rid, bad), kfopt::InvalidInputError);
+        bad = results;
+        bad[1].conservativeResize(bad[1].rows(), bad[1].cols() - 1);
+        CHECK_THROWS_AS(parts.install_refresh(rid, bad), kfopt::ShapeError);
+        parts.install_refresh(rid, results);
+        ++refreshes;
+      }
+      if (parts.refresh_pending(1)) {  // the dense layer's refresh, as parts too
+        parts.begin_refresh_parts(1);
+        parts.install_refresh(1, all_parts(2, [&](int p, Mat<double>& r) {
+          return parts.compute_refresh_part(1, p, r);
+        }));
+      }
+      const int prep = parts.preparation_part_count(rid);
+      CHECK(parts.preparation_part_count(1) == 0);  // a dense layer prepares nothing
+      if (prep > 0) {
+        REQUIRE(prep == 2);
+        const auto results = all_parts(2, [&](int p, Mat<double>& r) {
+          return parts.compute_preparation_part(rid, p, r);
+        });
+        const int bases = approx == kfopt::RecurrentApproximation::Option2 ? 2 : 1;
+        CHECK(results[1].rows() == out);
+        CHECK(results[1].cols() == 2 + bases * out);
+        std::vector<Mat<double>> bad = results;
+        bad[0](0, 2) = std::numeric_limits<double>::infinity();
+        CHECK_THROWS_AS(parts.install_preparation(rid, bad), kfopt::InvalidInputError);
+        REQUIRE(parts.install_preparation(rid, results) == kfopt::Status::Success);
+        CHECK(parts.preparation_part_count(rid) == 0);  // prepared for this damping
+        ++preparations;
+      }
+      REQUIRE(own.step() == kfopt::Status::Success);
+      REQUIRE(parts.step_with_installed_refresh() == kfopt::Status::Success);
+      INFO(kfopt::to_string(approx) << ", step " << step);
+      REQUIRE(W2 == W1);
+      REQUIRE(b2 == b1);
+      REQUIRE(V2 == V1);
+      if (step == 4 || step == 7) {  // between refreshes (steps 0, 3, 6, 9)
+        own.set_damping(0.02 * (step - 2));
+        parts.set_damping(0.02 * (step - 2));
+      }
+    }
+    CHECK(refreshes == 4);
+    CHECK(preparations == 6);  // after each refresh, and after each damping change
+    // The installed preparations were used, not prepared again: one preparation per install.
+    CHECK(parts.recurrent_block(rid).preparations() == own.recurrent_block(rid).preparations());
+    CHECK(own.state_dict() == parts.state_dict());
+  }
+}

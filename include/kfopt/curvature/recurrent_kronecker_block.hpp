@@ -71,6 +71,10 @@
 ///   (IdentityMinusKroneckerInverse) and four bases (≈ 9(n³+p³) + 11(n³+p³)). Measured:
 ///   2.0–2.6× the independent refresh + preparation at n = 128–512 (README). Under adaptive
 ///   damping that changes λ every step this is paid every step.
+/// - the refresh and the preparation also come as parts, one per factor side, that separate
+///   processes compute and install (refresh_part_count, preparation_part_count): the
+///   eigendecompositions and everything of C.3 that depends on one factor alone; what joins
+///   the two sides (the γ or divisor scale of every pair, O(np·K)) runs at the install.
 /// - `apply_inverse`: Independent 2 products (p·n·(p+n) flops), Option 1 four
 ///   (2pn(p+n)), Option 2 eight (4pn(p+n)); no allocation after the first call.
 /// - `multiply` (undamped F̂, for the quadratic model of adaptive damping): as apply for
@@ -444,6 +448,62 @@ class RecurrentKroneckerBlock {
   /// non-finite λ or floor, or Exact damping with Option 1/2.
   Status prepare(const BlockDamping<Scalar>& damping);
 
+  // --- the refresh and the preparation as parts, for data-parallel processes that split
+  // them among themselves (kfopt::mpi::DistributedKfac): each part depends on one factor
+  // side only, so one process computes it and the others install its result. Installing
+  // the results leaves the block bit for bit as refresh() and prepare() would. -----------
+
+  /// Parts of the refresh: part 0 eigendecomposes A0, part 1 G0.
+  int refresh_part_count() const noexcept { return 2; }
+  /// Flops of refresh part k: ≈ 9n³ (n = cols() for A0, rows() for G0).
+  double refresh_part_cost(int k) const {
+    const double n = static_cast<double>(k == 0 ? cols() : rows());
+    return 9.0 * n * n * n;
+  }
+  /// Called on every process before the refresh parts: what refresh() checks first
+  /// (NotComputed without statistics, NumericalIssue unless E_T[T] > 0), remembered for
+  /// compute_refresh_part and install_refresh. O(T_max).
+  Status begin_refresh_parts();
+  /// Refresh part k (0: A0, 1: G0) of the current statistics into `result`, n × (n + 1):
+  /// the eigenvalues in column 0, the eigenvectors after them (as refresh() computes them),
+  /// changing nothing. Returns begin_refresh_parts' status if that failed, or the
+  /// decomposition's. Cost refresh_part_cost(k).
+  Status compute_refresh_part(int k, Matrix& result) const;
+  /// Installs both refresh parts' results (computed here or in another process from the
+  /// same statistics) as the refresh: the spectra, the snapshot of A0, A1, G0, G1 and the
+  /// length distribution; the next apply prepares again. Throws ShapeError or
+  /// InvalidInputError (nothing changes) unless begin_refresh_parts succeeded and both are
+  /// orthonormal eigendecompositions of the right size (an n³ check each).
+  void install_refresh(const Matrix& a_result, const Matrix& g_result);
+
+  /// Parts of the preparation for `damping` (the step's): 2 (the A side and the G side of
+  /// C.3) when apply_inverse with this damping would prepare now — a refresh has succeeded
+  /// and the prepared inverse is for another refresh, damping or approximation — and the
+  /// damping is factored; 0 otherwise (nothing to prepare, or DampingStyle::Exact, whose
+  /// preparation is O(np) on the refreshed spectra). Throws as prepare() for bad damping.
+  int preparation_part_count(const BlockDamping<Scalar>& damping) const;
+  /// Flops of preparation part k (side of size n): Independent ≈ 2n³ (the damped inverse),
+  /// Option 1 ≈ 15n³ (whitened transition, its eigendecomposition, the basis), Option 2
+  /// ≈ 20n³ (whitened transition, PᵀP, its eigendecomposition, two bases).
+  double preparation_part_cost(int k) const;
+  /// Preparation part k (0: the A side, 1: the G side) for `damping` into `result`, changing
+  /// nothing: n × (2 + b·n) with the side's spectrum (Option 1: ψ clipped to ρ; Option 2:
+  /// the eigenvalues of PᵀP; zeros for Independent) in column 0, the clip count in (0, 1)
+  /// and the side's b bases after them (b = 2 for Option 2, else 1). Returns NotComputed
+  /// before a refresh, NumericalIssue for a singular damped factor, or the status of a
+  /// failed eigendecomposition. Cost preparation_part_cost(k).
+  Status compute_preparation_part(int k, const BlockDamping<Scalar>& damping,
+                                  Matrix& result) const;
+  /// Installs both preparation parts' results for `damping` as the prepared inverse: the
+  /// sides are combined (Option 1: γ for every pair of ψ; Option 2: the divisor guard and
+  /// 1/(E[T](1 − m_G m_A)); O(np·K)) exactly as prepare() combines them. Returns the
+  /// combination's status (NumericalIssue for a refused divisor or γ: nothing changes, and
+  /// the next apply_inverse refuses the same way); throws ShapeError or InvalidInputError
+  /// (nothing changes) for results of the wrong shape, non-finite results, or a damping
+  /// that has no parts.
+  Status install_preparation(const Matrix& a_result, const Matrix& g_result,
+                             const BlockDamping<Scalar>& damping);
+
   /// `out = F̂_λ⁻¹ Z` for Z rows() × cols() (`[∇W ∇b]`), F̂_λ the chosen approximation with
   /// V0 damped as described in the file comment. Returns NotComputed before a refresh,
   /// NonFiniteInput for a non-finite Z, NumericalIssue for a singular damped block (out
@@ -519,6 +579,18 @@ class RecurrentKroneckerBlock {
     Matrix basis;
   };
 
+  /// One factor side's share of a preparation (see compute_preparation_part): everything
+  /// of C.3 that depends on that factor alone.
+  ///  - Independent: `basis` = the damped inverse (G's divided by E_T[T]);
+  ///  - Option 1: `basis` = V0^{∓1/2} U E, `values` = ψ clipped to [−ρ, ρ];
+  ///  - Option 2 (Inverse mode): `basis` = U D E, `basis2` = U D W (W = P E with its
+  ///    singular values clipped to ρ), `values` = the eigenvalues of PᵀP, not yet clipped.
+  struct SidePreparation {
+    Matrix basis, basis2;
+    Vector values;
+    Eigen::Index clipped = 0;
+  };
+
   /// The preparation's intermediates, kept between preparations so that a refresh every
   /// T_inv steps does not allocate (and first-touch) a dozen n×n matrices, eigensolver
   /// workspaces included: with glibc's default allocator, freeing them returned the memory
@@ -528,6 +600,7 @@ class RecurrentKroneckerBlock {
     Side a, g;
     Matrix rotated, symmetric, ma, mg, wa, wg, vectors;
     Vector root, basis_scale;
+    SidePreparation side_a, side_g;                      // the sides build() combines
     detail::DefaultSymmetricEigenKernel<Scalar> kernel;  // Option 1's transition spectra
     IdentityMinusKroneckerInverse<Scalar> middle;        // Option 2's (I − M_A ⊗ M_G)⁻¹
   };
@@ -677,16 +750,7 @@ class RecurrentKroneckerBlock {
     const Status solved = detail::symmetric_eigen(prep_.kernel, P, psi, prep_.vectors);
     if (solved != Status::Success) return solved;
     P.swap(prep_.vectors);
-    const Scalar rho = options_.max_abs_psi;
-    for (Eigen::Index i = 0; i < psi.size(); ++i) {
-      if (psi(i) > rho) {
-        psi(i) = rho;
-        ++clipped;
-      } else if (psi(i) < -rho) {
-        psi(i) = -rho;
-        ++clipped;
-      }
-    }
+    clipped += IdentityMinusKroneckerInverse<Scalar>::clip_eigenvalues(psi, options_.max_abs_psi);
     return Status::Success;
   }
 
@@ -704,8 +768,111 @@ class RecurrentKroneckerBlock {
     }
   }
 
-  /// The damping-dependent preprocessing (appendix C.3) into `p`.
-  Status build(Prepared& p, Mode mode, const BlockDamping<Scalar>& d) const {
+  /// Bases a side's preparation holds for the current approximation.
+  int side_bases() const noexcept {
+    return options_.approximation == RecurrentApproximation::Option2 ? 2 : 1;
+  }
+
+  /// The shifts of factored damping for `d` on the refreshed spectra (see the file comment).
+  FactoredDamping<Scalar> factored_shifts(const BlockDamping<Scalar>& d) const {
+    return factored_tikhonov_damping(a0_spectrum_.trace(), cols(), g0_spectrum_.trace(),
+                                     rows(), d.lambda / snap_mean_, d.floor);
+  }
+
+  /// The options of Option 2's `(I − M_A ⊗ M_G)⁻¹`: eigenvalues of M clipped to ρ², and a
+  /// divisor floor that the clipped spectra always reach.
+  IdentityMinusKroneckerOptions<Scalar> option2_middle_options() const {
+    IdentityMinusKroneckerOptions<Scalar> o;
+    const Scalar rho2 = options_.max_abs_psi * options_.max_abs_psi;
+    o.max_abs_eigenvalue = rho2;
+    o.min_divisor = std::min(o.min_divisor, (Scalar(1) - rho2 * rho2) / Scalar(4));
+    return o;
+  }
+
+  /// Side k (0: A, 1: G) of the preparation for `mode` with the factored shifts `fd`, into
+  /// `out`. Independent and Option 2 in Inverse mode only; Option 1 in both modes.
+  Status prepare_side(int k, Mode mode, const FactoredDamping<Scalar>& fd,
+                      SidePreparation& out) const {
+    const SymmetricEigenCache<Scalar>& f0 = k == 0 ? a0_spectrum_ : g0_spectrum_;
+    const Scalar shift = k == 0 ? fd.a_shift : fd.g_shift;
+    out.clipped = 0;
+    if (options_.approximation == RecurrentApproximation::Independent) {
+      out.basis = f0.damped_inverse(shift);
+      if (k == 1) out.basis /= snap_mean_;
+      out.values.setZero(f0.eigenvalues().size());
+      out.basis2.resize(0, 0);
+      return Status::Success;
+    }
+    Side& side = k == 0 ? prep_.a : prep_.g;
+    whitened_transition(f0, k == 0 ? snap_a1_ : snap_g1_, shift, mode, side);
+    if (options_.approximation == RecurrentApproximation::Option1) {
+      // Ψ̂ = V0^{-1/2} ((F1 + F1ᵀ)/2) V0^{-1/2} = (U E) diag(ψ) (U E)ᵀ, E the eigenvectors
+      // of the symmetrized P; the basis is V0^{∓1/2} U E.
+      const Status s = symmetric_transition_eigen(side.transition, out.values, out.clipped);
+      if (s != Status::Success) return s;
+      out.basis.noalias() = side.basis * side.transition;
+      out.basis2.resize(0, 0);
+      return Status::Success;
+    }
+    // Option 2: M = Ψ̂ᵀ Ψ̂ = U (PᵀP) Uᵀ has the eigenvectors U E, E those of PᵀP;
+    // Q = Ψ̂ (U E) = U (P E) has its singular values clipped to ρ in W = P E (U is
+    // orthogonal, so W has Q's column norms).
+    transposed_gram(side.transition, prep_.ma);
+    const Status s = detail::symmetric_eigen(prep_.kernel, prep_.ma, out.values, prep_.vectors);
+    if (s != Status::Success) return s;
+    prep_.wa.noalias() = side.transition * prep_.vectors;
+    clip_singular_values(prep_.wa, out.clipped);
+    out.basis.noalias() = side.basis * prep_.vectors;
+    out.basis2.noalias() = side.basis * prep_.wa;
+    return Status::Success;
+  }
+
+  /// Combines both sides into `p` (whose header build() or install_preparation filled):
+  /// the bases, and the scale of every (i, j) pair. Consumes the sides' storage.
+  Status combine_sides(Mode mode, SidePreparation& a, SidePreparation& g, Prepared& p) const {
+    const Eigen::Index n = cols(), q = rows();
+    p.clipped = a.clipped + g.clipped;
+    p.right.swap(a.basis);
+    p.left.swap(g.basis);
+    if (options_.approximation == RecurrentApproximation::Independent) return Status::Success;
+    if (options_.approximation == RecurrentApproximation::Option1) {
+      // F̂^{∓1} = (B_A ⊗ B_G) diag(γ^{±1}) (B_A ⊗ B_G)ᵀ.
+      p.scale.resize(q, n);
+      using Work = typename std::conditional<(sizeof(Scalar) < sizeof(double)), double, Scalar>::type;
+      for (Eigen::Index j = 0; j < n; ++j) {
+        for (Eigen::Index i = 0; i < q; ++i) {
+          const Work x = static_cast<Work>(g.values(i)) * static_cast<Work>(a.values(j));
+          const Work eta = temporal_eta_mean<Work>(x, snap_lengths_);
+          if (!(eta > Work(0)) || !std::isfinite(static_cast<double>(eta))) {
+            return Status::NumericalIssue;
+          }
+          p.scale(i, j) = static_cast<Scalar>(mode == Mode::Inverse ? Work(1) / eta : eta);
+        }
+      }
+      return Status::Success;
+    }
+    // Option 2, F̂⁻¹ = E[T]⁻¹ V0^{-1/2}(I − Ψ̂)(E_A ⊗ E_G) diag(1/(1 − m_G m_Aᵀ)) (…)ᵀ V0^{-1/2}
+    // with V0^{-1/2}(I − Ψ̂)(U_A E_A ⊗ U_G E_G) = (U_A D_A E_A) ⊗ (U_G D_G E_G) −
+    // (U_A D_A W_A) ⊗ (U_G D_G W_G).
+    using Middle = IdentityMinusKroneckerInverse<Scalar>;
+    const IdentityMinusKroneckerOptions<Scalar> mo = option2_middle_options();
+    (void)Middle::clip_eigenvalues(a.values, mo.max_abs_eigenvalue);
+    (void)Middle::clip_eigenvalues(g.values, mo.max_abs_eigenvalue);
+    Scalar smallest = Scalar(0);
+    const Status admitted = Middle::check_divisors(g.values, a.values, mo.min_divisor, smallest);
+    if (admitted != Status::Success) return admitted;
+    p.right2.swap(a.basis2);
+    p.left2.swap(g.basis2);
+    const Scalar mean = p.mean_length;
+    p.scale.resize(q, n);
+    for (Eigen::Index j = 0; j < n; ++j)
+      for (Eigen::Index i = 0; i < q; ++i)
+        p.scale(i, j) = Scalar(1) / (mean * (Scalar(1) - g.values(i) * a.values(j)));
+    return Status::Success;
+  }
+
+  /// Fills the header of `p` (what matches() compares) for a preparation of `mode`, `d`.
+  void begin_prepared(Prepared& p, Mode mode, const BlockDamping<Scalar>& d) const {
     p.valid = false;
     p.version = version_;
     p.mode = mode;
@@ -716,6 +883,11 @@ class RecurrentKroneckerBlock {
     p.clipped = 0;
     p.exact_lambda = Scalar(0);
     p.mean_length = snap_mean_;
+  }
+
+  /// The damping-dependent preprocessing (appendix C.3) into `p`.
+  Status build(Prepared& p, Mode mode, const BlockDamping<Scalar>& d) const {
+    begin_prepared(p, mode, d);
     const Scalar mean = snap_mean_;
     const Eigen::Index n = cols(), q = rows();
 
@@ -744,27 +916,12 @@ class RecurrentKroneckerBlock {
     }
 
     // Factored Tikhonov damping of V0 by λ / E_T[T] (see the file comment).
-    const FactoredDamping<Scalar> fd = factored_tikhonov_damping(
-        a0_spectrum_.trace(), n, g0_spectrum_.trace(), q, d.lambda / mean, d.floor);
+    const FactoredDamping<Scalar> fd = factored_shifts(d);
     p.a_shift = fd.a_shift;
     p.g_shift = fd.g_shift;
     if (mode == Mode::Inverse &&
         (!a0_spectrum_.is_invertible(fd.a_shift) || !g0_spectrum_.is_invertible(fd.g_shift))) {
       return Status::NumericalIssue;
-    }
-
-    if (options_.approximation == RecurrentApproximation::Independent) {
-      if (mode == Mode::Inverse) {
-        p.left = g0_spectrum_.damped_inverse(fd.g_shift) / mean;
-        p.right = a0_spectrum_.damped_inverse(fd.a_shift);
-      } else {
-        p.left = mean * snap_g0_;
-        p.left.diagonal().array() += mean * fd.g_shift;
-        p.right = snap_a0_;
-        p.right.diagonal().array() += fd.a_shift;
-      }
-      p.valid = true;
-      return Status::Success;
     }
 
     // Everything below works in the eigenbases of the damped V0 factors, F0 + δI = U Λ Uᵀ:
@@ -773,49 +930,36 @@ class RecurrentKroneckerBlock {
     // basis the preparation needs is U D (or U Λ^{1/2}) times an n×n matrix, so no dense
     // root is formed: Option 1 costs 3 n×n×n products per side and Option 2 (inverse mode)
     // 5.5, against 4 and 7 with the dense roots (bench_rnn_kfac's rnn_preprocess rows).
-    Side& a_side = prep_.a;
-    Side& g_side = prep_.g;
-    whitened_transition(a0_spectrum_, snap_a1_, fd.a_shift, mode, a_side);
-    whitened_transition(g0_spectrum_, snap_g1_, fd.g_shift, mode, g_side);
-
-    if (options_.approximation == RecurrentApproximation::Option1) {
-      // Ψ̂_A = A0^{-1/2} ((A1 + A1ᵀ)/2) A0^{-1/2} = (U_A E_A) diag(ψ_A) (U_A E_A)ᵀ (and G
-      // alike), E_A the eigenvectors of the symmetrized P_A.
-      Matrix& ea = a_side.transition;  // becomes E_A
-      Matrix& eg = g_side.transition;
-      Vector& psi_a = prep_.root;
-      Vector& psi_g = prep_.basis_scale;
-      Status s = symmetric_transition_eigen(ea, psi_a, p.clipped);
-      if (s == Status::Success) s = symmetric_transition_eigen(eg, psi_g, p.clipped);
+    const bool by_sides = options_.approximation == RecurrentApproximation::Option1 ||
+                          mode == Mode::Inverse;
+    if (by_sides) {
+      Status s = prepare_side(0, mode, fd, prep_.side_a);
+      if (s == Status::Success) s = prepare_side(1, mode, fd, prep_.side_g);
+      if (s == Status::Success) s = combine_sides(mode, prep_.side_a, prep_.side_g, p);
       if (s != Status::Success) return s;
-      // F̂^{∓1} = (B_A ⊗ B_G) diag(γ^{±1}) (B_A ⊗ B_G)ᵀ with B = V0^{∓1/2} U E.
-      p.right.noalias() = a_side.basis * ea;
-      p.left.noalias() = g_side.basis * eg;
-      p.scale.resize(q, n);
-      using Work = typename std::conditional<(sizeof(Scalar) < sizeof(double)), double, Scalar>::type;
-      for (Eigen::Index j = 0; j < n; ++j) {
-        for (Eigen::Index i = 0; i < q; ++i) {
-          const Work x = static_cast<Work>(psi_g(i)) * static_cast<Work>(psi_a(j));
-          const Work eta = temporal_eta_mean<Work>(x, snap_lengths_);
-          if (!(eta > Work(0)) || !std::isfinite(static_cast<double>(eta))) {
-            return Status::NumericalIssue;
-          }
-          p.scale(i, j) = static_cast<Scalar>(mode == Mode::Inverse ? Work(1) / eta : eta);
-        }
-      }
       p.valid = true;
       return Status::Success;
     }
 
-    // Option 2. Ψ̂_A = U_A P_A U_Aᵀ (not symmetric), M_A = Ψ̂_Aᵀ Ψ̂_A = U_A (P_Aᵀ P_A) U_Aᵀ:
-    // M's eigenvectors are U E with E those of PᵀP, its eigenvalues the same.
+    if (options_.approximation == RecurrentApproximation::Independent) {  // Forward
+      p.left = mean * snap_g0_;
+      p.left.diagonal().array() += mean * fd.g_shift;
+      p.right = snap_a0_;
+      p.right.diagonal().array() += fd.a_shift;
+      p.valid = true;
+      return Status::Success;
+    }
+
+    // Option 2, Forward: F̂ = E[T] V0^{1/2} ((I − Ψ̂)⁻¹ + (I − Ψ̂ᵀ)⁻¹ − I) V0^{1/2} with the
+    // clipped Ψ̂ = U (W Eᵀ) Uᵀ (the Stein inverse is basis-independent only up to that
+    // rotation, so Ψ̂ is formed in the original coordinates).
+    Side& a_side = prep_.a;
+    Side& g_side = prep_.g;
+    whitened_transition(a0_spectrum_, snap_a1_, fd.a_shift, mode, a_side);
+    whitened_transition(g0_spectrum_, snap_g1_, fd.g_shift, mode, g_side);
     transposed_gram(a_side.transition, prep_.ma);
     transposed_gram(g_side.transition, prep_.mg);
-    IdentityMinusKroneckerOptions<Scalar> imk_options;
-    const Scalar rho2 = options_.max_abs_psi * options_.max_abs_psi;
-    imk_options.max_abs_eigenvalue = rho2;
-    imk_options.min_divisor =
-        std::min(imk_options.min_divisor, (Scalar(1) - rho2 * rho2) / Scalar(4));
+    const IdentityMinusKroneckerOptions<Scalar> imk_options = option2_middle_options();
     IdentityMinusKroneckerInverse<Scalar>& middle = prep_.middle;
     if (middle.options().max_abs_eigenvalue != imk_options.max_abs_eigenvalue ||
         middle.options().min_divisor != imk_options.min_divisor) {
@@ -825,41 +969,20 @@ class RecurrentKroneckerBlock {
     if (middle.info() != Status::Success) return middle.info();
     const Matrix& ea = middle.eigenvectors_A();
     const Matrix& eg = middle.eigenvectors_G();
-    // Q = Ψ̂ (U E) = U (P E) with singular values clipped to ρ (consistent with the clipped
-    // M); U is orthogonal, so W = P E has Q's column norms and is clipped in its place.
     Matrix& wa = prep_.wa;
     Matrix& wg = prep_.wg;
     wa.noalias() = a_side.transition * ea;
     wg.noalias() = g_side.transition * eg;
     clip_singular_values(wa, p.clipped);
     clip_singular_values(wg, p.clipped);
-    if (mode == Mode::Inverse) {
-      // F̂⁻¹ = E[T]⁻¹ V0^{-1/2}(I − Ψ̂)(E_A ⊗ E_G) diag(1/(1 − m_G m_Aᵀ)) (…)ᵀ V0^{-1/2}:
-      // V0^{-1/2}(I − Ψ̂)(U_A E_A ⊗ U_G E_G) = (U_A D_A E_A) ⊗ (U_G D_G E_G) −
-      // (U_A D_A W_A) ⊗ (U_G D_G W_G).
-      p.right.noalias() = a_side.basis * ea;
-      p.left.noalias() = g_side.basis * eg;
-      p.right2.noalias() = a_side.basis * wa;
-      p.left2.noalias() = g_side.basis * wg;
-      const Vector& ma_values = middle.eigenvalues_A();
-      const Vector& mg_values = middle.eigenvalues_G();
-      p.scale.resize(q, n);
-      for (Eigen::Index j = 0; j < n; ++j)
-        for (Eigen::Index i = 0; i < q; ++i)
-          p.scale(i, j) = Scalar(1) / (mean * (Scalar(1) - mg_values(i) * ma_values(j)));
-    } else {
-      // F̂ = E[T] V0^{1/2} ((I − Ψ̂)⁻¹ + (I − Ψ̂ᵀ)⁻¹ − I) V0^{1/2} with the clipped
-      // Ψ̂ = U (W Eᵀ) Uᵀ (the Stein inverse is basis-independent only up to that rotation,
-      // so Ψ̂ is formed in the original coordinates).
-      const Matrix pa = a0_spectrum_.eigenvectors() * (wa * ea.transpose()) *
-                        a0_spectrum_.eigenvectors().transpose();
-      const Matrix pg = g0_spectrum_.eigenvectors() * (wg * eg.transpose()) *
-                        g0_spectrum_.eigenvectors().transpose();
-      p.stein.compute(pa, pg);
-      if (p.stein.info() != Status::Success) return p.stein.info();
-      p.right = a0_spectrum_.sqrt(fd.a_shift);
-      p.left = g0_spectrum_.sqrt(fd.g_shift);
-    }
+    const Matrix pa = a0_spectrum_.eigenvectors() * (wa * ea.transpose()) *
+                      a0_spectrum_.eigenvectors().transpose();
+    const Matrix pg = g0_spectrum_.eigenvectors() * (wg * eg.transpose()) *
+                      g0_spectrum_.eigenvectors().transpose();
+    p.stein.compute(pa, pg);
+    if (p.stein.info() != Status::Success) return p.stein.info();
+    p.right = a0_spectrum_.sqrt(fd.a_shift);
+    p.left = g0_spectrum_.sqrt(fd.g_shift);
     p.valid = true;
     return Status::Success;
   }
@@ -920,6 +1043,11 @@ class RecurrentKroneckerBlock {
   SequenceLengths snap_lengths_;
   Scalar snap_mean_ = Scalar(0);
   std::int64_t version_ = 0;
+  // A refresh split into parts (begin_refresh_parts … install_refresh): its status and the
+  // length distribution it will install.
+  Status parts_status_ = Status::NotComputed;
+  SequenceLengths parts_lengths_;
+  Scalar parts_mean_ = Scalar(0);
 
   Prepared inverse_, forward_, stage_;
   std::int64_t preparations_ = 0;
@@ -1031,6 +1159,155 @@ Status RecurrentKroneckerBlock<Scalar>::prepare(const BlockDamping<Scalar>& damp
   if (matches(inverse_, Mode::Inverse, damping)) return Status::Success;
   const Status s = build(stage_, Mode::Inverse, damping);
   if (s != Status::Success) return s;
+  std::swap(inverse_, stage_);
+  ++preparations_;
+  return Status::Success;
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::begin_refresh_parts() {
+  parts_status_ = Status::NotComputed;
+  if (!has_statistics()) return parts_status_;
+  SequenceLengths lengths = lengths_.distribution(options_.length_cutoff);
+  const double mean = lengths.mean();
+  if (!(mean > 0.0) || !std::isfinite(mean)) {
+    parts_status_ = Status::NumericalIssue;
+    return parts_status_;
+  }
+  parts_lengths_ = std::move(lengths);
+  parts_mean_ = static_cast<Scalar>(mean);
+  parts_status_ = Status::Success;
+  return parts_status_;
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::compute_refresh_part(int k, Matrix& result) const {
+  if (k != 0 && k != 1) {
+    throw InvalidInputError(operation("compute_refresh_part") + ": part " + std::to_string(k) +
+                            " does not exist (0: A0, 1: G0)");
+  }
+  if (parts_status_ != Status::Success) return parts_status_;
+  SymmetricEigenCache<Scalar> f;
+  const Status s = f.compute(k == 0 ? a_.a0() : g_.a0()).info();  // as refresh() computes it
+  if (s != Status::Success) return s;
+  const Eigen::Index n = f.eigenvalues().size();
+  result.resize(n, n + 1);
+  result.col(0) = f.eigenvalues();
+  result.rightCols(n) = f.eigenvectors();
+  return Status::Success;
+}
+
+template <typename Scalar>
+void RecurrentKroneckerBlock<Scalar>::install_refresh(const Matrix& a_result, const Matrix& g_result) {
+  const std::string op = operation("install_refresh");
+  if (parts_status_ != Status::Success) {
+    throw InvalidInputError(op + ": no refresh to install (begin_refresh_parts returned " +
+                            to_string(parts_status_) + ")");
+  }
+  auto check = [&](const Matrix& r, Eigen::Index n, const char* what) {
+    detail::require_shape(op.c_str(), what, r, n, n + 1);
+    SymmetricEigenCache<Scalar>::check_decomposition(op + " (" + what + ")", r.col(0),
+                                                     r.rightCols(n), n);
+  };
+  check(a_result, cols(), "A0's eigendecomposition");
+  check(g_result, rows(), "G0's eigendecomposition");
+  a0_stage_.set_decomposition(a_result.col(0), a_result.rightCols(cols()));
+  g0_stage_.set_decomposition(g_result.col(0), g_result.rightCols(rows()));
+  std::swap(a0_spectrum_, a0_stage_);
+  std::swap(g0_spectrum_, g0_stage_);
+  snap_a0_ = a_.a0();
+  snap_a1_ = a_.a1();
+  snap_g0_ = g_.a0();
+  snap_g1_ = g_.a1();
+  snap_lengths_ = parts_lengths_;
+  snap_mean_ = parts_mean_;
+  ++version_;
+  parts_status_ = Status::NotComputed;  // installed once
+}
+
+template <typename Scalar>
+int RecurrentKroneckerBlock<Scalar>::preparation_part_count(const BlockDamping<Scalar>& damping) const {
+  check_damping(operation("preparation_part_count"), damping);
+  if (!has_inverse() || damping.style == DampingStyle::Exact) return 0;
+  return matches(inverse_, Mode::Inverse, damping) ? 0 : 2;
+}
+
+template <typename Scalar>
+double RecurrentKroneckerBlock<Scalar>::preparation_part_cost(int k) const {
+  const double n = static_cast<double>(k == 0 ? cols() : rows());
+  switch (options_.approximation) {
+    case RecurrentApproximation::Independent: return 2.0 * n * n * n;
+    case RecurrentApproximation::Option1: return 15.0 * n * n * n;
+    case RecurrentApproximation::Option2: return 20.0 * n * n * n;
+  }
+  return 0.0;
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::compute_preparation_part(int k, const BlockDamping<Scalar>& damping,
+                                                                 Matrix& result) const {
+  const std::string op = operation("compute_preparation_part");
+  check_damping(op, damping);
+  if (k != 0 && k != 1) {
+    throw InvalidInputError(op + ": part " + std::to_string(k) +
+                            " does not exist (0: the A side, 1: the G side)");
+  }
+  if (damping.style == DampingStyle::Exact) {
+    throw InvalidInputError(op + ": exact damping's preparation has no parts");
+  }
+  if (!has_inverse()) return Status::NotComputed;
+  const FactoredDamping<Scalar> fd = factored_shifts(damping);
+  const SymmetricEigenCache<Scalar>& f0 = k == 0 ? a0_spectrum_ : g0_spectrum_;
+  if (!f0.is_invertible(k == 0 ? fd.a_shift : fd.g_shift)) return Status::NumericalIssue;
+  SidePreparation side;
+  const Status s = prepare_side(k, Mode::Inverse, fd, side);
+  if (s != Status::Success) return s;
+  const Eigen::Index n = side.basis.rows();
+  const int b = side_bases();
+  result.setZero(n, 2 + b * n);
+  result.col(0) = side.values;
+  result(0, 1) = static_cast<Scalar>(side.clipped);
+  result.middleCols(2, n) = side.basis;
+  if (b == 2) result.rightCols(n) = side.basis2;
+  return Status::Success;
+}
+
+template <typename Scalar>
+Status RecurrentKroneckerBlock<Scalar>::install_preparation(const Matrix& a_result,
+                                                            const Matrix& g_result,
+                                                            const BlockDamping<Scalar>& damping) {
+  const std::string op = operation("install_preparation");
+  if (preparation_part_count(damping) == 0) {
+    throw InvalidInputError(op + ": nothing to prepare for this damping (no refresh, exact "
+                            "damping, or already prepared)");
+  }
+  const int b = side_bases();
+  auto unpack = [&](const Matrix& r, Eigen::Index n, const char* what, SidePreparation& side) {
+    detail::require_shape(op.c_str(), what, r, n, 2 + b * n);
+    detail::require_finite(op.c_str(), what, r);
+    const Scalar clipped = r(0, 1);
+    if (!(clipped >= Scalar(0)) || clipped > static_cast<Scalar>(n)) {
+      throw InvalidInputError(op + ": " + what + " holds a clip count of " +
+                              std::to_string(static_cast<double>(clipped)));
+    }
+    side.values = r.col(0);
+    side.clipped = static_cast<Eigen::Index>(clipped);
+    side.basis = r.middleCols(2, n);
+    if (b == 2) {
+      side.basis2 = r.rightCols(n);
+    } else {
+      side.basis2.resize(0, 0);
+    }
+  };
+  unpack(a_result, cols(), "the A side", prep_.side_a);
+  unpack(g_result, rows(), "the G side", prep_.side_g);
+  const FactoredDamping<Scalar> fd = factored_shifts(damping);
+  begin_prepared(stage_, Mode::Inverse, damping);
+  stage_.a_shift = fd.a_shift;
+  stage_.g_shift = fd.g_shift;
+  const Status s = combine_sides(Mode::Inverse, prep_.side_a, prep_.side_g, stage_);
+  if (s != Status::Success) return s;
+  stage_.valid = true;
   std::swap(inverse_, stage_);
   ++preparations_;
   return Status::Success;

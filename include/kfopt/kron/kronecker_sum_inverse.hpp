@@ -580,8 +580,24 @@ class IdentityMinusKroneckerInverse : public detail::KroneckerEigenInverseBase<S
   }
 
 
-  Eigen::Index clip(Vector& values) const {
-    const Scalar rho = options_.max_abs_eigenvalue;
+  Eigen::Index clip(Vector& values) const { return clip_eigenvalues(values, options_.max_abs_eigenvalue); }
+
+  /// `scale(i, j) = 1 / (1 − g_i a_j)` behind the floor of the options.
+  Status fill_scale(const Vector& g, const Vector& a) {
+    const Status admitted = check_divisors(g, a, options_.min_divisor, min_divisor_);
+    if (admitted != Status::Success) return admitted;
+    for (Eigen::Index j = 0; j < a.size(); ++j) {
+      for (Eigen::Index i = 0; i < g.size(); ++i) {
+        core_.scale(i, j) = Scalar(1) / (Scalar(1) - g(i) * a(j));
+      }
+    }
+    return Status::Success;
+  }
+
+ public:
+  /// Clips `values` into [−ρ, ρ] in place and returns how many were clipped (what compute
+  /// does to both spectra with `clip_eigenvalues` set, ρ = max_abs_eigenvalue).
+  static Eigen::Index clip_eigenvalues(Vector& values, Scalar rho) {
     Eigen::Index count = 0;
     for (Eigen::Index i = 0; i < values.size(); ++i) {
       if (values(i) > rho) {
@@ -595,27 +611,27 @@ class IdentityMinusKroneckerInverse : public detail::KroneckerEigenInverseBase<S
     return count;
   }
 
-  /// `scale(i, j) = 1 / (1 − g_i a_j)` behind the floor of the options.
-  Status fill_scale(const Vector& g, const Vector& a) {
-    Scalar min_divisor = std::numeric_limits<Scalar>::infinity();
+  /// The divisor guard of compute: Success when every `1 − g_i a_j` is finite and at least
+  /// `min_divisor`, NumericalIssue otherwise. `smallest` receives the smallest divisor, or
+  /// the first one that failed. O(pn).
+  static Status check_divisors(const Vector& g, const Vector& a, Scalar min_divisor,
+                               Scalar& smallest) {
+    Scalar found = std::numeric_limits<Scalar>::infinity();
     for (Eigen::Index j = 0; j < a.size(); ++j) {
       for (Eigen::Index i = 0; i < g.size(); ++i) {
         const Scalar divisor = Scalar(1) - g(i) * a(j);
-        if (!(divisor >= options_.min_divisor) || !std::isfinite(divisor)) {
-          min_divisor_ = divisor;
+        if (!(divisor >= min_divisor) || !std::isfinite(divisor)) {
+          smallest = divisor;
           return Status::NumericalIssue;
         }
-        min_divisor = std::min(min_divisor, divisor);
+        found = std::min(found, divisor);
       }
     }
-    min_divisor_ = min_divisor;
-    for (Eigen::Index j = 0; j < a.size(); ++j) {
-      for (Eigen::Index i = 0; i < g.size(); ++i) {
-        core_.scale(i, j) = Scalar(1) / (Scalar(1) - g(i) * a(j));
-      }
-    }
+    smallest = found;
     return Status::Success;
   }
+
+ private:
 
   Options options_;
   Vector a_, g_;

@@ -67,7 +67,10 @@
 /// **Data-parallel K-FAC as built** (DistributedKfac): the statistics message also carries
 /// the counts that make unequal splits and refusals exact (distributed_kfac_statistics_count),
 /// and the refresh broadcasts eigenvectors and eigenvalues with a small header per factor
-/// (distributed_kfac_refresh_count); the MPI tests check both against the traffic counters.
+/// (distributed_kfac_refresh_count), and a recurrent layer's damping-dependent preparation
+/// (the Option 1/2 bases, or the Independent approximation's damped inverses) as two more
+/// parts with their headers (distributed_kfac_preparation_count); the MPI tests check them
+/// against the traffic counters.
 ///
 /// ## Checked against the wire
 ///
@@ -83,6 +86,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 namespace kfopt {
@@ -124,6 +128,9 @@ struct LayerShape {
   std::int64_t output_dim = 0;  ///< g_l
   bool recurrent = false;       ///< adds A1, G1 (full) and the length histogram
   std::int64_t max_length = 0;  ///< T_max of the recurrent layer's sequences
+  /// n × n bases per factor side of a recurrent layer's prepared inverse: 1 for the
+  /// Independent approximation and Option 1, 2 for Option 2.
+  std::int64_t prepared_bases = 1;
 };
 
 /// m_stat: elements of one fused statistics all-reduce over all layers.
@@ -180,27 +187,53 @@ inline std::int64_t distributed_kfac_statistics_count(const std::vector<LayerSha
   return m;
 }
 
-/// Elements DistributedKfac broadcasts per refresh with distribute_refresh (all dense layers
-/// due): per factor of size n a 3-element header and its eigenvalues and eigenvectors,
-/// n(n+1) + 3. Bytes over all ranks: (P−1) · count · s (broadcast_bytes_total).
+/// Elements DistributedKfac broadcasts per refresh with distribute_refresh (all layers
+/// due): per factor of size n (A and G of a dense layer, A0 and G0 of a recurrent one) a
+/// 3-element header and its eigenvalues and eigenvectors, n(n+1) + 3. Bytes over all ranks:
+/// (P−1) · count · s (broadcast_bytes_total).
 inline std::int64_t distributed_kfac_refresh_count(const std::vector<LayerShape>& layers) {
   std::int64_t m = 0;
   for (const auto& l : layers) {
-    if (l.recurrent) continue;  // refreshed redundantly on every rank
     m += l.input_dim * (l.input_dim + 1) + 3 + l.output_dim * (l.output_dim + 1) + 3;
   }
   return m;
 }
 
 /// Elements DistributedKfac broadcasts per refresh with distribute_refresh and
-/// InverseMethod::Cholesky: per factor of size n a 3-element header and its n × n damped
-/// inverse, n² + 3.
+/// InverseMethod::Cholesky: per dense factor of size n a 3-element header and its n × n
+/// damped inverse, n² + 3; a recurrent layer's A0 and G0 are eigendecomposed whatever the
+/// inverse method (n(n+1) + 3 each).
 inline std::int64_t distributed_kfac_cholesky_refresh_count(const std::vector<LayerShape>& layers) {
   std::int64_t m = 0;
   for (const auto& l : layers) {
-    if (l.recurrent) continue;  // refreshed redundantly on every rank
-    m += l.input_dim * l.input_dim + 3 + l.output_dim * l.output_dim + 3;
+    if (l.recurrent) {
+      m += l.input_dim * (l.input_dim + 1) + 3 + l.output_dim * (l.output_dim + 1) + 3;
+    } else {
+      m += l.input_dim * l.input_dim + 3 + l.output_dim * l.output_dim + 3;
+    }
   }
+  return m;
+}
+
+/// Elements DistributedKfac broadcasts per preparation of the recurrent layers (after each
+/// refresh, and on any step whose damping changed; factored damping): per factor side of
+/// size n a 3-element header and n × (2 + b·n) (the side's spectrum, its clip count and its
+/// b = prepared_bases n × n bases). Dense layers prepare nothing.
+inline std::int64_t distributed_kfac_preparation_count(const std::vector<LayerShape>& layers) {
+  std::int64_t m = 0;
+  for (const auto& l : layers) {
+    if (!l.recurrent) continue;
+    for (const std::int64_t n : {l.input_dim, l.output_dim}) m += n * (2 + l.prepared_bases * n) + 3;
+  }
+  return m;
+}
+
+/// Elements DistributedKfac broadcasts per step with broadcast_preconditioned_gradients: per
+/// layer a 1-element header (the owner's status) and the preconditioned gradient,
+/// a_l g_l + 1. Bytes over all ranks: (P−1) · count · s per step.
+inline std::int64_t distributed_kfac_preconditioned_count(const std::vector<LayerShape>& layers) {
+  std::int64_t m = 0;
+  for (const auto& l : layers) m += l.input_dim * l.output_dim + 1;
   return m;
 }
 

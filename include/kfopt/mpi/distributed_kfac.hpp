@@ -47,24 +47,48 @@
 ///    State::counters.skipped_nonfinite, and the registered gradients hold NaN on every rank
 ///    (as DataParallelGradients leaves them). (One process would refuse only the layers whose
 ///    batch was bad and still take the others; a distributed step is one transaction.)
-/// 4. **Refresh and step**: on a refresh step (every T_inv steps), the dense layers' refresh
-///    work, two parts per layer (A_l and G_l), is assigned to the ranks by assign_greedy
-///    (largest cost first to the least-loaded rank; every rank computes the same plan from
-///    the shapes), computed once by its owner and broadcast (status and shape, then the
-///    result), and installed on every rank (KroneckerBlock::install_refresh); then
-///    Kfac::step_with_installed_refresh() on every rank. A part is, with
-///    InverseMethod::Eigendecomposition, the factor's eigendecomposition (≈ 9n³ flops;
-///    eigenvalues and eigenvectors are sent, and the install checks orthonormality with an
-///    n³ product); with InverseMethod::Cholesky, the factor's damped inverse (F + δI)⁻¹ for
-///    the step's damping (≈ n³ flops; the n × n inverse is sent, its shape and finiteness
-///    checked), formed from the O(n²) snapshot every rank takes. (Unlike Kfac::step, which
+/// 4. **Refresh and step**: on a refresh step (every T_inv steps), the refresh work, two
+///    parts per layer (A_l and G_l; A0_l and G0_l for a recurrent layer), is assigned to the
+///    ranks by assign_greedy (largest cost first to the least-loaded rank; every rank
+///    computes the same plan from the shapes), computed once by its owner and broadcast
+///    (status and shape, then the result), and installed on every rank
+///    (KroneckerBlock::install_refresh, RecurrentKroneckerBlock::install_refresh). A part
+///    is, with InverseMethod::Eigendecomposition and for every recurrent layer, the
+///    factor's eigendecomposition (≈ 9n³ flops; eigenvalues and eigenvectors are sent, and
+///    the install checks orthonormality with an n³ product); with InverseMethod::Cholesky
+///    for a dense layer, the factor's damped inverse (F + δI)⁻¹ for the step's damping
+///    (≈ n³ flops; the n × n inverse is sent, its shape and finiteness checked), formed
+///    from the O(n²) snapshot every rank takes.
+/// 5. **Preparation** (recurrent layers, factored damping): after the refresh round, and on
+///    any step whose damping differs from the one a recurrent layer was prepared for, the
+///    damping-dependent preparation of RNN K-FAC appendix C.3 runs as a second round of
+///    parts, one per factor side: Option 1's whitened transition factor, its
+///    eigendecomposition and basis (≈ 15n³), Option 2's with PᵀP and two bases (≈ 20n³),
+///    the Independent approximation's damped inverse (≈ 2n³); the owner sends the side's
+///    spectrum and bases (n × (2 + n), n × (2 + 2n) for Option 2), and every rank combines
+///    the two sides (O(np·K)) into the prepared inverse
+///    (RecurrentKroneckerBlock::install_preparation), bit for bit what one process prepares.
+///    Then Kfac::step_with_installed_refresh() on every rank. (Unlike Kfac::step, which
 ///    checks the parameters before it refreshes, the split refresh runs before that check:
 ///    a step refused for non-finite parameters in the caller's storage still leaves the
-///    refreshed factors, identically on every rank.) Everything else is computed redundantly
-///    by every rank from identical bits, so it is identical too: the recurrent layers'
-///    refreshes (A0, G0 eigendecompositions) and their Option 1/2 preparations, and every
-///    preconditioned gradient. With `distribute_refresh = false` every rank refreshes every
+///    refreshed factors, identically on every rank.) What is still computed redundantly by
+///    every rank from identical bits, and so identical too: a dense layer's damped
+///    inverses when the damping changes between refreshes (InverseMethod::Cholesky), a
+///    recurrent layer's preparation for exact damping (O(np)) and for the undamped product
+///    of adaptive damping's quadratic model (Kfac::multiply), and every preconditioned
+///    gradient. With `distribute_refresh = false` every rank refreshes and prepares every
 ///    layer.
+/// 6. **Or: broadcast preconditioned gradients** (`broadcast_preconditioned_gradients`,
+///    KAISA's memory-optimal end): every layer has one owner rank, fixed at construction
+///    (assign_greedy over the layers' refresh costs). The owner alone refreshes the layer when
+///    due and, every step, computes its preconditioned gradient `F̂⁻¹ Z` and broadcasts it
+///    (a status, then out × in (+1) scalars); the step then continues as Kfac's own
+///    (Kfac::step_with_preconditioner). Trade-off against broadcasting the refreshes: a rank
+///    keeps only its own layers' inverses (memory Σ_{l owned} a_l² + g_l² instead of all
+///    layers') and preconditions only its own layers (the per-step work is split too), but
+///    sends about one gradient's worth every step (bytes_pre) instead of the refreshes
+///    every T_inv steps (bytes_inv + bytes_prep): with T_inv = 20 and layers with a_l ≈ g_l
+///    the refresh broadcast sends about 10× less per step.
 ///
 /// ## Communication per step (s = sizeof(Scalar) bytes, P ranks; ring all-reduce as in
 /// cost_model.hpp)
@@ -77,23 +101,33 @@
 ///     bytes_stat = 2(P−1)/P · m_stat · s        per rank, on statistics steps (every T_stat)
 ///     bytes_grad = 2(P−1)/P · (N + 3) · s       per rank, every step (DataParallelGradients)
 ///     bytes_agree = 2(P−1)/P · sizeof(int)      per rank, every step (the any-rank agreement)
-///     bytes_inv  = (P−1) · Σ_{dense l} [a_l(a_l+1) + g_l(g_l+1) + 6] · s
+///     bytes_inv  = (P−1) · Σ_l [a_l(a_l+1) + g_l(g_l+1) + 6] · s
 ///                                              over all ranks, on refresh steps (every T_inv):
 ///                                              eigenvectors and eigenvalues of A_l and G_l
 ///                                              (n for a diagonal factor), + 3-scalar headers;
 ///                                              with Cholesky Σ_{dense l} [a_l² + g_l² + 6] · s
-///                                              (the damped inverses); 0 with
+///                                              (the damped inverses) + the recurrent layers'
+///                                              eigendecompositions; 0 with
 ///                                              distribute_refresh = false
+///     bytes_pre  = (P−1) · Σ_l (a_l g_l + 1) · s    over all ranks, every step, with
+///                                              broadcast_preconditioned_gradients (instead
+///                                              of bytes_inv and bytes_prep)
+///     bytes_prep = (P−1) · Σ_{recurrent l} [a_l(2 + b·a_l) + g_l(2 + b·g_l) + 6] · s
+///                                              over all ranks, after each refresh and on steps
+///                                              whose damping changed (b = 2 for Option 2,
+///                                              else 1; 0 for exact damping)
 ///
 /// (the +4 per dense layer: row and non-finite counts of A and G; the +7 per recurrent
 /// layer: real steps, sequences, non-finite counts of A and G and the exceeded-length count;
 /// T_cap = DistributedKfacOptions::max_sequence_length). `statistics_message_size()` is
 /// m_stat for the registered layers, and Communicator::traffic() counts what was sent.
 ///
-/// Per refresh, the broadcasts take 2 calls per part (4 per dense layer), and the largest
-/// rank's refresh work drops from Σ_l 9(a_l³ + g_l³) to the assignment's makespan (at most
-/// (4/3 − 1/(3P)) × the best split, Graham's bound) plus the ≈ 2n³ install checks of the
-/// factors it did not compute.
+/// Per refresh, the broadcasts take 2 calls per part (4 per layer, and 4 more per recurrent
+/// layer's preparation), and the largest rank's refresh work drops from Σ_l 9(a_l³ + g_l³)
+/// (plus Σ_recurrent 15 or 20 (a_l³ + g_l³) of preparation) to each round's makespan (at
+/// most (4/3 − 1/(3P)) × the best split, Graham's bound) plus the ≈ 2n³ install checks of
+/// the eigendecompositions it did not compute. (The preparation is a round of its own
+/// because its damping shifts depend on both factors' traces.)
 ///
 /// ## Requirements
 ///
@@ -139,6 +173,17 @@ struct DistributedKfacOptions {
   /// bit-for-bit identical state on all ranks. Default true.
   bool distribute_refresh = true;
 
+  /// KAISA's memory-optimal end (Pauloski et al. 2021): each layer has one owner rank
+  /// (assigned greedily by the layer's refresh cost, once), which alone refreshes the layer
+  /// and, every step, preconditions its gradient and broadcasts the result (out × in (+1)
+  /// scalars); the other ranks hold no inverse of that layer. Every rank's parameters,
+  /// momentum and factors stay bit-for-bit identical; the refreshed spectra differ (each
+  /// rank holds its own layers'), so such a run's checkpoints cannot be saved with
+  /// mpi::save_checkpoint's identical-state check. Not with adaptive damping on a recurrent
+  /// layer (its quadratic model needs the layer's refresh on every rank: InvalidInputError).
+  /// Overrides distribute_refresh. Default false (broadcast the refreshes instead).
+  bool broadcast_preconditioned_gradients = false;
+
   /// Throws HyperparameterError naming the field if it is out of range.
   void validate() const {
     kfopt::detail::require_hyperparameter(max_sequence_length >= 1,
@@ -172,6 +217,7 @@ class DistributedKfac {
     for (auto& c : contributions_) c->visit(counter);
     message_size_ = counter.size;
     buffer_.resize(message_size_);
+    if (options_.broadcast_preconditioned_gradients) assign_layer_owners();
   }
   DistributedKfac(const DistributedKfac&) = delete;
   DistributedKfac& operator=(const DistributedKfac&) = delete;
@@ -349,24 +395,95 @@ class DistributedKfac {
       }
     }
     clear_statistics();
+    if (options_.broadcast_preconditioned_gradients) return step_with_owned_layers();
     if (!options_.distribute_refresh) return kfac_->step();
     refresh_distributed();
     return kfac_->step_with_installed_refresh();
   }
 
-  /// The pending layers' refresh parts: assigned greedily by cost, computed by their owner,
-  /// broadcast (a 3-scalar header: status and shape, then the result), installed everywhere.
+  /// Owners of the layers for broadcast_preconditioned_gradients: greedy over each layer's
+  /// refresh cost (its refresh parts' and preparation parts' flops, from the shapes).
+  void assign_layer_owners() {
+    const char* op = "kfopt::mpi::DistributedKfac";
+    std::vector<double> cost;
+    for (std::size_t i = 0; i < contributions_.size(); ++i) {
+      const bool recurrent = kfac_->is_recurrent(i);
+      if (recurrent && kfac_->options().adaptive_damping) {
+        throw InvalidInputError(std::string(op) + ": broadcast_preconditioned_gradients with "
+                                "adaptive damping needs every recurrent layer's refresh on every "
+                                "rank (layer " + std::to_string(i) + " is recurrent)");
+      }
+      double c = 0.0;
+      for (int k = 0; k < kfac_->refresh_part_count(i); ++k) c += kfac_->refresh_part_cost(i, k);
+      cost.push_back(c);
+    }
+    layer_owner_ = assign_greedy(cost, comm_->size()).owner;
+  }
+
+  /// A step with broadcast_preconditioned_gradients: each rank refreshes the layers it owns
+  /// when due, and the step takes every layer's preconditioned gradient from its owner.
+  Status step_with_owned_layers() {
+    const int rank = comm_->rank();
+    for (std::size_t i = 0; i < layer_owner_.size(); ++i) {
+      if (layer_owner_[i] == rank && kfac_->refresh_pending(i)) (void)kfac_->refresh_layer(i);
+    }
+    return kfac_->step_with_preconditioner(
+        [this, rank](std::size_t i, const Matrix& gradient, Matrix& direction) {
+          const int owner = layer_owner_[i];
+          Status s = Status::Success;
+          if (owner == rank) {
+            s = kfac_->precondition(i, gradient, direction);
+          }
+          Eigen::Matrix<Scalar, 1, 1> header;
+          header(0) = static_cast<Scalar>(static_cast<int>(s));
+          comm_->broadcast(header, owner);
+          s = static_cast<Status>(static_cast<int>(header(0)));
+          if (s != Status::Success) return s;
+          direction.resize(gradient.rows(), gradient.cols());
+          comm_->broadcast(direction, owner);
+          return s;
+        });
+  }
+
+  /// The pending layers' refresh parts, then the preparation parts the refreshed layers (or
+  /// a changed damping) call for: each round assigned greedily by cost, computed by the
+  /// part's owner, broadcast and installed on every rank.
   void refresh_distributed() {
+    for (std::size_t i = 0; i < contributions_.size(); ++i) {
+      if (kfac_->refresh_pending(i) && kfac_->refresh_part_count(i) > 0) {
+        kfac_->begin_refresh_parts(i);  // on every rank
+      }
+    }
+    distribute_parts(
+        [this](std::size_t i) { return kfac_->refresh_pending(i) ? kfac_->refresh_part_count(i) : 0; },
+        [this](std::size_t i, int k) { return kfac_->refresh_part_cost(i, k); },
+        [this](std::size_t i, int k, Matrix& r) { return kfac_->compute_refresh_part(i, k, r); },
+        [this](std::size_t i, const std::vector<Matrix>& r) { kfac_->install_refresh(i, r); });
+    distribute_parts(
+        [this](std::size_t i) { return kfac_->preparation_part_count(i); },
+        [this](std::size_t i, int k) { return kfac_->preparation_part_cost(i, k); },
+        [this](std::size_t i, int k, Matrix& r) { return kfac_->compute_preparation_part(i, k, r); },
+        [this](std::size_t i, const std::vector<Matrix>& r) {
+          (void)kfac_->install_preparation(i, r);  // refused: the step prepares and refuses
+        });
+  }
+
+  /// One round of parts: every rank lists the same parts (count(layer), cost(layer, k)),
+  /// plans the same greedy assignment, computes its own (compute(layer, k, result)), and
+  /// for each part the owner broadcasts a 3-scalar header (status and shape), then the
+  /// result; every layer whose parts all succeeded is installed (install(layer, results)),
+  /// the others keep what they had.
+  template <typename Count, typename Cost, typename Compute, typename Install>
+  void distribute_parts(Count count, Cost cost, Compute compute, Install install) {
     part_layer_.clear();
     part_index_.clear();
     part_cost_.clear();
     for (std::size_t i = 0; i < contributions_.size(); ++i) {
-      if (!kfac_->refresh_pending(i)) continue;
-      if (kfac_->refresh_part_count(i) > 0) kfac_->begin_refresh_parts(i);  // on every rank
-      for (int k = 0; k < kfac_->refresh_part_count(i); ++k) {
+      const int parts_of_layer = count(i);
+      for (int k = 0; k < parts_of_layer; ++k) {
         part_layer_.push_back(i);
         part_index_.push_back(k);
-        part_cost_.push_back(kfac_->refresh_part_cost(i, k));
+        part_cost_.push_back(cost(i, k));
       }
     }
     if (part_layer_.empty()) return;
@@ -375,7 +492,7 @@ class DistributedKfac {
     if (results_.size() < parts) results_.resize(parts);
     part_status_.assign(parts, Status::Success);
     for (std::size_t t : plan.tasks_of[static_cast<std::size_t>(comm_->rank())]) {
-      part_status_[t] = kfac_->compute_refresh_part(part_layer_[t], part_index_[t], results_[t]);
+      part_status_[t] = compute(part_layer_[t], part_index_[t], results_[t]);
       ++parts_computed_;
     }
     for (std::size_t t = 0; t < parts; ++t) {
@@ -389,7 +506,6 @@ class DistributedKfac {
       results_[t].resize(static_cast<Eigen::Index>(header(1)), static_cast<Eigen::Index>(header(2)));
       comm_->broadcast(results_[t], owner);
     }
-    // Install each layer whose parts all succeeded (the others keep their last refresh).
     std::size_t t = 0;
     while (t < parts) {
       const std::size_t layer = part_layer_[t];
@@ -401,13 +517,20 @@ class DistributedKfac {
         layer_results_.push_back(results_[end]);
         ++end;
       }
-      if (ok) kfac_->install_refresh(layer, layer_results_);
+      if (ok) install(layer, layer_results_);
       t = end;
     }
   }
 
  public:
-  /// Refresh parts this rank has computed so far (its share of the assignment).
+  /// With broadcast_preconditioned_gradients: the rank that owns layer `id` (refreshes and
+  /// preconditions it); -1 otherwise.
+  int layer_owner(std::size_t id) const {
+    return id < layer_owner_.size() ? layer_owner_[id] : -1;
+  }
+
+  /// Refresh and preparation parts this rank has computed so far (its share of the
+  /// assignments).
   std::int64_t refresh_parts_computed() const noexcept { return parts_computed_; }
 
  private:
@@ -428,6 +551,7 @@ class DistributedKfac {
   std::vector<Status> part_status_;
   std::vector<Matrix> results_, layer_results_;
   std::int64_t parts_computed_ = 0;
+  std::vector<int> layer_owner_;  // broadcast_preconditioned_gradients: each layer's owner
 };
 
 }  // namespace mpi

@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -348,10 +349,77 @@ class Kfac {
   void install_refresh(std::size_t id, const std::vector<Matrix>& results) {
     layer_at("kfopt::Kfac::install_refresh", id).block->install_refresh(results, current_damping());
   }
+  /// Number of independent parts of the damping-dependent preparation that layer `id`'s
+  /// next apply would run for the current damping (State::damping), after the refresh (0:
+  /// nothing to prepare, or a layer that does not split it; a recurrent layer with Option 1
+  /// or 2 or factored damping has 2: RecurrentKroneckerBlock::preparation_part_count),
+  /// their costs in flops, and their computation into `result` without changing anything.
+  /// Ask after installing a refresh: the parts depend on the refreshed spectra.
+  int preparation_part_count(std::size_t id) const {
+    return const_layer_at("kfopt::Kfac::preparation_part_count", id)
+        .block->preparation_part_count(current_damping());
+  }
+  /// See preparation_part_count.
+  double preparation_part_cost(std::size_t id, int k) const {
+    return const_layer_at("kfopt::Kfac::preparation_part_cost", id).block->preparation_part_cost(k);
+  }
+  /// See preparation_part_count.
+  Status compute_preparation_part(std::size_t id, int k, Matrix& result) const {
+    return const_layer_at("kfopt::Kfac::compute_preparation_part", id)
+        .block->compute_preparation_part(k, current_damping(), result);
+  }
+  /// Installs the results of all of layer `id`'s preparation parts (computed here or by
+  /// another process from the same refresh and damping) as its prepared inverse; the next
+  /// step then does not prepare it again. Returns the combination's status (on failure
+  /// nothing changes and the step prepares, and refuses, as it would have).
+  Status install_preparation(std::size_t id, const std::vector<Matrix>& results) {
+    return layer_at("kfopt::Kfac::install_preparation", id)
+        .block->install_preparation(results, current_damping());
+  }
   /// step() for a caller that has already refreshed, by install_refresh, every pending layer
   /// whose refresh has parts: those layers are not refreshed again (one that still has no
   /// inverse makes the step return NumericalIssue); the others are refreshed as in step().
-  Status step_with_installed_refresh() { return step_impl(true); }
+  Status step_with_installed_refresh() { return step_impl(true, nullptr); }
+
+  // --- the preconditioning supplied by the caller (data-parallel K-FAC that broadcasts
+  // preconditioned gradients computes each layer's on one process) ---------------------
+
+  /// `precondition(id, Z, direction)`: writes `F̂⁻¹ Z` of layer `id` into `direction` (Z is
+  /// `[∇W ∇b]` with the weight decay added, rows × cols of the layer) and returns Success,
+  /// or the status that refuses the step.
+  using Preconditioner = std::function<Status(std::size_t id, const Matrix& gradient, Matrix& direction)>;
+  /// step() with every layer's preconditioned gradient supplied by `precondition`, called
+  /// once per layer in registration order, instead of computed by the layer's block. No
+  /// layer is refreshed (the caller refreshes the layers it preconditions itself, with
+  /// refresh_layer); everything else is step()'s: the finiteness guards, the weight decay
+  /// in Z, KL clipping, momentum, the all-or-nothing commit, the counters (a status other
+  /// than Success from `precondition` refuses the step as a singular block does, counted in
+  /// State::singular_skips). With adaptive damping, the quadratic model uses the blocks'
+  /// own products (Kfac::multiply's), as step() does.
+  Status step_with_preconditioner(const Preconditioner& precondition) {
+    return step_impl(false, &precondition);
+  }
+  /// Refreshes layer `id` now, as a step does when it is due (refresh_pending): on failure
+  /// the previous refresh stays in use and the status is returned.
+  Status refresh_layer(std::size_t id) {
+    return layer_at("kfopt::Kfac::refresh_layer", id).block->refresh();
+  }
+  /// `direction = F̂⁻¹ Z` for layer `id` with its current refresh and the current damping
+  /// (the block's apply_inverse): Success, NotComputed before a refresh, NonFiniteInput,
+  /// or NumericalIssue for a singular damped block (direction untouched). Throws ShapeError
+  /// for a Z of the wrong shape.
+  Status precondition(std::size_t id, const Matrix& gradient, Matrix& direction) {
+    return layer_at("kfopt::Kfac::precondition", id)
+        .block->apply_inverse(gradient, current_damping(), direction);
+  }
+  /// Whether layer `id` is recurrent (add_recurrent_layer).
+  bool is_recurrent(std::size_t id) const {
+    return const_layer_at("kfopt::Kfac::is_recurrent", id).block->recurrent() != nullptr;
+  }
+  /// Whether layer `id` has been refreshed at least once (its preconditioner exists).
+  bool has_inverse(std::size_t id) const {
+    return const_layer_at("kfopt::Kfac::has_inverse", id).block->has_inverse();
+  }
 
   /// The registered parameters and gradients (the caller's storage).
   const ParameterSet<Scalar>& parameters() const noexcept { return params_; }
@@ -365,7 +433,7 @@ class Kfac {
   /// non-finite input or overflow are counted in State::counters.skipped_nonfinite. KL
   /// clipping holds even when Σ⟨Δ, Z⟩ overflows (it is then formed with a common scale).
   /// Throws InvalidInputError if a layer has never received statistics.
-  Status step() { return step_impl(false); }
+  Status step() { return step_impl(false, nullptr); }
 
   /// Reports the mini-batch loss before and after the last step (same batch) for adaptive
   /// damping; returns the reduction ratio ρ (NaN if it could not be formed). A no-op unless
@@ -541,7 +609,7 @@ class Kfac {
     return layers_[id];
   }
 
-  Status step_impl(bool installed_refresh);
+  Status step_impl(bool installed_refresh, const Preconditioner* precondition);
   void gather(Layer& layer, Scalar wd);
   void scatter(Layer& layer, Scalar lr);
   bool updated_parameters_finite(const Layer& layer, Scalar lr) const;
@@ -654,7 +722,7 @@ Status Kfac<Scalar>::record_sequence_statistics(
 }
 
 template <typename Scalar>
-Status Kfac<Scalar>::step_impl(bool installed_refresh) {
+Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* precondition) {
   if (layers_.empty()) throw InvalidInputError("kfopt::Kfac::step: no layer registered");
   for (const auto& layer : layers_) {
     if (!layer.block->has_statistics()) {
@@ -668,6 +736,7 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh) {
   // Refresh the spectra on schedule (and for any layer that never had one).
   const bool due = state_.counters.steps % options_.inverse_period == 0;
   for (auto& layer : layers_) {
+    if (precondition != nullptr) break;  // the caller refreshes what it preconditions
     if (due || !layer.block->has_inverse()) {
       if (installed_refresh && layer.block->refresh_part_count() > 0) {
         if (!layer.block->has_inverse()) return Status::NumericalIssue;
@@ -685,12 +754,21 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh) {
   const Scalar wd = static_cast<Scalar>(options_.weight_decay);
   const BlockDamping<Scalar> damping = current_damping();
   double inner = 0.0;  // Σ ⟨Δ, Z⟩
-  for (auto& layer : layers_) {
+  for (std::size_t id = 0; id < layers_.size(); ++id) {
+    Layer& layer = layers_[id];
     gather(layer, wd);
-    const Status s = layer.block->apply_inverse(layer.gradient, damping, layer.direction);
+    const Status s = precondition != nullptr
+                         ? (*precondition)(id, layer.gradient, layer.direction)
+                         : layer.block->apply_inverse(layer.gradient, damping, layer.direction);
     if (s != Status::Success) {
       ++state_.singular_skips;
       return s;
+    }
+    if (layer.direction.rows() != layer.gradient.rows() ||
+        layer.direction.cols() != layer.gradient.cols()) {  // only a supplied one can be
+      throw ShapeError("kfopt::Kfac::step_with_preconditioner (layer '" + layer.name +
+                       "'): the preconditioned gradient is " + detail::shape_of(layer.direction) +
+                       " but the layer's gradient is " + detail::shape_of(layer.gradient));
     }
     if (!detail::all_finite(layer.gradient, layer.direction)) {
       return detail::refuse(state_.counters, Status::Overflow);

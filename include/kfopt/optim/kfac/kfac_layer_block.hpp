@@ -164,6 +164,20 @@ class KfacLayerBlock {
   }
   /// Installs every part's result as the refresh (throws for invalid results).
   virtual void install_refresh(const std::vector<Matrix>&, const BlockDamping<Scalar>&) {}
+  /// The damping-dependent preparation the next apply_inverse with `damping` would run, as
+  /// parts (0: nothing to prepare, or not split); see
+  /// RecurrentKroneckerBlock::preparation_part_count.
+  virtual int preparation_part_count(const BlockDamping<Scalar>&) const { return 0; }
+  /// Flops of preparation part k.
+  virtual double preparation_part_cost(int) const { return 0.0; }
+  /// Computes preparation part k for `damping` into `result`, changing nothing.
+  virtual Status compute_preparation_part(int, const BlockDamping<Scalar>&, Matrix&) const {
+    return Status::NotComputed;
+  }
+  /// Installs every preparation part's result as the prepared inverse for `damping`.
+  virtual Status install_preparation(const std::vector<Matrix>&, const BlockDamping<Scalar>&) {
+    return Status::NotComputed;
+  }
   /// The block as a dense or a recurrent block (nullptr if it is the other kind).
   virtual KroneckerBlock<Scalar>* dense() noexcept { return nullptr; }
   virtual RecurrentKroneckerBlock<Scalar>* recurrent() noexcept { return nullptr; }

@@ -41,6 +41,29 @@ class KfacRecurrentLayerBlock final : public KfacLayerBlock<Scalar> {
   Status update_statistics(const KfacStatisticsContribution<Scalar>& c) override {
     return block_.update_statistics(contribution_of<Contribution>(op("update_statistics"), c));
   }
+  int refresh_part_count() const noexcept override { return block_.refresh_part_count(); }
+  double refresh_part_cost(int k) const override { return block_.refresh_part_cost(k); }
+  void begin_refresh_parts() override { (void)block_.begin_refresh_parts(); }
+  Status compute_refresh_part(int k, const BlockDamping<Scalar>&, Matrix& result) const override {
+    return block_.compute_refresh_part(k, result);
+  }
+  void install_refresh(const std::vector<Matrix>& results, const BlockDamping<Scalar>&) override {
+    require_two(op("install_refresh"), results);
+    block_.install_refresh(results[0], results[1]);
+  }
+  int preparation_part_count(const BlockDamping<Scalar>& damping) const override {
+    return block_.preparation_part_count(damping);
+  }
+  double preparation_part_cost(int k) const override { return block_.preparation_part_cost(k); }
+  Status compute_preparation_part(int k, const BlockDamping<Scalar>& damping,
+                                  Matrix& result) const override {
+    return block_.compute_preparation_part(k, damping, result);
+  }
+  Status install_preparation(const std::vector<Matrix>& results,
+                             const BlockDamping<Scalar>& damping) override {
+    require_two(op("install_preparation"), results);
+    return block_.install_preparation(results[0], results[1], damping);
+  }
   RecurrentKroneckerBlock<Scalar>* recurrent() noexcept override { return &block_; }
   std::unique_ptr<KfacBlockState<Scalar>> save_state() const override;
   void stage_state(const std::string& op, const KfacBlockState<Scalar>& state) override;
@@ -50,6 +73,12 @@ class KfacRecurrentLayerBlock final : public KfacLayerBlock<Scalar> {
   using Contribution = typename RecurrentKroneckerBlock<Scalar>::Contribution;
   std::string op(const char* what) const {
     return std::string("kfopt::Kfac::") + what + " (layer '" + block_.name() + "')";
+  }
+  static void require_two(const std::string& operation, const std::vector<Matrix>& results) {
+    if (results.size() != 2) {
+      throw InvalidInputError(operation + ": needs 2 results (the A and G parts), got " +
+                              std::to_string(results.size()));
+    }
   }
   RecurrentKroneckerBlock<Scalar> block_;
 };
