@@ -123,6 +123,9 @@ struct Settings : ex::CheckpointOptions {
   bool quick = false;
   bool use_float = false;
   bool distributed = false;  ///< data-parallel on the ranks of an MPI job
+  /// With --distributed: K-FAC's ranks broadcast each layer's preconditioned gradient from
+  /// its owner every step, instead of the refreshes (DistributedKfacOptions).
+  bool broadcast_preconditioned = false;
   std::string out_dir = "out";
   std::string data_dir = ex::default_fashion_mnist_dir();
   std::vector<Task> tasks{Task::Autoencoder, Task::Classifier};
@@ -200,6 +203,10 @@ Options:
                         (mpirun -np P fashion_mnist --distributed ...): every global
                         mini-batch of --batch examples is split over the P ranks; rank 0
                         prints and writes; the summary adds the communication per step
+  --kfac-broadcast W     with --distributed, what K-FAC's ranks broadcast: refreshes (default:
+                        each factor's refresh computed by one rank and sent to all) or
+                        preconditioned (each layer's owner alone refreshes it and sends its
+                        preconditioned gradient every step; less memory, more traffic)
   --help                this text
 )";
 
@@ -211,6 +218,11 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   s.quick = cli.take_flag("--quick");
   s.use_float = cli.take_flag("--float");
   s.distributed = cli.take_flag("--distributed");
+  const std::string broadcast = cli.take_string("--kfac-broadcast", "refreshes");
+  if (broadcast != "refreshes" && broadcast != "preconditioned") {
+    throw ex::UsageError("--kfac-broadcast expects refreshes or preconditioned, got '" + broadcast + "'");
+  }
+  s.broadcast_preconditioned = broadcast == "preconditioned";
   if (s.distributed && !ex::cluster_available) {
     throw ex::UsageError("--distributed: this build has no MPI (configure with Open MPI "
                          "installed: the kfopt::mpi target)");
@@ -321,6 +333,11 @@ Settings parse_command_line(int argc, char** argv, bool& show_help) {
   static_cast<ex::CheckpointOptions&>(s) = ex::take_checkpoint_options(
       cli, KFOPT_EXAMPLE_HAS_CHECKPOINT, s.tasks.size() == 1 && s.optimizers.size() == 1,
       "give one --task (autoencoder or classifier) and one optimizer (--optimizers X)", max_steps);
+  if (s.broadcast_preconditioned && (!s.distributed || !s.checkpoint_path.empty() ||
+                                     !s.resume_path.empty())) {
+    throw ex::UsageError("--kfac-broadcast preconditioned needs --distributed, and its ranks hold "
+                         "different inverses, so it cannot be combined with --checkpoint or --resume");
+  }
   cli.finish();
   return s;
 }
@@ -760,7 +777,9 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
   std::unique_ptr<kfopt::mpi::DistributedKfac<Scalar>> distributed;
   if (cluster.distributed()) {
     cluster.optimizer_comm().reset_traffic();
-    distributed = std::make_unique<kfopt::mpi::DistributedKfac<Scalar>>(kfac, cluster.optimizer_comm());
+    kfopt::mpi::DistributedKfacOptions dopt;
+    dopt.broadcast_preconditioned_gradients = settings.broadcast_preconditioned;
+    distributed = std::make_unique<kfopt::mpi::DistributedKfac<Scalar>>(kfac, cluster.optimizer_comm(), dopt);
     engines.clear();
   }
 #endif
@@ -815,13 +834,18 @@ RunResult run_kfac(Task task, Problem<Scalar>& problem, const Settings& settings
       static_cast<double>(cm::distributed_kfac_statistics_count(shapes, 512)) * s *
       static_cast<double>(statistics_steps) / steps;
   const double refresh =
-      static_cast<double>(ts.kfac_cholesky ? cm::distributed_kfac_cholesky_refresh_count(shapes)
-                                           : cm::distributed_kfac_refresh_count(shapes)) *
-      s * static_cast<double>(refreshes) / steps;
+      settings.broadcast_preconditioned
+          ? static_cast<double>(cm::distributed_kfac_preconditioned_count(shapes)) * s *
+                static_cast<double>(r.steps_here - failed) / steps
+          : static_cast<double>(ts.kfac_cholesky ? cm::distributed_kfac_cholesky_refresh_count(shapes)
+                                                 : cm::distributed_kfac_refresh_count(shapes)) *
+                s * static_cast<double>(refreshes) / steps;
   char parts[200];
   std::snprintf(parts, sizeof parts,
-                "gradients and agreement %.4g MB, statistics %.4g MB, refresh broadcasts %.4g MB",
-                gradients / 1e6, statistics / 1e6, refresh / 1e6);
+                "gradients and agreement %.4g MB, statistics %.4g MB, %s broadcasts %.4g MB",
+                gradients / 1e6, statistics / 1e6,
+                settings.broadcast_preconditioned ? "preconditioned-gradient" : "refresh",
+                refresh / 1e6);
   r.communication = communication_report(cluster, "kfac", r.steps_here,
                                          gradients + statistics + refresh, parts);
 #else

@@ -8,7 +8,9 @@
 # it); e.g. add --float for single precision. For each rank count P = 1, 2, the classifier
 # (784-256-128-10, global batch 1000, 60 steps) is trained by Adam, by K-FAC with Cholesky
 # inverses (split over the ranks) and by K-FAC with eigendecompositions every 20 steps (split
-# over the ranks). Then the eigendecomposition run on 2 ranks once more with Open MPI's TCP
+# over the ranks), and with eigendecompositions where each layer's owner rank refreshes it and
+# broadcasts its preconditioned gradient every step (--kfac-broadcast preconditioned). Then the
+# eigendecomposition run on 2 ranks once more with Open MPI's TCP
 # transport on the loopback interface and the ring all-reduce forced, where the interface's
 # transmit counter (/proc/net/dev) sees every byte the ranks exchange: it is compared with the
 # cost model's prediction, 2 × (per-rank all-reduce payload) + broadcast payload per step at
@@ -50,6 +52,7 @@ note_number() { grep "classifier/kfac:" "$out/$1.txt" | sed -E "s/.*$2 ([0-9.e+-
 for p in 1 2; do
   run "p${p}_cholesky" "$p" -- --optimizers adam,kfac
   run "p${p}_eigen" "$p" -- --optimizers kfac --kfac-inverse eigen
+  run "p${p}_preconditioned" "$p" -- --optimizers kfac --kfac-inverse eigen --kfac-broadcast preconditioned
 done
 
 tx() { awk '/^ *lo:/ { split($0, a, ":"); split(a[2], f, " "); print f[9] }' /proc/net/dev; }
@@ -69,6 +72,7 @@ row() {
 row "adam" "$(ms_per_step p1_cholesky adam)" "$(ms_per_step p2_cholesky adam)"
 row "kfac (Cholesky, split)" "$(ms_per_step p1_cholesky kfac)" "$(ms_per_step p2_cholesky kfac)"
 row "kfac (eigendecompositions, split)" "$(ms_per_step p1_eigen kfac)" "$(ms_per_step p2_eigen kfac)"
+row "kfac (eigen, owners precondition)" "$(ms_per_step p1_preconditioned kfac)" "$(ms_per_step p2_preconditioned kfac)"
 grad="$(note_number p2_eigen_tcp "gradients and agreement")"
 stat="$(note_number p2_eigen_tcp "statistics")"
 refresh="$(note_number p2_eigen_tcp "refresh broadcasts")"

@@ -7,7 +7,8 @@
 # train_loss, test_metric as written, 8 significant digits; the seconds column aside): the
 # split over the ranks changes the sums' order only. Then kfac with sampled Fisher targets
 # (each rank its own, seeded by the step) and eigendecompositions split over the ranks: the
-# resumed run must equal the uninterrupted one. Every distributed summary must report the
+# resumed run must equal the uninterrupted one; and kfac with --kfac-broadcast preconditioned
+# must equal one process. Every distributed summary must report the
 # optimizer's bytes per step equal to the cost model's ("measured/predicted 1.000000").
 #
 # EXE: the example; MPIEXEC: the launcher with its flags, e.g. "mpiexec --oversubscribe";
@@ -77,3 +78,11 @@ distributed(out ${eigen} --steps ${full} --out ${two})
 distributed(out ${eigen} --steps ${HALF} --out ${resumed} --checkpoint ${resumed}/run.h5)
 distributed(out ${eigen} --steps ${full} --out ${resumed} --resume ${resumed}/run.h5)
 require_same(${two} ${resumed} "kfac, sampled Fisher, split eigendecompositions: uninterrupted and resumed")
+
+# K-FAC with each layer's preconditioned gradient broadcast from its owner: the same rows as
+# one process.
+set(one ${WORK_DIR}/kfac_one_process)
+set(preconditioned ${WORK_DIR}/kfac_preconditioned)
+distributed(out --fisher empirical --optimizers kfac --steps ${full} --kfac-broadcast preconditioned
+            --out ${preconditioned})
+require_same(${one} ${preconditioned} "kfac: one process and 2 ranks broadcasting preconditioned gradients")
