@@ -4,6 +4,7 @@
 // the Levenberg–Marquardt rule; bad input; and K-FAC beating Adam on a small MLP.
 #include <catch2/catch.hpp>
 #include <kfopt/optim/first_order/adam.hpp>
+#include <kfopt/optim/first_order/sgd.hpp>
 #include <kfopt/optim/kfac/kfac.hpp>
 
 #include <cmath>
@@ -430,4 +431,71 @@ TEST_CASE("K-FAC: a refresh computed as parts and installed equals the step's ow
       CHECK(own.state_dict() == parts.state_dict());
     }
   }
+}
+
+TEST_CASE("K-FAC as a preconditioner: Sgd with momentum on the preconditioned gradients takes "
+          "Kfac's own steps", "[optim][kfac][preconditioner]") {
+  // Two layers, KL clipping active, weight decay in Z, refreshes every 3 steps: Kfac::step()
+  // with momentum μ and learning rate η against precondition_gradients() followed by Sgd with
+  // the same μ and η on the same storage.
+  Rng rng(97);
+  kfopt::KfacOptions o = plain_options(kfopt::DampingStyle::Factored, 0.05);
+  o.learning_rate = 0.3;
+  o.momentum = 0.8;
+  o.weight_decay = 1e-3;
+  o.kl_clip = 1e-3;
+  o.decay = 0.9;
+  o.inverse_period = 3;
+  Layer a1(rng, 5, 4), a2(rng, 4, 3);
+  Layer b1 = a1, b2 = a2;
+  kfopt::Kfac<double> own(o), pre(o);
+  own.add_dense_layer("fc1", a1.W, a1.dW, a1.b, a1.db);
+  own.add_dense_layer("fc2", a2.W, a2.dW, a2.b, a2.db);
+  pre.add_dense_layer("fc1", b1.W, b1.dW, b1.b, b1.db);
+  pre.add_dense_layer("fc2", b2.W, b2.dW, b2.b, b2.db);
+  kfopt::ParameterSet<double> params;
+  params.add("fc1.weight", b1.W, b1.dW);
+  params.add("fc1.bias", b1.b, b1.db);
+  params.add("fc2.weight", b2.W, b2.dW);
+  params.add("fc2.bias", b2.b, b2.db);
+  kfopt::SgdOptions so;
+  so.learning_rate = o.learning_rate;
+  so.momentum = o.momentum;
+  kfopt::Sgd<double> sgd(params, so);
+  double clipped = 1.0;
+  for (int t = 0; t < 12; ++t) {
+    const Mat<double> x1 = rng.normal<double>(8, 5), g1 = rng.normal<double>(8, 4);
+    const Mat<double> x2 = rng.normal<double>(8, 4), g2 = rng.normal<double>(8, 3);
+    for (kfopt::Kfac<double>* k : {&own, &pre}) {
+      REQUIRE(k->record_statistics(0, x1, g1) == kfopt::Status::Success);
+      REQUIRE(k->record_statistics(1, x2, g2) == kfopt::Status::Success);
+    }
+    a1.dW = b1.dW = rng.normal<double>(4, 5);
+    a1.db = b1.db = rng.normal<double>(4, 1);
+    a2.dW = b2.dW = rng.normal<double>(3, 4);
+    a2.db = b2.db = rng.normal<double>(3, 1);
+    const Mat<double> W1 = b1.W;
+    REQUIRE(own.step() == kfopt::Status::Success);
+    REQUIRE(pre.precondition_gradients() == kfopt::Status::Success);
+    CHECK(b1.W == W1);  // the preconditioner moves nothing itself
+    REQUIRE(sgd.step() == kfopt::Status::Success);
+    clipped = std::min(clipped, pre.state().last_clip_scale);
+    INFO("step " << t);
+    CHECK(relative_error(b1.params(), a1.params()) <= 1e-12);
+    CHECK(relative_error(b2.params(), a2.params()) <= 1e-12);
+  }
+  CHECK(clipped < 1.0);  // KL clipping took part
+  CHECK(pre.state().inverse_refreshes == own.state().inverse_refreshes);
+  // A NaN gradient is refused with the gradients and counters unchanged.
+  b2.db(1) = std::numeric_limits<double>::quiet_NaN();
+  const Mat<double> dW1 = b1.dW;
+  const auto steps = pre.state().counters.steps;
+  CHECK(pre.precondition_gradients() == kfopt::Status::NonFiniteInput);
+  CHECK(b1.dW == dW1);
+  CHECK(pre.state().counters.steps == steps);
+  // Adaptive damping needs the update: refused.
+  o.adaptive_damping = true;
+  kfopt::Kfac<double> adaptive(o);
+  adaptive.add_dense_layer("fc1", b1.W, b1.dW, b1.b, b1.db);
+  CHECK_THROWS_AS(adaptive.precondition_gradients(), kfopt::InvalidInputError);
 }

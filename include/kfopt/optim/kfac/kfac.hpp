@@ -435,6 +435,29 @@ class Kfac {
   /// Throws InvalidInputError if a layer has never received statistics.
   Status step() { return step_impl(false, nullptr); }
 
+  /// K-FAC as a preconditioner in front of another optimizer (as kfac-pytorch puts its
+  /// preconditioner in front of torch.optim.SGD): everything step() does up to the clipped
+  /// natural-gradient direction — the refresh on schedule, `Δ = F̂⁻¹ Z` per layer with Z the
+  /// gradient (+ weight decay · parameters when options.weight_decay > 0), KL clipping
+  /// `ν Δ` with the learning rate of the options — and then writes `ν Δ` back into the
+  /// registered gradient storage (dW, db) instead of updating momentum and parameters. The
+  /// parameters and Kfac's momentum are left alone; the step counter advances (it drives the
+  /// refresh and statistics schedules). A first-order optimizer stepping on those gradients
+  /// then takes the K-FAC step: Sgd with momentum μ and learning rate η gives Kfac::step()
+  /// with momentum μ and learning rate η. The registered gradients must be writable objects
+  /// (they are declared const because step() only reads them). All or nothing as step():
+  /// NonFiniteInput, Overflow or NumericalIssue leave the gradients, factors and counters
+  /// unchanged (refusals counted as by step()). Throws InvalidInputError with adaptive
+  /// damping (its quadratic model needs the update, which the other optimizer makes).
+  Status precondition_gradients() {
+    if (options_.adaptive_damping) {
+      throw InvalidInputError("kfopt::Kfac::precondition_gradients: adaptive damping needs the "
+                              "step's update for its quadratic model; turn it off to use K-FAC "
+                              "as a preconditioner");
+    }
+    return step_impl(false, nullptr, true);
+  }
+
   /// Reports the mini-batch loss before and after the last step (same batch) for adaptive
   /// damping; returns the reduction ratio ρ (NaN if it could not be formed). A no-op unless
   /// options.adaptive_damping.
@@ -609,7 +632,9 @@ class Kfac {
     return layers_[id];
   }
 
-  Status step_impl(bool installed_refresh, const Preconditioner* precondition);
+  Status step_impl(bool installed_refresh, const Preconditioner* precondition,
+                   bool only_precondition = false);
+  void write_gradient(const Layer& layer);
   void gather(Layer& layer, Scalar wd);
   void scatter(Layer& layer, Scalar lr);
   bool updated_parameters_finite(const Layer& layer, Scalar lr) const;
@@ -722,7 +747,8 @@ Status Kfac<Scalar>::record_sequence_statistics(
 }
 
 template <typename Scalar>
-Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* precondition) {
+Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* precondition,
+                               bool only_precondition) {
   if (layers_.empty()) throw InvalidInputError("kfopt::Kfac::step: no layer registered");
   for (const auto& layer : layers_) {
     if (!layer.block->has_statistics()) {
@@ -777,6 +803,18 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
   }
   const double lr = options_.learning_rate;
   const double nu = clip_scale(inner, lr);
+
+  if (only_precondition) {  // ν Δ into the gradient storage, checked first
+    for (auto& layer : layers_) {
+      layer.direction *= static_cast<Scalar>(nu);
+      if (!detail::all_finite(layer.direction)) return detail::refuse(state_.counters, Status::Overflow);
+    }
+    for (const auto& layer : layers_) write_gradient(layer);
+    state_.pending_model_change = 0.0;
+    state_.last_clip_scale = nu;
+    ++state_.counters.steps;
+    return Status::Success;
+  }
 
   // The new momentum (into `direction`) and parameters, checked finite before anything is
   // written: the commit below cannot fail.
@@ -880,6 +918,20 @@ void Kfac<Scalar>::gather(Layer& layer, Scalar wd) {
   if (layer.bias_index >= 0) {
     const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
     layer.gradient.col(in) = bb.gradient().col(0) + wd * bb.value().col(0);
+  }
+}
+
+// [∇W ∇b] ← layer.direction, in the caller's gradient storage.
+template <typename Scalar>
+void Kfac<Scalar>::write_gradient(const Layer& layer) {
+  auto writable = [](const ParameterBlock<Scalar>& block) {
+    return Eigen::Map<Matrix>(const_cast<Scalar*>(block.gradient().data()), block.rows(), block.cols());
+  };
+  const auto& wb = params_[layer.weight_index];
+  const Eigen::Index in = wb.cols();
+  writable(wb) = layer.direction.leftCols(in);
+  if (layer.bias_index >= 0) {
+    writable(params_[static_cast<std::size_t>(layer.bias_index)]).col(0) = layer.direction.col(in);
   }
 }
 
