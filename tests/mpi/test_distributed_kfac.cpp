@@ -393,6 +393,18 @@ struct SharedLinear {
   }
 };
 
+/// One step of `dist` on this rank's share `s` of the global batch `seq` and of `one` on all
+/// of it; whether both succeeded.
+bool step_both(DistributedKfac<double>& dk, SharedLinear& dist, SharedLinear& one,
+               const Sequences& seq, const Slice& s) {
+  dist.forward_backward(seq, s.begin, s.count);
+  dk.record_sequence_statistics(dist.id, dist.A, dist.G, dist.lengths);
+  bool ok = dk.step_weighted(static_cast<double>(s.count)) == Status::Success;
+  one.forward_backward(seq, 0, kSequences);
+  ok = one.kfac.record_sequence_statistics(one.id, one.A, one.G, one.lengths) == Status::Success && ok;
+  return one.kfac.step() == Status::Success && ok;
+}
+
 }  // namespace
 
 TEST_CASE("DistributedKfac: a recurrent layer (Options 1 and 2, mixed lengths) equals one "
@@ -414,13 +426,7 @@ TEST_CASE("DistributedKfac: a recurrent layer (Options 1 and 2, mixed lengths) e
     double worst = 0.0;
     bool ok = true;
     for (int t = 0; t < 30; ++t) {
-      const Sequences seq = global_sequences(t);
-      dist.forward_backward(seq, s.begin, s.count);
-      dk.record_sequence_statistics(dist.id, dist.A, dist.G, dist.lengths);
-      ok = ok && dk.step_weighted(static_cast<double>(s.count)) == Status::Success;
-      one.forward_backward(seq, 0, kSequences);
-      ok = ok && one.kfac.record_sequence_statistics(one.id, one.A, one.G, one.lengths) == Status::Success;
-      ok = ok && one.kfac.step() == Status::Success;
+      ok = step_both(dk, dist, one, global_sequences(t), s) && ok;
       if (t == 4 || t == 13) {  // between refreshes: a preparation round without a refresh
         dist.kfac.set_damping(0.004 * t);
         one.kfac.set_damping(0.004 * t);
@@ -501,13 +507,7 @@ TEST_CASE("DistributedKfac: a recurrent layer (Options 1 and 2, mixed lengths) e
     bool ok = true;
     double worst = 0.0;
     for (int t = 0; t < 20; ++t) {
-      const Sequences seq = global_sequences(t);
-      dist.forward_backward(seq, s.begin, s.count);
-      dk.record_sequence_statistics(dist.id, dist.A, dist.G, dist.lengths);
-      ok = ok && dk.step_weighted(static_cast<double>(s.count)) == Status::Success;
-      one.forward_backward(seq, 0, kSequences);
-      ok = ok && one.kfac.record_sequence_statistics(one.id, one.A, one.G, one.lengths) == Status::Success;
-      ok = ok && one.kfac.step() == Status::Success;
+      ok = step_both(dk, dist, one, global_sequences(t), s) && ok;
       worst = std::max(worst, (dist.W - one.W).cwiseAbs().maxCoeff() / one.W.cwiseAbs().maxCoeff());
     }
     REQUIRE(everywhere(comm, ok));

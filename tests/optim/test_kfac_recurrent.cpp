@@ -28,6 +28,23 @@ Vec<double> stacked(const Mat<double>& W, const Vec<double>& b) {
   return v;
 }
 
+/// m sequences of t_max steps, time-major (row t·m + i), of AR(1) inputs `a` and output
+/// gradients `g`, so that the lag-one moments A1, G1 matter.
+void autocorrelated_sequences(Rng& rng, int in, int out, int m, int t_max, Mat<double>& a,
+                              Mat<double>& g) {
+  a.resize(t_max * m, in);
+  g.resize(t_max * m, out);
+  for (int i = 0; i < m; ++i) {
+    Vec<double> x = rng.normal<double>(in, 1), y = rng.normal<double>(out, 1);
+    for (int t = 0; t < t_max; ++t) {
+      a.row(t * m + i) = x.transpose();
+      g.row(t * m + i) = y.transpose();
+      x = 0.7 * x + 0.5 * rng.normal<double>(in, 1);
+      y = 0.6 * y + 0.5 * rng.normal<double>(out, 1);
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE("K-FAC recurrent layers: sequences of length 1 give the dense K-FAC step",
@@ -69,17 +86,8 @@ TEST_CASE("K-FAC recurrent layers: the step inverts the block's approximate Fish
     kfopt::Kfac<double> kfac(recurrent_options());
     const auto rid = kfac.add_recurrent_layer("rnn", W, dW, b, db, {approx});
     const auto did = kfac.add_dense_layer("readout", V, dV);
-    // Autocorrelated inputs so that A1, G1 matter.
-    Mat<double> a(t_max * m, in), g(t_max * m, out);
-    for (int i = 0; i < m; ++i) {
-      Vec<double> x = rng.normal<double>(in, 1), y = rng.normal<double>(out, 1);
-      for (int t = 0; t < t_max; ++t) {
-        a.row(t * m + i) = x.transpose();
-        g.row(t * m + i) = y.transpose();
-        x = 0.7 * x + 0.5 * rng.normal<double>(in, 1);
-        y = 0.6 * y + 0.5 * rng.normal<double>(out, 1);
-      }
-    }
+    Mat<double> a, g;
+    autocorrelated_sequences(rng, in, out, m, t_max, a, g);
     Eigen::VectorXi lengths(m);
     lengths << 5, 3, 4, 2;
     REQUIRE(kfac.record_sequence_statistics(rid, a, g, lengths) == kfopt::Status::Success);
@@ -232,16 +240,8 @@ TEST_CASE("K-FAC recurrent layers: a refresh and a preparation computed as parts
     parts.add_dense_layer("readout", V2, dV);
     int refreshes = 0, preparations = 0;
     for (int step = 0; step < 10; ++step) {
-      Mat<double> a(t_max * m, in), g(t_max * m, out);
-      for (int i = 0; i < m; ++i) {
-        Vec<double> x = rng.normal<double>(in, 1), y = rng.normal<double>(out, 1);
-        for (int t = 0; t < t_max; ++t) {
-          a.row(t * m + i) = x.transpose();
-          g.row(t * m + i) = y.transpose();
-          x = 0.7 * x + 0.5 * rng.normal<double>(in, 1);
-          y = 0.6 * y + 0.5 * rng.normal<double>(out, 1);
-        }
-      }
+      Mat<double> a, g;
+      autocorrelated_sequences(rng, in, out, m, t_max, a, g);
       Eigen::VectorXi lengths(m);
       lengths << 4, 1, 3, 4, 2;
       const Mat<double> ad = rng.normal<double>(6, out), gd = rng.normal<double>(6, 2);

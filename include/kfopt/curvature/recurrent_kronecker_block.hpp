@@ -871,6 +871,20 @@ class RecurrentKroneckerBlock {
     return Status::Success;
   }
 
+  /// The end of a refresh: the staged spectra become current, with the snapshot of the
+  /// current statistics and the length distribution `lengths` (mean `mean`).
+  void commit_refresh(SequenceLengths lengths, Scalar mean) {
+    std::swap(a0_spectrum_, a0_stage_);
+    std::swap(g0_spectrum_, g0_stage_);
+    snap_a0_ = a_.a0();
+    snap_a1_ = a_.a1();
+    snap_g0_ = g_.a0();
+    snap_g1_ = g_.a1();
+    snap_lengths_ = std::move(lengths);
+    snap_mean_ = mean;
+    ++version_;
+  }
+
   /// Fills the header of `p` (what matches() compares) for a preparation of `mode`, `d`.
   void begin_prepared(Prepared& p, Mode mode, const BlockDamping<Scalar>& d) const {
     p.valid = false;
@@ -1140,15 +1154,7 @@ Status RecurrentKroneckerBlock<Scalar>::refresh() {
   if (s != Status::Success) return s;
   s = g0_stage_.compute(g_.a0()).info();
   if (s != Status::Success) return s;
-  std::swap(a0_spectrum_, a0_stage_);
-  std::swap(g0_spectrum_, g0_stage_);
-  snap_a0_ = a_.a0();
-  snap_a1_ = a_.a1();
-  snap_g0_ = g_.a0();
-  snap_g1_ = g_.a1();
-  snap_lengths_ = std::move(lengths);
-  snap_mean_ = static_cast<Scalar>(mean);
-  ++version_;
+  commit_refresh(std::move(lengths), static_cast<Scalar>(mean));
   return Status::Success;
 }
 
@@ -1213,15 +1219,7 @@ void RecurrentKroneckerBlock<Scalar>::install_refresh(const Matrix& a_result, co
   check(g_result, rows(), "G0's eigendecomposition");
   a0_stage_.set_decomposition(a_result.col(0), a_result.rightCols(cols()));
   g0_stage_.set_decomposition(g_result.col(0), g_result.rightCols(rows()));
-  std::swap(a0_spectrum_, a0_stage_);
-  std::swap(g0_spectrum_, g0_stage_);
-  snap_a0_ = a_.a0();
-  snap_a1_ = a_.a1();
-  snap_g0_ = g_.a0();
-  snap_g1_ = g_.a1();
-  snap_lengths_ = parts_lengths_;
-  snap_mean_ = parts_mean_;
-  ++version_;
+  commit_refresh(parts_lengths_, parts_mean_);
   parts_status_ = Status::NotComputed;  // installed once
 }
 
