@@ -7,7 +7,11 @@
 //   steady state of eq. 20 solved without approximation; eq. 21–22 hold there;
 // - Nesterov placement and the decoupled weight decay of the prior;
 // - the fixed-point form runs from SGD with step σ² (σ² → 0) to AdamW (σ² → ∞);
-// - bad input: rejected options, skipped non-finite steps, clamped covariances.
+// - bad input: rejected options, skipped non-finite steps, clamped covariances;
+// - the vectorized in-place step: step() equals update() then predict() and a scalar loop of
+//   the element-wise filter bit for bit (every form and Fisher estimate, clamps and pinned
+//   weights included); a refusal in the last tile of a 10⁵-parameter block (NaN/Inf input, an
+//   overflow in the update or in the prediction) leaves everything bit-for-bit unchanged.
 #include <catch2/catch.hpp>
 #include <kfopt/filter/gaussian_belief.hpp>
 #include <kfopt/filter/kalman_predict.hpp>
@@ -18,7 +22,11 @@
 #include <kfopt/optim/first_order/sgd.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <random>
+#include <type_traits>
 #include <vector>
 
 #include "support/dense_reference.hpp"
@@ -461,4 +469,285 @@ TEMPLATE_TEST_CASE("FilterAdam and FilterFixedPoint: bad input is rejected, skip
   CHECK_THROWS_AS(sup.update(wrong), kfopt::ShapeError);
   s.momentum_variance[0](0) = Scalar(-1);
   CHECK_THROWS_AS(sup.set_state(s), kfopt::InvalidInputError);
+}
+
+namespace {
+
+// A 10⁵-parameter block (49 tiles of the guarded pass, core/step_guard.hpp) and a 147-element
+// one (its end in the scalar remainder of any SIMD packet), with gradients.
+template <typename Scalar>
+struct LargeModel {
+  Mat<Scalar> W, dW, b, db;
+  kfopt::ParameterSet<Scalar> params;
+  explicit LargeModel(unsigned seed) {
+    Rng rng(seed);
+    W = rng.normal<Scalar>(250, 400);
+    b = rng.normal<Scalar>(147, 1);
+    dW = rng.normal<Scalar>(250, 400);
+    db = rng.normal<Scalar>(147, 1);
+    params.add("w", W, dW);
+    params.add("b", b, db);
+  }
+};
+
+template <typename Scalar>
+bool same_bits(const Mat<Scalar>& x, const Mat<Scalar>& y) {
+  return x.rows() == y.rows() && x.cols() == y.cols() &&
+         std::memcmp(x.data(), y.data(), sizeof(Scalar) * static_cast<std::size_t>(x.size())) == 0;
+}
+template <typename Scalar>
+bool same_bits(const kfopt::BlockBuffers<Scalar>& x, const kfopt::BlockBuffers<Scalar>& y) {
+  if (x.size() != y.size()) return false;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (!same_bits(x[i], y[i])) return false;
+  }
+  return true;
+}
+
+// Every bit FilterAdam and its parameters carry.
+template <typename Scalar>
+struct Snapshot {
+  Mat<Scalar> W, b;
+  typename kfopt::FilterAdam<Scalar>::State s;
+  Snapshot(const LargeModel<Scalar>& m, const kfopt::FilterAdam<Scalar>& opt)
+      : W(m.W), b(m.b), s(opt.state()) {}
+  // Everything equal, bit for bit, except the refusal counter, which moved by `refused`.
+  bool equals(const Snapshot& o, std::int64_t refused = 0) const {
+    return same_bits(W, o.W) && same_bits(b, o.b) && same_bits(s.momentum, o.s.momentum) &&
+           same_bits(s.weight_variance, o.s.weight_variance) &&
+           same_bits(s.cross_covariance, o.s.cross_covariance) &&
+           same_bits(s.momentum_variance, o.s.momentum_variance) &&
+           same_bits(s.gradient_average, o.s.gradient_average) &&
+           std::memcmp(&s.centering_weight, &o.s.centering_weight, sizeof(double)) == 0 &&
+           s.phase == o.s.phase && s.counters.steps == o.s.counters.steps &&
+           s.counters.skipped_nonfinite + refused == o.s.counters.skipped_nonfinite &&
+           s.clamped_variances == o.s.clamped_variances;
+  }
+};
+
+// Covariances on the edge of the PSD cone (Σ_wp² = Σ_ww Σ_pp up to rounding, some Σ_ww = 0),
+// so that the update and the prediction clamp some of them.
+template <typename Scalar>
+void edge_covariances(kfopt::FilterAdam<Scalar>& opt, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  auto s = opt.state();
+  for (std::size_t i = 0; i < s.momentum.size(); ++i) {
+    for (Eigen::Index k = 0; k < s.momentum[i].size(); ++k) {
+      if (u(rng) > 0.3) continue;
+      Scalar& ww = s.weight_variance[i].data()[k];
+      Scalar& wp = s.cross_covariance[i].data()[k];
+      Scalar& pp = s.momentum_variance[i].data()[k];
+      ww = static_cast<Scalar>(0.1 * u(rng));
+      pp = static_cast<Scalar>(0.1 * u(rng));
+      wp = (u(rng) < 0.5 ? Scalar(-1) : Scalar(1)) * std::sqrt(ww * pp);
+      if (u(rng) < 0.1) ww = wp = Scalar(0);
+    }
+  }
+  opt.set_state(s);
+}
+
+// Gradients (and supplied e) of mixed scales: 3% at 1e25 / 1e200 (e² overflows: the weight is
+// pinned), some zero, some tiny.
+template <typename Scalar>
+void mixed_gradients(LargeModel<Scalar>& m, kfopt::BlockBuffers<Scalar>& e, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  const double huge = std::is_same<Scalar, float>::value ? 1e25 : 1e200;
+  for (Mat<Scalar>* g : {&m.dW, &m.db, &e[0], &e[1]}) {
+    for (Eigen::Index k = 0; k < g->size(); ++k) {
+      const double r = 0.5 * (u(rng) + 1.0);
+      const double v = r < 0.03 ? huge * u(rng) : r < 0.06 ? 0.0 : r < 0.09 ? 1e-30 * u(rng) : u(rng);
+      g->data()[k] = static_cast<Scalar>(v);
+    }
+  }
+}
+
+// The step as a scalar loop over the elements with the element-wise filter's functions
+// (filter/elementwise_filter.hpp): the data update, then the prediction, in place.
+template <typename Scalar>
+void reference_step(LargeModel<Scalar>& m, typename kfopt::FilterAdam<Scalar>::State& s,
+                    const kfopt::FilterAdamOptions& o, const kfopt::BlockBuffers<Scalar>& e) {
+  const auto drift = kfopt::MomentumDrift<Scalar>::from(o.learning_rate, o.momentum_rate,
+                                                        o.weight_noise, o.prior_variance);
+  const double weight = o.centering_decay * s.centering_weight + 1.0;
+  const Scalar inverse_weight = static_cast<Scalar>(1.0 / weight);
+  for (std::size_t i = 0; i < 2; ++i) {
+    Mat<Scalar>& w = i == 0 ? m.W : m.b;
+    const Mat<Scalar>& g = i == 0 ? m.dW : m.db;
+    for (Eigen::Index k = 0; k < w.size(); ++k) {
+      kfopt::WeightMomentumCovariance<Scalar> c{s.weight_variance[i].data()[k],
+                                                s.cross_covariance[i].data()[k],
+                                                s.momentum_variance[i].data()[k]};
+      const Scalar grad = g.data()[k];
+      Scalar sample = grad;
+      if (o.fisher == kfopt::FisherEstimate::Centered) {
+        Scalar& average = s.gradient_average[i].data()[k];
+        sample = grad - average;
+        const Scalar step = sample * inverse_weight;
+        average = average + step;
+      } else if (o.fisher == kfopt::FisherEstimate::Supplied) {
+        sample = e[i].data()[k];
+      }
+      s.clamped_variances += kfopt::momentum_filter_update(c, sample) ? 1 : 0;
+      Scalar mean_w = w.data()[k];
+      if (o.form == kfopt::FilterAdamForm::Combined) {
+        const Scalar step = c.ww * grad;
+        mean_w = mean_w - step;
+      }
+      const Scalar step = c.wp * grad;
+      Scalar mean_p = s.momentum[i].data()[k] - step;
+      s.clamped_variances += kfopt::momentum_filter_predict(drift, mean_w, mean_p, c) ? 1 : 0;
+      w.data()[k] = mean_w;
+      s.momentum[i].data()[k] = mean_p;
+      s.weight_variance[i].data()[k] = c.ww;
+      s.cross_covariance[i].data()[k] = c.wp;
+      s.momentum_variance[i].data()[k] = c.pp;
+    }
+  }
+  if (o.fisher == kfopt::FisherEstimate::Centered) s.centering_weight = weight;
+  ++s.counters.steps;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("FilterAdam: step() equals update() then predict() and a scalar loop of the element-wise filter, bit for bit",
+                   "[optim][filter_adam]", float, double) {
+  using Scalar = TestType;
+  for (const auto form : {kfopt::FilterAdamForm::Adam, kfopt::FilterAdamForm::Combined}) {
+    for (const auto fisher : {kfopt::FisherEstimate::Gradient, kfopt::FisherEstimate::Centered,
+                              kfopt::FisherEstimate::Supplied}) {
+      INFO("form " << static_cast<int>(form) << ", fisher " << kfopt::to_string(fisher));
+      kfopt::FilterAdamOptions o = kfopt::FilterAdamOptions::combined(0.01, 0.02);
+      o.form = form;
+      o.fisher = fisher;
+      o.momentum_rate = 0.3;
+      LargeModel<Scalar> a(7), b(7), r(7);
+      kfopt::FilterAdam<Scalar> fused(a.params, o), split(b.params, o);
+      edge_covariances(fused, 3);
+      edge_covariances(split, 3);
+      auto s = fused.state();
+      kfopt::BlockBuffers<Scalar> e{Mat<Scalar>(250, 400), Mat<Scalar>(147, 1)};
+      for (int t = 0; t < 4; ++t) {
+        mixed_gradients(a, e, 100 + t);
+        mixed_gradients(b, e, 100 + t);
+        mixed_gradients(r, e, 100 + t);
+        const bool supplied = fisher == kfopt::FisherEstimate::Supplied;
+        REQUIRE((supplied ? fused.step(e) : fused.step()) == kfopt::Status::Success);
+        REQUIRE((supplied ? split.update(e) : split.update()) == kfopt::Status::Success);
+        REQUIRE(split.predict() == kfopt::Status::Success);
+        reference_step(r, s, o, e);
+        const Snapshot<Scalar> x(a, fused), y(b, split);
+        CHECK(x.equals(y));
+        CHECK(same_bits(a.W, r.W));
+        CHECK(same_bits(a.b, r.b));
+        CHECK(same_bits(x.s.momentum, s.momentum));
+        CHECK(same_bits(x.s.weight_variance, s.weight_variance));
+        CHECK(same_bits(x.s.cross_covariance, s.cross_covariance));
+        CHECK(same_bits(x.s.momentum_variance, s.momentum_variance));
+        CHECK(same_bits(x.s.gradient_average, s.gradient_average));
+        CHECK(x.s.clamped_variances == s.clamped_variances);
+        CHECK(x.s.counters.steps == s.counters.steps);
+      }
+      CHECK(s.clamped_variances > 0);  // the clamps were exercised
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("FilterAdam: a refusal in the last tile of a 1e5-parameter block leaves parameters and state bit-for-bit unchanged",
+                   "[optim][filter_adam]", float, double) {
+  using Scalar = TestType;
+  using L = std::numeric_limits<Scalar>;
+  // Where the bad entry goes: the last element of the 10⁵ block (its last tile, after 48 tiles
+  // whose new parameters were written in place and must be restored) or of the 147-element
+  // block (the scalar remainder, after the whole first block was written).
+  for (const bool last_block : {false, true}) {
+    INFO((last_block ? "last element of the 147-element block" : "last element of the 1e5 block"));
+    auto at = [&](Mat<Scalar>& big, Mat<Scalar>& small) -> Scalar& {
+      return last_block ? small(small.size() - 1) : big(big.size() - 1);
+    };
+    const std::size_t block = last_block ? 1 : 0;
+    const Eigen::Index index = last_block ? 146 : 99999;
+    auto fresh = [&](kfopt::FilterAdamOptions o, LargeModel<Scalar>& m) {
+      kfopt::FilterAdam<Scalar> opt(m.params, o);
+      REQUIRE(opt.step() == kfopt::Status::Success);
+      return opt;
+    };
+    kfopt::FilterAdamOptions centered;
+    centered.fisher = kfopt::FisherEstimate::Centered;
+
+    {
+      INFO("NaN gradient: step() and update() refuse (NonFiniteInput)");
+      LargeModel<Scalar> m(11);
+      auto opt = fresh(kfopt::FilterAdamOptions::combined(), m);
+      at(m.dW, m.db) = L::quiet_NaN();
+      const Snapshot<Scalar> before(m, opt);
+      CHECK(opt.step() == kfopt::Status::NonFiniteInput);
+      CHECK(before.equals(Snapshot<Scalar>(m, opt), 1));
+      CHECK(opt.update() == kfopt::Status::NonFiniteInput);
+      CHECK(before.equals(Snapshot<Scalar>(m, opt), 2));
+    }
+    {
+      INFO("Inf parameter: step(), update() and predict() refuse (NonFiniteInput)");
+      LargeModel<Scalar> m(12);
+      auto opt = fresh(kfopt::FilterAdamOptions{}, m);
+      at(m.W, m.b) = L::infinity();
+      const Snapshot<Scalar> before(m, opt);
+      CHECK(opt.step() == kfopt::Status::NonFiniteInput);
+      CHECK(opt.update() == kfopt::Status::NonFiniteInput);
+      CHECK(before.equals(Snapshot<Scalar>(m, opt), 2));
+      at(m.W, m.b) = Scalar(0.5);
+      REQUIRE(opt.update() == kfopt::Status::Success);
+      at(m.W, m.b) = -L::infinity();
+      const Snapshot<Scalar> posterior(m, opt);
+      CHECK(opt.predict() == kfopt::Status::NonFiniteInput);
+      CHECK(posterior.equals(Snapshot<Scalar>(m, opt), 1));
+      CHECK(opt.phase() == kfopt::FilterPhase::Posterior);
+    }
+    {
+      INFO("the prediction's weight mean overflows: step() refuses whole; update() is taken, predict() refuses");
+      LargeModel<Scalar> m(13);
+      auto opt = fresh(kfopt::FilterAdamOptions{}, m);
+      auto s = opt.state();
+      s.momentum[block](index) = L::max() / Scalar(2);  // keep_w · max + η · max/2 > max
+      opt.set_state(s);
+      at(m.W, m.b) = L::max();
+      at(m.dW, m.db) = Scalar(0);
+      const Snapshot<Scalar> before(m, opt);
+      CHECK(opt.step() == kfopt::Status::Overflow);
+      CHECK(before.equals(Snapshot<Scalar>(m, opt), 1));
+      CHECK(opt.phase() == kfopt::FilterPhase::Prior);
+      REQUIRE(opt.update() == kfopt::Status::Success);
+      const Snapshot<Scalar> posterior(m, opt);
+      CHECK(opt.predict() == kfopt::Status::Overflow);
+      CHECK(posterior.equals(Snapshot<Scalar>(m, opt), 1));
+      CHECK(opt.phase() == kfopt::FilterPhase::Posterior);
+    }
+    {
+      INFO("the prediction's weight variance overflows (weight_variance, cross_covariance, momentum_variance near max): step() refuses (Overflow)");
+      LargeModel<Scalar> m(14);
+      auto opt = fresh(kfopt::FilterAdamOptions{}, m);
+      auto s = opt.state();
+      const Scalar big = L::max() * Scalar(0.9999);  // (keep_w + η)² big > max
+      s.weight_variance[block](index) = s.cross_covariance[block](index) = s.momentum_variance[block](index) = big;
+      opt.set_state(s);
+      at(m.dW, m.db) = Scalar(0);
+      const Snapshot<Scalar> before(m, opt);
+      CHECK(opt.step() == kfopt::Status::Overflow);
+      CHECK(before.equals(Snapshot<Scalar>(m, opt), 1));
+    }
+    {
+      INFO("the centered gradient average overflows: step() and update() refuse (Overflow)");
+      LargeModel<Scalar> m(15);
+      auto opt = fresh(centered, m);
+      auto s = opt.state();
+      s.gradient_average[block](index) = -L::max() * Scalar(0.9);
+      opt.set_state(s);
+      at(m.dW, m.db) = L::max() * Scalar(0.9);  // e = ∇ − ĝ overflows
+      const Snapshot<Scalar> before(m, opt);
+      CHECK(opt.step() == kfopt::Status::Overflow);
+      CHECK(opt.update() == kfopt::Status::Overflow);
+      CHECK(before.equals(Snapshot<Scalar>(m, opt), 2));
+    }
+  }
 }

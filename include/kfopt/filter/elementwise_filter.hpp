@@ -9,9 +9,13 @@
 ///
 /// Everything here acts on one parameter at a time and costs O(1) flops; the optimizers
 /// (optim/bayes_filter/: filter_rmsprop.hpp, filter_adam.hpp, filter_fixed_point.hpp) loop over
-/// the elements of their parameter blocks. Conventions of the paper: `g` is the gradient of
-/// the log-likelihood (the *negative* loss gradient), `e` its Fisher-information sample, so
-/// that `Λ_like = e²`; the posterior mean moves by `Σ_post g` (eq. 6).
+/// the elements of their parameter blocks. The weight–momentum functions are templates over
+/// the value type: Scalar, or `detail::Lanes<Scalar>` for one pair per SIMD lane
+/// (core/lanes.hpp: branch-free selects, the rare branches taken only when a lane needs
+/// them), with which FilterAdam runs its loop a packet at a time; both give the same bits.
+/// Conventions of the paper: `g` is the gradient of the log-likelihood (the *negative* loss
+/// gradient), `e` its Fisher-information sample, so that `Λ_like = e²`; the posterior mean
+/// moves by `Σ_post g` (eq. 6).
 ///
 /// **Rounding guards.** The scalar update is evaluated as `σ² / (1 + σ² e²)`, a ratio of
 /// non-negative numbers: it cannot turn negative, and an overflowing `σ² e²` gives 0. The
@@ -26,6 +30,7 @@
 #include <string>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/core/lanes.hpp"
 #include "kfopt/core/parameter_block.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
@@ -155,26 +160,26 @@ struct WeightMomentumCovariance {
 /// negative variances go to 0, and a Schur complement `Σ_pp − Σ_wp²/Σ_ww` below 0 is
 /// clamped to 0 by raising Σ_pp to `Σ_wp²/Σ_ww` (when Σ_ww = 0, Σ_wp is set to 0). Returns
 /// whether anything was changed. O(1).
-template <typename Scalar>
-inline bool clamp_covariance(WeightMomentumCovariance<Scalar>& c) noexcept {
-  bool clamped = false;
-  if (!(c.ww >= Scalar(0))) {
-    c.ww = Scalar(0);
-    clamped = true;
+///
+/// `T` is Scalar or `detail::Lanes<Scalar>` (core/lanes.hpp: one pair per SIMD lane, the
+/// same operations in every lane, and a per-lane mask returned); the same holds for the
+/// other functions on WeightMomentumCovariance below.
+template <typename T>
+inline detail::LaneMaskOf<T> clamp_covariance(WeightMomentumCovariance<T>& c) noexcept {
+  using detail::select;
+  const T zero(0);
+  const auto negative_ww = detail::lanes_not_ge(c.ww, zero);  // !(Σ_ww >= 0)
+  c.ww = select(negative_ww, zero, c.ww);
+  const auto negative_pp = detail::lanes_not_ge(c.pp, zero);
+  c.pp = select(negative_pp, zero, c.pp);
+  const T wp2 = c.wp * c.wp;
+  const auto outside = detail::lanes_lt(c.ww * c.pp, wp2);  // Σ_wp² > Σ_ww Σ_pp
+  if (detail::any(outside)) {
+    const auto weight_known = detail::lanes_lt(zero, c.ww);
+    c.pp = select(outside & weight_known, wp2 / c.ww, c.pp);
+    c.wp = select(detail::and_not(outside, weight_known), zero, c.wp);
   }
-  if (!(c.pp >= Scalar(0))) {
-    c.pp = Scalar(0);
-    clamped = true;
-  }
-  if (c.wp * c.wp > c.ww * c.pp) {
-    if (c.ww > Scalar(0)) {
-      c.pp = c.wp * c.wp / c.ww;
-    } else {
-      c.wp = Scalar(0);
-    }
-    clamped = true;
-  }
-  return clamped;
+  return negative_ww | negative_pp | outside;
 }
 
 /// Prediction of a weight–momentum filter (eq. 3a/3b with eq. 16):
@@ -183,19 +188,27 @@ inline bool clamp_covariance(WeightMomentumCovariance<Scalar>& c) noexcept {
 ///     Σ   ← F Σ Fᵀ + Q.
 ///
 /// Returns whether the covariance had to be clamped (see clamp_covariance). O(1).
-template <typename Scalar>
-inline bool momentum_filter_predict(const MomentumDrift<Scalar>& d, Scalar& mean_w,
-                                    Scalar& mean_p, WeightMomentumCovariance<Scalar>& c) noexcept {
-  mean_w = d.keep_w * mean_w + d.coupling * mean_p;
+template <typename Scalar, typename T>
+inline detail::LaneMaskOf<T> momentum_filter_predict(const MomentumDrift<Scalar>& d, T& mean_w,
+                                                     T& mean_p,
+                                                     WeightMomentumCovariance<T>& c) noexcept {
+  // Every product that meets a sum is a statement of its own, in the order of the formula
+  // (core/lanes.hpp, "Contraction").
+  const T kept = d.keep_w * mean_w;
+  const T pushed = d.coupling * mean_p;
+  mean_w = kept + pushed;
   mean_p = d.keep_p * mean_p;
   // F Σ Fᵀ with F = [[a, b], [0, f]]: (a, b) Σ (a, b)ᵀ, (a, b) Σ (0, f)ᵀ, f² Σ_pp.
   const Scalar a = d.keep_w, b = d.coupling, f = d.keep_p;
-  const Scalar ww = a * a * c.ww + Scalar(2) * a * b * c.wp + b * b * c.pp + d.noise_w;
-  const Scalar wp = f * (a * c.wp + b * c.pp);
-  const Scalar pp = f * f * c.pp + d.noise_p;
-  c.ww = ww;
-  c.wp = wp;
-  c.pp = pp;
+  const T ww_a = a * a * c.ww;
+  const T ww_b = Scalar(2) * a * b * c.wp;
+  const T ww_c = b * b * c.pp;
+  const T wp_a = a * c.wp;
+  const T wp_b = b * c.pp;
+  const T pp_a = f * f * c.pp;
+  c.ww = ww_a + ww_b + ww_c + d.noise_w;
+  c.wp = f * (wp_a + wp_b);
+  c.pp = pp_a + d.noise_p;
   return clamp_covariance(c);
 }
 
@@ -206,21 +219,25 @@ inline bool momentum_filter_predict(const MomentumDrift<Scalar>& d, Scalar& mean
 ///
 /// The mean update (eq. 6 with `g = (g, 0)`) is then `μ_w += Σ_ww g`, `μ_p += Σ_wp g` with
 /// the *posterior* entries. Returns whether the covariance had to be clamped. O(1).
-template <typename Scalar>
-inline bool momentum_filter_update(WeightMomentumCovariance<Scalar>& c, Scalar e) noexcept {
-  const Scalar e2 = e * e;
-  const Scalar gain = c.ww * e2;
-  if (!(gain <= std::numeric_limits<Scalar>::max())) {
-    // e² overflowed: the weight is pinned, and so is the part of p correlated with it.
-    if (c.ww > Scalar(0)) c.pp -= c.wp * c.wp / c.ww;
-    c.ww = Scalar(0);
-    c.wp = Scalar(0);
-    return clamp_covariance(c);
+template <typename T>
+inline detail::LaneMaskOf<T> momentum_filter_update(WeightMomentumCovariance<T>& c, T e) noexcept {
+  using Scalar = typename detail::LaneTraits<T>::Scalar;
+  using detail::select;
+  const T e2 = e * e;
+  const T gain = c.ww * e2;
+  // !(gain <= max): e² overflowed, the weight is pinned.
+  const auto pinned = detail::lanes_not_ge(T(std::numeric_limits<Scalar>::max()), gain);
+  const T s = Scalar(1) + gain;
+  WeightMomentumCovariance<T> post{c.ww / s, c.wp / s, c.pp - e2 * c.wp * c.wp / s};
+  if (detail::any(pinned)) {
+    // A pinned weight: Σ_ww = Σ_wp = 0, and so is the part of p correlated with the weight.
+    const T zero(0);
+    const T pp = select(detail::lanes_lt(zero, c.ww), c.pp - c.wp * c.wp / c.ww, c.pp);
+    post.ww = select(pinned, zero, post.ww);
+    post.wp = select(pinned, zero, post.wp);
+    post.pp = select(pinned, pp, post.pp);
   }
-  const Scalar s = Scalar(1) + gain;
-  c.pp -= e2 * c.wp * c.wp / s;
-  c.ww /= s;
-  c.wp /= s;
+  c = post;
   return clamp_covariance(c);
 }
 
@@ -251,14 +268,22 @@ struct FisherSample {
   /// `next_average` receives the updated ĝ (Centered), `supplied` the caller's e (Supplied).
   Scalar operator()(Eigen::Index k, Scalar grad, const Scalar* average, Scalar* next_average,
                     const Scalar* supplied) const {
+    return lanes(k, grad, average, next_average, supplied);
+  }
+  /// The same for the elements [k, k + lanes) (T: Scalar or Lanes<Scalar>, core/lanes.hpp).
+  template <typename T>
+  T lanes(Eigen::Index k, const T& grad, const Scalar* average, Scalar* next_average,
+          const Scalar* supplied) const {
     switch (kind) {
       case FisherEstimate::Gradient: return grad;
       case FisherEstimate::Centered: {
-        const Scalar e = grad - average[k];
-        next_average[k] = average[k] + e * inverse_weight;
+        const T old = lane_load<T>(average + k);
+        const T e = grad - old;
+        const T step = e * inverse_weight;
+        lane_store(next_average + k, old + step);
         return e;
       }
-      case FisherEstimate::Supplied: return supplied[k];
+      case FisherEstimate::Supplied: return lane_load<T>(supplied + k);
     }
     return grad;
   }

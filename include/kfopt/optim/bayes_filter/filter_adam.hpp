@@ -50,7 +50,9 @@
 /// (the exact solution of `Σ_pp = (1 − η_p)² Σ_pp + η_p²`, SI §4.2), no correlation; the
 /// momentum mean starts at 0.
 ///
-/// Cost per step: about 30 flops per parameter, no allocation.
+/// Cost per step: about 30 flops per parameter (three of them divisions), vectorized
+/// (core/lanes.hpp), in one guarded pass over the parameters and the state — `step()` does
+/// the update and the prediction in that one pass. No allocation after the first step.
 
 #include <cmath>
 #include <cstdint>
@@ -191,48 +193,23 @@ class FilterAdam {
     constexpr const char* op = "kfopt::FilterAdam::predict";
     usable_.require(op);
     detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
-    detail::require_storage(op, *params_);
-    shape_scratch();
     std::int64_t clamped = 0;
-    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto&, const auto& p, auto& pn, auto& guard) {
-      if (!guard.save()) return false;
-      const Scalar* m = state_.momentum[i].data() + o;
-      const Scalar* ww = state_.weight_variance[i].data() + o;
-      const Scalar* wp = state_.cross_covariance[i].data() + o;
-      const Scalar* pp = state_.momentum_variance[i].data() + o;
-      Scalar* mn = next_momentum_[i].data() + o;
-      Scalar* wwn = next_ww_[i].data() + o;
-      Scalar* wpn = next_wp_[i].data() + o;
-      Scalar* ppn = next_pp_[i].data() + o;
-      for (Eigen::Index k = 0; k < n; ++k) {
-        WeightMomentumCovariance<Scalar> c{ww[k], wp[k], pp[k]};
-        Scalar w = p[k];
-        mn[k] = m[k];
-        if (momentum_filter_predict(drift_, w, mn[k], c)) ++clamped;
-        pn[k] = w;
-        wwn[k] = c.ww;
-        wpn[k] = c.wp;
-        ppn[k] = c.pp;
-      }
-      return next_finite(i, o, n, pn);
-    }, detail::GuardedInputs::Values);
+    const Status guarded = pass<false, true>(op, detail::FisherSample<Scalar>{}, nullptr, clamped);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
-    commit(clamped);
+    state_.clamped_variances += clamped;
     state_.phase = FilterPhase::Prior;
     return Status::Success;
   }
 
-  /// `update()` then `predict()` (parameters end at the look-ahead point μ_prior(t+1)).
-  Status step() {
-    const Status s = update();
-    return s == Status::Success ? predict() : s;
-  }
-  /// `update(e)` then `predict()`.
-  Status step(const BlockBuffers<Scalar>& e) {
-    const Status s = update(e);
-    return s == Status::Success ? predict() : s;
-  }
+  /// `update()` then `predict()` in one pass over the elements (parameters end at the
+  /// look-ahead point μ_prior(t+1)), with the same results, bit for bit, as the two calls.
+  /// All or nothing as a whole: when either part is refused (NonFiniteInput for a non-finite
+  /// gradient or parameter, Overflow for a result of the update or of the prediction that
+  /// would not be finite) nothing is written, the phase stays Prior and one refusal is
+  /// counted. Throws InvalidInputError in the Posterior phase.
+  Status step() { return step_impl("kfopt::FilterAdam::step", nullptr); }
+  /// `update(e)` then `predict()`, as step().
+  Status step(const BlockBuffers<Scalar>& e) { return step_impl("kfopt::FilterAdam::step", &e); }
 
   /// Whether the parameters hold the prior or the posterior mean.
   FilterPhase phase() const noexcept { return state_.phase; }
@@ -335,42 +312,28 @@ class FilterAdam {
                                        o.prior_variance);
   }
 
-  void shape_scratch() {
+  // The data update (kUpdate) and/or the prediction (kPredict) in one pass over the
+  // elements, a SIMD packet of them at a time (core/lanes.hpp), guarded as every step
+  // (core/step_guard.hpp): the new parameters are written in place tile by tile (restored if a
+  // later tile fails), the new state into the scratch buffers, swapped in only when every
+  // input and result of every tile is finite. Adds the clamp events to `clamped` (which the
+  // caller commits with the step).
+  template <bool kUpdate, bool kPredict>
+  Status pass(const char* op, const detail::FisherSample<Scalar>& sample,
+              const BlockBuffers<Scalar>* e, std::int64_t& clamped) {
+    const bool direct = kUpdate && options_.form == FilterAdamForm::Combined;
+    const bool weight = kPredict || direct;  // the parameters change
+    const bool centered = kUpdate && options_.fisher == FisherEstimate::Centered;
     for (auto* b : {&next_momentum_, &next_ww_, &next_wp_, &next_pp_}) {
       detail::shape_buffers_like(*b, *params_);
     }
-  }
-  // Whether a tile's new parameters `pn` and new state are finite.
-  template <typename Tile>
-  bool next_finite(std::size_t i, Eigen::Index o, Eigen::Index n, const Tile& pn) const {
-    return detail::all_finite_tiles(pn, detail::tile(next_momentum_[i], o, n), detail::tile(next_ww_[i], o, n),
-                                    detail::tile(next_wp_[i], o, n), detail::tile(next_pp_[i], o, n));
-  }
-  void commit(std::int64_t clamped) {
-    detail::swap_buffers(state_.momentum, next_momentum_);
-    detail::swap_buffers(state_.weight_variance, next_ww_);
-    detail::swap_buffers(state_.cross_covariance, next_wp_);
-    detail::swap_buffers(state_.momentum_variance, next_pp_);
-    state_.clamped_variances += clamped;
-  }
-
-  Status update_impl(const char* op, const BlockBuffers<Scalar>* e) {
-    usable_.require(op);
-    detail::require_filter_phase(op, state_.phase, FilterPhase::Prior);
-    detail::FisherSample<Scalar> sample;
-    const Status begun =
-        detail::begin_data_update(op, options_.fisher, options_.centering_decay, e, *params_,
-                                  state_.counters, state_.centering_weight, sample);
-    if (begun != Status::Success) return begun;
-    const bool direct = options_.form == FilterAdamForm::Combined;
-    const bool centered = options_.fisher == FisherEstimate::Centered;
-    shape_scratch();
     if (centered) detail::shape_buffers_like(next_average_, *params_);
-    std::int64_t clamped = 0;
-    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
-                                               const auto& grad, const auto& p, auto& pn, auto& guard) {
+    const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o,
+                                                          Eigen::Index n, const auto& grad,
+                                                          const auto& p, auto& pn, auto& guard) {
       if (!guard.save()) return false;
       const Scalar* gd = grad.data();
+      const Scalar* w = p.data();  // the same storage as pn: read at k before pn[k] is written
       const Scalar* m = state_.momentum[i].data() + o;
       const Scalar* ww = state_.weight_variance[i].data() + o;
       const Scalar* wp = state_.cross_covariance[i].data() + o;
@@ -382,25 +345,85 @@ class FilterAdam {
       const Scalar* avg = centered ? state_.gradient_average[i].data() + o : nullptr;
       Scalar* avg_next = centered ? next_average_[i].data() + o : nullptr;
       const Scalar* sup = e != nullptr ? (*e)[i].data() + o : nullptr;
-      for (Eigen::Index k = 0; k < n; ++k) {
-        WeightMomentumCovariance<Scalar> c{ww[k], wp[k], pp[k]};
-        if (momentum_filter_update(c, sample(k, gd[k], avg, avg_next, sup))) ++clamped;
-        wwn[k] = c.ww;
-        wpn[k] = c.wp;
-        ppn[k] = c.pp;
-        // μ_post = μ_prior + Σ_post (g, 0), g = −∇ (eq. 6).
-        pn[k] = direct ? p[k] - c.ww * gd[k] : p[k];
-        mn[k] = m[k] - c.wp * gd[k];
-      }
-      return next_finite(i, o, n, pn) &&
+      detail::LaneCounter<Scalar> clamps;
+      detail::LaneFiniteness<Scalar> finite;
+      detail::for_each_lane<Scalar>(n, [&](Eigen::Index k, auto lane) {
+        using T = decltype(lane);
+        using detail::lane_load;
+        using detail::lane_store;
+        WeightMomentumCovariance<T> c{lane_load<T>(ww + k), lane_load<T>(wp + k),
+                                      lane_load<T>(pp + k)};
+        T mean_w = weight ? lane_load<T>(w + k) : T(0);
+        T mean_p = lane_load<T>(m + k);
+        if (kUpdate) {
+          const T g = lane_load<T>(gd + k);
+          clamps.add(momentum_filter_update(c, sample.lanes(k, g, avg, avg_next, sup)));
+          // μ_post = μ_prior + Σ_post (g, 0), g = −∇ (eq. 6).
+          if (direct) {
+            const T step_w = c.ww * g;
+            mean_w = mean_w - step_w;
+          }
+          const T step_p = c.wp * g;
+          mean_p = mean_p - step_p;
+        }
+        if (kPredict) clamps.add(momentum_filter_predict(drift_, mean_w, mean_p, c));
+        if (weight) lane_store(pn.data() + k, mean_w);
+        lane_store(mn + k, mean_p);
+        lane_store(wwn + k, c.ww);
+        lane_store(wpn + k, c.wp);
+        lane_store(ppn + k, c.pp);
+        finite.add(mean_w);
+        finite.add(mean_p);
+        finite.add(c.ww);
+        finite.add(c.wp);
+        finite.add(c.pp);
+      });
+      clamped += clamps.total();
+      return finite.finite() &&
              (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
-    });
-    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
-    commit(clamped);
+    }, kUpdate ? detail::GuardedInputs::GradientsAndValues : detail::GuardedInputs::Values);
+    if (guarded != Status::Success) return guarded;
+    detail::swap_buffers(state_.momentum, next_momentum_);
+    detail::swap_buffers(state_.weight_variance, next_ww_);
+    detail::swap_buffers(state_.cross_covariance, next_wp_);
+    detail::swap_buffers(state_.momentum_variance, next_pp_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
+    return Status::Success;
+  }
+
+  // The start of update() and step(): phase, call and inputs (begin_data_update).
+  Status begin_update(const char* op, const BlockBuffers<Scalar>* e,
+                      detail::FisherSample<Scalar>& sample) {
+    usable_.require(op);
+    detail::require_filter_phase(op, state_.phase, FilterPhase::Prior);
+    return detail::begin_data_update(op, options_.fisher, options_.centering_decay, e, *params_,
+                                     state_.counters, state_.centering_weight, sample);
+  }
+
+  Status update_impl(const char* op, const BlockBuffers<Scalar>* e) {
+    detail::FisherSample<Scalar> sample;
+    const Status begun = begin_update(op, e, sample);
+    if (begun != Status::Success) return begun;
+    std::int64_t clamped = 0;
+    const Status guarded = pass<true, false>(op, sample, e, clamped);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
+    state_.clamped_variances += clamped;
     state_.centering_weight = sample.next_weight;
     ++state_.counters.steps;
     state_.phase = FilterPhase::Posterior;
+    return Status::Success;
+  }
+
+  Status step_impl(const char* op, const BlockBuffers<Scalar>* e) {
+    detail::FisherSample<Scalar> sample;
+    const Status begun = begin_update(op, e, sample);
+    if (begun != Status::Success) return begun;
+    std::int64_t clamped = 0;
+    const Status guarded = pass<true, true>(op, sample, e, clamped);
+    if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
+    state_.clamped_variances += clamped;
+    state_.centering_weight = sample.next_weight;
+    ++state_.counters.steps;
     return Status::Success;
   }
 
@@ -408,7 +431,7 @@ class FilterAdam {
   FilterAdamOptions options_;
   MomentumDrift<Scalar> drift_;
   State state_;
-  // Scratch of the guarded update and predict.
+  // Scratch of the guarded pass: the new state, swapped in by the commit.
   BlockBuffers<Scalar> next_momentum_, next_ww_, next_wp_, next_pp_, next_average_;
   detail::GuardedUpdate<Scalar> guarded_;
   detail::MoveSentinel usable_;
