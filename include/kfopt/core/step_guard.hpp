@@ -288,12 +288,19 @@ class GuardedUpdate {
   /// parameters); an element-loop kernel's check then reads a tile that is in L1 or L2.
   static constexpr Eigen::Index kTile = 2048;
 
+  /// `gradient_scale` (gradient clipping, core/gradient_clipping.hpp) multiplies every
+  /// gradient the kernel reads: when it is not 1, each tile's gradients are scaled into a
+  /// tile of scratch (in cache) and the kernel reads that; the caller's storage is not written
+  /// and the finiteness check reads the gradients as they are.
   template <typename Kernel>
   Status run(const char* operation, ParameterSet<Scalar>& params, Kernel&& kernel,
-             GuardedInputs inputs = GuardedInputs::GradientsAndValues) {
+             GuardedInputs inputs = GuardedInputs::GradientsAndValues,
+             Scalar gradient_scale = Scalar(1)) {
     require_storage(operation, params);
     shape_buffers_like(backup_, params);
     const bool gradients = inputs == GuardedInputs::GradientsAndValues;
+    const bool scaled = gradients && gradient_scale != Scalar(1);
+    if (scaled && scaled_gradient_.size() != kTile) scaled_gradient_.resize(kTile);
     for (std::size_t i = 0; i < params.size(); ++i) {
       Scalar* value = params[i].value().data();
       const Scalar* gradient = params[i].gradient().data();
@@ -304,7 +311,12 @@ class GuardedUpdate {
         TileGuard<Scalar> guard(saved + offset, value + offset,
                                 gradients ? gradient + offset : nullptr, n);
         Tile<Scalar> out(value + offset, n);
-        const bool ok = kernel(i, offset, n, ConstTile<Scalar>(gradient + offset, n),
+        const Scalar* read = gradient + offset;
+        if (scaled) {
+          scaled_gradient_.head(n) = gradient_scale * ConstTile<Scalar>(read, n);
+          read = scaled_gradient_.data();
+        }
+        const bool ok = kernel(i, offset, n, ConstTile<Scalar>(read, n),
                                ConstTile<Scalar>(value + offset, n), out, guard);
         assert(guard.saved() && "a guarded kernel must save the old values (TileGuard)");
         if (!ok) {
@@ -332,6 +344,7 @@ class GuardedUpdate {
   }
 
   BlockBuffers<Scalar> backup_;
+  Eigen::Array<Scalar, Eigen::Dynamic, 1> scaled_gradient_;  // one tile of clipped gradients
 };
 
 /// Throws ShapeError unless `buffers` match the blocks' shapes (e.g. a State restored from a

@@ -58,6 +58,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "kfopt/core/gradient_clipping.hpp"
+#include "kfopt/core/schedule.hpp"
 #include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
@@ -100,6 +102,15 @@ struct FilterAdamOptions {
   /// β ∈ [0, 1): decay of the gradient average of FisherEstimate::Centered. Default 0.9.
   double centering_decay = 0.9;
 
+  /// Factor of η per step (core/schedule.hpp): the step with index t (from 0) uses
+  /// η · learning_rate_schedule(t) in its prediction, checked against the range above.
+  /// Default: constant.
+  Schedule learning_rate_schedule;
+  /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
+  /// gradients together exceeds c = max_gradient_norm ≥ 0, the data update uses them scaled
+  /// by c / ‖∇‖ (the Fisher sample e = ∇ too; a supplied e is not scaled). Default 0: off.
+  double max_gradient_norm = 0.0;
+
   /// The RMSProp–Adam combination of §2.2.7: Combined form with weight noise η_w.
   static FilterAdamOptions combined(double learning_rate = 1e-3, double weight_noise = 1e-3) {
     FilterAdamOptions o;
@@ -114,22 +125,27 @@ struct FilterAdamOptions {
     constexpr const char* a = "kfopt::FilterAdamOptions";
     detail::require_hyperparameter(prior_variance > 0.0 && std::isfinite(prior_variance), a,
                                    "prior_variance", prior_variance, "(0, inf)");
-    detail::require_hyperparameter(learning_rate >= 0.0 && std::isfinite(learning_rate), a,
-                                   "learning_rate", learning_rate, "[0, inf)");
+    detail::require_hyperparameter(max_gradient_norm >= 0.0 && std::isfinite(max_gradient_norm), a,
+                                   "max_gradient_norm", max_gradient_norm, "[0, inf), finite (0: off)");
     detail::require_hyperparameter(momentum_rate > 0.0 && momentum_rate <= 1.0, a,
                                    "momentum_rate", momentum_rate, "(0, 1]");
     detail::require_hyperparameter(weight_noise >= 0.0 && std::isfinite(weight_noise), a,
                                    "weight_noise", weight_noise, "[0, inf)");
-    detail::require_hyperparameter(
-        learning_rate * learning_rate + weight_noise * weight_noise <= 2.0 * prior_variance, a,
-        "learning_rate", learning_rate,
-        "eta^2 + weight_noise^2 <= 2 prior_variance (decay <= 1)");
+    require_learning_rate(a, learning_rate);
     detail::require_hyperparameter(initial_weight_variance >= 0.0 &&
                                        std::isfinite(initial_weight_variance),
                                    a, "initial_weight_variance", initial_weight_variance,
                                    "[0, inf) (0: prior_variance)");
     detail::require_hyperparameter(centering_decay >= 0.0 && centering_decay < 1.0, a,
                                    "centering_decay", centering_decay, "[0, 1)");
+  }
+  /// The range of η (also checked for each step's scheduled η).
+  void require_learning_rate(const char* a, double eta) const {
+    detail::require_hyperparameter(eta >= 0.0 && std::isfinite(eta), a, "learning_rate", eta,
+                                   "[0, inf)");
+    detail::require_hyperparameter(eta * eta + weight_noise * weight_noise <= 2.0 * prior_variance,
+                                   a, "learning_rate", eta,
+                                   "eta^2 + weight_noise^2 <= 2 prior_variance (decay <= 1)");
   }
 };
 
@@ -193,8 +209,11 @@ class FilterAdam {
     constexpr const char* op = "kfopt::FilterAdam::predict";
     usable_.require(op);
     detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
+    const MomentumDrift<Scalar> drift =
+        step_drift(op, state_.counters.steps > 0 ? state_.counters.steps - 1 : 0);
     std::int64_t clamped = 0;
-    const Status guarded = pass<false, true>(op, detail::FisherSample<Scalar>{}, nullptr, clamped);
+    const Status guarded =
+        pass<false, true>(op, detail::FisherSample<Scalar>{}, nullptr, drift, Scalar(1), clamped);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     state_.clamped_variances += clamped;
     state_.phase = FilterPhase::Prior;
@@ -295,6 +314,7 @@ class FilterAdam {
     io.hyperparameter("form", o.form);
     io.hyperparameter("fisher", o.fisher);
     io.hyperparameter("centering_decay", o.centering_decay, kC);
+    io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
     io.buffers(*params_, "momentum", s.momentum);
     io.buffers(*params_, "weight_variance", s.weight_variance, EntryConstraint::Nonnegative);
     io.buffers(*params_, "cross_covariance", s.cross_covariance);
@@ -311,6 +331,16 @@ class FilterAdam {
     return MomentumDrift<Scalar>::from(o.learning_rate, o.momentum_rate, o.weight_noise,
                                        o.prior_variance);
   }
+  // The drift of the prediction of the step with index t (η scheduled; HyperparameterError
+  // before anything changes for a bad value).
+  MomentumDrift<Scalar> step_drift(const char* op, std::int64_t t) const {
+    if (options_.learning_rate_schedule.is_constant()) return drift_;
+    const double eta =
+        options_.learning_rate_schedule.scaled(op, "learning_rate", options_.learning_rate, t);
+    options_.require_learning_rate(op, eta);
+    return MomentumDrift<Scalar>::from(eta, options_.momentum_rate, options_.weight_noise,
+                                       options_.prior_variance);
+  }
 
   // The data update (kUpdate) and/or the prediction (kPredict) in one pass over the
   // elements, a SIMD packet of them at a time (core/lanes.hpp), guarded as every step
@@ -320,7 +350,8 @@ class FilterAdam {
   // caller commits with the step).
   template <bool kUpdate, bool kPredict>
   Status pass(const char* op, const detail::FisherSample<Scalar>& sample,
-              const BlockBuffers<Scalar>* e, std::int64_t& clamped) {
+              const BlockBuffers<Scalar>* e, const MomentumDrift<Scalar>& drift, Scalar clip,
+              std::int64_t& clamped) {
     const bool direct = kUpdate && options_.form == FilterAdamForm::Combined;
     const bool weight = kPredict || direct;  // the parameters change
     const bool centered = kUpdate && options_.fisher == FisherEstimate::Centered;
@@ -366,7 +397,7 @@ class FilterAdam {
           const T step_p = c.wp * g;
           mean_p = mean_p - step_p;
         }
-        if (kPredict) clamps.add(momentum_filter_predict(drift_, mean_w, mean_p, c));
+        if (kPredict) clamps.add(momentum_filter_predict(drift, mean_w, mean_p, c));
         if (weight) lane_store(pn.data() + k, mean_w);
         lane_store(mn + k, mean_p);
         lane_store(wwn + k, c.ww);
@@ -381,7 +412,7 @@ class FilterAdam {
       clamped += clamps.total();
       return finite.finite() &&
              (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
-    }, kUpdate ? detail::GuardedInputs::GradientsAndValues : detail::GuardedInputs::Values);
+    }, kUpdate ? detail::GuardedInputs::GradientsAndValues : detail::GuardedInputs::Values, clip);
     if (guarded != Status::Success) return guarded;
     detail::swap_buffers(state_.momentum, next_momentum_);
     detail::swap_buffers(state_.weight_variance, next_ww_);
@@ -404,8 +435,9 @@ class FilterAdam {
     detail::FisherSample<Scalar> sample;
     const Status begun = begin_update(op, e, sample);
     if (begun != Status::Success) return begun;
+    const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     std::int64_t clamped = 0;
-    const Status guarded = pass<true, false>(op, sample, e, clamped);
+    const Status guarded = pass<true, false>(op, sample, e, drift_, clip, clamped);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     state_.clamped_variances += clamped;
     state_.centering_weight = sample.next_weight;
@@ -415,11 +447,13 @@ class FilterAdam {
   }
 
   Status step_impl(const char* op, const BlockBuffers<Scalar>* e) {
+    const MomentumDrift<Scalar> drift = step_drift(op, state_.counters.steps);
     detail::FisherSample<Scalar> sample;
     const Status begun = begin_update(op, e, sample);
     if (begun != Status::Success) return begun;
+    const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     std::int64_t clamped = 0;
-    const Status guarded = pass<true, true>(op, sample, e, clamped);
+    const Status guarded = pass<true, true>(op, sample, e, drift, clip, clamped);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     state_.clamped_variances += clamped;
     state_.centering_weight = sample.next_weight;

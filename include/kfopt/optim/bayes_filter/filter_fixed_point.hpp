@@ -29,6 +29,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kfopt/core/gradient_clipping.hpp"
+#include "kfopt/core/schedule.hpp"
 #include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
@@ -57,6 +59,14 @@ struct FilterFixedPointOptions {
 
   /// AdamW-like defaults: η = learning_rate and σ² chosen so that the decay η²/(2σ²) equals
   /// learning_rate · weight_decay (AdamW's convention), i.e. σ² = η/(2 wd).
+  /// Factor of η per step (core/schedule.hpp): step t (from 0) uses
+  /// η · learning_rate_schedule(t), checked against the range above. Default: constant.
+  Schedule learning_rate_schedule;
+  /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
+  /// gradients together exceeds c = max_gradient_norm ≥ 0, the step uses them scaled by
+  /// c / ‖∇‖ (the Fisher sample e = ∇ too; a supplied e is not scaled). Default 0: off.
+  double max_gradient_norm = 0.0;
+
   static FilterFixedPointOptions adamw(double learning_rate = 1e-3, double weight_decay = 0.01) {
     FilterFixedPointOptions o;
     o.learning_rate = learning_rate;
@@ -69,15 +79,20 @@ struct FilterFixedPointOptions {
     constexpr const char* a = "kfopt::FilterFixedPointOptions";
     detail::require_hyperparameter(prior_variance > 0.0 && std::isfinite(prior_variance), a,
                                    "prior_variance", prior_variance, "(0, inf)");
-    detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
-                                   "learning_rate", learning_rate, "(0, inf)");
-    detail::require_hyperparameter(learning_rate * learning_rate <= 2.0 * prior_variance, a,
-                                   "learning_rate", learning_rate,
-                                   "(0, sqrt(2 prior_variance)] (decay eta^2/(2 sigma^2) <= 1)");
+    require_learning_rate(a, learning_rate);
+    detail::require_hyperparameter(max_gradient_norm >= 0.0 && std::isfinite(max_gradient_norm), a,
+                                   "max_gradient_norm", max_gradient_norm, "[0, inf), finite (0: off)");
     detail::require_hyperparameter(beta1 >= 0.0 && beta1 < 1.0, a, "beta1", beta1, "[0, 1)");
     detail::require_hyperparameter(beta2 >= 0.0 && beta2 < 1.0, a, "beta2", beta2, "[0, 1)");
     detail::require_hyperparameter(centering_decay >= 0.0 && centering_decay < 1.0, a,
                                    "centering_decay", centering_decay, "[0, 1)");
+  }
+  /// The range of η (also checked for each step's scheduled η).
+  void require_learning_rate(const char* a, double eta) const {
+    detail::require_hyperparameter(eta > 0.0 && std::isfinite(eta), a, "learning_rate", eta,
+                                   "(0, inf)");
+    detail::require_hyperparameter(eta * eta <= 2.0 * prior_variance, a, "learning_rate", eta,
+                                   "(0, sqrt(2 prior_variance)] (decay eta^2/(2 sigma^2) <= 1)");
   }
 };
 
@@ -172,6 +187,7 @@ class FilterFixedPoint {
     io.hyperparameter("beta2", o.beta2, kC);
     io.hyperparameter("fisher", o.fisher);
     io.hyperparameter("centering_decay", o.centering_decay, kC);
+    io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
     io.buffers(*params_, "first_moment", s.first_moment);
     io.buffers(*params_, "second_moment", s.second_moment, EntryConstraint::Nonnegative);
     io.buffers(*params_, "gradient_average", s.gradient_average);
@@ -183,20 +199,24 @@ class FilterFixedPoint {
   Status step_impl(const BlockBuffers<Scalar>* e) {
     constexpr const char* op = "kfopt::FilterFixedPoint::step";
     usable_.require(op);
+    // The step's η first: a schedule's bad value throws before anything changes.
+    const double eta_t = options_.learning_rate_schedule.scaled(
+        op, "learning_rate", options_.learning_rate, state_.counters.steps);
+    if (!options_.learning_rate_schedule.is_constant()) options_.require_learning_rate(op, eta_t);
     detail::FisherSample<Scalar> sample;
     const Status begun =
         detail::begin_data_update(op, options_.fisher, options_.centering_decay, e, *params_,
                                   state_.counters, state_.centering_weight, sample);
     if (begun != Status::Success) return begun;
+    const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     const double t = static_cast<double>(state_.counters.steps + 1);
     const Scalar b1 = static_cast<Scalar>(options_.beta1);
     const Scalar b2 = static_cast<Scalar>(options_.beta2);
     const Scalar bc1 = static_cast<Scalar>(1.0 / (1.0 - std::pow(options_.beta1, t)));
     const Scalar bc2 = static_cast<Scalar>(1.0 / (1.0 - std::pow(options_.beta2, t)));
     const Scalar sigma2 = static_cast<Scalar>(options_.prior_variance);
-    const Scalar eta = static_cast<Scalar>(options_.learning_rate);
-    const Scalar keep = static_cast<Scalar>(
-        1.0 - options_.learning_rate * options_.learning_rate / (2.0 * options_.prior_variance));
+    const Scalar eta = static_cast<Scalar>(eta_t);
+    const Scalar keep = static_cast<Scalar>(1.0 - eta_t * eta_t / (2.0 * options_.prior_variance));
     const bool centered = options_.fisher == FisherEstimate::Centered;
     detail::shape_buffers_like(next_first_, *params_);
     detail::shape_buffers_like(next_second_, *params_);
@@ -221,7 +241,7 @@ class FilterFixedPoint {
       }
       return detail::all_finite_tiles(wn, detail::tile(next_first_[i], o, n), detail::tile(next_second_[i], o, n)) &&
              (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
-    });
+    }, detail::GuardedInputs::GradientsAndValues, clip);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.first_moment, next_first_);
     detail::swap_buffers(state_.second_moment, next_second_);

@@ -33,6 +33,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kfopt/core/gradient_clipping.hpp"
+#include "kfopt/core/schedule.hpp"
 #include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
@@ -69,20 +71,34 @@ struct FilterRmsPropOptions {
     return o;
   }
 
+  /// Factor of η per step (core/schedule.hpp): the step with index t (from 0) uses
+  /// η · learning_rate_schedule(t) in its prediction, checked against the range above.
+  /// Default: constant.
+  Schedule learning_rate_schedule;
+  /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
+  /// gradients together exceeds c = max_gradient_norm ≥ 0, the data update uses them scaled
+  /// by c / ‖∇‖ (the Fisher sample e = ∇ too; a supplied e is not scaled). Default 0: off.
+  double max_gradient_norm = 0.0;
+
   /// Throws HyperparameterError naming the field when a value is out of range.
   void validate() const {
     constexpr const char* a = "kfopt::FilterRmsPropOptions";
+    detail::require_hyperparameter(max_gradient_norm >= 0.0 && std::isfinite(max_gradient_norm), a,
+                                   "max_gradient_norm", max_gradient_norm, "[0, inf), finite (0: off)");
     detail::require_hyperparameter(prior_variance > 0.0 && std::isfinite(prior_variance), a,
                                    "prior_variance", prior_variance, "(0, inf)");
-    detail::require_hyperparameter(learning_rate >= 0.0 && std::isfinite(learning_rate), a,
-                                   "learning_rate", learning_rate, "[0, inf)");
-    detail::require_hyperparameter(learning_rate * learning_rate <= 2.0 * prior_variance, a,
-                                   "learning_rate", learning_rate,
-                                   "[0, sqrt(2 prior_variance)] (decay eta^2/(2 sigma^2) <= 1)");
+    require_learning_rate(a, learning_rate);
     detail::require_hyperparameter(initial_variance >= 0.0 && std::isfinite(initial_variance), a,
                                    "initial_variance", initial_variance, "[0, inf) (0: prior_variance)");
     detail::require_hyperparameter(centering_decay >= 0.0 && centering_decay < 1.0, a,
                                    "centering_decay", centering_decay, "[0, 1)");
+  }
+  /// The range of η (also checked for each step's scheduled η).
+  void require_learning_rate(const char* a, double eta) const {
+    detail::require_hyperparameter(eta >= 0.0 && std::isfinite(eta), a, "learning_rate", eta,
+                                   "[0, inf)");
+    detail::require_hyperparameter(eta * eta <= 2.0 * prior_variance, a, "learning_rate", eta,
+                                   "[0, sqrt(2 prior_variance)] (decay eta^2/(2 sigma^2) <= 1)");
   }
 };
 
@@ -143,6 +159,27 @@ class FilterRmsProp {
     constexpr const char* op = "kfopt::FilterRmsProp::predict";
     usable_.require(op);
     detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
+    return predict_impl(op, step_drift(op, state_.counters.steps > 0 ? state_.counters.steps - 1 : 0));
+  }
+
+  /// `update()` then `predict()`: afterwards the parameters hold μ_prior(t+1), where the
+  /// next gradient belongs. On a skipped update nothing is written; a scheduled η is checked
+  /// before either.
+  Status step() {
+    const ScalarDrift<Scalar> drift = step_drift("kfopt::FilterRmsProp::step", state_.counters.steps);
+    const Status s = update();
+    return s == Status::Success ? predict_impl("kfopt::FilterRmsProp::predict", drift) : s;
+  }
+
+  /// `update(e)` then `predict()`.
+  Status step(const BlockBuffers<Scalar>& e) {
+    const ScalarDrift<Scalar> drift = step_drift("kfopt::FilterRmsProp::step", state_.counters.steps);
+    const Status s = update(e);
+    return s == Status::Success ? predict_impl("kfopt::FilterRmsProp::predict", drift) : s;
+  }
+
+ private:
+  Status predict_impl(const char* op, const ScalarDrift<Scalar>& drift) {
     detail::require_storage(op, *params_);
     detail::shape_buffers_like(next_variance_, *params_);
     const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
@@ -151,7 +188,7 @@ class FilterRmsProp {
       auto vn = detail::tile(next_variance_[i], o, n);
       pn = p;
       vn = detail::tile(state_.variance[i], o, n);
-      for (Eigen::Index k = 0; k < n; ++k) scalar_filter_predict(drift_, pn[k], vn[k]);
+      for (Eigen::Index k = 0; k < n; ++k) scalar_filter_predict(drift, pn[k], vn[k]);
       return detail::all_finite_tiles(pn, vn);
     }, detail::GuardedInputs::Values);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
@@ -160,19 +197,7 @@ class FilterRmsProp {
     return Status::Success;
   }
 
-  /// `update()` then `predict()`: afterwards the parameters hold μ_prior(t+1), where the
-  /// next gradient belongs. On a skipped update nothing is written.
-  Status step() {
-    const Status s = update();
-    return s == Status::Success ? predict() : s;
-  }
-
-  /// `update(e)` then `predict()`.
-  Status step(const BlockBuffers<Scalar>& e) {
-    const Status s = update(e);
-    return s == Status::Success ? predict() : s;
-  }
-
+ public:
   /// The posterior (Posterior phase) or prior (Prior phase) variance of each parameter.
   const BlockBuffers<Scalar>& variance() const noexcept { return state_.variance; }
   /// Whether the parameters hold the prior or the posterior mean.
@@ -238,6 +263,7 @@ class FilterRmsProp {
     io.hyperparameter("initial_variance", o.initial_variance, kC);
     io.hyperparameter("fisher", o.fisher);
     io.hyperparameter("centering_decay", o.centering_decay, kC);
+    io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
     io.buffers(*params_, "variance", s.variance, EntryConstraint::Nonnegative);
     io.buffers(*params_, "gradient_average", s.gradient_average);
     io.real("centering_weight", s.centering_weight);
@@ -255,6 +281,7 @@ class FilterRmsProp {
         detail::begin_data_update(op, options_.fisher, options_.centering_decay, e, *params_,
                                   state_.counters, state_.centering_weight, sample);
     if (begun != Status::Success) return begun;
+    const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     const bool centered = options_.fisher == FisherEstimate::Centered;
     detail::shape_buffers_like(next_variance_, *params_);
     if (centered) detail::shape_buffers_like(next_average_, *params_);
@@ -280,7 +307,7 @@ class FilterRmsProp {
       }
       return detail::all_finite_tiles(pn, detail::tile(next_variance_[i], o, n)) &&
              (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
-    });
+    }, detail::GuardedInputs::GradientsAndValues, clip);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.variance, next_variance_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
@@ -289,6 +316,16 @@ class FilterRmsProp {
     ++state_.counters.steps;
     state_.phase = FilterPhase::Posterior;
     return Status::Success;
+  }
+
+  // The drift of the prediction of the step with index t (η scheduled; HyperparameterError
+  // before anything changes for a bad value).
+  ScalarDrift<Scalar> step_drift(const char* op, std::int64_t t) const {
+    if (options_.learning_rate_schedule.is_constant()) return drift_;
+    const double eta =
+        options_.learning_rate_schedule.scaled(op, "learning_rate", options_.learning_rate, t);
+    options_.require_learning_rate(op, eta);
+    return ScalarDrift<Scalar>::from(eta, options_.prior_variance);
   }
 
   ParameterSet<Scalar>* params_;

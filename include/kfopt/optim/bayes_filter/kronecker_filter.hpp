@@ -51,7 +51,9 @@
 #include <deque>
 #include <string>
 
+#include "kfopt/core/gradient_clipping.hpp"
 #include "kfopt/core/parameter_block.hpp"
+#include "kfopt/core/schedule.hpp"
 #include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/filter/elementwise_filter.hpp"
@@ -86,6 +88,15 @@ struct KroneckerFilterOptions {
   /// predictions (O(N³ + M³)) and reused in between. Default 1.
   int trace_period = 1;
 
+  /// Factor of η per step (core/schedule.hpp): the step with index t (from 0) uses
+  /// η · learning_rate_schedule(t) in its prediction, checked against the range above.
+  /// Default: constant.
+  Schedule learning_rate_schedule;
+  /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
+  /// registered gradients together exceeds c = max_gradient_norm ≥ 0, the update uses them
+  /// scaled by c / ‖∇‖. Default 0: off.
+  double max_gradient_norm = 0.0;
+
   /// The whitening variant (η > 0; the Kronecker analogue of RMSProp/Adam).
   static KroneckerFilterOptions whitening(double learning_rate = 1e-3, double prior_variance = 0.05) {
     KroneckerFilterOptions o;
@@ -106,14 +117,19 @@ struct KroneckerFilterOptions {
     constexpr const char* a = "kfopt::KroneckerFilterOptions";
     detail::require_hyperparameter(prior_variance > 0.0 && std::isfinite(prior_variance), a,
                                    "prior_variance", prior_variance, "(0, inf)");
-    detail::require_hyperparameter(learning_rate >= 0.0 && std::isfinite(learning_rate), a,
-                                   "learning_rate", learning_rate, "[0, inf)");
-    detail::require_hyperparameter(learning_rate * learning_rate < 2.0 * prior_variance, a,
-                                   "learning_rate", learning_rate,
-                                   "[0, sqrt(2 prior_variance)) (decay eta^2/(2 sigma^2) < 1)");
+    require_learning_rate(a, learning_rate);
+    detail::require_hyperparameter(max_gradient_norm >= 0.0 && std::isfinite(max_gradient_norm), a,
+                                   "max_gradient_norm", max_gradient_norm, "[0, inf), finite (0: off)");
     detail::require_hyperparameter(initial_variance >= 0.0 && std::isfinite(initial_variance), a,
                                    "initial_variance", initial_variance, "[0, inf) (0: prior_variance)");
     detail::require_hyperparameter(trace_period >= 1, a, "trace_period", trace_period, "[1, inf)");
+  }
+  /// The range of η (also checked for each step's scheduled η).
+  void require_learning_rate(const char* a, double eta) const {
+    detail::require_hyperparameter(eta >= 0.0 && std::isfinite(eta), a, "learning_rate", eta,
+                                   "[0, inf)");
+    detail::require_hyperparameter(eta * eta < 2.0 * prior_variance, a, "learning_rate", eta,
+                                   "[0, sqrt(2 prior_variance)) (decay eta^2/(2 sigma^2) < 1)");
   }
 };
 
@@ -228,6 +244,7 @@ class KroneckerFilter {
     // for a retry with a finite gradient.
     const Status guard = detail::begin_step(op, params_, state_.counters);
     if (guard != Status::Success) return guard;
+    const Scalar clip = detail::gradient_clip_factor(params_, options_.max_gradient_norm);
 
     for (auto& l : layers_) {
       l.backup_x = l.cov.input_factor();
@@ -242,7 +259,7 @@ class KroneckerFilter {
       if (!ok) break;
       const Eigen::Index k = l.recorded > 0 ? l.recorded : l.last_batch;
       const Scalar c = options_.loss_reduction == LossReduction::Mean ? Scalar(k) : Scalar(1);
-      gather(l, -c);
+      gather(l, -c * clip);
       l.cov.multiply(l.gradient, l.direction);
       // The new [W b] (scratch; committed below only if every layer's is finite).
       l.direction.leftCols(l.in) += params_[l.weight_index].value();
@@ -277,10 +294,31 @@ class KroneckerFilter {
   Status predict() {
     constexpr const char* op = "kfopt::KroneckerFilter::predict";
     detail::require_filter_phase(op, state_.phase, FilterPhase::Posterior);
+    // η of the step whose update came before (scheduled; a bad value throws here, with
+    // nothing changed).
+    return predict_impl(op, step_learning_rate(op, state_.counters.steps > 0 ? state_.counters.steps - 1 : 0));
+  }
+
+  /// `update()` then `predict()`: the parameters end at μ_prior(t+1). A scheduled η is
+  /// checked before either.
+  Status step() {
+    const double eta = step_learning_rate("kfopt::KroneckerFilter::step", state_.counters.steps);
+    const Status s = update();
+    return s == Status::Success ? predict_impl("kfopt::KroneckerFilter::predict", eta) : s;
+  }
+
+ private:
+  // η of the step with index t (scheduled, checked: HyperparameterError).
+  double step_learning_rate(const char* op, std::int64_t t) const {
+    const double eta =
+        options_.learning_rate_schedule.scaled(op, "learning_rate", options_.learning_rate, t);
+    if (!options_.learning_rate_schedule.is_constant()) options_.require_learning_rate(op, eta);
+    return eta;
+  }
+  Status predict_impl(const char* op, double eta_t) {
     for (const auto& block : params_) block.check_storage(op);
-    const Scalar keep = static_cast<Scalar>(
-        1.0 - options_.learning_rate * options_.learning_rate / (2.0 * options_.prior_variance));
-    const Scalar eta = static_cast<Scalar>(options_.learning_rate);
+    const Scalar keep = static_cast<Scalar>(1.0 - eta_t * eta_t / (2.0 * options_.prior_variance));
+    const Scalar eta = static_cast<Scalar>(eta_t);
     const bool refresh = state_.predictions % options_.trace_period == 0;
     for (auto& l : layers_) {
       l.cov.drift(keep, eta, refresh);
@@ -293,12 +331,7 @@ class KroneckerFilter {
     return Status::Success;
   }
 
-  /// `update()` then `predict()`: the parameters end at μ_prior(t+1).
-  Status step() {
-    const Status s = update();
-    return s == Status::Success ? predict() : s;
-  }
-
+ public:
   /// Whether the parameters hold the prior or the posterior mean.
   FilterPhase phase() const noexcept { return state_.phase; }
   /// The hyperparameters in use.
@@ -403,6 +436,7 @@ class KroneckerFilter {
     io.hyperparameter("projection", o.projection);
     io.hyperparameter("loss_reduction", o.loss_reduction);
     io.hyperparameter("trace_period", trace_period, kC);
+    io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
     io.counters(s.counters);
     io.enumeration("phase", s.phase, 2);
     io.integer("predictions", s.predictions);

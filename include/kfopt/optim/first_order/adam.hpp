@@ -17,6 +17,8 @@
 
 #include <cmath>
 
+#include "kfopt/core/gradient_clipping.hpp"
+#include "kfopt/core/schedule.hpp"
 #include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
@@ -41,6 +43,15 @@ struct AdamOptions {
   /// Keep the running maximum of v (AMSGrad, Reddi et al. 2018). Default off.
   bool amsgrad = false;
 
+  /// Factor of the learning rate per step (core/schedule.hpp): step t (from 0) uses
+  /// learning_rate · learning_rate_schedule(t) (with decoupled decay, each step's η·wd < 1
+  /// is checked too). Default: constant.
+  Schedule learning_rate_schedule;
+  /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
+  /// gradients together exceeds c = max_gradient_norm ≥ 0, the step uses them scaled by
+  /// c / ‖∇‖. Default 0: off.
+  double max_gradient_norm = 0.0;
+
   /// AdamW's defaults (PyTorch): decoupled weight decay 0.01.
   static AdamOptions adamw(double learning_rate = 1e-3, double weight_decay = 0.01) {
     AdamOptions o;
@@ -55,16 +66,21 @@ struct AdamOptions {
     constexpr const char* a = "kfopt::AdamOptions";
     detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
                                    "learning_rate", learning_rate, "(0, inf), finite");
+    detail::require_hyperparameter(max_gradient_norm >= 0.0 && std::isfinite(max_gradient_norm), a,
+                                   "max_gradient_norm", max_gradient_norm, "[0, inf), finite (0: off)");
     detail::require_hyperparameter(beta1 >= 0.0 && beta1 < 1.0, a, "beta1", beta1, "[0, 1)");
     detail::require_hyperparameter(beta2 >= 0.0 && beta2 < 1.0, a, "beta2", beta2, "[0, 1)");
     detail::require_hyperparameter(epsilon > 0.0 && std::isfinite(epsilon), a, "epsilon",
                                    epsilon, "(0, inf), finite");
     detail::require_hyperparameter(weight_decay >= 0.0 && std::isfinite(weight_decay), a,
                                    "weight_decay", weight_decay, "[0, inf), finite");
-    // Decoupled decay multiplies the parameters by 1 − η·wd each step: a factor <= 0 flips
-    // or zeroes them, so η·wd < 1 is required.
-    detail::require_hyperparameter(!decoupled_weight_decay || learning_rate * weight_decay < 1.0,
-                                   a, "weight_decay", weight_decay,
+    require_decay_factor(a, learning_rate);
+  }
+  /// Decoupled decay multiplies the parameters by 1 − η·wd each step: a factor <= 0 flips or
+  /// zeroes them, so η·wd < 1 is required (for the scheduled η of every step too).
+  void require_decay_factor(const char* a, double eta) const {
+    detail::require_hyperparameter(!decoupled_weight_decay || eta * weight_decay < 1.0, a,
+                                   "weight_decay", weight_decay,
                                    "[0, 1/learning_rate) with decoupled weight decay "
                                    "(learning_rate * weight_decay < 1)");
   }
@@ -101,14 +117,18 @@ class Adam {
   Status step() {
     constexpr const char* op = "kfopt::Adam::step";
     usable_.require(op);
+    const double eta = options_.learning_rate_schedule.scaled(op, "learning_rate",
+                                                              options_.learning_rate,
+                                                              state_.counters.steps);
+    if (!options_.learning_rate_schedule.is_constant()) options_.require_decay_factor(op, eta);
+    const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     const double t = static_cast<double>(state_.counters.steps + 1);
     const Scalar b1 = static_cast<Scalar>(options_.beta1);
     const Scalar b2 = static_cast<Scalar>(options_.beta2);
-    const Scalar lr = static_cast<Scalar>(options_.learning_rate);
+    const Scalar lr = static_cast<Scalar>(eta);
     const Scalar wd = static_cast<Scalar>(options_.weight_decay);
     const Scalar eps = static_cast<Scalar>(options_.epsilon);
-    const Scalar step_size =
-        static_cast<Scalar>(options_.learning_rate / (1.0 - std::pow(options_.beta1, t)));
+    const Scalar step_size = static_cast<Scalar>(eta / (1.0 - std::pow(options_.beta1, t)));
     const Scalar inv_sqrt_bc2 =
         static_cast<Scalar>(1.0 / std::sqrt(1.0 - std::pow(options_.beta2, t)));
     detail::shape_buffers_like(next_first_, *params_);
@@ -140,7 +160,7 @@ class Adam {
       };
       if (decoupled) return with(grad, Scalar(1) - lr * wd);
       return wd == Scalar(0) ? with(grad, Scalar(1)) : with(grad + wd * p, Scalar(1));
-    });
+    }, detail::GuardedInputs::GradientsAndValues, clip);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.first_moment, next_first_);
     detail::swap_buffers(state_.second_moment, next_second_);
@@ -216,6 +236,7 @@ class Adam {
     io.hyperparameter("weight_decay", o.weight_decay, kC);
     io.hyperparameter("decoupled_weight_decay", o.decoupled_weight_decay);
     io.hyperparameter("amsgrad", o.amsgrad);
+    io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
     io.buffers(*params_, "first_moment", s.first_moment);
     io.buffers(*params_, "second_moment", s.second_moment, EntryConstraint::Nonnegative);
     io.buffers(*params_, "max_second_moment", s.max_second_moment, EntryConstraint::Nonnegative);

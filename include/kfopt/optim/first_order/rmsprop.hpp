@@ -18,6 +18,8 @@
 
 #include <cmath>
 
+#include "kfopt/core/gradient_clipping.hpp"
+#include "kfopt/core/schedule.hpp"
 #include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
@@ -39,9 +41,19 @@ struct RmsPropOptions {
   /// Normalize by the estimated variance instead of the second moment. Default off.
   bool centered = false;
 
+  /// Factor of the learning rate per step (core/schedule.hpp): step t (from 0) uses
+  /// learning_rate · learning_rate_schedule(t). Default: constant.
+  Schedule learning_rate_schedule;
+  /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
+  /// gradients together exceeds c = max_gradient_norm ≥ 0, the step uses them scaled by
+  /// c / ‖∇‖. Default 0: off.
+  double max_gradient_norm = 0.0;
+
   /// Throws HyperparameterError if a field is out of its range.
   void validate() const {
     constexpr const char* a = "kfopt::RmsPropOptions";
+    detail::require_hyperparameter(max_gradient_norm >= 0.0 && std::isfinite(max_gradient_norm), a,
+                                   "max_gradient_norm", max_gradient_norm, "[0, inf), finite (0: off)");
     detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
                                    "learning_rate", learning_rate, "(0, inf), finite");
     detail::require_hyperparameter(alpha >= 0.0 && alpha < 1.0, a, "alpha", alpha, "[0, 1)");
@@ -82,7 +94,9 @@ class RmsProp {
     constexpr const char* op = "kfopt::RmsProp::step";
     usable_.require(op);
     const Scalar a = static_cast<Scalar>(options_.alpha);
-    const Scalar lr = static_cast<Scalar>(options_.learning_rate);
+    const Scalar lr = static_cast<Scalar>(options_.learning_rate_schedule.scaled(
+        op, "learning_rate", options_.learning_rate, state_.counters.steps));
+    const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     const Scalar wd = static_cast<Scalar>(options_.weight_decay);
     const Scalar eps = static_cast<Scalar>(options_.epsilon);
     const Scalar mu = static_cast<Scalar>(options_.momentum);
@@ -117,7 +131,7 @@ class RmsProp {
                     detail::store(detail::tile(next_average_[i], o, n), gradient_average));
       };
       return wd == Scalar(0) ? with_gradient(grad) : with_gradient(grad + wd * p);
-    });
+    }, detail::GuardedInputs::GradientsAndValues, clip);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     detail::swap_buffers(state_.square_average, next_square_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
@@ -186,6 +200,7 @@ class RmsProp {
     io.hyperparameter("weight_decay", o.weight_decay, kC);
     io.hyperparameter("momentum", o.momentum, kC);
     io.hyperparameter("centered", o.centered);
+    io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
     io.buffers(*params_, "square_average", s.square_average, EntryConstraint::Nonnegative);
     io.buffers(*params_, "gradient_average", s.gradient_average);
     io.buffers(*params_, "momentum", s.momentum);

@@ -15,6 +15,8 @@
 
 #include <cmath>
 
+#include "kfopt/core/gradient_clipping.hpp"
+#include "kfopt/core/schedule.hpp"
 #include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/core/validate.hpp"
@@ -34,9 +36,19 @@ struct SgdOptions {
   /// Nesterov momentum (needs μ > 0 and τ = 0, as in PyTorch). Default off.
   bool nesterov = false;
 
+  /// Factor of the learning rate per step (core/schedule.hpp): step t (from 0) uses
+  /// learning_rate · learning_rate_schedule(t). Default: constant.
+  Schedule learning_rate_schedule;
+  /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
+  /// gradients together exceeds c = max_gradient_norm ≥ 0, the step uses them scaled by
+  /// c / ‖∇‖. Default 0: off.
+  double max_gradient_norm = 0.0;
+
   /// Throws HyperparameterError if a field is out of its range.
   void validate() const {
     constexpr const char* a = "kfopt::SgdOptions";
+    detail::require_hyperparameter(max_gradient_norm >= 0.0 && std::isfinite(max_gradient_norm), a,
+                                   "max_gradient_norm", max_gradient_norm, "[0, inf), finite (0: off)");
     detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
                                    "learning_rate", learning_rate, "(0, inf), finite");
     detail::require_hyperparameter(momentum >= 0.0 && momentum < 1.0, a, "momentum", momentum, "[0, 1)");
@@ -74,7 +86,9 @@ class Sgd {
   Status step() {
     constexpr const char* op = "kfopt::Sgd::step";
     usable_.require(op);
-    const Scalar lr = static_cast<Scalar>(options_.learning_rate);
+    const Scalar lr = static_cast<Scalar>(options_.learning_rate_schedule.scaled(
+        op, "learning_rate", options_.learning_rate, state_.counters.steps));
+    const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     const Scalar mu = static_cast<Scalar>(options_.momentum);
     const Scalar wd = static_cast<Scalar>(options_.weight_decay);
     const Scalar keep = Scalar(1) - static_cast<Scalar>(options_.dampening);
@@ -96,7 +110,7 @@ class Sgd {
         return first ? with(g) : with(mu * detail::tile(state_.momentum[i], o, n) + keep * g);
       };
       return wd == Scalar(0) ? with_gradient(grad) : with_gradient(grad + wd * p);
-    });
+    }, detail::GuardedInputs::GradientsAndValues, clip);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     if (has_momentum) detail::swap_buffers(state_.momentum, next_momentum_);
     ++state_.counters.steps;
@@ -152,6 +166,7 @@ class Sgd {
     io.hyperparameter("dampening", o.dampening, kC);
     io.hyperparameter("weight_decay", o.weight_decay, kC);
     io.hyperparameter("nesterov", o.nesterov);
+    io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
     io.buffers(*params_, "momentum", s.momentum);
     io.counters(s.counters);
   }

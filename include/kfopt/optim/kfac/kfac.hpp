@@ -48,7 +48,9 @@
 #include <string>
 #include <vector>
 
+#include "kfopt/core/gradient_clipping.hpp"
 #include "kfopt/core/parameter_block.hpp"
+#include "kfopt/core/schedule.hpp"
 #include "kfopt/core/state_dict.hpp"
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/curvature/kronecker_block.hpp"
@@ -96,10 +98,29 @@ struct KfacOptions {
   /// that λ — and with it any cached damped inverse — changes at most every T₁ steps.
   /// Default 5.
   int damping_adaptation_period = 5;
+  /// Factor of the learning rate per step (core/schedule.hpp): step t (from 0) uses
+  /// η · learning_rate_schedule(t), before KL clipping. Default: constant.
+  Schedule learning_rate_schedule;
+  /// Factor of the damping per step: step t preconditions with λ · damping_schedule(t), λ
+  /// being State::damping (set_damping changes it). Not with adaptive_damping, which sets λ
+  /// itself. A schedule that changes λ every step costs a damped inverse per step with
+  /// InverseMethod::Cholesky, and the Option 1/2 preparation of every recurrent layer per
+  /// step; with eigendecompositions a dense layer's new λ is free. A piecewise-constant
+  /// schedule (Schedule::step_decay) pays only where it changes. Default: constant.
+  Schedule damping_schedule;
+  /// Global gradient-norm clipping (core/gradient_clipping.hpp) of the raw gradients [∇W ∇b]
+  /// of all layers, before weight decay and preconditioning: when their norm exceeds
+  /// c = max_gradient_norm ≥ 0 they are scaled by c / ‖∇‖. Default 0: off.
+  double max_gradient_norm = 0.0;
 
   /// Throws HyperparameterError if a field is out of its range.
   void validate() const {
     constexpr const char* a = "kfopt::KfacOptions";
+    detail::require_hyperparameter(max_gradient_norm >= 0.0 && std::isfinite(max_gradient_norm), a,
+                                   "max_gradient_norm", max_gradient_norm, "[0, inf), finite (0: off)");
+    detail::require_hyperparameter(!adaptive_damping || damping_schedule.is_constant(), a,
+                                   "damping_schedule", damping_schedule.description(),
+                                   "constant when adaptive_damping is on (it sets the damping)");
     detail::require_hyperparameter(learning_rate > 0.0 && std::isfinite(learning_rate), a,
                                    "learning_rate", learning_rate, "(0, inf)");
     detail::require_hyperparameter(momentum >= 0.0 && momentum < 1.0, a, "momentum", momentum, "[0, 1)");
@@ -481,9 +502,10 @@ class Kfac {
   const KfacOptions& options() const noexcept { return options_; }
   /// The optimizer state (damping, counters and diagnostics of the last step).
   const State& state() const noexcept { return state_; }
-  /// The current damping λ.
+  /// The current damping λ (the base of KfacOptions::damping_schedule: step t uses
+  /// λ · damping_schedule(t)).
   double damping() const noexcept { return state_.damping; }
-  /// Sets λ directly (e.g. a schedule); must be within [min_damping, max_damping].
+  /// Sets λ directly; must be within [min_damping, max_damping].
   void set_damping(double lambda) {
     detail::require_hyperparameter(lambda >= options_.min_damping && lambda <= options_.max_damping &&
                                        lambda > 0.0,
@@ -555,6 +577,7 @@ class Kfac {
     io.hyperparameter("adaptive_damping", o.adaptive_damping);
     io.hyperparameter("damping_adaptation", o.damping_adaptation, kC);
     io.hyperparameter("damping_adaptation_period", adaptation_period, kC);
+    io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
     io.counters(s.counters);
     io.real("damping", s.damping, EntryConstraint::Nonnegative);
     io.integer("inverse_refreshes", s.inverse_refreshes);
@@ -573,9 +596,11 @@ class Kfac {
   }
 
  private:
-  /// The damping every block's inverse uses at the next step.
+  /// The damping every block's inverse uses at the next step: λ · damping_schedule(t).
   BlockDamping<Scalar> current_damping() const {
-    return BlockDamping<Scalar>{options_.damping_style, static_cast<Scalar>(state_.damping),
+    const double lambda = options_.damping_schedule.scaled("kfopt::Kfac::step", "damping",
+                                                           state_.damping, state_.counters.steps);
+    return BlockDamping<Scalar>{options_.damping_style, static_cast<Scalar>(lambda),
                                 static_cast<Scalar>(options_.min_damping)};
   }
 
@@ -635,7 +660,7 @@ class Kfac {
   Status step_impl(bool installed_refresh, const Preconditioner* precondition,
                    bool only_precondition = false);
   void write_gradient(const Layer& layer);
-  void gather(Layer& layer, Scalar wd);
+  void gather(Layer& layer, Scalar wd, Scalar clip);
   void scatter(Layer& layer, Scalar lr);
   bool updated_parameters_finite(const Layer& layer, Scalar lr) const;
 
@@ -756,8 +781,14 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
                               "' has no statistics yet; call record_statistics before the first step");
     }
   }
+  // The step's learning rate and damping first: a schedule's bad value throws before anything
+  // changes.
+  const double lr = options_.learning_rate_schedule.scaled(
+      "kfopt::Kfac::step", "learning_rate", options_.learning_rate, state_.counters.steps);
+  const BlockDamping<Scalar> damping = current_damping();
   const Status guard = detail::begin_step("kfopt::Kfac::step", params_, state_.counters);
   if (guard != Status::Success) return guard;
+  const Scalar clip = detail::gradient_clip_factor(params_, options_.max_gradient_norm);
 
   // Refresh the spectra on schedule (and for any layer that never had one).
   const bool due = state_.counters.steps % options_.inverse_period == 0;
@@ -778,11 +809,10 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
 
   // Preconditioned gradients into per-layer buffers; nothing is written before all succeed.
   const Scalar wd = static_cast<Scalar>(options_.weight_decay);
-  const BlockDamping<Scalar> damping = current_damping();
   double inner = 0.0;  // Σ ⟨Δ, Z⟩
   for (std::size_t id = 0; id < layers_.size(); ++id) {
     Layer& layer = layers_[id];
-    gather(layer, wd);
+    gather(layer, wd, clip);
     const Status s = precondition != nullptr
                          ? (*precondition)(id, layer.gradient, layer.direction)
                          : layer.block->apply_inverse(layer.gradient, damping, layer.direction);
@@ -801,7 +831,6 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
     }
     inner += static_cast<double>(layer.direction.cwiseProduct(layer.gradient).sum());
   }
-  const double lr = options_.learning_rate;
   const double nu = clip_scale(inner, lr);
 
   if (only_precondition) {  // ν Δ into the gradient storage, checked first
@@ -909,15 +938,22 @@ std::size_t Kfac<Scalar>::register_layer(const char* op, const std::string& name
   return layers_.size() - 1;
 }
 
-// Z = [∇W ∇b] + wd [W b].
+// Z = clip [∇W ∇b] + wd [W b] (the unclipped expression when clip = 1, so that clipping
+// off changes no bit).
 template <typename Scalar>
-void Kfac<Scalar>::gather(Layer& layer, Scalar wd) {
+void Kfac<Scalar>::gather(Layer& layer, Scalar wd, Scalar clip) {
   const auto& wb = params_[layer.weight_index];
   const Eigen::Index in = wb.cols();
-  layer.gradient.leftCols(in) = wb.gradient() + wd * wb.value();
-  if (layer.bias_index >= 0) {
-    const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
-    layer.gradient.col(in) = bb.gradient().col(0) + wd * bb.value().col(0);
+  const auto* bb = layer.bias_index >= 0 ? &params_[static_cast<std::size_t>(layer.bias_index)]
+                                         : nullptr;
+  if (clip == Scalar(1)) {
+    layer.gradient.leftCols(in) = wb.gradient() + wd * wb.value();
+    if (bb != nullptr) layer.gradient.col(in) = bb->gradient().col(0) + wd * bb->value().col(0);
+  } else {
+    layer.gradient.leftCols(in) = clip * wb.gradient() + wd * wb.value();
+    if (bb != nullptr) {
+      layer.gradient.col(in) = clip * bb->gradient().col(0) + wd * bb->value().col(0);
+    }
   }
 }
 
