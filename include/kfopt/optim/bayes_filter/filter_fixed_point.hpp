@@ -61,7 +61,7 @@ struct FilterFixedPointOptions {
   /// learning_rate · weight_decay (AdamW's convention), i.e. σ² = η/(2 wd).
   /// Factor of η per step (core/schedule.hpp): step t (from 0) uses
   /// η · learning_rate_schedule(t), checked against the range above. Default: constant.
-  Schedule learning_rate_schedule;
+  Schedule learning_rate_schedule = Schedule();
   /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
   /// gradients together exceeds c = max_gradient_norm ≥ 0, the step uses them scaled by
   /// c / ‖∇‖ (the Fisher sample e = ∇ too; a supplied e is not scaled). Default 0: off.

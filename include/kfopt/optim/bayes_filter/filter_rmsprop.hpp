@@ -74,7 +74,7 @@ struct FilterRmsPropOptions {
   /// Factor of η per step (core/schedule.hpp): the step with index t (from 0) uses
   /// η · learning_rate_schedule(t) in its prediction, checked against the range above.
   /// Default: constant.
-  Schedule learning_rate_schedule;
+  Schedule learning_rate_schedule = Schedule();
   /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
   /// gradients together exceeds c = max_gradient_norm ≥ 0, the data update uses them scaled
   /// by c / ‖∇‖ (the Fisher sample e = ∇ too; a supplied e is not scaled). Default 0: off.

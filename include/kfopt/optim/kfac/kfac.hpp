@@ -100,14 +100,14 @@ struct KfacOptions {
   int damping_adaptation_period = 5;
   /// Factor of the learning rate per step (core/schedule.hpp): step t (from 0) uses
   /// η · learning_rate_schedule(t), before KL clipping. Default: constant.
-  Schedule learning_rate_schedule;
+  Schedule learning_rate_schedule = Schedule();
   /// Factor of the damping per step: step t preconditions with λ · damping_schedule(t), λ
   /// being State::damping (set_damping changes it). Not with adaptive_damping, which sets λ
   /// itself. A schedule that changes λ every step costs a damped inverse per step with
   /// InverseMethod::Cholesky, and the Option 1/2 preparation of every recurrent layer per
   /// step; with eigendecompositions a dense layer's new λ is free. A piecewise-constant
   /// schedule (Schedule::step_decay) pays only where it changes. Default: constant.
-  Schedule damping_schedule;
+  Schedule damping_schedule = Schedule();
   /// Global gradient-norm clipping (core/gradient_clipping.hpp) of the raw gradients [∇W ∇b]
   /// of all layers, before weight decay and preconditioning: when their norm exceeds
   /// c = max_gradient_norm ≥ 0 they are scaled by c / ‖∇‖. Default 0: off.
