@@ -38,7 +38,7 @@ struct SgdOptions {
 
   /// Factor of the learning rate per step (core/schedule.hpp): step t (from 0) uses
   /// learning_rate · learning_rate_schedule(t). Default: constant.
-  Schedule learning_rate_schedule;
+  Schedule learning_rate_schedule = Schedule();
   /// Global gradient-norm clipping (core/gradient_clipping.hpp): when the norm of all
   /// gradients together exceeds c = max_gradient_norm ≥ 0, the step uses them scaled by
   /// c / ‖∇‖. Default 0: off.
