@@ -57,8 +57,6 @@ struct FilterFixedPointOptions {
   /// β ∈ [0, 1): decay of the gradient average of FisherEstimate::Centered. Default 0.9.
   double centering_decay = 0.9;
 
-  /// AdamW-like defaults: η = learning_rate and σ² chosen so that the decay η²/(2σ²) equals
-  /// learning_rate · weight_decay (AdamW's convention), i.e. σ² = η/(2 wd).
   /// Factor of η per step (core/schedule.hpp): step t (from 0) uses
   /// η · learning_rate_schedule(t), checked against the range above. Default: constant.
   Schedule learning_rate_schedule = Schedule();
@@ -67,6 +65,8 @@ struct FilterFixedPointOptions {
   /// c / ‖∇‖ (the Fisher sample e = ∇ too; a supplied e is not scaled). Default 0: off.
   double max_gradient_norm = 0.0;
 
+  /// AdamW-like defaults: η = learning_rate and σ² chosen so that the decay η²/(2σ²) equals
+  /// learning_rate · weight_decay (AdamW's convention), i.e. σ² = η/(2 wd).
   static FilterFixedPointOptions adamw(double learning_rate = 1e-3, double weight_decay = 0.01) {
     FilterFixedPointOptions o;
     o.learning_rate = learning_rate;
