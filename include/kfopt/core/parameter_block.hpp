@@ -3,10 +3,26 @@
 /// \brief How every kfopt optimizer sees a model's parameters and gradients: named views of
 /// the caller's own Eigen storage, never copies.
 ///
-/// A ParameterBlock is one tensor seen as a column-major matrix (a weight matrix, a bias
-/// vector as an n×1 matrix, a flat parameter vector θ), paired with the storage that holds
-/// its gradient. A ParameterSet is an ordered list of blocks. Optimizers read the gradients
-/// and write the parameters in place.
+/// A ParameterBlock is one tensor seen as a matrix (a weight matrix, a bias vector as an n×1
+/// matrix, a flat parameter vector θ), paired with the storage that holds its gradient. It is
+/// the one registration concept of every optimizer: first-order optimizers and the
+/// element-wise filters take a ParameterSet (an ordered list of blocks), Kfac and
+/// KroneckerFilter take a layer's weight (and bias) as blocks. Optimizers read the gradients
+/// and write the parameters in place, never copying them.
+///
+/// Storage kinds (each a ParameterBlock constructor or factory, and a ParameterSet::add):
+///
+/// | your storage | register with |
+/// |---|---|
+/// | `Eigen::MatrixX<S>` / `Eigen::VectorX<S>` objects | `ParameterBlock(name, W, dW)` (kept by object address) |
+/// | an `Eigen::Map`, `Eigen::Ref` or block of contiguous column- or row-major storage | `ParameterBlock::view(name, W, dW)` |
+/// | a raw buffer (`std::vector<float>::data()`, a libtorch tensor's `data_ptr<float>()`, …) | `ParameterBlock(name, w, dw, rows, cols)` (column-major) or `ParameterBlock::row_major(name, w, dw, rows, cols)` |
+///
+/// A row-major block (a C array, NumPy's or libtorch's default layout) is the same rows×cols
+/// matrix to every optimizer: an element-wise optimizer walks its storage in order, and
+/// Kfac/KroneckerFilter read it through a row-major map (matrices()). Steps are bit for bit
+/// those over column-major storage, except that sums over all parameters (the global gradient
+/// norm of clipping) run in storage order and may round differently in the last bits.
 ///
 /// Lifetime: the registered objects must outlive the registration. Blocks registered from an
 /// `Eigen::Matrix` or an `Eigen::Vector` keep a pointer to the object (not to its buffer), so
@@ -18,6 +34,7 @@
 #include <Eigen/Core>
 #include <deque>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "kfopt/core/error.hpp"
@@ -73,29 +90,80 @@ class ParameterBlock {
   /// owned by the caller and valid for the optimizer's lifetime.
   ParameterBlock(std::string name, Scalar* value, const Scalar* gradient, Eigen::Index rows,
                  Eigen::Index cols)
-      : name_(std::move(name)), value_ptr_(value), gradient_ptr_(gradient), rows_(rows),
-        cols_(cols) {
-    if (value == nullptr || gradient == nullptr || rows <= 0 || cols <= 0) {
-      throw InvalidInputError("kfopt::ParameterBlock: block '" + name_ +
-                              "' needs non-null storage and a positive shape, got " +
-                              detail::shape_string(rows, cols));
+      : ParameterBlock(std::move(name), value, gradient, rows, cols, false) {}
+
+  /// View of raw row-major storage (element (i, j) at `i · cols + j`), as the constructor
+  /// above otherwise.
+  static ParameterBlock row_major(std::string name, Scalar* value, const Scalar* gradient,
+                                  Eigen::Index rows, Eigen::Index cols) {
+    return ParameterBlock(std::move(name), value, gradient, rows, cols, true);
+  }
+
+  /// View of any Eigen dense object with contiguous storage, column- or row-major (an
+  /// `Eigen::Map`, an `Eigen::Ref`, a whole `Eigen::Matrix` with either storage order): its
+  /// buffer is kept (as for raw storage: it must stay alive and in place). Throws
+  /// InvalidInputError for strided storage (e.g. a block of some columns of a row-major
+  /// matrix) and ShapeError when the gradient's shape differs.
+  template <typename Value, typename Gradient>
+  static ParameterBlock view(std::string name, Value&& value, const Gradient& gradient) {
+    using V = std::decay_t<Value>;
+    static_assert(!std::is_const<std::remove_reference_t<Value>>::value &&
+                      !std::is_const<std::remove_pointer_t<decltype(value.data())>>::value,
+                  "kfopt::ParameterBlock::view: the parameters must be writable");
+    if (gradient.rows() != value.rows() || gradient.cols() != value.cols()) {
+      throw ShapeError("kfopt::ParameterBlock::view: gradient of '" + name + "' is " +
+                       detail::shape_string(gradient.rows(), gradient.cols()) +
+                       " but the parameter is " + detail::shape_string(value.rows(), value.cols()));
     }
+    const bool row_major = V::IsRowMajor && value.cols() > 1;
+    if (!contiguous(value, row_major) || !contiguous(gradient, row_major)) {
+      throw InvalidInputError("kfopt::ParameterBlock::view: '" + name +
+                              "' is not contiguous storage of one order (strided views are not "
+                              "supported; register the whole matrix)");
+    }
+    return ParameterBlock(std::move(name), value.data(), gradient.data(), value.rows(),
+                          value.cols(), row_major);
   }
 
   /// The block's name.
   const std::string& name() const noexcept { return name_; }
+  /// The same view of the same storage under another name.
+  ParameterBlock renamed(std::string name) const {
+    ParameterBlock b(*this);
+    b.name_ = std::move(name);
+    return b;
+  }
   /// Rows of the block.
   Eigen::Index rows() const noexcept { return rows_; }
   /// Columns of the block.
   Eigen::Index cols() const noexcept { return cols_; }
   /// Number of entries: rows · cols.
   Eigen::Index size() const noexcept { return rows_ * cols_; }
+  /// Whether the storage is row-major (row_major(), or view() of row-major storage).
+  bool is_row_major() const noexcept { return row_major_; }
 
-  /// The parameters, writable, in the caller's storage (checked as by check_storage).
-  Map value() const { return Map(value_data("kfopt::ParameterBlock::value"), rows_, cols_); }
-  /// The gradient, read-only, in the caller's storage (checked as by check_storage).
+  /// The parameters' storage, writable, seen column-major (checked as by check_storage):
+  /// the rows × cols matrix itself, or for row-major storage its transpose (cols × rows).
+  /// Element-wise optimizers walk it in storage order; matrices() gives the matrix.
+  Map value() const {
+    return Map(value_data("kfopt::ParameterBlock::value"), storage_rows(), storage_cols());
+  }
+  /// The gradient's storage, read-only, as value().
   ConstMap gradient() const {
-    return ConstMap(gradient_data("kfopt::ParameterBlock::gradient"), rows_, cols_);
+    return ConstMap(gradient_data("kfopt::ParameterBlock::gradient"), storage_rows(), storage_cols());
+  }
+  /// Calls `f(W, dW)` with the rows × cols parameter and gradient matrices as Eigen maps of
+  /// the storage (writable W; `Eigen::Map<Matrix>` or, for row-major storage, a map of a
+  /// row-major matrix) and returns what it returns.
+  template <typename F>
+  decltype(auto) matrices(F&& f) const {
+    if (row_major_) {
+      using RowMajor = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      return f(Eigen::Map<RowMajor>(value_data("kfopt::ParameterBlock::matrices"), rows_, cols_),
+               Eigen::Map<const RowMajor>(gradient_data("kfopt::ParameterBlock::matrices"), rows_, cols_));
+    }
+    return f(Map(value_data("kfopt::ParameterBlock::matrices"), rows_, cols_),
+             ConstMap(gradient_data("kfopt::ParameterBlock::matrices"), rows_, cols_));
   }
 
   /// Throws ShapeError, naming `operation` (e.g. "kfopt::Adam::step") and the block, if a
@@ -116,6 +184,24 @@ class ParameterBlock {
   }
 
  private:
+  ParameterBlock(std::string name, Scalar* value, const Scalar* gradient, Eigen::Index rows,
+                 Eigen::Index cols, bool row_major)
+      : name_(std::move(name)), value_ptr_(value), gradient_ptr_(gradient), rows_(rows),
+        cols_(cols), row_major_(row_major && cols > 1) {
+    if (value == nullptr || gradient == nullptr || rows <= 0 || cols <= 0) {
+      throw InvalidInputError("kfopt::ParameterBlock: block '" + name_ +
+                              "' needs non-null storage and a positive shape, got " +
+                              detail::shape_string(rows, cols));
+    }
+  }
+  template <typename M>
+  static bool contiguous(const M& m, bool row_major) {
+    if (m.size() <= 1) return true;
+    const Eigen::Index inner = row_major ? m.cols() : m.rows();
+    return m.innerStride() == 1 && (m.outerStride() == inner || (row_major ? m.rows() : m.cols()) == 1);
+  }
+  Eigen::Index storage_rows() const noexcept { return row_major_ ? cols_ : rows_; }
+  Eigen::Index storage_cols() const noexcept { return row_major_ ? rows_ : cols_; }
   Eigen::Index value_rows() const noexcept {
     return value_matrix_ ? value_matrix_->rows() : value_vector_ ? value_vector_->size() : rows_;
   }
@@ -159,6 +245,7 @@ class ParameterBlock {
   const Scalar* gradient_ptr_ = nullptr;
   Eigen::Index rows_ = 0;
   Eigen::Index cols_ = 0;
+  bool row_major_ = false;
 };
 
 /// An ordered set of parameter blocks: what a first-order optimizer is given.
@@ -201,6 +288,14 @@ class ParameterSet {
              Eigen::Index cols) {
     require_unique(name);
     blocks_.emplace_back(std::move(name), value, gradient, rows, cols);
+    return blocks_.back();
+  }
+
+  /// Registers a block made by any ParameterBlock constructor or factory (row_major(),
+  /// view()). Names must be unique.
+  Block& add(Block block) {
+    require_unique(block.name());
+    blocks_.push_back(std::move(block));
     return blocks_.back();
   }
 

@@ -763,7 +763,14 @@ void read_state_dict(const Object& obj, const char* op, const StateDict& dict,
 template <typename Scalar>
 StateDict parameters_state_dict(const ParameterSet<Scalar>& params) {
   StateDict d("kfopt::ParameterSet", scalar_type_of<Scalar>());
-  for (const auto& block : params) d.set_array(block.name(), block.value());
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  for (const auto& block : params) {
+    if (!block.is_row_major()) {
+      d.set_array(block.name(), block.value());
+    } else {  // the rows × cols matrix, whatever the storage order
+      block.matrices([&](const auto& W, const auto&) { d.set_array(block.name(), Matrix(W)); });
+    }
+  }
   return d;
 }
 
@@ -775,7 +782,7 @@ void load_parameters(ParameterSet<Scalar>& params, const StateDict& dict) {
   const StateDict expected = parameters_state_dict(params);
   detail::check_state_dict("kfopt::load_parameters", expected, dict, LoadOptions{});
   for (auto& block : params) {
-    block.value() = dict.array<Scalar>(block.name());
+    block.matrices([&](auto W, const auto&) { W = dict.array<Scalar>(block.name()); });
   }
 }
 

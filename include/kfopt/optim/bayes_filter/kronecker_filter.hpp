@@ -141,6 +141,8 @@ class KroneckerFilter {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// A weight or bias in caller storage of any kind (core/parameter_block.hpp).
+  using Parameter = ParameterBlock<Scalar>;
 
   /// Everything KroneckerFilter carries between steps, besides the layers' own state.
   struct State {
@@ -164,18 +166,23 @@ class KroneckerFilter {
   /// record_statistics. Throws ShapeError / InvalidInputError (duplicate name).
   std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector& b,
                               const Vector& db) {
-    if (b.size() != W.rows() || db.size() != W.rows()) {
-      throw ShapeError("kfopt::KroneckerFilter::add_dense_layer (layer '" + name + "'): W is " +
-                       detail::shape_of(W) + " but b has " + std::to_string(b.size()) +
-                       " and db " + std::to_string(db.size()) + " entries (need " +
-                       std::to_string(W.rows()) + ")");
-    }
-    return add_layer(name, W, dW, &b, &db);
+    return add_dense_layer(name, Parameter(name + ".weight", W, dW), Parameter(name + ".bias", b, db));
   }
 
   /// Registers a dense layer without bias `s = W a`.
   std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW) {
-    return add_layer(name, W, dW, nullptr, nullptr);
+    return add_dense_layer(name, Parameter(name + ".weight", W, dW));
+  }
+
+  /// Registers a dense layer from storage of any kind (core/parameter_block.hpp: raw column-
+  /// or row-major buffers, Eigen maps): W (out×in) and b (out×1) as ParameterBlocks, renamed
+  /// "<name>.weight" and "<name>.bias".
+  std::size_t add_dense_layer(const std::string& name, Parameter W, Parameter b) {
+    return add_layer(name, std::move(W), &b);
+  }
+  /// As above, without bias.
+  std::size_t add_dense_layer(const std::string& name, Parameter W) {
+    return add_layer(name, std::move(W), nullptr);
   }
 
   /// Number of registered layers.
@@ -262,7 +269,8 @@ class KroneckerFilter {
       gather(l, -c * clip);
       l.cov.multiply(l.gradient, l.direction);
       // The new [W b] (scratch; committed below only if every layer's is finite).
-      l.direction.leftCols(l.in) += params_[l.weight_index].value();
+      params_[l.weight_index].matrices(
+          [&](const auto& W, const auto&) { l.direction.leftCols(l.in) += W; });
       if (l.bias_index >= 0) {
         l.direction.col(l.in) += params_[static_cast<std::size_t>(l.bias_index)].value().col(0);
       }
@@ -476,20 +484,25 @@ class KroneckerFilter {
     Matrix backup_x, backup_d;    // factors before the update (rollback)
   };
 
-  std::size_t add_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
-                        const Vector* db) {
+  std::size_t add_layer(const std::string& name, Parameter W, const Parameter* b) {
     for (const auto& l : layers_) {
       if (l.name == name) {
         throw InvalidInputError("kfopt::KroneckerFilter::add_dense_layer: a layer named '" + name +
                                 "' is already registered");
       }
     }
+    if (b != nullptr && (b->rows() != W.rows() || b->cols() != 1)) {
+      throw ShapeError("kfopt::KroneckerFilter::add_dense_layer (layer '" + name + "'): W is " +
+                       detail::shape_string(W.rows(), W.cols()) + " but b is " +
+                       detail::shape_string(b->rows(), b->cols()) + " (need " +
+                       detail::shape_string(W.rows(), 1) + ")");
+    }
     const std::size_t wi = params_.size();
-    params_.add(name + ".weight", W, dW);
+    params_.add(W.renamed(name + ".weight"));
     std::ptrdiff_t bi = -1;
     if (b != nullptr) {
       bi = static_cast<std::ptrdiff_t>(params_.size());
-      params_.add(name + ".bias", *b, *db);
+      params_.add(b->renamed(name + ".bias"));
     }
     const Eigen::Index in = W.cols(), out = W.rows();
     const Eigen::Index n = in + (b != nullptr ? 1 : 0);
@@ -529,8 +542,8 @@ class KroneckerFilter {
 
   // G = scale · [∇W ∇b].
   void gather(Layer& l, Scalar scale) {
-    const auto& wb = params_[l.weight_index];
-    l.gradient.leftCols(l.in) = scale * wb.gradient();
+    params_[l.weight_index].matrices(
+        [&](const auto&, const auto& dW) { l.gradient.leftCols(l.in) = scale * dW; });
     if (l.bias_index >= 0) {
       l.gradient.col(l.in) = scale * params_[static_cast<std::size_t>(l.bias_index)].gradient().col(0);
     }
@@ -538,7 +551,7 @@ class KroneckerFilter {
 
   // [W b] ← the new values computed in `direction` ([W b] + Σδ G Σx).
   void scatter(Layer& l) {
-    params_[l.weight_index].value() = l.direction.leftCols(l.in);
+    params_[l.weight_index].matrices([&](auto W, const auto&) { W = l.direction.leftCols(l.in); });
     if (l.bias_index >= 0) {
       params_[static_cast<std::size_t>(l.bias_index)].value().col(0) = l.direction.col(l.in);
     }

@@ -171,6 +171,8 @@ class Kfac {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   /// Dense dynamic-size column vector of Scalar.
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  /// A weight or bias in caller storage of any kind (core/parameter_block.hpp).
+  using Parameter = ParameterBlock<Scalar>;
 
   /// What the optimizer carries between steps besides the layers' factors.
   struct State {
@@ -203,41 +205,52 @@ class Kfac {
   ~Kfac() = default;
 
   /// Registers a dense layer `s = W a + b`: W out×in, b out, and their gradients of the same
-  /// shapes, all in caller storage. Returns the layer id for record_statistics.
+  /// shapes, all in caller storage (Eigen objects, kept by object address: see
+  /// core/parameter_block.hpp). Returns the layer id for record_statistics.
   std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector& b,
                               const Vector& db, DenseLayerOptions layer = {}) {
-    if (b.size() != W.rows() || db.size() != W.rows()) {
-      throw ShapeError("kfopt::Kfac::add_dense_layer (layer '" + name + "'): W is " +
-                       detail::shape_of(W) + " but b has " + std::to_string(b.size()) +
-                       " and db " + std::to_string(db.size()) + " entries (need " +
-                       std::to_string(W.rows()) + ")");
-    }
-    return add_layer(name, W, dW, &b, &db, layer);
+    return add_dense_layer(name, Parameter(name + ".weight", W, dW), Parameter(name + ".bias", b, db),
+                           layer);
   }
-
   /// Registers a dense layer without bias `s = W a`.
   std::size_t add_dense_layer(const std::string& name, Matrix& W, const Matrix& dW,
                               DenseLayerOptions layer = {}) {
-    return add_layer(name, W, dW, nullptr, nullptr, layer);
+    return add_dense_layer(name, Parameter(name + ".weight", W, dW), layer);
+  }
+  /// Registers a dense layer from storage of any kind (core/parameter_block.hpp): W (out×in)
+  /// and b (out×1) as ParameterBlocks over raw column- or row-major buffers, Eigen maps or
+  /// Eigen objects, e.g. `ParameterBlock<float>::row_major("fc.weight", w, dw, out, in)` for
+  /// a C-ordered buffer. The blocks are renamed "<name>.weight" and "<name>.bias".
+  std::size_t add_dense_layer(const std::string& name, Parameter W, Parameter b,
+                              DenseLayerOptions layer = {}) {
+    return add_layer(name, std::move(W), &b, layer);
+  }
+  /// As above, without bias.
+  std::size_t add_dense_layer(const std::string& name, Parameter W, DenseLayerOptions layer = {}) {
+    return add_layer(name, std::move(W), nullptr, layer);
   }
 
   /// Registers a weight shared across the time steps of a sequence, `s_t = W a_t + b`
   /// (RNN K-FAC). Its statistics come from record_sequence_statistics.
   std::size_t add_recurrent_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector& b,
                                   const Vector& db, RecurrentLayerOptions layer = {}) {
-    if (b.size() != W.rows() || db.size() != W.rows()) {
-      throw ShapeError("kfopt::Kfac::add_recurrent_layer (layer '" + name + "'): W is " +
-                       detail::shape_of(W) + " but b has " + std::to_string(b.size()) +
-                       " and db " + std::to_string(db.size()) + " entries (need " +
-                       std::to_string(W.rows()) + ")");
-    }
-    return add_recurrent(name, W, dW, &b, &db, layer);
+    return add_recurrent_layer(name, Parameter(name + ".weight", W, dW),
+                               Parameter(name + ".bias", b, db), layer);
   }
-
   /// Registers a shared weight without bias, `s_t = W a_t`.
   std::size_t add_recurrent_layer(const std::string& name, Matrix& W, const Matrix& dW,
                                   RecurrentLayerOptions layer = {}) {
-    return add_recurrent(name, W, dW, nullptr, nullptr, layer);
+    return add_recurrent_layer(name, Parameter(name + ".weight", W, dW), layer);
+  }
+  /// Registers a shared weight from storage of any kind, as add_dense_layer.
+  std::size_t add_recurrent_layer(const std::string& name, Parameter W, Parameter b,
+                                  RecurrentLayerOptions layer = {}) {
+    return add_recurrent(name, std::move(W), &b, layer);
+  }
+  /// As above, without bias.
+  std::size_t add_recurrent_layer(const std::string& name, Parameter W,
+                                  RecurrentLayerOptions layer = {}) {
+    return add_recurrent(name, std::move(W), nullptr, layer);
   }
 
   /// Number of registered layers.
@@ -639,12 +652,12 @@ class Kfac {
     return *block;
   }
 
-  std::size_t add_layer(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
-                        const Vector* db, DenseLayerOptions layer_options);
-  std::size_t add_recurrent(const std::string& name, Matrix& W, const Matrix& dW, Vector* b,
-                            const Vector* db, RecurrentLayerOptions layer_options);
-  std::size_t register_layer(const char* op, const std::string& name, Matrix& W, const Matrix& dW,
-                             Vector* b, const Vector* db, std::unique_ptr<Block> block);
+  std::size_t add_layer(const std::string& name, Parameter W, const Parameter* b,
+                        DenseLayerOptions layer_options);
+  std::size_t add_recurrent(const std::string& name, Parameter W, const Parameter* b,
+                            RecurrentLayerOptions layer_options);
+  std::size_t register_layer(const char* op, const std::string& name, Parameter W,
+                             const Parameter* b, std::unique_ptr<Block> block);
 
   const Layer& const_layer_at(const char* op, std::size_t id) const {
     return const_cast<Kfac*>(this)->layer_at(op, id);
@@ -878,8 +891,7 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
 }
 
 template <typename Scalar>
-std::size_t Kfac<Scalar>::add_layer(const std::string& name, Matrix& W, const Matrix& dW,
-                                    Vector* b, const Vector* db,
+std::size_t Kfac<Scalar>::add_layer(const std::string& name, Parameter W, const Parameter* b,
                                     DenseLayerOptions layer_options) {
   KroneckerBlockOptions bo;
   bo.bias = b != nullptr;
@@ -887,14 +899,14 @@ std::size_t Kfac<Scalar>::add_layer(const std::string& name, Matrix& W, const Ma
   bo.gradient_factor = layer_options.gradient_factor;
   bo.decay = options_.decay;
   bo.inverse_method = options_.inverse_method;
-  return register_layer("kfopt::Kfac::add_dense_layer", name, W, dW, b, db,
+  const Eigen::Index in = W.cols(), out = W.rows();
+  return register_layer("kfopt::Kfac::add_dense_layer", name, std::move(W), b,
                         std::make_unique<detail::KfacDenseLayerBlock<Scalar>>(
-                            KroneckerBlock<Scalar>(name, W.cols(), W.rows(), bo)));
+                            KroneckerBlock<Scalar>(name, in, out, bo)));
 }
 
 template <typename Scalar>
-std::size_t Kfac<Scalar>::add_recurrent(const std::string& name, Matrix& W, const Matrix& dW,
-                                        Vector* b, const Vector* db,
+std::size_t Kfac<Scalar>::add_recurrent(const std::string& name, Parameter W, const Parameter* b,
                                         RecurrentLayerOptions layer_options) {
   RecurrentKroneckerBlockOptions<Scalar> ro;
   ro.approximation = layer_options.approximation;
@@ -905,27 +917,32 @@ std::size_t Kfac<Scalar>::add_recurrent(const std::string& name, Matrix& W, cons
     throw InvalidInputError("kfopt::Kfac::add_recurrent_layer (layer '" + name +
                             "'): exact damping is defined only for the Independent approximation");
   }
-  return register_layer("kfopt::Kfac::add_recurrent_layer", name, W, dW, b, db,
+  return register_layer("kfopt::Kfac::add_recurrent_layer", name, std::move(W), b,
                         std::make_unique<detail::KfacRecurrentLayerBlock<Scalar>>(std::move(block)));
 }
 
 template <typename Scalar>
-std::size_t Kfac<Scalar>::register_layer(const char* op, const std::string& name, Matrix& W,
-                                         const Matrix& dW, Vector* b, const Vector* db,
-                                         std::unique_ptr<Block> block) {
+std::size_t Kfac<Scalar>::register_layer(const char* op, const std::string& name, Parameter W,
+                                         const Parameter* b, std::unique_ptr<Block> block) {
   for (const auto& l : layers_) {
     if (l.name == name) {
       throw InvalidInputError(std::string(op) + ": a layer named '" + name +
                               "' is already registered");
     }
   }
-  // Register the storage first (it validates the shapes), then the block.
+  if (b != nullptr && (b->rows() != W.rows() || b->cols() != 1)) {
+    throw ShapeError(std::string(op) + " (layer '" + name + "'): W is " +
+                     detail::shape_string(W.rows(), W.cols()) + " but b is " +
+                     detail::shape_string(b->rows(), b->cols()) + " (need " +
+                     detail::shape_string(W.rows(), 1) + ")");
+  }
+  // Register the storage first, then the block.
   const std::size_t wi = params_.size();
-  params_.add(name + ".weight", W, dW);
+  params_.add(W.renamed(name + ".weight"));
   std::ptrdiff_t bi = -1;
   if (b != nullptr) {
     bi = static_cast<std::ptrdiff_t>(params_.size());
-    params_.add(name + ".bias", *b, *db);
+    params_.add(b->renamed(name + ".bias"));
   }
   const Eigen::Index rows = block->rows();
   const Eigen::Index cols = block->cols();
@@ -947,10 +964,12 @@ void Kfac<Scalar>::gather(Layer& layer, Scalar wd, Scalar clip) {
   const auto* bb = layer.bias_index >= 0 ? &params_[static_cast<std::size_t>(layer.bias_index)]
                                          : nullptr;
   if (clip == Scalar(1)) {
-    layer.gradient.leftCols(in) = wb.gradient() + wd * wb.value();
+    wb.matrices([&](const auto& W, const auto& dW) { layer.gradient.leftCols(in) = dW + wd * W; });
     if (bb != nullptr) layer.gradient.col(in) = bb->gradient().col(0) + wd * bb->value().col(0);
   } else {
-    layer.gradient.leftCols(in) = clip * wb.gradient() + wd * wb.value();
+    wb.matrices([&](const auto& W, const auto& dW) {
+      layer.gradient.leftCols(in) = clip * dW + wd * W;
+    });
     if (bb != nullptr) {
       layer.gradient.col(in) = clip * bb->gradient().col(0) + wd * bb->value().col(0);
     }
@@ -960,14 +979,15 @@ void Kfac<Scalar>::gather(Layer& layer, Scalar wd, Scalar clip) {
 // [∇W ∇b] ← layer.direction, in the caller's gradient storage.
 template <typename Scalar>
 void Kfac<Scalar>::write_gradient(const Layer& layer) {
-  auto writable = [](const ParameterBlock<Scalar>& block) {
-    return Eigen::Map<Matrix>(const_cast<Scalar*>(block.gradient().data()), block.rows(), block.cols());
-  };
   const auto& wb = params_[layer.weight_index];
   const Eigen::Index in = wb.cols();
-  writable(wb) = layer.direction.leftCols(in);
+  wb.matrices([&](const auto&, const auto& dW) {
+    using Writable = Eigen::Map<typename std::decay_t<decltype(dW)>::PlainObject>;
+    Writable(const_cast<Scalar*>(dW.data()), dW.rows(), dW.cols()) = layer.direction.leftCols(in);
+  });
   if (layer.bias_index >= 0) {
-    writable(params_[static_cast<std::size_t>(layer.bias_index)]).col(0) = layer.direction.col(in);
+    const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
+    Eigen::Map<Vector>(const_cast<Scalar*>(bb.gradient().data()), bb.rows()) = layer.direction.col(in);
   }
 }
 
@@ -976,7 +996,10 @@ template <typename Scalar>
 bool Kfac<Scalar>::updated_parameters_finite(const Layer& layer, Scalar lr) const {
   const auto& wb = params_[layer.weight_index];
   const Eigen::Index in = wb.cols();
-  if (!detail::all_finite_one(wb.value() - lr * layer.direction.leftCols(in))) return false;
+  const bool finite = wb.matrices([&](const auto& W, const auto&) {
+    return detail::all_finite_one(W - lr * layer.direction.leftCols(in));
+  });
+  if (!finite) return false;
   if (layer.bias_index >= 0) {
     const auto& bb = params_[static_cast<std::size_t>(layer.bias_index)];
     if (!detail::all_finite_one(bb.value().col(0) - lr * layer.direction.col(in))) return false;
@@ -989,7 +1012,7 @@ template <typename Scalar>
 void Kfac<Scalar>::scatter(Layer& layer, Scalar lr) {
   auto& wb = params_[layer.weight_index];
   const Eigen::Index in = wb.cols();
-  wb.value() -= lr * layer.momentum.leftCols(in);
+  wb.matrices([&](auto W, const auto&) { W -= lr * layer.momentum.leftCols(in); });
   if (layer.bias_index >= 0) {
     params_[static_cast<std::size_t>(layer.bias_index)].value().col(0) -= lr * layer.momentum.col(in);
   }
