@@ -228,6 +228,31 @@ class LaneCounter {
   std::int64_t scalar_ = 0;
 };
 
+/// Sums values over a loop of `for_each_lane`: a per-lane sum in the packet body, a Scalar
+/// for the scalars, added together in double by total() (for diagnostics: the lanes of a
+/// tile are summed in Scalar).
+template <typename Scalar>
+class LaneSum {
+ public:
+  /// Adds the lanes of `x`.
+  void add(const Lanes<Scalar>& x) { packed_ = Eigen::internal::padd(packed_, x.v); }
+  /// Adds `x`.
+  void add(Scalar x) { scalar_ += x; }
+  /// The sum so far.
+  double total() const {
+    Scalar lanes[Lanes<Scalar>::size];
+    Eigen::internal::pstoreu(lanes, packed_);
+    double sum = static_cast<double>(scalar_);
+    for (const Scalar lane : lanes) sum += static_cast<double>(lane);
+    return sum;
+  }
+
+ private:
+  using Packet = typename Lanes<Scalar>::Packet;
+  Packet packed_ = Eigen::internal::pset1<Packet>(Scalar(0));
+  Scalar scalar_ = Scalar(0);
+};
+
 /// Whether every value added (over a loop of `for_each_lane`) is finite: ORs the bits of
 /// `x · 0` (±0 for a finite x, NaN otherwise) in the packet body, adds them for the scalars
 /// (as core/checked_store.hpp: not to be compiled with -ffinite-math-only).

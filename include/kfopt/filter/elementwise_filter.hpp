@@ -17,6 +17,22 @@
 /// gradient), `e` its Fisher-information sample, so that `Λ_like = e²`; the posterior mean
 /// moves by `Σ_post g` (eq. 6).
 ///
+/// **The likelihood scale S.** Every Bayesian-filter optimizer (these three and
+/// KroneckerFilter) reads the gradient in storage as that of the negative log-likelihood of
+/// the step's data, against a prior that stands for everything seen before. The gradient of
+/// a *mean* loss over a batch is that of a likelihood as weak as one example: pass
+/// `S · ∇(mean loss)` with S about the number of training examples N (for a summed loss over
+/// a batch of k, S ≈ N/k), so that a pass over the data weighs as much as the whole training
+/// set. With S too small the prior outweighs every update: the posterior variance stays at
+/// the prior's, each parameter moves by at most about `σ² S |∇|` per step, the prior's decay
+/// pulls it back, and the loss stalls while every step returns Status::Success.
+/// `State::posterior_contraction` shows it: the fraction `1 − Σσ²_post / Σσ²_prior` of the
+/// prior variance that the last update's data removed, summed over all parameters. Near 1 the
+/// data dominate; below kfopt::weak_likelihood_contraction (1e-3) they barely inform the
+/// filter, and S should grow (by orders of magnitude: the contraction goes as S² while it is
+/// small). Read it while the loss is still high: with `e = ∇` it also falls near a minimum,
+/// where the gradients vanish.
+///
 /// **Rounding guards.** The scalar update is evaluated as `σ² / (1 + σ² e²)`, a ratio of
 /// non-negative numbers: it cannot turn negative, and an overflowing `σ² e²` gives 0. The
 /// 2×2 covariance can lose positive semi-definiteness through cancellation in
@@ -36,6 +52,17 @@
 #include "kfopt/core/validate.hpp"
 
 namespace kfopt {
+
+/// Below this State::posterior_contraction the data barely inform a Bayesian-filter
+/// optimizer: its likelihood scale S is too small (see filter/elementwise_filter.hpp).
+inline constexpr double weak_likelihood_contraction = 1e-3;
+
+/// `1 − posterior / prior` for sums of variances over the parameters (NaN when the prior
+/// sum is not positive): the posterior contraction of an update.
+inline double posterior_contraction(double prior_variance_sum, double posterior_variance_sum) {
+  if (!(prior_variance_sum > 0.0)) return std::numeric_limits<double>::quiet_NaN();
+  return 1.0 - posterior_variance_sum / prior_variance_sum;
+}
 
 /// Where the sample `e` of the Fisher information `Λ_like = e eᵀ` comes from (Aitchison
 /// 2018, §2.1 after eq. 6, and §2.2.8).

@@ -167,6 +167,11 @@ class FilterAdam {
     /// 2×2 covariances that rounding pushed outside the PSD cone and that were clamped back
     /// (see clamp_covariance), counted per parameter and event.
     std::int64_t clamped_variances = 0;
+    /// Diagnostic of the last update: the fraction 1 − ΣΣ_ww,post / ΣΣ_ww,prior of the
+    /// weights' prior variance its data removed; below kfopt::weak_likelihood_contraction the
+    /// likelihood scale S is too small (filter/elementwise_filter.hpp). NaN before the first
+    /// update; not stored in checkpoints.
+    double posterior_contraction = std::numeric_limits<double>::quiet_NaN();
   };
 
   /// Registers the blocks and sets Σ_prior(1) (see filter_adam.hpp). Throws
@@ -213,7 +218,8 @@ class FilterAdam {
         step_drift(op, state_.counters.steps > 0 ? state_.counters.steps - 1 : 0);
     std::int64_t clamped = 0;
     const Status guarded =
-        pass<false, true>(op, detail::FisherSample<Scalar>{}, nullptr, drift, Scalar(1), clamped);
+        pass<false, true>(op, detail::FisherSample<Scalar>{}, nullptr, drift, Scalar(1), clamped,
+                          state_.posterior_contraction);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     state_.clamped_variances += clamped;
     state_.phase = FilterPhase::Prior;
@@ -351,7 +357,8 @@ class FilterAdam {
   template <bool kUpdate, bool kPredict>
   Status pass(const char* op, const detail::FisherSample<Scalar>& sample,
               const BlockBuffers<Scalar>* e, const MomentumDrift<Scalar>& drift, Scalar clip,
-              std::int64_t& clamped) {
+              std::int64_t& clamped, double& contraction) {
+    double prior_sum = 0.0, posterior_sum = 0.0;  // of Σ_ww, for the contraction
     const bool direct = kUpdate && options_.form == FilterAdamForm::Combined;
     const bool weight = kPredict || direct;  // the parameters change
     const bool centered = kUpdate && options_.fisher == FisherEstimate::Centered;
@@ -378,6 +385,7 @@ class FilterAdam {
       const Scalar* sup = e != nullptr ? (*e)[i].data() + o : nullptr;
       detail::LaneCounter<Scalar> clamps;
       detail::LaneFiniteness<Scalar> finite;
+      detail::LaneSum<Scalar> posterior;
       detail::for_each_lane<Scalar>(n, [&](Eigen::Index k, auto lane) {
         using T = decltype(lane);
         using detail::lane_load;
@@ -389,6 +397,7 @@ class FilterAdam {
         if (kUpdate) {
           const T g = lane_load<T>(gd + k);
           clamps.add(momentum_filter_update(c, sample.lanes(k, g, avg, avg_next, sup)));
+          posterior.add(c.ww);
           // μ_post = μ_prior + Σ_post (g, 0), g = −∇ (eq. 6).
           if (direct) {
             const T step_w = c.ww * g;
@@ -410,6 +419,10 @@ class FilterAdam {
         finite.add(c.pp);
       });
       clamped += clamps.total();
+      if (kUpdate) {
+        prior_sum += static_cast<double>(detail::tile(state_.weight_variance[i], o, n).sum());
+        posterior_sum += posterior.total();
+      }
       return finite.finite() &&
              (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
     }, kUpdate ? detail::GuardedInputs::GradientsAndValues : detail::GuardedInputs::Values, clip);
@@ -419,6 +432,7 @@ class FilterAdam {
     detail::swap_buffers(state_.cross_covariance, next_wp_);
     detail::swap_buffers(state_.momentum_variance, next_pp_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
+    if (kUpdate) contraction = kfopt::posterior_contraction(prior_sum, posterior_sum);
     return Status::Success;
   }
 
@@ -437,9 +451,11 @@ class FilterAdam {
     if (begun != Status::Success) return begun;
     const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     std::int64_t clamped = 0;
-    const Status guarded = pass<true, false>(op, sample, e, drift_, clip, clamped);
+    double contraction = 0.0;
+    const Status guarded = pass<true, false>(op, sample, e, drift_, clip, clamped, contraction);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     state_.clamped_variances += clamped;
+    state_.posterior_contraction = contraction;
     state_.centering_weight = sample.next_weight;
     ++state_.counters.steps;
     state_.phase = FilterPhase::Posterior;
@@ -453,9 +469,11 @@ class FilterAdam {
     if (begun != Status::Success) return begun;
     const Scalar clip = detail::gradient_clip_factor(*params_, options_.max_gradient_norm);
     std::int64_t clamped = 0;
-    const Status guarded = pass<true, true>(op, sample, e, drift, clip, clamped);
+    double contraction = 0.0;
+    const Status guarded = pass<true, true>(op, sample, e, drift, clip, clamped, contraction);
     if (guarded != Status::Success) return detail::refuse(state_.counters, guarded);
     state_.clamped_variances += clamped;
+    state_.posterior_contraction = contraction;
     state_.centering_weight = sample.next_weight;
     ++state_.counters.steps;
     return Status::Success;

@@ -28,6 +28,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "kfopt/core/gradient_clipping.hpp"
 #include "kfopt/core/schedule.hpp"
@@ -108,6 +109,11 @@ class FilterFixedPoint {
     double centering_weight = 0.0;          ///< w_t of ĝ's bias correction
     /// Steps taken and steps refused for NaN/Inf.
     StepCounters counters;
+    /// Diagnostic of the last step: 1 − Σσ²_post / (P σ²) over the P parameters, the fraction
+    /// of the prior variance σ² that the fixed point at the step's v̂ removes; below
+    /// kfopt::weak_likelihood_contraction the likelihood scale S is too small
+    /// (filter/elementwise_filter.hpp). NaN before the first step; not stored in checkpoints.
+    double posterior_contraction = std::numeric_limits<double>::quiet_NaN();
   };
 
   /// Filters the blocks of `params` (which must outlive this object) with `options`.
@@ -221,6 +227,7 @@ class FilterFixedPoint {
     detail::shape_buffers_like(next_first_, *params_);
     detail::shape_buffers_like(next_second_, *params_);
     if (centered) detail::shape_buffers_like(next_average_, *params_);
+    double posterior_sum = 0.0;  // Σσ²_post, for the contraction
     const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
                                                const auto& grad, const auto& w, auto& wn, auto& guard) {
       if (!guard.save()) return false;
@@ -232,13 +239,16 @@ class FilterFixedPoint {
       const Scalar* avg = centered ? state_.gradient_average[i].data() + o : nullptr;
       Scalar* avg_next = centered ? next_average_[i].data() + o : nullptr;
       const Scalar* sup = e != nullptr ? (*e)[i].data() + o : nullptr;
+      Scalar tile_posterior = Scalar(0);
       for (Eigen::Index k = 0; k < n; ++k) {
         const Scalar ek = sample(k, gd[k], avg, avg_next, sup);
         mn[k] = b1 * m[k] + (Scalar(1) - b1) * gd[k];
         vn[k] = b2 * v[k] + (Scalar(1) - b2) * ek * ek;
         const Scalar s2 = fixed_point_posterior_variance(sigma2, eta, vn[k] * bc2);
+        tile_posterior += s2;
         wn[k] = keep * w[k] - s2 * (mn[k] * bc1);
       }
+      posterior_sum += static_cast<double>(tile_posterior);
       return detail::all_finite_tiles(wn, detail::tile(next_first_[i], o, n), detail::tile(next_second_[i], o, n)) &&
              (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
     }, detail::GuardedInputs::GradientsAndValues, clip);
@@ -247,6 +257,8 @@ class FilterFixedPoint {
     detail::swap_buffers(state_.second_moment, next_second_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
     state_.centering_weight = sample.next_weight;
+    state_.posterior_contraction = kfopt::posterior_contraction(
+        static_cast<double>(params_->total_size()) * options_.prior_variance, posterior_sum);
     ++state_.counters.steps;
     return Status::Success;
   }

@@ -49,6 +49,7 @@
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <string>
 
 #include "kfopt/core/gradient_clipping.hpp"
@@ -154,6 +155,12 @@ class KroneckerFilter {
     std::int64_t numerical_failures = 0;   ///< updates refused because a result overflowed
     std::int64_t clamped_variances = 0;    ///< factor coefficients/eigenvalues clamped (all layers)
     std::int64_t projection_fallbacks = 0; ///< exact projections replaced by eq. 32 (all layers)
+    /// Diagnostic of the last update: 1 − Σ_layers tr Σ_post / Σ_layers tr Σ_prior
+    /// (tr(X ⊗ D) = tr X · tr D), the fraction of the prior variance its data removed; below
+    /// kfopt::weak_likelihood_contraction the likelihood is too weak (a mean loss with
+    /// LossReduction::Sum, or too few examples per step; filter/elementwise_filter.hpp). NaN
+    /// before the first update; not stored in checkpoints.
+    double posterior_contraction = std::numeric_limits<double>::quiet_NaN();
   };
 
   /// A filter with no layers yet; throws HyperparameterError for bad options.
@@ -284,6 +291,13 @@ class KroneckerFilter {
       clear_statistics();  // the batch that overflowed is not kept for the next step
       return Status::NumericalIssue;
     }
+    double prior_trace = 0.0, posterior_trace = 0.0;
+    for (const auto& l : layers_) {
+      prior_trace += static_cast<double>(l.backup_x.trace()) * static_cast<double>(l.backup_d.trace());
+      posterior_trace += static_cast<double>(l.cov.input_factor().trace()) *
+                         static_cast<double>(l.cov.output_factor().trace());
+    }
+    state_.posterior_contraction = kfopt::posterior_contraction(prior_trace, posterior_trace);
     for (auto& l : layers_) {
       scatter(l);
       if (l.recorded > 0) l.last_batch = l.recorded;

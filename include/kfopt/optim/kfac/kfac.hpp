@@ -268,13 +268,68 @@ class Kfac {
     return *b;
   }
 
+  /// What check_statistics_scale() found.
+  struct StatisticsScaleCheck {
+    /// ρ minimizing ‖[dW db] − ρ M‖ (Frobenius), M = [gᵀa gᵀ1] / k: 1 when g has the scale
+    /// record_statistics expects, k when g was divided by the batch size.
+    double ratio = 0.0;
+    /// ⟨[dW db], M⟩ / (‖[dW db]‖ ‖M‖): 1 when g are the training targets' per-example
+    /// gradients of the loss whose gradient is registered; lower for other targets or losses.
+    double cosine = 0.0;
+    /// Whether ρ is within a factor 2 of 1 (with a cosine near 1, g then has the right scale).
+    bool scale_matches = false;
+  };
+  /// Checks the scale of a batch's g (see record_statistics) against the gradient registered
+  /// for dense layer `id`: pass the batch's inputs `a` (k × in) and g for the *training*
+  /// targets, after the storage holds that batch's mean-loss gradient dW (and db). Changes
+  /// nothing. Cost: one out × k × in product (about the layer's own weight gradient): a check
+  /// for the first steps of a new training loop, not for every step. Throws
+  /// InvalidInputError for a recurrent layer or an unknown id, ShapeError for shapes that do
+  /// not match the layer.
+  StatisticsScaleCheck check_statistics_scale(std::size_t id, const Eigen::Ref<const Matrix>& a,
+                                              const Eigen::Ref<const Matrix>& g) const {
+    constexpr const char* op = "kfopt::Kfac::check_statistics_scale";
+    const Layer& layer = const_layer_at(op, id);
+    if (layer.block->dense() == nullptr) {
+      throw InvalidInputError(std::string(op) + ": layer '" + layer.name +
+                              "' is recurrent (the check covers dense layers)");
+    }
+    const auto& wb = params_[layer.weight_index];
+    const Eigen::Index in = wb.cols(), out = wb.rows();
+    if (a.cols() != in || g.cols() != out || a.rows() != g.rows() || a.rows() == 0) {
+      throw ShapeError(std::string(op) + " (layer '" + layer.name + "'): W is " +
+                       detail::shape_string(out, in) + " but a is " + detail::shape_of(a) +
+                       " and g is " + detail::shape_of(g) + " (need k × " + std::to_string(in) +
+                       " and k × " + std::to_string(out) + ", k > 0)");
+    }
+    const double k = static_cast<double>(a.rows());
+    const Eigen::MatrixXd gd = g.template cast<double>();
+    Eigen::MatrixXd M(out, in + (layer.bias_index >= 0 ? 1 : 0)), D(M.rows(), M.cols());
+    M.leftCols(in) = gd.transpose() * a.template cast<double>() / k;
+    D.leftCols(in) = wb.gradient().template cast<double>();
+    if (layer.bias_index >= 0) {
+      M.col(in) = gd.colwise().sum().transpose() / k;
+      D.col(in) = params_[static_cast<std::size_t>(layer.bias_index)].gradient().col(0).template cast<double>();
+    }
+    StatisticsScaleCheck check;
+    const double mm = M.squaredNorm(), dd = D.squaredNorm(), dm = (D.array() * M.array()).sum();
+    check.ratio = mm > 0.0 ? dm / mm : std::numeric_limits<double>::quiet_NaN();
+    check.cosine = mm > 0.0 && dd > 0.0 ? dm / std::sqrt(mm * dd) : std::numeric_limits<double>::quiet_NaN();
+    check.scale_matches = check.ratio > 0.5 && check.ratio < 2.0;
+    return check;
+  }
+
   /// Whether this step should record statistics (every statistics_period steps).
   bool wants_statistics() const noexcept {
     return state_.counters.steps % options_.statistics_period == 0;
   }
 
   /// Records one batch of a layer's inputs `a` (k × in) and per-example pre-activation
-  /// gradients `g` (k × out; model-sampled targets for the true Fisher). NaN/Inf → the
+  /// gradients `g` (k × out; model-sampled targets for the true Fisher). **Scale of g:** row i
+  /// is the gradient of example i's own loss w.r.t. the layer's outputs, *not* divided by the
+  /// batch size k (with the training targets, the mean-loss gradient is `dW = gᵀa / k`); a g
+  /// divided by k makes A ⊗ G k² times too small, which the damping then dominates.
+  /// check_statistics_scale() tells the two apart. NaN/Inf → the
   /// batch is refused (NonFiniteInput); a finite batch whose outer products would overflow a
   /// factor (one entry of 1e300 in double, 1e30 in float) → refused (Overflow); either way
   /// counted in State::skipped_statistics, both factors unchanged.
