@@ -23,15 +23,21 @@
 /// a *mean* loss over a batch is that of a likelihood as weak as one example: pass
 /// `S · ∇(mean loss)` with S about the number of training examples N (for a summed loss over
 /// a batch of k, S ≈ N/k), so that a pass over the data weighs as much as the whole training
-/// set. With S too small the prior outweighs every update: the posterior variance stays at
-/// the prior's, each parameter moves by at most about `σ² S |∇|` per step, the prior's decay
-/// pulls it back, and the loss stalls while every step returns Status::Success.
-/// `State::posterior_contraction` shows it: the fraction `1 − Σσ²_post / Σσ²_prior` of the
-/// prior variance that the last update's data removed, summed over all parameters. Near 1 the
-/// data dominate; below kfopt::weak_likelihood_contraction (1e-3) they barely inform the
-/// filter, and S should grow (by orders of magnitude: the contraction goes as S² while it is
-/// small). Read it while the loss is still high: with `e = ∇` it also falls near a minimum,
-/// where the gradients vanish.
+/// set. With S too small the prior outweighs the data: the posterior variance stays near the
+/// prior's σ² and the filter is not in the regime of its adaptive limit. FilterRmsProp then
+/// takes SGD steps `σ² S ∇`; FilterAdam barely moves (`η² S ∇/(2η_p)` per step, see
+/// filter_adam.hpp), so the loss stalls while every step returns Status::Success.
+///
+/// `State::posterior_contraction` shows it: `1 − Σσ²_post / (P σ²)`, the fraction of the
+/// prior's variance σ² (the `prior_variance` option) that the data seen so far have removed,
+/// over all P parameters (the weights' variances Σ_ww for FilterAdam, `tr Σ` for
+/// KroneckerFilter). In the adaptive regime the posterior variance is `≈ η/|e| ≪ σ²` and the
+/// contraction is near 1; below kfopt::weak_likelihood_contraction (1/2) the data have not
+/// removed half of the prior's variance, and S is too small (typically by orders of
+/// magnitude: raise it until the contraction is near 1 after the first steps). It accumulates
+/// over steps and is slow to fall back, so a run near a minimum, where the gradients vanish,
+/// keeps its value. It can be slightly negative when the prior's own noise lifts a variance
+/// above σ² (or when the initial variance exceeds σ²).
 ///
 /// **Rounding guards.** The scalar update is evaluated as `σ² / (1 + σ² e²)`, a ratio of
 /// non-negative numbers: it cannot turn negative, and an overflowing `σ² e²` gives 0. The
@@ -53,12 +59,13 @@
 
 namespace kfopt {
 
-/// Below this State::posterior_contraction the data barely inform a Bayesian-filter
-/// optimizer: its likelihood scale S is too small (see filter/elementwise_filter.hpp).
-inline constexpr double weak_likelihood_contraction = 1e-3;
+/// Below this State::posterior_contraction the data have removed less than half of a
+/// Bayesian-filter optimizer's prior variance: its likelihood scale S is too small (see
+/// filter/elementwise_filter.hpp).
+inline constexpr double weak_likelihood_contraction = 0.5;
 
-/// `1 − posterior / prior` for sums of variances over the parameters (NaN when the prior
-/// sum is not positive): the posterior contraction of an update.
+/// `1 − posterior / prior` for the sum of the posterior variances over the parameters and
+/// the prior's (P σ²); NaN when the prior's sum is not positive.
 inline double posterior_contraction(double prior_variance_sum, double posterior_variance_sum) {
   if (!(prior_variance_sum > 0.0)) return std::numeric_limits<double>::quiet_NaN();
   return 1.0 - posterior_variance_sum / prior_variance_sum;

@@ -167,10 +167,11 @@ class FilterAdam {
     /// 2×2 covariances that rounding pushed outside the PSD cone and that were clamped back
     /// (see clamp_covariance), counted per parameter and event.
     std::int64_t clamped_variances = 0;
-    /// Diagnostic of the last update: the fraction 1 − ΣΣ_ww,post / ΣΣ_ww,prior of the
-    /// weights' prior variance its data removed; below kfopt::weak_likelihood_contraction the
-    /// likelihood scale S is too small (filter/elementwise_filter.hpp). NaN before the first
-    /// update; not stored in checkpoints.
+    /// Diagnostic after the last update: 1 − ΣΣ_ww,post / (P σ²) over the P weights, the
+    /// fraction of the prior's variance σ² the data have removed; below
+    /// kfopt::weak_likelihood_contraction the likelihood scale S is too small and the weights
+    /// barely move (filter/elementwise_filter.hpp). NaN before the first update; not stored
+    /// in checkpoints.
     double posterior_contraction = std::numeric_limits<double>::quiet_NaN();
   };
 
@@ -358,7 +359,7 @@ class FilterAdam {
   Status pass(const char* op, const detail::FisherSample<Scalar>& sample,
               const BlockBuffers<Scalar>* e, const MomentumDrift<Scalar>& drift, Scalar clip,
               std::int64_t& clamped, double& contraction) {
-    double prior_sum = 0.0, posterior_sum = 0.0;  // of Σ_ww, for the contraction
+    double posterior_sum = 0.0;  // of Σ_ww, for the contraction
     const bool direct = kUpdate && options_.form == FilterAdamForm::Combined;
     const bool weight = kPredict || direct;  // the parameters change
     const bool centered = kUpdate && options_.fisher == FisherEstimate::Centered;
@@ -419,10 +420,7 @@ class FilterAdam {
         finite.add(c.pp);
       });
       clamped += clamps.total();
-      if (kUpdate) {
-        prior_sum += static_cast<double>(detail::tile(state_.weight_variance[i], o, n).sum());
-        posterior_sum += posterior.total();
-      }
+      if (kUpdate) posterior_sum += posterior.total();
       return finite.finite() &&
              (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
     }, kUpdate ? detail::GuardedInputs::GradientsAndValues : detail::GuardedInputs::Values, clip);
@@ -432,7 +430,10 @@ class FilterAdam {
     detail::swap_buffers(state_.cross_covariance, next_wp_);
     detail::swap_buffers(state_.momentum_variance, next_pp_);
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
-    if (kUpdate) contraction = kfopt::posterior_contraction(prior_sum, posterior_sum);
+    if (kUpdate) {
+      contraction = kfopt::posterior_contraction(
+          static_cast<double>(params_->total_size()) * options_.prior_variance, posterior_sum);
+    }
     return Status::Success;
   }
 

@@ -109,8 +109,8 @@ class FilterFixedPoint {
     double centering_weight = 0.0;          ///< w_t of ĝ's bias correction
     /// Steps taken and steps refused for NaN/Inf.
     StepCounters counters;
-    /// Diagnostic of the last step: 1 − Σσ²_post / (P σ²) over the P parameters, the fraction
-    /// of the prior variance σ² that the fixed point at the step's v̂ removes; below
+    /// Diagnostic after the last step: 1 − Σσ²_post / (P σ²) over the P parameters, the
+    /// fraction of the prior variance σ² that the fixed point at the step's v̂ removes; below
     /// kfopt::weak_likelihood_contraction the likelihood scale S is too small
     /// (filter/elementwise_filter.hpp). NaN before the first step; not stored in checkpoints.
     double posterior_contraction = std::numeric_limits<double>::quiet_NaN();

@@ -121,10 +121,11 @@ class FilterRmsProp {
     StepCounters counters;
     /// Variances that rounding would have made negative and that were clamped at 0.
     std::int64_t clamped_variances = 0;
-    /// Diagnostic of the last update: the fraction 1 − Σσ²_post / Σσ²_prior of the prior
-    /// variance its data removed; below kfopt::weak_likelihood_contraction the likelihood
-    /// scale S is too small (filter/elementwise_filter.hpp). NaN before the first update;
-    /// not stored in checkpoints.
+    /// Diagnostic after the last update: 1 − Σσ²_post / (P σ²) over the P parameters, the
+    /// fraction of the prior's variance σ² the data have removed; below
+    /// kfopt::weak_likelihood_contraction the likelihood scale S is too small
+    /// (filter/elementwise_filter.hpp). NaN before the first update; not stored in
+    /// checkpoints.
     double posterior_contraction = std::numeric_limits<double>::quiet_NaN();
   };
 
@@ -292,7 +293,7 @@ class FilterRmsProp {
     detail::shape_buffers_like(next_variance_, *params_);
     if (centered) detail::shape_buffers_like(next_average_, *params_);
     std::int64_t clamped = 0;
-    double prior_sum = 0.0, posterior_sum = 0.0;
+    double posterior_sum = 0.0;  // Σσ²_post, for the contraction
     const Status guarded = guarded_.run(op, *params_, [&](std::size_t i, Eigen::Index o, Eigen::Index n,
                                                const auto& grad, const auto& p, auto& pn, auto& guard) {
       if (!guard.save()) return false;
@@ -312,7 +313,6 @@ class FilterRmsProp {
         vn[k] = v;
         pn[k] = p[k] - v * gd[k];  // μ_post = μ_prior + σ²_post g, g = −∇ (eq. 10)
       }
-      prior_sum += static_cast<double>(detail::tile(state_.variance[i], o, n).sum());
       posterior_sum += static_cast<double>(detail::tile(next_variance_[i], o, n).sum());
       return detail::all_finite_tiles(pn, detail::tile(next_variance_[i], o, n)) &&
              (!centered || detail::all_finite_tiles(detail::tile(next_average_[i], o, n)));
@@ -322,7 +322,8 @@ class FilterRmsProp {
     if (centered) detail::swap_buffers(state_.gradient_average, next_average_);
     state_.centering_weight = sample.next_weight;
     state_.clamped_variances += clamped;
-    state_.posterior_contraction = kfopt::posterior_contraction(prior_sum, posterior_sum);
+    state_.posterior_contraction = kfopt::posterior_contraction(
+        static_cast<double>(params_->total_size()) * options_.prior_variance, posterior_sum);
     ++state_.counters.steps;
     state_.phase = FilterPhase::Posterior;
     return Status::Success;

@@ -155,11 +155,14 @@ class KroneckerFilter {
     std::int64_t numerical_failures = 0;   ///< updates refused because a result overflowed
     std::int64_t clamped_variances = 0;    ///< factor coefficients/eigenvalues clamped (all layers)
     std::int64_t projection_fallbacks = 0; ///< exact projections replaced by eq. 32 (all layers)
-    /// Diagnostic of the last update: 1 − Σ_layers tr Σ_post / Σ_layers tr Σ_prior
-    /// (tr(X ⊗ D) = tr X · tr D), the fraction of the prior variance its data removed; below
-    /// kfopt::weak_likelihood_contraction the likelihood is too weak (a mean loss with
-    /// LossReduction::Sum, or too few examples per step; filter/elementwise_filter.hpp). NaN
-    /// before the first update; not stored in checkpoints.
+    /// Diagnostic after the last update: 1 − Σ_layers tr Σ_post / (P σ²) over the P entries
+    /// of the layers' [W b] (tr(X ⊗ D) = tr X · tr D), the fraction of the prior's variance
+    /// σ² the data have removed. The covariance learns from the recorded statistics: below
+    /// kfopt::weak_likelihood_contraction they have not informed it yet, e.g. in the first
+    /// steps when their g are divided by the batch size (record_statistics wants one
+    /// example's gradient), until the factors catch up (filter/elementwise_filter.hpp). The
+    /// scale of the gradient in storage (loss_reduction) moves the mean only and does not
+    /// show here. NaN before the first update; not stored in checkpoints.
     double posterior_contraction = std::numeric_limits<double>::quiet_NaN();
   };
 
@@ -200,7 +203,9 @@ class KroneckerFilter {
   }
 
   /// Records one batch of a layer's inputs `a` (k × in) and per-example output gradients
-  /// `g` (k × out), consumed by the next update(). Several calls accumulate. NaN/Inf →
+  /// `g` (k × out), consumed by the next update(). Row i of g is the gradient of example i's
+  /// own loss, not divided by the batch size (State::posterior_contraction shows a g that
+  /// is). Several calls accumulate. NaN/Inf →
   /// NonFiniteInput, counted, nothing recorded. Shape mismatch → ShapeError.
   Status record_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
                            const Eigen::Ref<const Matrix>& g) {
@@ -291,13 +296,15 @@ class KroneckerFilter {
       clear_statistics();  // the batch that overflowed is not kept for the next step
       return Status::NumericalIssue;
     }
-    double prior_trace = 0.0, posterior_trace = 0.0;
+    double prior_total = 0.0, posterior_trace = 0.0;  // P σ² and tr Σ_post over the layers
     for (const auto& l : layers_) {
-      prior_trace += static_cast<double>(l.backup_x.trace()) * static_cast<double>(l.backup_d.trace());
+      prior_total += static_cast<double>(l.cov.input_factor().rows()) *
+                     static_cast<double>(l.cov.output_factor().rows()) *
+                     options_.prior_variance;
       posterior_trace += static_cast<double>(l.cov.input_factor().trace()) *
                          static_cast<double>(l.cov.output_factor().trace());
     }
-    state_.posterior_contraction = kfopt::posterior_contraction(prior_trace, posterior_trace);
+    state_.posterior_contraction = kfopt::posterior_contraction(prior_total, posterior_trace);
     for (auto& l : layers_) {
       scatter(l);
       if (l.recorded > 0) l.last_batch = l.recorded;

@@ -306,7 +306,7 @@ class Kfac {
     const Eigen::MatrixXd gd = g.template cast<double>();
     Eigen::MatrixXd M(out, in + (layer.bias_index >= 0 ? 1 : 0)), D(M.rows(), M.cols());
     M.leftCols(in) = gd.transpose() * a.template cast<double>() / k;
-    D.leftCols(in) = wb.gradient().template cast<double>();
+    wb.matrices([&](const auto&, const auto& dW) { D.leftCols(in) = dW.template cast<double>(); });
     if (layer.bias_index >= 0) {
       M.col(in) = gd.colwise().sum().transpose() / k;
       D.col(in) = params_[static_cast<std::size_t>(layer.bias_index)].gradient().col(0).template cast<double>();
