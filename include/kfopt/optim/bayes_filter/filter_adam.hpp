@@ -50,6 +50,10 @@
 /// (the exact solution of `Σ_pp = (1 − η_p)² Σ_pp + η_p²`, SI §4.2), no correlation; the
 /// momentum mean starts at 0.
 ///
+/// **Likelihood scale S.** Pass `S · ∇(mean loss)`, S about the number of training examples
+/// (filter/elementwise_filter.hpp). With S too small the weights barely move while every step
+/// succeeds; State::posterior_contraction flags it.
+///
 /// Cost per step: about 30 flops per parameter (three of them divisions), vectorized
 /// (core/lanes.hpp), in one guarded pass over the parameters and the state — `step()` does
 /// the update and the prediction in that one pass. No allocation after the first step.

@@ -24,6 +24,10 @@
 /// the fixed point is bounded by σ² as v̂ → 0). With β1 = 0 it is the fixed point of Filter
 /// RMSProp itself. The decay is applied to the parameters before the gradient step, as AdamW.
 ///
+/// **Likelihood scale S.** Pass `S · ∇(mean loss)`, S about the number of training examples
+/// (filter/elementwise_filter.hpp); State::posterior_contraction flags an S too small for
+/// the AdamW limit.
+///
 /// Cost per step: about 15 flops and one square root per parameter, no allocation.
 
 #include <cmath>

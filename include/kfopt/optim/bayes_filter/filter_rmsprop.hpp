@@ -28,6 +28,10 @@
 /// training loop (gradient, step, gradient, step, ...) evaluates every gradient at the
 /// prior mean. Calling them out of order throws InvalidInputError.
 ///
+/// **Likelihood scale S.** Pass `S · ∇(mean loss)`, S about the number of training examples
+/// (filter/elementwise_filter.hpp). Too small an S turns the filter into SGD with step
+/// `σ² S`, slow and silent; State::posterior_contraction flags it.
+///
 /// Cost per step: O(1) flops per parameter for each of update and predict, no allocation.
 
 #include <cmath>

@@ -24,7 +24,10 @@
 /// own loss (not divided by k; model-sampled targets for the Fisher, as for K-FAC); G is the
 /// gradient of the summed negative log-likelihood: with LossReduction::Mean (∇ is the
 /// gradient of the batch-mean loss, as in examples/common/mlp.hpp) c = k, the number of
-/// examples recorded for the layer in this step; with LossReduction::Sum, c = 1.
+/// examples recorded for the layer in this step; with LossReduction::Sum, c = 1. (c is this
+/// filter's likelihood scale S of filter/elementwise_filter.hpp, per batch. A mean-loss
+/// gradient declared LossReduction::Sum moves the mean k times too slowly; statistics g
+/// divided by k show in State::posterior_contraction.)
 ///
 /// **Limits.** η = 0: the posterior precision accumulates `Σ_b e_b e_bᵀ`, so Σx, Σδ approach
 /// scaled `E[xxᵀ]⁻¹`, `E[δδᵀ]⁻¹` (natural gradient with a 1/t learning rate). η > 0: the
