@@ -13,8 +13,9 @@
 # (the runs' CSVs and logs) and a row of OUT_DIR/sweep.csv:
 #   lr,damping,kl_clip,classifier_loss,classifier_accuracy,autoencoder_loss,autoencoder_test_loss,char_bpc,char_valid_bpc,seconds
 # (the last CSV row of each run: training loss of the last logged steps and the test or
-# validation metric; a diverged run's loss reads nan). Progress goes to stderr; the table,
-# sorted by the sum of the three tasks' loss ranks, to stdout.
+# validation metric; a diverged run's loss reads nan). Progress goes to stderr; the table to
+# stdout, sorted by each setting's worst excess over the best training loss of each task,
+# max over the tasks of (loss / best − 1): the setting to choose as a default is first.
 #
 # Example (the sweep recorded in examples/README.md, about 1.5 minutes per configuration
 # on 2 cores):
@@ -74,25 +75,25 @@ for config in "${configs[@]}"; do
   echo "$row,$(($(date +%s) - start))" >>"$summary"
 done
 
-# The table: every configuration of the CSV, ranked per task by training loss (nan last),
-# sorted by the sum of the ranks.
+# The table: every configuration of the CSV, sorted by its worst excess over the best
+# training loss of each task, max over tasks of (loss / best − 1) (a diverged run: inf).
 python3 - "$summary" <<'EOF'
 import csv, math, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
+tasks = ("classifier_loss", "autoencoder_loss", "char_bpc")
 def value(r, k):
     try:
         v = float(r[k])
         return v if math.isfinite(v) else math.inf
     except ValueError:
         return math.inf
-for task in ("classifier_loss", "autoencoder_loss", "char_bpc"):
-    for rank, r in enumerate(sorted(rows, key=lambda r: value(r, task)), 1):
-        r.setdefault("rank", 0)
-        r["rank"] += rank
-print("| lr | λ | KL clip | classifier loss / acc. | autoencoder loss / test | char-LSTM bpc / valid | rank sum |")
+best = {t: min(value(r, t) for r in rows) for t in tasks}
+for r in rows:
+    r["excess"] = max(value(r, t) / best[t] - 1.0 for t in tasks)
+print("| lr | λ | KL clip | classifier loss / accuracy | autoencoder loss / test loss | char-LSTM bpc / valid bpc | worst excess |")
 print("|---|---|---|---|---|---|---|")
-for r in sorted(rows, key=lambda r: r["rank"]):
-    print(f"| {r['lr']} | {r['damping']} | {r['kl_clip']} | {r['classifier_loss']} / {r['classifier_accuracy']} "
-          f"| {r['autoencoder_loss']} / {r['autoencoder_test_loss']} | {r['char_bpc']} / {r['char_valid_bpc']} "
-          f"| {r['rank']} |")
+for r in sorted(rows, key=lambda r: r["excess"]):
+    print(f"| {r['lr']} | {r['damping']} | {r['kl_clip']} | {float(r['classifier_loss']):.4f} / {float(r['classifier_accuracy']):.3f} "
+          f"| {float(r['autoencoder_loss']):.2f} / {float(r['autoencoder_test_loss']):.2f} "
+          f"| {float(r['char_bpc']):.3f} / {float(r['char_valid_bpc']):.3f} | {100 * r['excess']:.1f}% |")
 EOF
