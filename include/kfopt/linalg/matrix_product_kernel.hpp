@@ -24,13 +24,23 @@
 /// `depth_block·(col_block + row_block)` scalars (2.5 MB in double, 1.2 MB in float) and are
 /// kept for the thread's lifetime: a product allocates nothing once they are that large (a
 /// fresh allocation of that size per product is served by mmap under glibc's default
-/// thresholds and page-faults on every call). Single-threaded; safe to call from several
-/// threads at once (each has its own buffers).
+/// thresholds and page-faults on every call). Safe to call from several threads at once
+/// (each has its own buffers).
+///
+/// **Threads** (linalg/threads.hpp). A product of at least kMinParallelProductFlops runs on
+/// up to kfopt::threads() threads, each computing whole columns of C: a contiguous range of
+/// register-tile widths (for the lower product, ranges of equal work rather than equal
+/// width). Every entry of C is accumulated by the same sequence of packet operations
+/// whatever the range it falls in (the depth blocks and the rows' blocking do not depend on
+/// the columns), so the result is bit-identical for any thread count. Each thread packs its
+/// own columns of B and all of A: the extra packing is m·k per thread against 2mnk/T flops.
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <type_traits>
 #include <vector>
+
+#include "kfopt/linalg/threads.hpp"
 
 namespace kfopt {
 namespace detail {
@@ -210,12 +220,14 @@ inline void product_tile_dispatch(Eigen::Index kc, const Scalar* a, const Scalar
 }
 
 /// The blocked loops of product_accumulate (LowerOnly false) and lower_product_accumulate
-/// (true: C square, tiles strictly above its diagonal skipped, tiles across it masked, row
-/// blocks strictly above a column block neither packed nor computed).
+/// (true: tiles strictly above the diagonal skipped, tiles across it masked, row blocks
+/// strictly above a column block neither packed nor computed). C may be columns
+/// `col_offset …` of the product: the diagonal is where row = col_offset + column of C.
 template <typename Scalar, bool LowerOnly>
 void product_accumulate_blocked(
     Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C, Scalar alpha,
-    const StridedConstView<Scalar>& a, const StridedConstView<Scalar>& b, Eigen::Index k) {
+    const StridedConstView<Scalar>& a, const StridedConstView<Scalar>& b, Eigen::Index k,
+    Eigen::Index col_offset = 0) {
   using Shape = ProductKernelShape<Scalar>;
   constexpr Eigen::Index R = Shape::rows, NR = Shape::cols;
   const Eigen::Index m = C.rows(), n = C.cols();
@@ -231,7 +243,7 @@ void product_accumulate_blocked(
       pack_product_rhs(b, p0, c0, kc, nc, buffers.rhs.data());
       for (Eigen::Index r0 = 0; r0 < m; r0 += Shape::row_block) {
         const Eigen::Index mc = std::min(Shape::row_block, m - r0);
-        if (LowerOnly && r0 + mc <= c0) continue;  // every row above every column
+        if (LowerOnly && r0 + mc <= col_offset + c0) continue;  // every row above every column
         const Eigen::Index mc_padded = (mc + R - 1) / R * R;
         const auto lhs_size = static_cast<std::size_t>(mc_padded * kc);
         if (buffers.lhs.size() < lhs_size) buffers.lhs.resize(lhs_size);
@@ -244,7 +256,7 @@ void product_accumulate_blocked(
             const Scalar* a_panel = buffers.lhs.data() + i0 * kc;
             Scalar* c_tile = &C(r0 + i0, c0 + j0);
             if constexpr (LowerOnly) {
-              const Eigen::Index d = (r0 + i0) - (c0 + j0);  // row − column at the origin
+              const Eigen::Index d = (r0 + i0) - (col_offset + c0 + j0);  // row − column
               if (d + m_tile <= 0) continue;                  // strictly above the diagonal
               if (d < n_tile - 1) {                           // across the diagonal
                 product_tile_dispatch<Scalar, true>(kc, a_panel, b_panel, c_tile, ldc, m_tile,
@@ -261,6 +273,58 @@ void product_accumulate_blocked(
   }
 }
 
+/// Products below this many flops run on the calling thread alone (a pool job costs a few
+/// microseconds to start; this is about 40 µs of one core's work).
+inline constexpr double kMinParallelProductFlops = 4e6;
+
+/// product_accumulate_blocked on up to kfopt::threads() threads, each over a contiguous
+/// range of C's columns (see the file comment). The ranges are whole register-tile widths;
+/// for LowerOnly their boundaries balance the lower triangle's work, column j costing
+/// (m − j) rows.
+template <typename Scalar, bool LowerOnly>
+void product_accumulate_threaded(
+    Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C, Scalar alpha,
+    const StridedConstView<Scalar>& a, const StridedConstView<Scalar>& b, Eigen::Index k) {
+  constexpr Eigen::Index NR = ProductKernelShape<Scalar>::cols;
+  const Eigen::Index m = C.rows(), n = C.cols();
+  const Eigen::Index widths = (n + NR - 1) / NR;  // tile widths across C
+  const double flops = (LowerOnly ? 1.0 : 2.0) * static_cast<double>(m) *
+                       static_cast<double>(n) * static_cast<double>(k);
+  const int wanted = threads();
+  const Eigen::Index parts =
+      std::min<Eigen::Index>(wanted, widths / 2);  // at least two tile widths each
+  if (parts < 2 || flops < kMinParallelProductFlops || ThreadPool::inside_job()) {
+    product_accumulate_blocked<Scalar, LowerOnly>(C, alpha, a, b, k);
+    return;
+  }
+  // bounds[p] … bounds[p+1]: the columns of part p, multiples of NR (the last ends at n).
+  std::vector<Eigen::Index> bounds(static_cast<std::size_t>(parts) + 1, n);
+  bounds[0] = 0;
+  if constexpr (LowerOnly) {
+    // Work of columns [0, j): Σ (m − i) = j·m − j(j−1)/2; split it into equal parts.
+    const auto work = [m](double j) { return j * static_cast<double>(m) - j * (j - 1.0) / 2.0; };
+    const double total = work(static_cast<double>(n));
+    Eigen::Index w = 0;
+    for (Eigen::Index p = 1; p < parts; ++p) {
+      const double target = total * static_cast<double>(p) / static_cast<double>(parts);
+      while (w < widths && work(static_cast<double>(std::min(n, (w + 1) * NR))) <= target) ++w;
+      bounds[static_cast<std::size_t>(p)] = std::min(n, w * NR);
+    }
+  } else {
+    for (Eigen::Index p = 1; p < parts; ++p) {
+      bounds[static_cast<std::size_t>(p)] = std::min(n, widths * p / parts * NR);
+    }
+  }
+  ThreadPool::instance().run(parts, wanted, [&](std::ptrdiff_t p) {
+    const Eigen::Index j0 = bounds[static_cast<std::size_t>(p)];
+    const Eigen::Index j1 = bounds[static_cast<std::size_t>(p) + 1];
+    if (j1 <= j0) return;
+    const StridedConstView<Scalar> b_part{b.at(0, j0), b.row_stride, b.col_stride};
+    product_accumulate_blocked<Scalar, LowerOnly>(C.middleCols(j0, j1 - j0), alpha, a, b_part,
+                                                  k, j0);
+  });
+}
+
 template <typename Scalar, typename Derived>
 StridedConstView<Scalar> strided_view(const Eigen::MatrixBase<Derived>& M) {
   static_assert(bool(Derived::Flags & Eigen::DirectAccessBit),
@@ -270,7 +334,8 @@ StridedConstView<Scalar> strided_view(const Eigen::MatrixBase<Derived>& M) {
 
 /// `C += α·A·B` for C m×n column-major (unit inner stride), A m×k and B k×n any
 /// direct-access expressions (blocks, transposed blocks, Refs, maps). C must not overlap A
-/// or B. 2mnk flops, single-threaded. float and double run kfopt's kernel (file comment);
+/// or B. 2mnk flops, on up to kfopt::threads() threads when large (file comment, bit-identical
+/// for any count). float and double run kfopt's kernel (file comment);
 /// other scalar types Eigen's product.
 template <typename Scalar, typename DerivedA, typename DerivedB>
 void product_accumulate(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> C,
@@ -281,8 +346,8 @@ void product_accumulate(Eigen::Ref<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::
   if constexpr (!kHasProductKernel<Scalar>) {
     C.noalias() += alpha * (A.derived() * B.derived());
   } else {
-    product_accumulate_blocked<Scalar, false>(C, alpha, strided_view<Scalar>(A),
-                                              strided_view<Scalar>(B), A.cols());
+    product_accumulate_threaded<Scalar, false>(C, alpha, strided_view<Scalar>(A),
+                                               strided_view<Scalar>(B), A.cols());
   }
 }
 
@@ -301,8 +366,8 @@ void lower_product_accumulate(
   if constexpr (!kHasProductKernel<Scalar>) {
     C.template triangularView<Eigen::Lower>() += alpha * (A.derived() * B.derived());
   } else {
-    product_accumulate_blocked<Scalar, true>(C, alpha, strided_view<Scalar>(A),
-                                             strided_view<Scalar>(B), A.cols());
+    product_accumulate_threaded<Scalar, true>(C, alpha, strided_view<Scalar>(A),
+                                              strided_view<Scalar>(B), A.cols());
   }
 }
 
