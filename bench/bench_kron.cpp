@@ -37,6 +37,7 @@
 #include <kfopt/kron/kronecker_sum_inverse.hpp>
 #include <kfopt/linalg/matrix_product_kernel.hpp>
 #include <kfopt/linalg/symmetric_eigen_cache.hpp>
+#include <kfopt/linalg/threads.hpp>
 #include <kfopt/linalg/warm_started_inverse.hpp>
 
 #ifdef KFOPT_USE_LAPACK
@@ -612,6 +613,53 @@ void add(const std::string& op, const std::string& impl, const char* scalar, Fn 
   }
 }
 
+// Sets the thread count of kfopt's kernels (kfopt::set_threads) and of OpenBLAS for one
+// benchmark, and restores both afterwards.
+class ThreadCount {
+ public:
+  explicit ThreadCount(long threads) {
+    kfopt::set_threads(static_cast<int>(threads));
+#ifdef KFOPT_USE_LAPACK
+    openblas_set_num_threads(static_cast<int>(threads));
+#endif
+  }
+  ~ThreadCount() {
+    kfopt::set_threads(0);
+#ifdef KFOPT_USE_LAPACK
+    openblas_set_num_threads(openblas_default_threads_);
+#endif
+  }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+
+ private:
+#ifdef KFOPT_USE_LAPACK
+  int openblas_default_threads_ = openblas_get_num_threads();
+#endif
+};
+
+// The threaded rows "threads/<op>/<impl>/<scalar>/n:<n>/threads:<t>" for t = 1 and 2: the
+// operation of the row without the prefix, with kfopt and OpenBLAS on t threads, timed by
+// the wall clock (CPU time would add up the threads).
+template <typename Fn>
+void add_threaded(const std::string& op, const std::string& impl, const char* scalar, Fn fn,
+                  const std::vector<long>& sizes) {
+  for (long n : sizes) {
+    for (long threads : {1L, 2L}) {
+      benchmark::RegisterBenchmark(("threads/" + op + "/" + impl + "/" + scalar).c_str(),
+                                   [fn](benchmark::State& state) {
+                                     const ThreadCount use(state.range(1));
+                                     fn(state);
+                                   })
+          ->Args({n, threads})
+          ->ArgNames({"n", "threads"})
+          ->Unit(benchmark::kMillisecond)
+          ->MinTime(min_time(n))
+          ->UseRealTime();
+    }
+  }
+}
+
 template <typename Scalar>
 void register_all(const std::vector<long>& sizes, long max_composite) {
   const char* s = scalar_name<Scalar>();
@@ -639,7 +687,13 @@ void register_all(const std::vector<long>& sizes, long max_composite) {
   add("kl_projection", "kfopt", s, kl_projection_kfopt<Scalar>, sizes, max_composite);
   add("precondition", "eigenbasis", s, precondition_eigenbasis<Scalar>, sizes);
   add("precondition", "explicit", s, precondition_explicit<Scalar>, sizes);
+  add_threaded("gemm", "kfopt_kernel", s, gemm_kfopt_kernel<Scalar>, sizes);
+  add_threaded("stats", "kfopt_eigen", s, stats_kfopt<Scalar, E>, sizes);
+  add_threaded("chol_inverse", "kfopt_eigen", s, chol_inverse_kfopt<Scalar, E>, sizes);
 #ifdef KFOPT_USE_LAPACK
+  add_threaded("gemm", "blas", s, gemm_blas<Scalar>, sizes);
+  add_threaded("stats", "syrk_blas", s, stats_syrk_blas<Scalar>, sizes);
+  add_threaded("chol_inverse", "lapack", s, chol_inverse_lapack<Scalar>, sizes);
   constexpr auto L = DecompositionBackend::Lapack;
   add("stats", "kfopt_lapack", s, stats_kfopt<Scalar, L>, sizes);
   add("stats", "gemm_blas", s, stats_gemm_blas<Scalar>, sizes);

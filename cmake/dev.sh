@@ -3,6 +3,8 @@
 #
 #   bash cmake/dev.sh test       build the tests and examples and run the whole test suite (ctest)
 #   bash cmake/dev.sh sanitize   build the tests with ASan + UBSan and run them
+#   bash cmake/dev.sh tsan       build the threaded tests (tests/threads) with ThreadSanitizer
+#                                and run them
 #   bash cmake/dev.sh bench      build the benchmarks (Release, KFOPT_WITH_LAPACK=ON, with the
 #                                OpenMP copy bench_kron_omp: KFOPT_BENCH_OPENMP=ON) and run
 #                                bench/run_benchmarks.sh (report in bench/results/)
@@ -12,7 +14,7 @@
 #
 # Missing Debian packages are installed with apt-get when running as root (or through
 # passwordless sudo); otherwise the script stops and prints the exact install line.
-# Build trees: build/release, build/sanitize and build/bench (override with KFOPT_BUILD_ROOT).
+# Build trees: build/release, build/sanitize, build/tsan and build/bench (override with KFOPT_BUILD_ROOT).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -81,6 +83,15 @@ case "${1:-test}" in
       -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g1" -DKFOPT_SANITIZE=ON -DKFOPT_WERROR=ON \
       -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF -DKFOPT_BUILD_COMPILED=ON
     ;;
+  tsan)
+    # ThreadSanitizer on the tests that run kfopt's threads (tests/threads), header-only (an
+    # uninstrumented kfopt_compiled would hide races inside K-FAC), at -O1.
+    ensure_packages "${packages[@]}"
+    TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
+    configure_build_test "$build_root/tsan" -DCMAKE_BUILD_TYPE=Debug \
+      -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" -DKFOPT_TSAN=ON -DKFOPT_WERROR=ON \
+      -DKFOPT_BUILD_BENCHMARKS=OFF -DKFOPT_BUILD_EXAMPLES=OFF -DKFOPT_BUILD_COMPILED=OFF
+    ;;
   docs)
     ensure_packages cmake make g++ libeigen3-dev doxygen
     cmake -S "$here" -B "$build_root/docs" -DKFOPT_BUILD_TESTS=OFF -DKFOPT_BUILD_EXAMPLES=OFF \
@@ -97,7 +108,7 @@ case "${1:-test}" in
     bash "$here/bench/run_benchmarks.sh" "$build_root/bench/bench"
     ;;
   *)
-    echo "usage: bash cmake/dev.sh [test|sanitize|docs|bench|deps]" >&2
+    echo "usage: bash cmake/dev.sh [test|sanitize|tsan|docs|bench|deps]" >&2
     exit 2
     ;;
 esac

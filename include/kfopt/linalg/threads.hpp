@@ -86,6 +86,12 @@ class ThreadPool {
   /// Whether the calling thread is inside a pool job (a worker, or a caller running one).
   static bool inside_job() noexcept { return in_job(); }
 
+  /// Jobs run on more than one thread so far.
+  std::uint64_t parallel_jobs() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return generation_;
+  }
+
   template <typename F>
   void run(std::ptrdiff_t count, int threads, F&& f) {
     if (count <= 0) return;

@@ -55,6 +55,7 @@
 #include "kfopt/core/step_guard.hpp"
 #include "kfopt/curvature/kronecker_block.hpp"
 #include "kfopt/curvature/recurrent_kronecker_block.hpp"
+#include "kfopt/linalg/threads.hpp"
 #include "kfopt/optim/kfac/kfac_layer_block.hpp"
 #include "kfopt/optim/kfac/kfac_recurrent_layer_block.hpp"
 
@@ -717,6 +718,36 @@ class Kfac {
   std::size_t register_layer(const char* op, const std::string& name, Parameter W,
                              const Parameter* b, std::unique_ptr<Block> block);
 
+  // Runs f(k) for every k of `ids` (layer ids): on kfopt's threads, largest layer first, when
+  // there are several and no layer holds more than half of their work (rows³ + cols³ of its
+  // block, a refresh's cost); otherwise in order on this thread, so that one dominant layer's
+  // own products can use the threads (linalg/threads.hpp). Each f(k) must touch only layer
+  // ids[k]; the results do not depend on the choice (every kernel is bit-identical for any
+  // thread count).
+  template <typename F>
+  void layers_in_parallel(const std::vector<std::size_t>& ids, F&& f) {
+    const auto work = [&](std::size_t id) {
+      const double r = static_cast<double>(layers_[id].block->rows());
+      const double c = static_cast<double>(layers_[id].block->cols());
+      return r * r * r + c * c * c;
+    };
+    double total = 0.0, largest = 0.0;
+    for (std::size_t id : ids) {
+      total += work(id);
+      largest = std::max(largest, work(id));
+    }
+    if (ids.size() < 2 || kfopt::threads() < 2 || largest > 0.5 * total) {
+      for (std::size_t k = 0; k < ids.size(); ++k) f(k);
+      return;
+    }
+    std::vector<std::size_t> order(ids.size());
+    for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t x, std::size_t y) { return work(ids[x]) > work(ids[y]); });
+    detail::ThreadPool::instance().run(static_cast<std::ptrdiff_t>(order.size()), kfopt::threads(),
+                                       [&](std::ptrdiff_t k) { f(order[static_cast<std::size_t>(k)]); });
+  }
+
   const Layer& const_layer_at(const char* op, std::size_t id) const {
     return const_cast<Kfac*>(this)->layer_at(op, id);
   }
@@ -861,18 +892,28 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
   if (guard != Status::Success) return guard;
   const Scalar clip = detail::gradient_clip_factor(params_, options_.max_gradient_norm);
 
-  // Refresh the spectra on schedule (and for any layer that never had one).
+  // Refresh the spectra on schedule (and for any layer that never had one): the layers'
+  // refreshes are independent and run on kfopt's threads (layers_in_parallel); a layer whose
+  // refresh failed keeps its stale spectra, and the first layer that has none fails the step.
   const bool due = state_.counters.steps % options_.inverse_period == 0;
-  for (auto& layer : layers_) {
-    if (precondition != nullptr) break;  // the caller refreshes what it preconditions
-    if (due || !layer.block->has_inverse()) {
+  if (precondition == nullptr) {  // otherwise the caller refreshes what it preconditions
+    std::vector<std::size_t> refreshing;
+    for (std::size_t id = 0; id < layers_.size(); ++id) {
+      const Layer& layer = layers_[id];
+      if (!due && layer.block->has_inverse()) continue;
       if (installed_refresh && layer.block->refresh_part_count() > 0) {
         if (!layer.block->has_inverse()) return Status::NumericalIssue;
         continue;  // refreshed by the caller (install_refresh)
       }
-      const Status s = layer.block->refresh();
-      if (s != Status::Success && !layer.block->has_inverse()) {
-        return s;  // keep stale spectra otherwise
+      refreshing.push_back(id);
+    }
+    std::vector<Status> refreshed(refreshing.size(), Status::Success);
+    layers_in_parallel(refreshing, [&](std::size_t k) {
+      refreshed[k] = layers_[refreshing[k]].block->refresh();
+    });
+    for (std::size_t k = 0; k < refreshing.size(); ++k) {
+      if (refreshed[k] != Status::Success && !layers_[refreshing[k]].block->has_inverse()) {
+        return refreshed[k];
       }
     }
   }
@@ -880,13 +921,27 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
 
   // Preconditioned gradients into per-layer buffers; nothing is written before all succeed.
   const Scalar wd = static_cast<Scalar>(options_.weight_decay);
-  double inner = 0.0;  // Σ ⟨Δ, Z⟩
+  double inner = 0.0;  // Σ ⟨Δ, Z⟩, summed in layer order below
+  std::vector<Status> applied(layers_.size(), Status::Success);
+  if (precondition == nullptr) {  // the layers' own inverses, on kfopt's threads
+    std::vector<std::size_t> all(layers_.size());
+    for (std::size_t id = 0; id < all.size(); ++id) all[id] = id;
+    layers_in_parallel(all, [&](std::size_t id) {
+      Layer& layer = layers_[id];
+      gather(layer, wd, clip);
+      applied[id] = layer.block->apply_inverse(layer.gradient, damping, layer.direction);
+    });
+  } else {  // a caller's preconditioner (e.g. one that communicates) is called in order
+    for (std::size_t id = 0; id < layers_.size(); ++id) {
+      Layer& layer = layers_[id];
+      gather(layer, wd, clip);
+      applied[id] = (*precondition)(id, layer.gradient, layer.direction);
+      if (applied[id] != Status::Success) break;
+    }
+  }
   for (std::size_t id = 0; id < layers_.size(); ++id) {
     Layer& layer = layers_[id];
-    gather(layer, wd, clip);
-    const Status s = precondition != nullptr
-                         ? (*precondition)(id, layer.gradient, layer.direction)
-                         : layer.block->apply_inverse(layer.gradient, damping, layer.direction);
+    const Status s = applied[id];
     if (s != Status::Success) {
       ++state_.singular_skips;
       return s;
