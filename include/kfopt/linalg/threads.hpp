@@ -19,7 +19,9 @@
 /// OpenMP regions and Eigen's, and ThreadSanitizer understands the standard library's
 /// threads and mutexes but not libgomp's own synchronization (it reports false races unless
 /// libgomp itself is rebuilt with it). The pool's workers are started on first use, sleep on
-/// a condition variable between jobs, and live until the program exits.
+/// a condition variable between jobs (after spinning for up to 100 µs, since a kernel's
+/// products come in quick succession and waking a sleeping thread costs tens of
+/// microseconds), and live until the program exits.
 ///
 /// **Nesting.** A job started from inside a pool job runs on the calling thread alone, so
 /// a kernel called from a parallel loop over layers does not oversubscribe the machine.
@@ -32,6 +34,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <chrono>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -77,7 +80,7 @@ class ThreadPool {
   ~ThreadPool() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
+      stopping_.store(true);
     }
     wake_.notify_all();
     for (auto& w : workers_) w.join();
@@ -88,8 +91,7 @@ class ThreadPool {
 
   /// Jobs run on more than one thread so far.
   std::uint64_t parallel_jobs() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return generation_;
+    return generation_.load();
   }
 
   template <typename F>
@@ -108,18 +110,20 @@ class ThreadPool {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = &job;
-      helpers_wanted_ = wanted - 1;
-      ++generation_;
+      helpers_wanted_.store(wanted - 1);
+      generation_.fetch_add(1);
     }
     wake_.notify_all();
     in_job() = true;
     work_on(job);
     in_job() = false;
+    const auto finished = [&] { return job.finished.load() == count && helpers_active_.load() == 0; };
+    spin_until(finished);
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      done_.wait(lock, [&] { return job.finished == count && helpers_active_ == 0; });
+      done_.wait(lock, finished);
       job_ = nullptr;
-      helpers_wanted_ = 0;
+      helpers_wanted_.store(0);
     }
     if (job.error) std::rethrow_exception(job.error);
   }
@@ -129,11 +133,27 @@ class ThreadPool {
     std::function<void(std::ptrdiff_t)> body;
     std::ptrdiff_t count = 0;
     std::atomic<std::ptrdiff_t> next{0};
-    std::ptrdiff_t finished = 0;  // guarded by the pool's mutex
-    std::exception_ptr error;     // guarded by the pool's mutex
+    std::atomic<std::ptrdiff_t> finished{0};  // changed under the pool's mutex
+    std::exception_ptr error;                 // guarded by the pool's mutex
   };
 
   ThreadPool() = default;
+
+  // Spins (politely) until `ready()` or 100 µs have passed; the caller then takes the mutex
+  // and, if needed, sleeps on a condition variable with the same predicate.
+  template <typename Ready>
+  static void spin_until(const Ready& ready) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+    for (unsigned i = 1;; ++i) {
+      if (ready()) return;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#else
+      std::this_thread::yield();
+#endif
+      if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return;
+    }
+  }
 
   static bool& in_job() noexcept {
     thread_local bool inside = false;
@@ -169,17 +189,21 @@ class ThreadPool {
   void worker(int id) {
     in_job() = true;
     std::uint64_t seen = 0;
-    std::unique_lock<std::mutex> lock(mutex_);
+    const auto called = [&] {
+      return stopping_.load() || (generation_.load() != seen && id < helpers_wanted_.load());
+    };
     for (;;) {
-      wake_.wait(lock, [&] { return stopping_ || (generation_ != seen && id < helpers_wanted_); });
-      if (stopping_) return;
-      seen = generation_;
+      spin_until(called);
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, called);
+      if (stopping_.load()) return;
+      seen = generation_.load();
       Job* job = job_;
-      ++helpers_active_;
+      helpers_active_.fetch_add(1);
       lock.unlock();
       work_on(*job);
       lock.lock();
-      --helpers_active_;
+      helpers_active_.fetch_sub(1);
       done_.notify_all();
     }
   }
@@ -188,11 +212,12 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;
+  // Changed under mutex_ only; atomic so that spinning threads may read them without it.
   Job* job_ = nullptr;
-  int helpers_wanted_ = 0;
-  int helpers_active_ = 0;
-  std::uint64_t generation_ = 0;
-  bool stopping_ = false;
+  std::atomic<int> helpers_wanted_{0};
+  std::atomic<int> helpers_active_{0};
+  std::atomic<std::uint64_t> generation_{0};
+  std::atomic<bool> stopping_{false};
 };
 
 /// Runs `f(i)` for i in [0, count) on up to kfopt::threads() threads (ThreadPool::run).
