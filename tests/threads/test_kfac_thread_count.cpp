@@ -8,6 +8,8 @@
 #include <kfopt/linalg/threads.hpp>
 #include <kfopt/optim/kfac/kfac.hpp>
 
+#include "support/kfac_fixture.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -20,17 +22,22 @@ using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
 template <typename S>
 using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
 
-// A deterministic value in [-1, 1] for (t, i, salt).
-double wave(int t, Eigen::Index i, int salt) {
-  return std::sin(0.7 * t + 1.3 * static_cast<double>(i) + 0.37 * salt) *
-         std::cos(0.011 * t * static_cast<double>(i % 13 + 1) + salt);
-}
-
+// Deterministic data in [-1, 1] (the checkpoint tests' generator).
 template <typename S>
 Mat<S> wave_matrix(int t, Eigen::Index rows, Eigen::Index cols, int salt) {
-  Mat<S> m(rows, cols);
-  for (Eigen::Index k = 0; k < m.size(); ++k) m.data()[k] = static_cast<S>(wave(t, k, salt));
-  return m;
+  return kfopt_kfac_test::kwave_matrix<S>(t, rows, cols, salt);
+}
+
+// Every registered parameter of `kfac`, concatenated; then the thread setting back to 0.
+template <typename S>
+std::vector<S> parameters_and_reset(const kfopt::Kfac<S>& kfac) {
+  std::vector<S> all;
+  for (const auto& block : kfac.parameters()) {
+    const auto v = block.value();
+    all.insert(all.end(), v.data(), v.data() + v.size());
+  }
+  kfopt::set_threads(0);
+  return all;
 }
 
 // The parameters after `steps` K-FAC steps on `threads` threads, concatenated.
@@ -64,13 +71,7 @@ std::vector<S> train(int threads, kfopt::InverseMethod method, int steps) {
     REQUIRE(kfac.record_statistics(l2, h, g2) == kfopt::Status::Success);
     REQUIRE(kfac.step() == kfopt::Status::Success);
   }
-  std::vector<S> all;
-  for (const auto& block : kfac.parameters()) {
-    const auto v = block.value();
-    all.insert(all.end(), v.data(), v.data() + v.size());
-  }
-  kfopt::set_threads(0);
-  return all;
+  return parameters_and_reset(kfac);
 }
 
 // The parameters after `steps` K-FAC steps of a linear network of four 120 × 120 layers
@@ -109,13 +110,7 @@ std::vector<S> train_deep(int threads, kfopt::InverseMethod method, int steps) {
     }
     REQUIRE(kfac.step() == kfopt::Status::Success);
   }
-  std::vector<S> all;
-  for (const auto& block : kfac.parameters()) {
-    const auto v = block.value();
-    all.insert(all.end(), v.data(), v.data() + v.size());
-  }
-  kfopt::set_threads(0);
-  return all;
+  return parameters_and_reset(kfac);
 }
 
 template <typename S>
