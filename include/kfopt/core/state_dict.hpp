@@ -509,16 +509,31 @@ void check_state_dict(const char* op, const StateDict& expected, const StateDict
     throw InvalidInputError(o + ": the state dict holds " + to_string(given.scalar_type()) +
                             " state but this optimizer is " + to_string(expected.scalar_type()));
   }
+  // Unknown and missing hyperparameters, the least scoped first: an optimizer's option that
+  // one side lacks explains the entries of its layers that the other lacks.
+  const auto depth = [](const std::string& name) { return std::count(name.begin(), name.end(), '.'); };
+  const std::string* unknown = nullptr;
   for (const auto& kv : given.hyperparameters()) {
-    if (expected.hyperparameters().count(kv.first) == 0) {
-      throw InvalidInputError(o + ": unknown hyperparameter '" + kv.first + "' in the state dict");
+    if (expected.hyperparameters().count(kv.first) == 0 &&
+        (unknown == nullptr || depth(kv.first) < depth(*unknown))) {
+      unknown = &kv.first;
     }
+  }
+  const std::string* missing = nullptr;
+  for (const auto& kv : expected.hyperparameters()) {
+    if (given.hyperparameters().count(kv.first) == 0 &&
+        (missing == nullptr || depth(kv.first) < depth(*missing))) {
+      missing = &kv.first;
+    }
+  }
+  if (unknown != nullptr && (missing == nullptr || depth(*unknown) <= depth(*missing))) {
+    throw InvalidInputError(o + ": unknown hyperparameter '" + *unknown + "' in the state dict");
+  }
+  if (missing != nullptr) {
+    throw InvalidInputError(o + ": hyperparameter '" + *missing + "' is missing from the state dict");
   }
   for (const auto& kv : expected.hyperparameters()) {
     const auto it = given.hyperparameters().find(kv.first);
-    if (it == given.hyperparameters().end()) {
-      throw InvalidInputError(o + ": hyperparameter '" + kv.first + "' is missing from the state dict");
-    }
     const HyperparameterValue& want = kv.second.value;
     const HyperparameterValue& got = it->second.value;
     if (want.index() != got.index()) {

@@ -323,6 +323,44 @@ class KroneckerBlock {
     ++spectra_version_;
   }
 
+  /// Forms now what apply_inverse with `damping` would form first: the explicit damped
+  /// inverses (≈ 2n³ flops per dense factor from the spectra, or the Cholesky inverses of the
+  /// snapshot), cached until the next refresh or another damping. Nothing for exact
+  /// damping, which applies the spectra directly. Returns NotComputed before a refresh,
+  /// NumericalIssue for a singular damped factor (the previous inverses stay).
+  Status prepare(const BlockDamping<Scalar>& damping) {
+    if (!has_inverse()) return Status::NotComputed;
+    const bool cholesky = options_.inverse_method == InverseMethod::Cholesky;
+    if (damping.style == DampingStyle::Exact && !cholesky) return Status::Success;
+    const FactoredDamping<Scalar> d = factored_damping("prepare", damping);
+    if (inverse_version_ == spectra_version_ && cached_a_shift_ == d.a_shift &&
+        cached_g_shift_ == d.g_shift) {
+      return Status::Success;
+    }
+    const Status s = cholesky ? cholesky_inverses(d) : spectral_inverses(d);
+    if (s != Status::Success) return s;
+    inverse_version_ = spectra_version_;
+    cached_a_shift_ = d.a_shift;
+    cached_g_shift_ = d.g_shift;
+    return Status::Success;
+  }
+
+  /// Takes the refresh of `refreshed` — a copy of this block made at some step, refreshed
+  /// (and possibly prepared) since, on another thread perhaps — while keeping this block's
+  /// own statistics: afterwards the block holds the copy's spectra (or snapshot) and damped
+  /// inverses and the statistics recorded here in the meantime. Kfac's delayed refresh
+  /// (KfacOptions::refresh_delay). Throws InvalidInputError for a copy of another layer.
+  void adopt_refresh(KroneckerBlock&& refreshed) {
+    if (refreshed.name_ != name_ || refreshed.in_ != in_ || refreshed.out_ != out_) {
+      throw InvalidInputError("kfopt::KroneckerBlock::adopt_refresh (layer '" + name_ +
+                              "'): the refreshed block is layer '" + refreshed.name_ + "'");
+    }
+    refreshed.a_ = std::move(a_);
+    refreshed.g_ = std::move(g_);
+    refreshed.skipped_statistics_ = skipped_statistics_;
+    *this = std::move(refreshed);
+  }
+
   /// Whether an inverse is available (a refresh has succeeded).
   bool has_inverse() const noexcept {
     if (options_.inverse_method == InverseMethod::Cholesky) return has_snapshot_;
@@ -501,18 +539,10 @@ Status KroneckerBlock<Scalar>::apply_inverse(const Eigen::MatrixBase<DerivedZ>& 
   if (damping.style == DampingStyle::Exact && !cholesky) {
     return kronecker_damped_inverse(a_spectrum_, g_spectrum_, damping.lambda, Z, out, work_);
   }
-  const FactoredDamping<Scalar> d = factored_damping("apply_inverse", damping);
   // Explicit damped inverses, rebuilt only when the factors (refresh) or the shifts change;
   // each step then costs two products.
-  if (inverse_version_ != spectra_version_ || cached_a_shift_ != d.a_shift ||
-      cached_g_shift_ != d.g_shift) {
-    const Status s =
-        cholesky ? cholesky_inverses(d) : spectral_inverses(d);
-    if (s != Status::Success) return s;
-    inverse_version_ = spectra_version_;
-    cached_a_shift_ = d.a_shift;
-    cached_g_shift_ = d.g_shift;
-  }
+  const Status prepared = prepare(damping);
+  if (prepared != Status::Success) return prepared;
   if (g_inverse_.cols() == 1 && rows() != 1) {
     work_ = g_inverse_.col(0).asDiagonal() * Z;
   } else {

@@ -432,6 +432,24 @@ class RecurrentKroneckerBlock {
   /// damping-dependent part of C.3 runs at the first apply_inverse (or prepare) after it.
   Status refresh();
 
+  /// Takes the refresh of `refreshed` — a copy of this block made at some step, refreshed
+  /// (and possibly prepared) since, on another thread perhaps — while keeping this block's
+  /// own statistics: afterwards the block holds the copy's spectra, snapshot and prepared
+  /// operators and the statistics recorded here in the meantime. Kfac's delayed refresh
+  /// (KfacOptions::refresh_delay). Throws InvalidInputError for a copy of another layer.
+  void adopt_refresh(RecurrentKroneckerBlock&& refreshed) {
+    if (refreshed.name_ != name_ || refreshed.in_ != in_ || refreshed.out_ != out_) {
+      throw InvalidInputError(operation("adopt_refresh") + ": the refreshed block is layer '" +
+                              refreshed.name_ + "'");
+    }
+    refreshed.a_ = std::move(a_);
+    refreshed.g_ = std::move(g_);
+    refreshed.lengths_ = std::move(lengths_);
+    refreshed.batch_lengths_ = std::move(batch_lengths_);
+    refreshed.skipped_statistics_ = skipped_statistics_;
+    *this = std::move(refreshed);
+  }
+
   /// Whether a refresh has succeeded (apply_inverse and multiply can run).
   bool has_inverse() const noexcept { return version_ > 0; }
   /// How many refreshes have succeeded.

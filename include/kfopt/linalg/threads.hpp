@@ -89,6 +89,20 @@ class ThreadPool {
   /// Whether the calling thread is inside a pool job (a worker, or a caller running one).
   static bool inside_job() noexcept { return in_job(); }
 
+  /// While one exists, every job started on the constructing thread runs on that thread
+  /// alone, as a nested job does: for a thread of the caller's own that runs kernels beside
+  /// the pool's jobs (Kfac's background refresh) without waiting for the pool.
+  class SerialScope {
+   public:
+    SerialScope() noexcept : previous_(in_job()) { in_job() = true; }
+    ~SerialScope() { in_job() = previous_; }
+    SerialScope(const SerialScope&) = delete;
+    SerialScope& operator=(const SerialScope&) = delete;
+
+   private:
+    bool previous_;
+  };
+
   /// Jobs run on more than one thread so far.
   std::uint64_t parallel_jobs() {
     return generation_.load();

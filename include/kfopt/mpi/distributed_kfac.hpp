@@ -202,13 +202,18 @@ class DistributedKfac {
   using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 
   /// Keeps pointers to `kfac` and `comm` (both must outlive this object); the layers must
-  /// all be registered. Throws HyperparameterError for bad options.
+  /// all be registered. Throws HyperparameterError for bad options, and for a Kfac with
+  /// KfacOptions::refresh_delay > 0 (the ranks split each refresh among themselves at the
+  /// step it is due).
   DistributedKfac(Kfac<Scalar>& kfac, Communicator& comm, DistributedKfacOptions options = {})
       : kfac_(&kfac),
         comm_(&comm),
         options_(validated(options)),
         params_(kfac.parameters()),
         gradients_(params_, comm) {
+    detail::require_hyperparameter(kfac.options().refresh_delay == 0, "kfopt::mpi::DistributedKfac",
+                                   "refresh_delay", kfac.options().refresh_delay,
+                                   "0 (the ranks split each refresh at the step it is due)");
     for (std::size_t i = 0; i < kfac.num_layers(); ++i) {
       contributions_.push_back(kfac.empty_contribution(i, options_.max_sequence_length));
     }

@@ -38,11 +38,31 @@
 /// the class, so that with the compiled library (CMake target kfopt::kfopt_compiled, which
 /// defines KFOPT_COMPILED) Kfac<float> and Kfac<double> are not instantiated in the user's
 /// translation unit at all (bench/compile_cost.sh).
+///
+/// **Delayed and background refresh** (`KfacOptions::refresh_delay` d > 0, as in the RNN
+/// K-FAC paper's experiments and Ba, Grosse & Martens 2017, which compute the inverses
+/// asynchronously). The refresh due at step k (k a multiple of `inverse_period`) is computed
+/// from the factors as they are when step k begins — the statistics recorded before it —
+/// and is first used by step k + d: steps k … k + d − 1 keep the previous spectra (and their
+/// damped inverses), step k + d and the following ones until the next swap use the new
+/// ones. "Step k" counts successful steps (State::counters.steps): a refused step moves
+/// nothing. With `refresh_in_background` (the default) the refresh of step k — a copy of
+/// each layer's block, refreshed and prepared for the damping step k + d will use — runs on
+/// one thread of its own while steps k … k + d − 1 run; step k + d waits for it if it is not
+/// done. Otherwise it is computed at step k on the caller's thread. Both give the same
+/// parameters bit for bit whatever the timing or the thread count, since the schedule fixes
+/// which statistics each refresh sees and which step first uses it. A layer that has no
+/// spectra yet (the first refresh, a layer registered later) is refreshed at once, as with
+/// d = 0. The background thread's own products run on it alone (kfopt::set_threads counts
+/// the step's threads), so with `set_threads(1)` a step uses two cores while a refresh is
+/// under way. Memory: one copy of every layer's block while a refresh is pending.
 
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <exception>
 #include <functional>
+#include <future>
 #include <limits>
 #include <memory>
 #include <string>
@@ -116,6 +136,16 @@ struct KfacOptions {
   /// of all layers, before weight decay and preconditioning: when their norm exceeds
   /// c = max_gradient_norm ≥ 0 they are scaled by c / ‖∇‖. Default 0: off.
   double max_gradient_norm = 0.0;
+  /// Steps d between the start of a refresh and its first use, 0 ≤ d ≤ inverse_period: the
+  /// refresh due at step k is computed from the factors at step k and swapped in at step
+  /// k + d (see kfac.hpp, "Delayed and background refresh"). Not with the caller-supplied
+  /// refreshes of step_with_installed_refresh and step_with_preconditioner. Default 0: step
+  /// k uses the refresh it starts.
+  int refresh_delay = 0;
+  /// With refresh_delay > 0, whether the delayed refresh runs on a background thread (true)
+  /// or at step k on the caller's thread (false); the parameters are the same bit for bit.
+  /// Default true.
+  bool refresh_in_background = true;
 
   /// Throws HyperparameterError if a field is out of its range.
   void validate() const {
@@ -138,6 +168,8 @@ struct KfacOptions {
     detail::require_hyperparameter(decay > 0.0 && decay <= 1.0, a, "decay", decay, "(0, 1]");
     detail::require_hyperparameter(statistics_period >= 1, a, "statistics_period", statistics_period, "[1, inf)");
     detail::require_hyperparameter(inverse_period >= 1, a, "inverse_period", inverse_period, "[1, inf)");
+    detail::require_hyperparameter(refresh_delay >= 0 && refresh_delay <= inverse_period, a,
+                                   "refresh_delay", refresh_delay, "[0, inverse_period]");
     detail::require_hyperparameter(kl_clip >= 0.0 && std::isfinite(kl_clip), a, "kl_clip",
                                    kl_clip, "[0, inf)");
     detail::require_hyperparameter(damping_adaptation > 0.0 && damping_adaptation < 1.0, a,
@@ -189,6 +221,9 @@ class Kfac {
     double last_reduction_ratio = std::numeric_limits<double>::quiet_NaN();  ///< ρ of the last report
     double pending_model_change = 0.0;    ///< M(δ) − M(0) of the last step (for report_loss)
     std::int64_t loss_reports = 0;        ///< report_loss calls that formed a ratio
+    /// The step that swaps in the delayed refresh under way (KfacOptions::refresh_delay),
+    /// or −1 when none is.
+    std::int64_t refresh_swap_step = -1;
   };
 
   /// An optimizer with no layers yet; throws HyperparameterError for bad options.
@@ -202,10 +237,11 @@ class Kfac {
   Kfac(const Kfac& other);
   /// As above, by assignment.
   Kfac& operator=(const Kfac& other);
-  /// Moves the layers and state.
+  /// Moves the layers and state (a refresh under way in the background moves with them).
   Kfac(Kfac&&) = default;
-  /// As above, by assignment.
+  /// As above, by assignment (after waiting for this optimizer's own background refresh).
   Kfac& operator=(Kfac&&) = default;
+  /// Waits for a refresh under way in the background.
   ~Kfac() = default;
 
   /// Registers a dense layer `s = W a + b`: W out×in, b out, and their gradients of the same
@@ -598,6 +634,10 @@ class Kfac {
   struct LayerState {
     std::unique_ptr<detail::KfacBlockState<Scalar>> block;  ///< the Fisher block's state
     Matrix momentum;                                         ///< m (rows × cols of [W b])
+    /// With refresh_delay > 0: whether a delayed refresh of this layer is under way, and the
+    /// refreshed copy's state (the layer's own when none is).
+    bool has_pending_refresh = false;
+    std::unique_ptr<detail::KfacBlockState<Scalar>> pending_refresh;  ///< see above
   };
 
   /// The complete state as a StateDict (core/state_dict.hpp), type "kfopt::Kfac": the
@@ -614,7 +654,12 @@ class Kfac {
   /// structural; the others continuous) and each layer's structure ("<layer>.kind", ...).
   /// The explicit damped inverses and prepared operators are not stored: a load rebuilds
   /// them, so that N steps, save, load into a Kfac with the same layers and M more steps
-  /// equal N + M uninterrupted steps bit for bit. Taking the state changes nothing.
+  /// equal N + M uninterrupted steps bit for bit. With refresh_delay > 0 (structural) the
+  /// refresh under way is part of the state: "refresh_swap_step" and, per layer,
+  /// "<layer>/has_pending_refresh" and the refreshed copy's block state under
+  /// "<layer>/pending_refresh/" (the layer's own block state when none is pending), so that
+  /// a save between a refresh's start and its swap resumes bit for bit too; taking the state
+  /// then waits for a background refresh to finish. Taking the state changes nothing.
   /// The weights are the model's (parameters_state_dict).
   StateDict state_dict() const;
   /// Restores a state_dict() of a Kfac with the same layers (names, kinds, shapes) and
@@ -624,8 +669,16 @@ class Kfac {
   void load_state_dict(const StateDict& dict, const LoadOptions& options = {});
   /// The layers' part of the state, as state_dict() stores it.
   std::vector<LayerState> layer_states() const {
+    if (pending_) pending_->wait();
     std::vector<LayerState> out;
-    for (const Layer& l : layers_) out.push_back(LayerState{l.block->save_state(), l.momentum});
+    for (std::size_t id = 0; id < layers_.size(); ++id) {
+      const Layer& l = layers_[id];
+      out.push_back(LayerState{l.block->save_state(), l.momentum, false, nullptr});
+      if (options_.refresh_delay == 0) continue;
+      const Block* refreshed = pending_ ? pending_->block_of(id) : nullptr;
+      out.back().has_pending_refresh = refreshed != nullptr;
+      out.back().pending_refresh = (refreshed != nullptr ? refreshed : l.block.get())->save_state();
+    }
     return out;
   }
   /// The one list of fields state_dict() writes and load_state_dict() reads.
@@ -633,7 +686,7 @@ class Kfac {
   void state_fields(Io& io, State& s, KfacOptions& o, std::vector<LayerState>& ls) const {
     constexpr HyperparameterKind kC = HyperparameterKind::Continuous;
     std::int64_t statistics_period = o.statistics_period, inverse_period = o.inverse_period,
-                 adaptation_period = o.damping_adaptation_period;
+                 adaptation_period = o.damping_adaptation_period, refresh_delay = o.refresh_delay;
     io.hyperparameter("learning_rate", o.learning_rate, HyperparameterKind::Restored);
     io.hyperparameter("momentum", o.momentum, kC);
     io.hyperparameter("damping", o.damping, kC);
@@ -650,6 +703,7 @@ class Kfac {
     io.hyperparameter("damping_adaptation", o.damping_adaptation, kC);
     io.hyperparameter("damping_adaptation_period", adaptation_period, kC);
     io.hyperparameter("max_gradient_norm", o.max_gradient_norm, kC);
+    if (o.refresh_delay > 0) io.hyperparameter("refresh_delay", refresh_delay);  // d = 0: as before
     io.counters(s.counters);
     io.real("damping", s.damping, EntryConstraint::Nonnegative);
     io.integer("inverse_refreshes", s.inverse_refreshes);
@@ -659,10 +713,17 @@ class Kfac {
     io.real("last_reduction_ratio", s.last_reduction_ratio, EntryConstraint::Unchecked);
     io.real("pending_model_change", s.pending_model_change);
     io.integer("loss_reports", s.loss_reports);
+    if (o.refresh_delay > 0) io.integer("refresh_swap_step", s.refresh_swap_step, -1);
     for (std::size_t i = 0; i < ls.size(); ++i) {
       io.enter(layers_[i].name);
       io.array("momentum", ls[i].momentum);
       ls[i].block->fields(io);
+      if (o.refresh_delay > 0) {
+        io.boolean("has_pending_refresh", ls[i].has_pending_refresh);
+        io.enter("pending_refresh");
+        ls[i].pending_refresh->fields(io);
+        io.leave();
+      }
       io.leave();
     }
   }
@@ -789,10 +850,50 @@ class Kfac {
     return std::min(1.0, std::sqrt(options_.kl_clip) / (lr * c * std::sqrt(scaled)));
   }
 
+  // A delayed refresh under way (KfacOptions::refresh_delay): copies of the layers' blocks,
+  // refreshed and prepared on a thread of their own (or already, on the caller's). The job
+  // touches nothing but the copies.
+  struct PendingRefresh {
+    std::int64_t started = 0;                    // the step whose factors it uses
+    std::vector<std::size_t> ids;                // the layers it refreshes
+    std::vector<std::unique_ptr<Block>> blocks;  // their refreshed copies, in ids' order
+    std::future<void> job;                       // valid while the background job may run
+    std::exception_ptr error;                    // what the job threw
+
+    PendingRefresh() = default;
+    PendingRefresh(const PendingRefresh&) = delete;
+    PendingRefresh& operator=(const PendingRefresh&) = delete;
+    ~PendingRefresh() {
+      if (job.valid()) job.wait();
+    }
+    // Waits for the job; rethrows what it threw (out of memory: the copies are then not a
+    // refresh, and the step that would swap them in throws instead).
+    void wait() {
+      if (job.valid()) {
+        try {
+          job.get();
+        } catch (...) {
+          error = std::current_exception();
+        }
+      }
+      if (error) std::rethrow_exception(error);
+    }
+    const Block* block_of(std::size_t id) const {
+      for (std::size_t k = 0; k < ids.size(); ++k) {
+        if (ids[k] == id) return blocks[k].get();
+      }
+      return nullptr;
+    }
+  };
+
+  void start_delayed_refresh(const std::vector<std::size_t>& ids);
+  void swap_in_delayed_refresh();
+
   KfacOptions options_;
   State state_;
   ParameterSet<Scalar> params_;
   std::deque<Layer> layers_;
+  std::unique_ptr<PendingRefresh> pending_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -806,6 +907,13 @@ Kfac<Scalar>::Kfac(const Kfac& other)
   for (const Layer& l : other.layers_) {
     layers_.push_back(Layer{l.name, l.block->clone(), l.weight_index, l.bias_index, l.gradient,
                             l.direction, l.momentum, l.curvature_product});
+  }
+  if (other.pending_) {
+    other.pending_->wait();
+    pending_ = std::make_unique<PendingRefresh>();
+    pending_->started = other.pending_->started;
+    pending_->ids = other.pending_->ids;
+    for (const auto& b : other.pending_->blocks) pending_->blocks.push_back(b->clone());
   }
 }
 
@@ -835,17 +943,97 @@ void Kfac<Scalar>::load_state_dict(const StateDict& dict, const LoadOptions& opt
     throw InvalidInputError(std::string(op) + ": entry 'damping' is " + std::to_string(s.damping) +
                             " (the damping must be > 0)");
   }
+  // A delayed refresh under way: its copies are staged on clones of the layers' blocks.
+  std::unique_ptr<PendingRefresh> pending;
+  bool any_pending = false;
+  for (const LayerState& l : ls) any_pending = any_pending || l.has_pending_refresh;
+  if (any_pending != (s.refresh_swap_step >= 0) ||
+      (any_pending && (s.refresh_swap_step < s.counters.steps ||
+                       s.refresh_swap_step > s.counters.steps + o.refresh_delay))) {
+    throw InvalidInputError(std::string(op) + ": entry 'refresh_swap_step' is " +
+                            std::to_string(s.refresh_swap_step) + " with " +
+                            (any_pending ? "" : "no ") + "layer's refresh pending at step " +
+                            std::to_string(s.counters.steps) + " (need −1 without one, else in [" +
+                            std::to_string(s.counters.steps) + ", " +
+                            std::to_string(s.counters.steps + o.refresh_delay) + "])");
+  }
+  if (any_pending) {
+    pending = std::make_unique<PendingRefresh>();
+    pending->started = s.refresh_swap_step - o.refresh_delay;
+  }
   // Every layer is checked (and its derived state staged) before any is written.
   for (std::size_t i = 0; i < ls.size(); ++i) {
-    layers_[i].block->stage_state(std::string(op) + " (layer '" + layers_[i].name + "')",
-                                  *ls[i].block);
+    const std::string where = std::string(op) + " (layer '" + layers_[i].name + "')";
+    layers_[i].block->stage_state(where, *ls[i].block);
+    if (ls[i].has_pending_refresh) {
+      pending->ids.push_back(i);
+      pending->blocks.push_back(layers_[i].block->clone());
+      pending->blocks.back()->stage_state(where + " (its pending refresh)", *ls[i].pending_refresh);
+    }
   }
+  pending_.reset();  // waits for a refresh under way
   for (std::size_t i = 0; i < ls.size(); ++i) {
     layers_[i].block->commit_state(*ls[i].block);
     layers_[i].momentum = std::move(ls[i].momentum);
   }
+  if (pending) {
+    for (std::size_t k = 0; k < pending->ids.size(); ++k) {
+      pending->blocks[k]->commit_state(*ls[pending->ids[k]].pending_refresh);
+    }
+  }
+  pending_ = std::move(pending);
   state_ = s;
   options_ = o;
+}
+
+template <typename Scalar>
+void Kfac<Scalar>::start_delayed_refresh(const std::vector<std::size_t>& ids) {
+  auto pending = std::make_unique<PendingRefresh>();
+  pending->started = state_.counters.steps;
+  pending->ids = ids;
+  for (std::size_t id : ids) {
+    layers_[id].block->finish_statistics();  // as a refresh here would
+    pending->blocks.push_back(layers_[id].block->clone());
+  }
+  // The damping the swap step will use, if the schedule can tell (adaptive damping may
+  // change it before then: that step then prepares again, with the same result).
+  const std::int64_t swap = state_.counters.steps + options_.refresh_delay;
+  BlockDamping<Scalar> damping = current_damping();
+  bool prepare = true;
+  try {
+    const double lambda =
+        options_.damping_schedule.scaled("kfopt::Kfac::step", "damping", state_.damping, swap);
+    damping.lambda = static_cast<Scalar>(lambda);
+  } catch (const std::exception&) {
+    prepare = false;  // that step will throw itself
+  }
+  auto job = [blocks = &pending->blocks, damping, prepare] {
+    for (auto& block : *blocks) {
+      // A failed refresh keeps the copy's previous spectra, as it would here.
+      if (block->refresh() == Status::Success && prepare) (void)block->prepare(damping);
+    }
+  };
+  if (options_.refresh_in_background) {
+    pending->job = std::async(std::launch::async, [job] {
+      detail::ThreadPool::SerialScope alone;
+      job();
+    });
+  } else {
+    job();
+  }
+  pending_ = std::move(pending);
+  state_.refresh_swap_step = swap;
+}
+
+template <typename Scalar>
+void Kfac<Scalar>::swap_in_delayed_refresh() {
+  if (!pending_ || state_.counters.steps < state_.refresh_swap_step) return;
+  std::unique_ptr<PendingRefresh> pending = std::move(pending_);
+  state_.refresh_swap_step = -1;
+  pending->wait();  // rethrows what the background job threw: the layers keep their refresh
+  for (std::size_t k = 0; k < pending->ids.size(); ++k) {
+    layers_[pending->ids[k]].block->adopt_refresh(*pending->blocks[k]);
+  }
 }
 
 template <typename Scalar>
@@ -877,6 +1065,13 @@ template <typename Scalar>
 Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* precondition,
                                bool only_precondition) {
   if (layers_.empty()) throw InvalidInputError("kfopt::Kfac::step: no layer registered");
+  if (options_.refresh_delay > 0 && (installed_refresh || precondition != nullptr)) {
+    throw InvalidInputError(std::string("kfopt::Kfac::") +
+                            (installed_refresh ? "step_with_installed_refresh" : "step_with_preconditioner") +
+                            ": the caller refreshes the layers here, which a delayed refresh "
+                            "(refresh_delay = " + std::to_string(options_.refresh_delay) +
+                            ") cannot follow; use refresh_delay = 0");
+  }
   for (const auto& layer : layers_) {
     if (!layer.block->has_statistics()) {
       throw InvalidInputError("kfopt::Kfac::step: layer '" + layer.name +
@@ -895,9 +1090,14 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
   // Refresh the spectra on schedule (and for any layer that never had one): the layers'
   // refreshes are independent and run on kfopt's threads (layers_in_parallel); a layer whose
   // refresh failed keeps its stale spectra, and the first layer that has none fails the step.
+  // With a refresh delay, the refresh due at this step is started on copies of the layers
+  // that have spectra (start_delayed_refresh), after the one started d steps ago is swapped
+  // in; layers without spectra are refreshed here.
   const bool due = state_.counters.steps % options_.inverse_period == 0;
   if (precondition == nullptr) {  // otherwise the caller refreshes what it preconditions
-    std::vector<std::size_t> refreshing;
+    swap_in_delayed_refresh();
+    const bool delayed = options_.refresh_delay > 0;
+    std::vector<std::size_t> refreshing, later;
     for (std::size_t id = 0; id < layers_.size(); ++id) {
       const Layer& layer = layers_[id];
       if (!due && layer.block->has_inverse()) continue;
@@ -905,7 +1105,11 @@ Status Kfac<Scalar>::step_impl(bool installed_refresh, const Preconditioner* pre
         if (!layer.block->has_inverse()) return Status::NumericalIssue;
         continue;  // refreshed by the caller (install_refresh)
       }
-      refreshing.push_back(id);
+      (delayed && layer.block->has_inverse() ? later : refreshing).push_back(id);
+    }
+    // A step retried after a refusal does not start its refresh twice.
+    if (!later.empty() && !(pending_ && pending_->started == state_.counters.steps)) {
+      start_delayed_refresh(later);
     }
     std::vector<Status> refreshed(refreshing.size(), Status::Success);
     layers_in_parallel(refreshing, [&](std::size_t k) {

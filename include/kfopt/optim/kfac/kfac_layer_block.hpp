@@ -138,6 +138,16 @@ class KfacLayerBlock {
   /// `out = F̂⁻¹ Z` with the given damping.
   virtual Status apply_inverse(const Matrix& Z, const BlockDamping<Scalar>& damping,
                                Matrix& out) = 0;
+  /// Forms now what the next apply_inverse with `damping` would prepare first (damped
+  /// inverses, prepared operators); NotComputed before a refresh.
+  virtual Status prepare(const BlockDamping<Scalar>& damping) = 0;
+  /// Finishes what the statistics defer (a dense factor's lazy decay blend) as refresh()
+  /// would, so that copying the block for a refresh elsewhere leaves the statistics as a
+  /// refresh here would have. O(n²).
+  virtual void finish_statistics() const {}
+  /// Takes the refresh of `refreshed`, a clone() of this block refreshed since, keeping this
+  /// block's statistics (KroneckerBlock::adopt_refresh). `refreshed` is left unspecified.
+  virtual void adopt_refresh(KfacLayerBlock& refreshed) = 0;
   /// `out = F̂ Z` (undamped), for the quadratic model of adaptive damping; a block that
   /// cannot form it reports a status other than Success.
   virtual Status multiply(const Matrix& Z, Matrix& out) = 0;
@@ -215,6 +225,11 @@ class KfacDenseLayerBlock final : public KfacLayerBlock<Scalar> {
   Status apply_inverse(const Matrix& Z, const BlockDamping<Scalar>& damping,
                        Matrix& out) override;
   Status multiply(const Matrix& Z, Matrix& out) override;
+  Status prepare(const BlockDamping<Scalar>& damping) override { return block_.prepare(damping); }
+  void finish_statistics() const override { block_.finish_statistics(); }
+  void adopt_refresh(KfacLayerBlock<Scalar>& refreshed) override {
+    block_.adopt_refresh(std::move(dynamic_cast<KfacDenseLayerBlock&>(refreshed).block_));
+  }
   std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
       Eigen::Index) const override {
     return std::make_unique<KfacBlockContribution<Scalar, Contribution>>(block_.empty_contribution());

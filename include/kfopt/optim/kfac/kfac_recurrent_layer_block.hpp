@@ -30,6 +30,10 @@ class KfacRecurrentLayerBlock final : public KfacLayerBlock<Scalar> {
   Status apply_inverse(const Matrix& Z, const BlockDamping<Scalar>& damping,
                        Matrix& out) override;
   Status multiply(const Matrix& Z, Matrix& out) override;
+  Status prepare(const BlockDamping<Scalar>& damping) override { return block_.prepare(damping); }
+  void adopt_refresh(KfacLayerBlock<Scalar>& refreshed) override {
+    block_.adopt_refresh(std::move(dynamic_cast<KfacRecurrentLayerBlock&>(refreshed).block_));
+  }
   std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
       Eigen::Index max_length) const override {
     return std::make_unique<KfacBlockContribution<Scalar, Contribution>>(
