@@ -1,7 +1,7 @@
 /// \file bench_kfac_step.cpp
-/// \brief A full training step of the deep autoencoder, K-FAC against Adam (the
-/// performance target: a K-FAC step ≤ 1.5× an Adam step on the same autoencoder and batch,
-/// inverse period 20).
+/// \brief A full training step of the deep autoencoder, K-FAC against Adam, in float and
+/// double, on 1 and 2 threads, with K-FAC's inverses refreshed at the step they are due
+/// (synchronous) or on a background thread (delayed refresh).
 ///
 /// The network is the Fashion-MNIST example's autoencoder 784-1000-500-250-30-250-500-1000-784
 /// (tanh hidden layers, linear code layer, Bernoulli loss on 784 logits), built with the
@@ -11,20 +11,38 @@
 /// One benchmark iteration is one inverse period: 20 training steps, each a forward pass, a
 /// backward pass and an optimizer step. K-FAC's steps add, on statistics steps, a second
 /// backward pass with targets sampled from the model (true Fisher) and the factor updates;
-/// on one step of the 20 the Cholesky refresh of every layer's damped inverses. The counter
-/// `s_per_step` is the CPU time per training step; the ratio K-FAC/Adam is read off one run.
+/// once per period the refresh of every layer's damped inverses — Cholesky inverses
+/// (`inverse:0`, the cheaper refresh) or eigendecompositions (`inverse:1`) — at the step it
+/// is due (`async:0`), or, with `async:1`, on a background thread from that step's factors
+/// and swapped in 5 steps later (KfacOptions::refresh_delay = 5, refresh_in_background).
 ///
-/// Arguments: batch size m, K-FAC's statistics period T_stats.
+/// Threads (`threads:T`): kfopt::set_threads(T) for kfopt's kernels and, when the benchmark
+/// is built with OpenMP (the default when the compiler has it), Eigen::setNbThreads(T) for
+/// the network's products and the preconditioning products, which are Eigen's: the same T for
+/// Adam's row and K-FAC's. The counter `ms_per_step` is the wall-clock time per training step
+/// (the rows use real time; with a background thread, CPU time would count both threads),
+/// `optimizer_ms_per_step` the part of it spent in the optimizer's calls (K-FAC's
+/// record_statistics and step, Adam's step): the part kfopt's threads act on, the rest being
+/// the network's forward and backward passes (the example's code: Eigen's products, with
+/// its element-wise functions on one thread).
+/// `eigen_threads` shows what Eigen was told (1 without OpenMP). bench/kfac_step_report.py
+/// turns a JSON run into the K-FAC/Adam ratios and the 2-over-1-thread speed-ups.
+///
+/// Arguments: batch size m, K-FAC's statistics period T_stats, inverse (0: Cholesky,
+/// 1: eigendecomposition), async (0/1), threads. MinTime 10 s: one iteration is 20 steps of
+/// 0.1–1 s, and at least two are averaged.
 ///
 ///     bench_kfac_step --benchmark_counters_tabular=true
 
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
+#include <chrono>
 #include <random>
 #include <vector>
 
 #include <kfopt/core/parameter_block.hpp>
+#include <kfopt/linalg/threads.hpp>
 #include <kfopt/optim/first_order/adam.hpp>
 #include <kfopt/optim/kfac/kfac.hpp>
 
@@ -34,65 +52,105 @@
 namespace {
 
 namespace ex = kfopt_examples;
-using Matrix = Eigen::MatrixXd;
+template <typename S>
+using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
 constexpr int kInversePeriod = 20;
+constexpr int kRefreshDelay = 5;
 
-ex::Mlp<double> autoencoder() {
+template <typename S>
+ex::Mlp<S> autoencoder() {
   using A = ex::Activation;
-  ex::Mlp<double> net({784, 1000, 500, 250, 30, 250, 500, 1000, 784},
-                      {A::Tanh, A::Tanh, A::Tanh, A::Identity, A::Tanh, A::Tanh, A::Tanh,
-                       A::Identity});
+  ex::Mlp<S> net({784, 1000, 500, 250, 30, 250, 500, 1000, 784},
+                 {A::Tanh, A::Tanh, A::Tanh, A::Identity, A::Tanh, A::Tanh, A::Tanh,
+                  A::Identity});
   std::mt19937 rng(1);
   net.initialize(rng);
   return net;
 }
 
-Matrix random_images(Eigen::Index m) {
+template <typename S>
+Mat<S> random_images(Eigen::Index m) {
   std::mt19937 rng(2);
   std::uniform_real_distribution<double> pixel(0.0, 1.0);
-  Matrix x(m, 784);
+  Mat<S> x(m, 784);
   for (Eigen::Index j = 0; j < x.cols(); ++j)
-    for (Eigen::Index i = 0; i < m; ++i) x(i, j) = pixel(rng);
+    for (Eigen::Index i = 0; i < m; ++i) x(i, j) = static_cast<S>(pixel(rng));
   return x;
 }
 
-void set_counters(benchmark::State& state) {
-  // iterations × 20 steps per second, inverted: seconds per training step (CPU time).
-  state.counters["s_per_step"] = benchmark::Counter(
-      kInversePeriod,
-      benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+// Wall-clock seconds spent in the optimizer's own calls (statistics and step).
+class OptimizerClock {
+ public:
+  template <typename F>
+  auto operator()(F&& f) {
+    const auto start = std::chrono::steady_clock::now();
+    auto result = f();
+    if (counting_) seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return result;
+  }
+  void start_counting() { counting_ = true; }
+  double seconds() const { return seconds_; }
+
+ private:
+  bool counting_ = false;
+  double seconds_ = 0.0;
+};
+
+// Runs `step` for one inverse period per iteration after a warm-up period, and reports the
+// wall-clock time per step: the whole training step, and the optimizer's part of it.
+template <typename Step>
+void run_periods(benchmark::State& state, OptimizerClock& clock, Step&& step) {
+  for (int i = 0; i < kInversePeriod; ++i) step();  // warm-up: allocations, first inverses
+  clock.start_counting();
+  double seconds = 0.0;
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < kInversePeriod; ++i) step();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  const double steps = static_cast<double>(state.iterations()) * kInversePeriod;
+  state.counters["ms_per_step"] = 1e3 * seconds / steps;
+  state.counters["optimizer_ms_per_step"] = 1e3 * clock.seconds() / steps;
 }
 
+// Arguments: batch, threads.
+template <typename S>
 void BM_AdamStep(benchmark::State& state) {
+  kfopt::set_threads(static_cast<int>(state.range(1)));
+  Eigen::setNbThreads(static_cast<int>(state.range(1)));
+  state.counters["eigen_threads"] = Eigen::nbThreads();
   const Eigen::Index m = state.range(0);
-  auto net = autoencoder();
-  const Matrix x = random_images(m);
-  Matrix output_grad;
-  kfopt::ParameterSet<double> params;
+  auto net = autoencoder<S>();
+  const Mat<S> x = random_images<S>(m);
+  Mat<S> output_grad;
+  kfopt::ParameterSet<S> params;
   for (std::size_t l = 0; l < net.depth(); ++l) {
     params.add("W" + std::to_string(l), net.layer(l).W, net.layer(l).dW);
     params.add("b" + std::to_string(l), net.layer(l).b, net.layer(l).db);
   }
   kfopt::AdamOptions options;
   options.learning_rate = 1e-4;
-  kfopt::Adam<double> adam(params, options);
-  auto step = [&] {
-    benchmark::DoNotOptimize(ex::bernoulli_cross_entropy<double>(net.forward(x), x, &output_grad));
+  kfopt::Adam<S> adam(params, options);
+  OptimizerClock clock;
+  run_periods(state, clock, [&] {
+    benchmark::DoNotOptimize(ex::bernoulli_cross_entropy<S>(net.forward(x), x, &output_grad));
     net.backward(output_grad);
-    adam.step();
-  };
-  for (int i = 0; i < kInversePeriod; ++i) step();  // warm-up: allocations, moments
-  for (auto _ : state) {
-    for (int i = 0; i < kInversePeriod; ++i) step();
-  }
-  set_counters(state);
+    clock([&] { return adam.step(); });
+  });
+  kfopt::set_threads(0);
+  Eigen::setNbThreads(0);
 }
 
+// Arguments: batch, T_stats, inverse, async, threads.
+template <typename S>
 void BM_KfacStep(benchmark::State& state) {
+  kfopt::set_threads(static_cast<int>(state.range(4)));
+  Eigen::setNbThreads(static_cast<int>(state.range(4)));
+  state.counters["eigen_threads"] = Eigen::nbThreads();
   const Eigen::Index m = state.range(0);
-  auto net = autoencoder();
-  const Matrix x = random_images(m);
-  Matrix output_grad;
+  auto net = autoencoder<S>();
+  const Mat<S> x = random_images<S>(m);
+  Mat<S> output_grad;
   kfopt::KfacOptions options;
   options.learning_rate = 0.1;
   options.damping = 1e-2;
@@ -101,8 +159,10 @@ void BM_KfacStep(benchmark::State& state) {
   options.kl_clip = 1e-2;
   options.statistics_period = static_cast<int>(state.range(1));
   options.inverse_period = kInversePeriod;
-  options.inverse_method = kfopt::InverseMethod::Cholesky;
-  kfopt::Kfac<double> kfac(options);
+  options.inverse_method = state.range(2) == 0 ? kfopt::InverseMethod::Cholesky
+                                                : kfopt::InverseMethod::Eigendecomposition;
+  options.refresh_delay = state.range(3) != 0 ? kRefreshDelay : 0;
+  kfopt::Kfac<S> kfac(options);
   std::vector<std::size_t> ids;
   for (std::size_t l = 0; l < net.depth(); ++l) {
     auto& layer = net.layer(l);
@@ -110,43 +170,48 @@ void BM_KfacStep(benchmark::State& state) {
                                        layer.db));
   }
   std::mt19937_64 fisher_rng(3);
-  auto step = [&] {
-    benchmark::DoNotOptimize(ex::bernoulli_cross_entropy<double>(net.forward(x), x, &output_grad));
+  OptimizerClock clock;
+  run_periods(state, clock, [&] {
+    benchmark::DoNotOptimize(ex::bernoulli_cross_entropy<S>(net.forward(x), x, &output_grad));
     net.backward(output_grad);
     if (kfac.wants_statistics()) {
       ex::sample_bernoulli_gradient(net.layers().back().h, fisher_rng, output_grad);
-      net.backward(output_grad, ex::Mlp<double>::ParameterGradients::Skip);
-      for (std::size_t l = 0; l < net.depth(); ++l) {
-        kfac.record_statistics(ids[l], net.layer(l).a, net.layer(l).g);
-      }
+      net.backward(output_grad, ex::Mlp<S>::ParameterGradients::Skip);
+      clock([&] {
+        for (std::size_t l = 0; l < net.depth(); ++l) {
+          kfac.record_statistics(ids[l], net.layer(l).a, net.layer(l).g);
+        }
+        return 0;
+      });
     }
-    if (kfac.step() != kfopt::Status::Success) state.SkipWithError("K-FAC step failed");
-  };
-  for (int i = 0; i < kInversePeriod; ++i) step();  // warm-up: first factors and inverses
-  for (auto _ : state) {
-    for (int i = 0; i < kInversePeriod; ++i) step();
-  }
-  set_counters(state);
+    if (clock([&] { return kfac.step(); }) != kfopt::Status::Success) {
+      state.SkipWithError("K-FAC step failed");
+    }
+  });
+  kfopt::set_threads(0);
+  Eigen::setNbThreads(0);
+}
+
+void adam_rows(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"batch", "threads"});
+  for (int threads : {1, 2}) b->Args({1000, threads});
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(10.0);
+}
+
+void kfac_rows(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"batch", "T_stats", "inverse", "async", "threads"});
+  for (int inverse : {0, 1})
+    for (int async : {0, 1})
+      for (int threads : {1, 2}) b->Args({1000, 1, inverse, async, threads});
+  for (int threads : {1, 2}) b->Args({1000, 5, 0, 0, threads});
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(10.0);
 }
 
 }  // namespace
 
-BENCHMARK(BM_AdamStep)
-    ->ArgName("batch")
-    ->Arg(256)
-    ->Arg(1000)
-    ->Arg(2000)
-    ->Unit(benchmark::kMillisecond)
-    ->MinTime(2.0);
-BENCHMARK(BM_KfacStep)
-    ->ArgNames({"batch", "T_stats"})
-    ->Args({256, 1})
-    ->Args({256, 5})
-    ->Args({1000, 1})
-    ->Args({1000, 5})
-    ->Args({2000, 1})
-    ->Args({2000, 5})
-    ->Unit(benchmark::kMillisecond)
-    ->MinTime(2.0);
+BENCHMARK_TEMPLATE(BM_AdamStep, float)->Apply(adam_rows);
+BENCHMARK_TEMPLATE(BM_KfacStep, float)->Apply(kfac_rows);
+BENCHMARK_TEMPLATE(BM_AdamStep, double)->Apply(adam_rows);
+BENCHMARK_TEMPLATE(BM_KfacStep, double)->Apply(kfac_rows);
 
 BENCHMARK_MAIN();

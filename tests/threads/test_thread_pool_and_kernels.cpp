@@ -1,6 +1,7 @@
 // kfopt's threads (linalg/threads.hpp): the pool runs every index once and rethrows a job's
-// exception; the product kernel, the lower product and the damped Cholesky inverse give
-// bit-identical results on 1, 2, 3 and 4 threads, and match a long-double reference.
+// exception; the product kernel, the lower product, the damped Cholesky inverse, the
+// symmetric eigensolver and the warm-started (Newton–Schulz) inverse give bit-identical
+// results on 1, 2, 3 and 4 threads, and match independent references.
 #include <catch2/catch.hpp>
 
 #include <array>
@@ -12,6 +13,8 @@
 #include <vector>
 
 #include "kfopt/linalg/damped_cholesky_inverse.hpp"
+#include "kfopt/linalg/symmetric_eigensolver.hpp"
+#include "kfopt/linalg/warm_started_inverse.hpp"
 #include "kfopt/linalg/matrix_product_kernel.hpp"
 #include "kfopt/linalg/threads.hpp"
 
@@ -166,6 +169,67 @@ TEST_CASE("threads: the damped Cholesky inverse is bit-identical on 1-4 threads"
       CHECK(residual.cwiseAbs().maxCoeff() < 1e-10);
     } else {
       CHECK(solution == reference_solution);
+    }
+  }
+}
+
+TEST_CASE("threads: the symmetric eigensolver is bit-identical on 1-4 threads",
+          "[linalg][threads]") {
+  ThreadSetting restore;
+  // n = 600: forming Q and the recorded rotations are both large enough to be split.
+  const Eigen::Index n = 600;
+  const Mat<double> X = random_matrix<double>(n, n, 7);
+  const Mat<double> A = (X + X.transpose()) / 2.0;
+  Mat<double> vectors;
+  Eigen::VectorXd values;
+  const std::uint64_t jobs_before = kfopt::detail::ThreadPool::instance().parallel_jobs();
+  for (int t : {1, 2, 3, 4}) {
+    INFO(t << " threads");
+    kfopt::set_threads(t);
+    kfopt::SymmetricEigensolver<double> es(n);
+    REQUIRE(es.compute(A).info() == kfopt::Status::Success);
+    if (t == 1) {
+      vectors = es.eigenvectors();
+      values = es.eigenvalues();
+      // Against the definition: A V = V Λ, VᵀV = I.
+      const Mat<double> residual = A * vectors - vectors * values.asDiagonal();
+      CHECK(residual.cwiseAbs().maxCoeff() < 1e-11 * A.cwiseAbs().maxCoeff() * n);
+      CHECK((vectors.transpose() * vectors - Mat<double>::Identity(n, n)).cwiseAbs().maxCoeff() < 1e-12);
+    } else {
+      CHECK(es.eigenvalues() == values);
+      CHECK(es.eigenvectors() == vectors);
+    }
+  }
+  CHECK(kfopt::detail::ThreadPool::instance().parallel_jobs() > jobs_before);  // it did split
+}
+
+TEST_CASE("threads: the warm-started Newton–Schulz inverse is bit-identical on 1-4 threads",
+          "[linalg][threads]") {
+  ThreadSetting restore;
+  const Eigen::Index n = 400;
+  const Mat<double> X = random_matrix<double>(2 * n, n, 8);
+  const Mat<double> A = X.transpose() * X / static_cast<double>(2 * n);
+  Mat<double> A_next = A;
+  A_next.diagonal().array() += 2e-2;  // a factor that moved a little: the iteration runs
+  Mat<double> reference;
+  for (int t : {1, 2, 3, 4}) {
+    INFO(t << " threads");
+    kfopt::set_threads(t);
+    kfopt::WarmStartOptions<double> options;
+    options.iteration_cost = 0.0;  // iterate whenever the tolerance is reachable
+    options.max_iterations = 10;
+    kfopt::WarmStartedDampedInverse<double> inverse(n, options);
+    REQUIRE(inverse.compute(A, 0.1).info() == kfopt::Status::Success);
+    REQUIRE(inverse.compute(A_next, 0.1).info() == kfopt::Status::Success);
+    REQUIRE_FALSE(inverse.last_fell_back());
+    REQUIRE(inverse.last_iterations() > 0);
+    if (t == 1) {
+      reference = inverse.inverse();
+      const Mat<double> residual =
+          (A_next + 0.1 * Mat<double>::Identity(n, n)) * reference - Mat<double>::Identity(n, n);
+      CHECK(residual.cwiseAbs().maxCoeff() < 1e-8);
+    } else {
+      CHECK(inverse.inverse() == reference);
     }
   }
 }

@@ -30,6 +30,7 @@
 #include <string>
 
 #include "kfopt/linalg/damped_cholesky_inverse.hpp"
+#include "kfopt/linalg/matrix_product_kernel.hpp"
 #include "kfopt/kron/factor_moments.hpp"
 #include "kfopt/kron/factored_damping.hpp"
 #include "kfopt/kron/kronecker_inverse.hpp"
@@ -455,7 +456,8 @@ class KroneckerBlock {
     }
     const Matrix& U = f.eigenvectors();
     scaled = U * (ev.array() + shift).inverse().matrix().asDiagonal();
-    out.noalias() = scaled * U.transpose();
+    out.setZero(U.rows(), U.rows());
+    detail::product_accumulate<Scalar>(out, Scalar(1), scaled, U.transpose());
     detail::symmetrize(out);
   }
 
@@ -543,15 +545,22 @@ Status KroneckerBlock<Scalar>::apply_inverse(const Eigen::MatrixBase<DerivedZ>& 
   // each step then costs two products.
   const Status prepared = prepare(damping);
   if (prepared != Status::Success) return prepared;
+  // The two products on kfopt's product kernel (on kfopt's threads when large) for operands
+  // it can read directly; Eigen's otherwise.
+  constexpr bool direct = (Eigen::internal::traits<DerivedZ>::Flags & Eigen::DirectAccessBit) != 0;
   if (g_inverse_.cols() == 1 && rows() != 1) {
     work_ = g_inverse_.col(0).asDiagonal() * Z;
+  } else if constexpr (direct) {
+    work_.setZero(rows(), cols());
+    detail::product_accumulate<Scalar>(work_, Scalar(1), g_inverse_, Z);
   } else {
     work_.noalias() = g_inverse_ * Z;
   }
   if (a_inverse_.cols() == 1 && cols() != 1) {
     out = work_ * a_inverse_.col(0).asDiagonal();
   } else {
-    out.noalias() = work_ * a_inverse_;
+    out.setZero(rows(), cols());
+    detail::product_accumulate<Scalar>(out, Scalar(1), work_, a_inverse_);
   }
   return Status::Success;
 }

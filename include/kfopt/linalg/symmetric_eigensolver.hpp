@@ -33,6 +33,11 @@
 ///     40(3)).
 ///  5. Eigenvalues are sorted ascending with their vectors and scaled back.
 ///
+/// Threads (linalg/threads.hpp): forming Q (its two products per block run on kfopt's
+/// product kernel) and applying the recorded rotations (split into ranges of rows) use up
+/// to kfopt::threads() threads; the reduction's matrix–vector products stay on one. The
+/// result is the same bit for bit on any number of threads.
+///
 /// Cost: about 4/3 n³ flops for the reduction (half in matrix–vector products, which are
 /// memory-bound once the matrix leaves the cache), 4/3 n³ for forming Q (matrix products),
 /// and 6n flops per rotation, about 3.3 n³ with exact shifts — in total about 6n³ flops,
@@ -60,6 +65,8 @@
 #include <vector>
 
 #include "kfopt/core/error.hpp"
+#include "kfopt/linalg/matrix_product_kernel.hpp"
+#include "kfopt/linalg/threads.hpp"
 
 namespace kfopt {
 
@@ -292,9 +299,10 @@ class SymmetricEigensolver {
       auto Zb = Zw().bottomRightCorner(m, m);
       auto tmp = wy_.topLeftCorner(b, m);
       auto tmp2 = wy2_.topLeftCorner(b, m);
-      tmp.noalias() = Vb.transpose() * Zb;
+      tmp.setZero();
+      detail::product_accumulate<Scalar>(tmp, Scalar(1), Vb.transpose(), Zb);
       tmp2.noalias() = T.template triangularView<Eigen::Upper>() * tmp;
-      Zb.noalias() -= Vb * tmp2;
+      detail::product_accumulate<Scalar>(Zb, Scalar(-1), Vb, tmp2);
       k1 = k0;
     }
   }
@@ -455,12 +463,27 @@ class SymmetricEigensolver {
   }
 
   // Applies the recorded sweeps to the working eigenvectors from the right, kRowBlock rows
-  // at a time (then smaller blocks, then single rows, for the remainder).
+  // at a time (then smaller blocks, then single rows, for the remainder). Rows take the
+  // rotations independently, so the full blocks are split into contiguous ranges over
+  // kfopt's threads when the work (6 flops per rotation and row) is large enough: the result
+  // is the same bit for bit on any number of threads.
   void flush(Index n, Index& used, Index& nsweeps) {
     if (nsweeps == 0) return;
     Scalar* Z = z_.data();
     const Index ld = z_.outerStride();
-    Index r0 = 0;
+    const Index blocks = n / kRowBlock;
+    const int parts = static_cast<int>(std::min<Index>(
+        blocks, 6.0 * static_cast<double>(used) * static_cast<double>(n) >=
+                        detail::kMinParallelProductFlops
+                    ? kfopt::threads()
+                    : 1));
+    if (parts > 1) {
+      detail::parallel_for(parts, [&](std::ptrdiff_t t) {
+        const Index first = blocks * t / parts, last = blocks * (t + 1) / parts;
+        for (Index b = first; b < last; ++b) apply_block<kRowBlock>(Z + b * kRowBlock, ld, nsweeps);
+      });
+    }
+    Index r0 = parts > 1 ? blocks * kRowBlock : 0;
     for (; r0 + kRowBlock <= n; r0 += kRowBlock) apply_block<kRowBlock>(Z + r0, ld, nsweeps);
     if (r0 + kRowBlock / 2 <= n) {
       apply_block<kRowBlock / 2>(Z + r0, ld, nsweeps);

@@ -34,7 +34,8 @@
 /// estimator's noise (8 probes), also covered by the factor 2.
 ///
 /// **Cost, and when this pays.** Screen: two thin products. One Newton–Schulz step: a GEMM
-/// `M X` (2n³ flops) plus a product with symmetric result (n³). Fall-back: Cholesky
+/// `M X` (2n³ flops) plus a product with symmetric result (n³), both on kfopt's product
+/// kernel and so on kfopt::threads() threads, bit-identical for any count. Fall-back: Cholesky
 /// factorization and inversion, n³ flops (≈ LAPACK potrf + potri). So on a CPU an iteration
 /// step costs about three fall-backs: with a fixed λ the refresh pays off when the previous
 /// inverse can be **reused** (a factor that barely moved, or a loose tolerance plus
@@ -61,6 +62,7 @@
 #include "kfopt/core/error.hpp"
 #include "kfopt/core/validate.hpp"
 #include "kfopt/linalg/damped_cholesky_inverse.hpp"
+#include "kfopt/linalg/matrix_product_kernel.hpp"
 
 namespace kfopt {
 
@@ -396,7 +398,7 @@ class WarmStartedDampedInverse {
     for (int k = 0;; ++k) {
       // R = I − M X (one GEMM), and its spectral norm.
       residual_.setIdentity();
-      residual_.noalias() -= shifted_ * x_;
+      detail::product_accumulate<Scalar>(residual_, Scalar(-1), shifted_, x_);
       const Scalar r = kSafety * explicit_norm_estimate(residual_);
       last_residual_ = r;
       if (!std::isfinite(r)) return false;
@@ -414,7 +416,7 @@ class WarmStartedDampedInverse {
       }
       // X ← X + X R (symmetric: the lower triangle by a triangular-result product).
       next_ = x_;
-      next_.template triangularView<Eigen::Lower>() += x_ * residual_;
+      detail::lower_product_accumulate<Scalar>(next_, Scalar(1), x_, residual_);
       detail::symmetrize_from_lower(next_);
       x_.swap(next_);
       last_iterations_ = k + 1;

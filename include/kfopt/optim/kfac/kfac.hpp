@@ -55,7 +55,8 @@
 /// spectra yet (the first refresh, a layer registered later) is refreshed at once, as with
 /// d = 0. The background thread's own products run on it alone (kfopt::set_threads counts
 /// the step's threads), so with `set_threads(1)` a step uses two cores while a refresh is
-/// under way. Memory: one copy of every layer's block while a refresh is pending.
+/// under way. Memory: one more copy of every layer's block (its factors, spectra or
+/// snapshots and inverses), kept between refreshes so that starting one allocates nothing.
 
 #include <algorithm>
 #include <cmath>
@@ -748,6 +749,9 @@ class Kfac {
     Matrix direction;                  // Δ = F̂⁻¹ Z, then δ
     Matrix momentum;                   // m
     Matrix curvature_product;          // F̂ δ
+    // With refresh_delay > 0: the block copy the next delayed refresh is computed in (its
+    // storage kept from the last one).
+    std::unique_ptr<Block> refresh_copy;
   };
 
   // F̂ δ into curvature_product (the recurrent block reports a Status; a failure there
@@ -906,7 +910,7 @@ Kfac<Scalar>::Kfac(const Kfac& other)
     : options_(other.options_), state_(other.state_), params_(other.params_) {
   for (const Layer& l : other.layers_) {
     layers_.push_back(Layer{l.name, l.block->clone(), l.weight_index, l.bias_index, l.gradient,
-                            l.direction, l.momentum, l.curvature_product});
+                            l.direction, l.momentum, l.curvature_product, nullptr});
   }
   if (other.pending_) {
     other.pending_->wait();
@@ -992,8 +996,16 @@ void Kfac<Scalar>::start_delayed_refresh(const std::vector<std::size_t>& ids) {
   pending->started = state_.counters.steps;
   pending->ids = ids;
   for (std::size_t id : ids) {
-    layers_[id].block->finish_statistics();  // as a refresh here would
-    pending->blocks.push_back(layers_[id].block->clone());
+    const Block& live = *layers_[id].block;
+    live.finish_statistics();  // as a refresh here would
+    // The copy reuses the storage the last swap left (no allocation, no page faults).
+    std::unique_ptr<Block>& spare = layers_[id].refresh_copy;
+    if (spare) {
+      live.copy_into(*spare);
+      pending->blocks.push_back(std::move(spare));
+    } else {
+      pending->blocks.push_back(live.clone());
+    }
   }
   // The damping the swap step will use, if the schedule can tell (adaptive damping may
   // change it before then: that step then prepares again, with the same result).
@@ -1032,7 +1044,9 @@ void Kfac<Scalar>::swap_in_delayed_refresh() {
   state_.refresh_swap_step = -1;
   pending->wait();  // rethrows what the background job threw: the layers keep their refresh
   for (std::size_t k = 0; k < pending->ids.size(); ++k) {
-    layers_[pending->ids[k]].block->adopt_refresh(*pending->blocks[k]);
+    Layer& layer = layers_[pending->ids[k]];
+    layer.block->adopt_refresh(*pending->blocks[k]);
+    layer.refresh_copy = std::move(pending->blocks[k]);  // storage for the next refresh
   }
 }
 
@@ -1263,7 +1277,7 @@ std::size_t Kfac<Scalar>::register_layer(const char* op, const std::string& name
   }
   const Eigen::Index rows = block->rows();
   const Eigen::Index cols = block->cols();
-  layers_.push_back(Layer{name, std::move(block), wi, bi, Matrix(), Matrix(), Matrix(), Matrix()});
+  layers_.push_back(Layer{name, std::move(block), wi, bi, Matrix(), Matrix(), Matrix(), Matrix(), nullptr});
   Layer& l = layers_.back();
   l.gradient.setZero(rows, cols);
   l.direction.setZero(rows, cols);

@@ -128,6 +128,9 @@ class KfacLayerBlock {
   virtual ~KfacLayerBlock() = default;
   /// A copy of the block (Kfac is copyable).
   virtual std::unique_ptr<KfacLayerBlock> clone() const = 0;
+  /// Makes `copy`, an earlier clone() of this block, equal to it again, reusing its storage
+  /// (no allocation when the shapes are unchanged).
+  virtual void copy_into(KfacLayerBlock& copy) const = 0;
   /// Shape of the gradient matrix `[∇W ∇b]` the block acts on.
   virtual Eigen::Index rows() const noexcept = 0;
   virtual Eigen::Index cols() const noexcept = 0;
@@ -229,6 +232,9 @@ class KfacDenseLayerBlock final : public KfacLayerBlock<Scalar> {
   void finish_statistics() const override { block_.finish_statistics(); }
   void adopt_refresh(KfacLayerBlock<Scalar>& refreshed) override {
     block_.adopt_refresh(std::move(dynamic_cast<KfacDenseLayerBlock&>(refreshed).block_));
+  }
+  void copy_into(KfacLayerBlock<Scalar>& copy) const override {
+    dynamic_cast<KfacDenseLayerBlock&>(copy).block_ = block_;
   }
   std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
       Eigen::Index) const override {

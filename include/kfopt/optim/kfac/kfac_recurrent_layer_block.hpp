@@ -34,6 +34,9 @@ class KfacRecurrentLayerBlock final : public KfacLayerBlock<Scalar> {
   void adopt_refresh(KfacLayerBlock<Scalar>& refreshed) override {
     block_.adopt_refresh(std::move(dynamic_cast<KfacRecurrentLayerBlock&>(refreshed).block_));
   }
+  void copy_into(KfacLayerBlock<Scalar>& copy) const override {
+    dynamic_cast<KfacRecurrentLayerBlock&>(copy).block_ = block_;
+  }
   std::unique_ptr<KfacStatisticsContribution<Scalar>> empty_contribution(
       Eigen::Index max_length) const override {
     return std::make_unique<KfacBlockContribution<Scalar, Contribution>>(
