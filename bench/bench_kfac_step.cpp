@@ -29,8 +29,8 @@
 /// turns a JSON run into the K-FAC/Adam ratios and the 2-over-1-thread speed-ups.
 ///
 /// Arguments: batch size m, K-FAC's statistics period T_stats, inverse (0: Cholesky,
-/// 1: eigendecomposition), async (0/1), threads. MinTime 10 s: one iteration is 20 steps of
-/// 0.1–1 s, and at least two are averaged.
+/// 1: eigendecomposition), async (0/1), threads. MinTime 5 s: one iteration is 20 steps of
+/// 0.1–1 s. A full run takes about 15 minutes on 2 cores.
 ///
 ///     bench_kfac_step --benchmark_counters_tabular=true
 
@@ -192,19 +192,25 @@ void BM_KfacStep(benchmark::State& state) {
   Eigen::setNbThreads(0);
 }
 
+// Batch 1000 on 1 and 2 threads; batches 256 and 2000 on one.
 void adam_rows(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "threads"});
-  for (int threads : {1, 2}) b->Args({1000, threads});
-  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(10.0);
+  for (int batch : {256, 1000, 2000}) b->Args({batch, 1});
+  b->Args({1000, 2});
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
 }
 
+// Batch 1000: both refreshes, synchronous and in the background, on 1 and 2 threads, and
+// statistics every 5 steps; batches 256 and 2000: the Cholesky refresh at its step, one thread.
 void kfac_rows(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "T_stats", "inverse", "async", "threads"});
   for (int inverse : {0, 1})
     for (int async : {0, 1})
       for (int threads : {1, 2}) b->Args({1000, 1, inverse, async, threads});
   for (int threads : {1, 2}) b->Args({1000, 5, 0, 0, threads});
-  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(10.0);
+  for (int batch : {256, 2000})
+    for (int t_stats : {1, 5}) b->Args({batch, t_stats, 0, 0, 1});
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads a JSON run of bench_kfac_step and prints, per precision and K-FAC configuration,
 the wall-clock time per training step on 1 and 2 threads, the speed-up of 2 threads over 1
-(whole step and the optimizer's part), and the K-FAC/Adam ratio at each thread count.
+(whole step and the optimizer's part), and the K-FAC/Adam ratio at each thread count; then
+the one-thread K-FAC/Adam ratios per batch size (Cholesky refresh at its step).
 
     build/bench/bench/bench_kfac_step --benchmark_out=kfac_step.json --benchmark_out_format=json
     python3 bench/kfac_step_report.py kfac_step.json
@@ -55,6 +56,18 @@ def main(path):
         print(f"| {scalar} | {batch} | {t_stats} | {inverse.get(inv, inv)} | {asynchronous} | "
               f"{s1:.1f} | {s2:.1f} | {s1 / s2:.2f}× | {o1:.1f} | {o2:.1f} | {o1 / o2:.2f}× | "
               f"{s1 / a1:.2f}× | {s2 / a2:.2f}× |")
+    print()
+    print("| precision | batch | Adam ms/step | K-FAC, statistics every step | every 5 steps |")
+    print("|---|---:|---:|---:|---:|")
+    for (scalar, batch, threads), (a, _) in sorted(adam.items(), key=lambda kv: (kv[0][0], int(kv[0][1]), kv[0][2])):
+        if threads != 1:
+            continue
+        cells = []
+        for t_stats in ("1", "5"):
+            row = kfac.get((scalar, batch, t_stats, "0", "0"), {}).get(1)
+            cells.append(f"{row[0]:.1f} ({row[0] / a:.2f}×)" if row else "—")
+        print(f"| {scalar} | {batch} | {a:.1f} | {cells[0]} | {cells[1]} |")
+    print()
     for (scalar, batch, threads), (s, o) in sorted(adam.items()):
         print(f"Adam {scalar}, batch {batch}, {threads} thread(s): {s:.1f} ms/step "
               f"(optimizer {o:.2f} ms)")

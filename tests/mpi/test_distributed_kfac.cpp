@@ -197,6 +197,12 @@ TEST_CASE("DistributedKfac: broadcasting preconditioned gradients from each laye
   kfopt::Kfac<double> rk(adaptive);
   rk.add_recurrent_layer("rnn", Wr, dWr);
   REQUIRE_THROWS_AS(DistributedKfac<double>(rk, comm, dopt), kfopt::InvalidInputError);
+  // So is a delayed refresh (the ranks split each refresh at the step it is due).
+  kfopt::KfacOptions delayed = kfac_options();
+  delayed.refresh_delay = 1;
+  kfopt::Kfac<double> dkfac(delayed);
+  dkfac.add_dense_layer("fc", Wr, dWr);
+  REQUIRE_THROWS_WITH(DistributedKfac<double>(dkfac, comm, dopt), Catch::Contains("refresh_delay"));
 }
 
 TEST_CASE("DistributedKfac: one statistics all-reduce of the predicted size per step",

@@ -208,12 +208,9 @@ class DistributedKfac {
   DistributedKfac(Kfac<Scalar>& kfac, Communicator& comm, DistributedKfacOptions options = {})
       : kfac_(&kfac),
         comm_(&comm),
-        options_(validated(options)),
+        options_(validated(options, kfac)),
         params_(kfac.parameters()),
         gradients_(params_, comm) {
-    detail::require_hyperparameter(kfac.options().refresh_delay == 0, "kfopt::mpi::DistributedKfac",
-                                   "refresh_delay", kfac.options().refresh_delay,
-                                   "0 (the ranks split each refresh at the step it is due)");
     for (std::size_t i = 0; i < kfac.num_layers(); ++i) {
       contributions_.push_back(kfac.empty_contribution(i, options_.max_sequence_length));
     }
@@ -269,8 +266,12 @@ class DistributedKfac {
   const DistributedKfacOptions& options() const noexcept { return options_; }
 
  private:
-  static const DistributedKfacOptions& validated(const DistributedKfacOptions& o) {
+  static const DistributedKfacOptions& validated(const DistributedKfacOptions& o,
+                                                 const Kfac<Scalar>& kfac) {
     o.validate();
+    kfopt::detail::require_hyperparameter(
+        kfac.options().refresh_delay == 0, "kfopt::mpi::DistributedKfac", "refresh_delay",
+        kfac.options().refresh_delay, "0 (the ranks split each refresh at the step it is due)");
     return o;
   }
 
