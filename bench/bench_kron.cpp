@@ -537,14 +537,14 @@ WarmStartCase<Scalar> warm_start_case(Eigen::Index n, double step_weight) {
   return c;
 }
 
+// One warm-started refresh of an n×n factor after a moving-average step of weight
+// `step_weight` (1 − β); `iterate` forces Newton–Schulz where it can succeed.
 template <typename Scalar>
-void warm_inverse_kfopt(benchmark::State& state) {
-  const Eigen::Index n = state.range(0);
-  const double step_weight = static_cast<double>(state.range(1)) * 1e-6;  // 1 − β
+void warm_inverse_run(benchmark::State& state, Eigen::Index n, double step_weight, bool iterate) {
   const auto c = warm_start_case<Scalar>(n, step_weight);
   const Scalar lambda = damping<Scalar>() * c.current.trace() / static_cast<Scalar>(n);
   kfopt::WarmStartOptions<Scalar> options;  // default cost model (reuse or exact on a CPU)
-  if (state.range(2) != 0) options.iteration_cost = Scalar(0);  // iterate when it can succeed
+  if (iterate) options.iteration_cost = Scalar(0);  // iterate when it can succeed
   kfopt::WarmStartedDampedInverse<Scalar> warm(n, options);
   warm.compute(c.previous, lambda);  // the previous refresh (exact)
   const auto saved = warm.state();
@@ -568,6 +568,19 @@ void warm_inverse_kfopt(benchmark::State& state) {
   state.counters["fell_back"] = warm.last_fell_back() ? 1.0 : 0.0;
   state.counters["reused"] = warm.state().reused > saved.reused ? 1.0 : 0.0;
   state.counters["residual"] = static_cast<double>(warm.last_residual());
+}
+
+// Arguments: n, 1 − β in units of 1e-6, whether to force the iteration.
+template <typename Scalar>
+void warm_inverse_kfopt(benchmark::State& state) {
+  warm_inverse_run<Scalar>(state, state.range(0), static_cast<double>(state.range(1)) * 1e-6,
+                           state.range(2) != 0);
+}
+
+// Newton–Schulz alone: the smallest step (1 − β = 1e-6) with the iteration forced.
+template <typename Scalar>
+void newton_schulz_kfopt(benchmark::State& state) {
+  warm_inverse_run<Scalar>(state, state.range(0), 1e-6, true);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -690,7 +703,10 @@ void register_all(const std::vector<long>& sizes, long max_composite) {
   add_threaded("gemm", "kfopt_kernel", s, gemm_kfopt_kernel<Scalar>, sizes);
   add_threaded("stats", "kfopt_eigen", s, stats_kfopt<Scalar, E>, sizes);
   add_threaded("chol_inverse", "kfopt_eigen", s, chol_inverse_kfopt<Scalar, E>, sizes);
+  add_threaded("eig", "kfopt_eigen", s, eig_kfopt<Scalar, E>, sizes);
+  add_threaded("precondition", "eigenbasis", s, precondition_eigenbasis<Scalar>, sizes);
 #ifdef KFOPT_USE_LAPACK
+  add_threaded("eig", "lapack", s, eig_lapack<Scalar>, sizes);
   add_threaded("gemm", "blas", s, gemm_blas<Scalar>, sizes);
   add_threaded("stats", "syrk_blas", s, stats_syrk_blas<Scalar>, sizes);
   add_threaded("chol_inverse", "lapack", s, chol_inverse_lapack<Scalar>, sizes);
@@ -719,6 +735,7 @@ std::string step_label(long weight) {
 }
 
 void register_warm_start(const std::vector<long>& sizes) {
+  add_threaded("newton_schulz", "kfopt", "double", newton_schulz_kfopt<double>, sizes);
   for (long n : sizes) {
     // Default options, then (for the smallest step, where Newton–Schulz can succeed in
     // few steps) the iteration forced by iteration_cost = 0, to show what it costs.

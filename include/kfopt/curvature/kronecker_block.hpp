@@ -151,6 +151,17 @@ class KroneckerBlock {
   /// unchanged. Shape mismatches throw ShapeError naming the layer and both shapes.
   Status update_statistics(const Eigen::Ref<const Matrix>& a, const Eigen::Ref<const Matrix>& g);
 
+  /// Throws the ShapeError update_statistics(a, g) would throw (naming `op` and the layer);
+  /// returns if a (k × in) and g (k × out) fit, k > 0.
+  void require_statistics_shapes(const char* op, const Eigen::Ref<const Matrix>& a,
+                                 const Eigen::Ref<const Matrix>& g) const {
+    if (a.cols() != in_ || g.cols() != out_ || a.rows() != g.rows() || a.rows() == 0) {
+      throw ShapeError(std::string(op) + " (layer '" + name_ + "'): a is " + detail::shape_of(a) + " and g is " + detail::shape_of(g) +
+                       " but the layer needs k×" + std::to_string(in_) + " and k×" +
+                       std::to_string(out_) + " with the same k > 0");
+    }
+  }
+
   /// A batch's statistics as sums over its examples, before normalization: A's and G's
   /// FactorContribution. Contributions add (the sum over data-parallel ranks of their
   /// batches' contributions is the contribution of the global batch), and
@@ -495,12 +506,7 @@ class KroneckerBlock {
 template <typename Scalar>
 Status KroneckerBlock<Scalar>::update_statistics(const Eigen::Ref<const Matrix>& a,
                                                  const Eigen::Ref<const Matrix>& g) {
-  const std::string op = "kfopt::KroneckerBlock::update_statistics (layer '" + name_ + "')";
-  if (a.cols() != in_ || g.cols() != out_ || a.rows() != g.rows() || a.rows() == 0) {
-    throw ShapeError(op + ": a is " + detail::shape_of(a) + " and g is " + detail::shape_of(g) +
-                     " but the layer needs k×" + std::to_string(in_) + " and k×" +
-                     std::to_string(out_) + " with the same k > 0");
-  }
+  require_statistics_shapes("kfopt::KroneckerBlock::update_statistics", a, g);
   // Both or neither: a NaN/Inf entry, or a contribution that would overflow A or G (one
   // entry of 1e300 in double, whose square does), refuses the batch whole.
   Status admitted = a_.admit(a);

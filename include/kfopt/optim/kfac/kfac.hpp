@@ -377,6 +377,26 @@ class Kfac {
   Status record_statistics(std::size_t id, const Eigen::Ref<const Matrix>& a,
                            const Eigen::Ref<const Matrix>& g);
 
+  /// One dense layer's batch for record_statistics(batches): its id and its `a` and `g`, as
+  /// record_statistics(layer, a, g) takes them. The matrices must outlive the call.
+  struct StatisticsBatch {
+    std::size_t layer;           ///< the dense layer's id
+    Eigen::Ref<const Matrix> a;  ///< k × in inputs
+    Eigen::Ref<const Matrix> g;  ///< k × out per-example pre-activation gradients
+  };
+
+  /// Records one batch for each of several dense layers at once, e.g. after a backward pass:
+  /// the result is that of record_statistics(b.layer, b.a, b.g) for every b in order, bit
+  /// for bit (each batch is taken or refused on its own, and the statuses come back in the
+  /// order of `batches`), but the layers' updates run side by side on kfopt's threads
+  /// (linalg/threads.hpp), largest first by their cost k·(in′² + out²), when there are
+  /// several and none holds more than half of the work; otherwise one after another, each
+  /// with all the threads for its own products. Every argument is checked before any layer
+  /// changes: an unknown id, a recurrent layer, a layer named twice or a shape mismatch
+  /// throws (InvalidInputError, ShapeError naming the layer and the shapes) and no factor
+  /// changes. Costs no more than the calls one by one on one thread.
+  std::vector<Status> record_statistics(const std::vector<StatisticsBatch>& batches);
+
   /// Records a batch of m sequences for a recurrent layer, time-major (row t·m + i is step t
   /// of sequence i): inputs `a` (T_max·m × in), per-step pre-activation gradients `g`
   /// (T_max·m × out; model-sampled targets for the true Fisher), real steps t < lengths(i).
@@ -791,24 +811,31 @@ class Kfac {
   // thread count).
   template <typename F>
   void layers_in_parallel(const std::vector<std::size_t>& ids, F&& f) {
-    const auto work = [&](std::size_t id) {
-      const double r = static_cast<double>(layers_[id].block->rows());
-      const double c = static_cast<double>(layers_[id].block->cols());
-      return r * r * r + c * c * c;
-    };
-    double total = 0.0, largest = 0.0;
-    for (std::size_t id : ids) {
-      total += work(id);
-      largest = std::max(largest, work(id));
+    std::vector<double> work(ids.size());
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+      const double r = static_cast<double>(layers_[ids[k]].block->rows());
+      const double c = static_cast<double>(layers_[ids[k]].block->cols());
+      work[k] = r * r * r + c * c * c;
     }
-    if (ids.size() < 2 || kfopt::threads() < 2 || largest > 0.5 * total) {
-      for (std::size_t k = 0; k < ids.size(); ++k) f(k);
+    jobs_in_parallel(work, std::forward<F>(f));
+  }
+
+  // Runs f(k) for k < work.size() as layers_in_parallel does, `work[k]` being job k's cost.
+  template <typename F>
+  static void jobs_in_parallel(const std::vector<double>& work, F&& f) {
+    double total = 0.0, largest = 0.0;
+    for (double w : work) {
+      total += w;
+      largest = std::max(largest, w);
+    }
+    if (work.size() < 2 || kfopt::threads() < 2 || largest > 0.5 * total) {
+      for (std::size_t k = 0; k < work.size(); ++k) f(k);
       return;
     }
-    std::vector<std::size_t> order(ids.size());
+    std::vector<std::size_t> order(work.size());
     for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
     std::stable_sort(order.begin(), order.end(),
-                     [&](std::size_t x, std::size_t y) { return work(ids[x]) > work(ids[y]); });
+                     [&](std::size_t x, std::size_t y) { return work[x] > work[y]; });
     detail::ThreadPool::instance().run(static_cast<std::ptrdiff_t>(order.size()), kfopt::threads(),
                                        [&](std::ptrdiff_t k) { f(order[static_cast<std::size_t>(k)]); });
   }
@@ -1059,6 +1086,39 @@ Status Kfac<Scalar>::record_statistics(std::size_t id, const Eigen::Ref<const Ma
                             " is recurrent; use record_sequence_statistics");
   }
   return counted(block->update_statistics(a, g));
+}
+
+template <typename Scalar>
+std::vector<Status> Kfac<Scalar>::record_statistics(const std::vector<StatisticsBatch>& batches) {
+  constexpr const char* op = "kfopt::Kfac::record_statistics";
+  std::vector<KroneckerBlock<Scalar>*> blocks(batches.size());
+  std::vector<double> work(batches.size());
+  std::vector<char> named(layers_.size(), 0);
+  for (std::size_t k = 0; k < batches.size(); ++k) {
+    const StatisticsBatch& b = batches[k];
+    Layer& layer = layer_at(op, b.layer);
+    blocks[k] = layer.block->dense();
+    if (blocks[k] == nullptr) {
+      throw InvalidInputError(std::string(op) + ": layer '" + layer.name + "' (id " +
+                              std::to_string(b.layer) +
+                              ") is recurrent; use record_sequence_statistics");
+    }
+    if (named[b.layer]) {
+      throw InvalidInputError(std::string(op) + ": layer '" + layer.name + "' (id " +
+                              std::to_string(b.layer) + ") has two batches in one call");
+    }
+    named[b.layer] = 1;
+    blocks[k]->require_statistics_shapes(op, b.a, b.g);
+    const double in = static_cast<double>(blocks[k]->cols());
+    const double out = static_cast<double>(blocks[k]->rows());
+    work[k] = static_cast<double>(b.a.rows()) * (in * in + out * out);
+  }
+  std::vector<Status> statuses(batches.size(), Status::NotComputed);
+  jobs_in_parallel(work, [&](std::size_t k) {
+    statuses[k] = blocks[k]->update_statistics(batches[k].a, batches[k].g);
+  });
+  for (Status& s : statuses) s = counted(s);
+  return statuses;
 }
 
 template <typename Scalar>
